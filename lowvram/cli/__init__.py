@@ -1,0 +1,60 @@
+"""The `lowvram` command line. Each subcommand lives in its own module with `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+# Subcommand modules, imported lazily so `lowvram --help` stays fast.
+SUBCOMMANDS = ("generate", "probe", "plan", "calibrate", "profile", "tui", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lowvram",
+        description="Run Wan2.1 video models on one consumer GPU: probe the machine, plan how to fit the model, generate.",
+    )
+    parser.add_argument("--version", action="version", version=f"lowvram {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"lowvram.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"lowvram.cli.{name}":
+                continue  # not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("lowvram")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

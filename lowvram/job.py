@@ -1,0 +1,114 @@
+"""A generation job: what to make. Frozen, validated before any model loads."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+from .errors import UserError
+
+DEFAULT_NEGATIVE = ""
+
+
+@dataclass(frozen=True)
+class TeaCacheSetting:
+    """TeaCache: off, a threshold, or a target speed-up (the threshold is searched to hit it)."""
+
+    enabled: bool = False
+    threshold: Optional[float] = None
+    speedup: Optional[float] = None
+    retention: bool = True
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and self.speedup is not None:
+            raise UserError("TeaCache: give either a threshold or a target speed-up, not both.")
+        if self.threshold is not None and not (0.0 <= self.threshold <= 10.0):
+            raise UserError(f"TeaCache threshold must be between 0 and 10, got {self.threshold}.")
+        if self.speedup is not None and not (1.0 <= self.speedup <= 20.0):
+            raise UserError(f"TeaCache speed-up must be between 1.0 and 20, got {self.speedup}.")
+
+
+@dataclass(frozen=True)
+class Job:
+    prompt: str
+    model: str = "tiny-random"
+    negative_prompt: str = DEFAULT_NEGATIVE
+    image: Optional[str] = None
+    width: int = 832
+    height: int = 480
+    frames: int = 81
+    steps: int = 50
+    guidance: float = 5.0
+    seed: int = 0
+    fps: int = 16
+    out: Optional[str] = None
+    teacache: TeaCacheSetting = TeaCacheSetting()
+
+    @property
+    def latent_frames(self) -> int:
+        return (self.frames - 1) // 4 + 1
+
+    @property
+    def tokens(self) -> int:
+        """Transformer sequence length: latent frames x (H/16) x (W/16)."""
+        return self.latent_frames * (self.height // 16) * (self.width // 16)
+
+    def with_(self, **changes) -> "Job":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def validate_job(job: Job) -> None:
+    """Check what can be checked without loading a model. Raises UserError naming the fix."""
+    problems = []
+    if not job.prompt or not job.prompt.strip():
+        problems.append("the prompt is empty; describe the video you want")
+    for name, value in (("width", job.width), ("height", job.height)):
+        if value < 16 or value % 16:
+            lower = max(16, value // 16 * 16)
+            problems.append(f"--{name} {value} must be a positive multiple of 16 (e.g. {lower} or {lower + 16})")
+    if job.frames < 1 or (job.frames - 1) % 4:
+        k = max(0, (job.frames - 1) // 4)
+        problems.append(f"--frames {job.frames} must be of the form 4k+1 (e.g. {4 * k + 1} or {4 * k + 5})")
+    if job.steps < 1:
+        problems.append(f"--steps {job.steps} must be at least 1")
+    if job.guidance < 0:
+        problems.append(f"--guidance {job.guidance} must be >= 0 (1.0 or less turns guidance off)")
+    if job.fps < 1:
+        problems.append(f"--fps {job.fps} must be at least 1")
+    if job.seed < 0:
+        problems.append(f"--seed {job.seed} must be >= 0")
+    if job.out is not None:
+        parent = Path(job.out).expanduser().parent
+        if not parent.is_dir():
+            problems.append(f"--out {job.out}: the folder {parent} does not exist; create it or choose another path")
+        elif not str(job.out).lower().endswith(".mp4"):
+            problems.append(f"--out {job.out}: the output must end in .mp4")
+    if job.image is not None:
+        path = Path(job.image).expanduser()
+        if not path.is_file():
+            problems.append(f"--image {job.image}: no such file")
+        else:
+            try:
+                from PIL import Image
+
+                with Image.open(path) as img:
+                    img.verify()
+            except Exception as exc:
+                problems.append(f"--image {job.image}: not a readable image ({type(exc).__name__}: {exc})")
+    if problems:
+        raise UserError("Invalid job:\n  - " + "\n  - ".join(problems))
+
+
+def check_task(job: Job, task: str, model_name: str) -> None:
+    """An image is required for image-to-video and refused for text-to-video."""
+    if task == "i2v" and job.image is None:
+        raise UserError(f"{model_name} is an image-to-video model: give the first frame with --image PATH.")
+    if task == "t2v" and job.image is not None:
+        raise UserError(
+            f"{model_name} is a text-to-video model and takes no --image. Drop --image, or use an image-to-video "
+            "model (e.g. wan2.1-i2v-14b-480p, or tiny-random-i2v for the demo)."
+        )

@@ -1,0 +1,117 @@
+"""Load a diffusers Wan2.1 pipeline from a ModelRef: safetensors only, task read from the checkpoint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .models import ModelRef
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+WEIGHT_COMPONENTS = ("transformer", "text_encoder", "vae", "image_encoder")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What we know of a checkpoint before loading weights."""
+
+    location: str
+    pipeline_class: str
+    task: str  # "t2v" or "i2v"
+    components: tuple[str, ...]
+    transformer_config: dict
+
+
+def read_checkpoint_info(folder: Path) -> CheckpointInfo:
+    """Read model_index.json and the transformer config; refuse pickle-only weights."""
+    index_path = folder / "model_index.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{index_path}: cannot read it as JSON ({exc}). Is this a diffusers pipeline folder?") from exc
+    components = tuple(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0])
+    transformer_config: dict = {}
+    tconf = folder / "transformer" / "config.json"
+    if tconf.is_file():
+        transformer_config = json.loads(tconf.read_text())
+    refuse_pickle_only(folder, components)
+    return CheckpointInfo(
+        location=str(folder),
+        pipeline_class=str(index.get("_class_name", "")),
+        task=detect_task(index, transformer_config),
+        components=components,
+        transformer_config=transformer_config,
+    )
+
+
+def detect_task(model_index: dict, transformer_config: dict) -> str:
+    """Image-to-video when the pipeline class or the transformer's inputs say so."""
+    cls = str(model_index.get("_class_name", ""))
+    if "ImageToVideo" in cls:
+        return "i2v"
+    if transformer_config.get("image_dim") or transformer_config.get("in_channels") == 36:
+        return "i2v"
+    return "t2v"
+
+
+def refuse_pickle_only(folder: Path, components: tuple[str, ...]) -> None:
+    """Pickle weights can run arbitrary code when loaded; lowvram loads safetensors only."""
+    for name in components:
+        sub = folder / name
+        if name not in WEIGHT_COMPONENTS or not sub.is_dir():
+            continue
+        files = [p.name for p in sub.iterdir() if p.is_file()]
+        has_safetensors = any(f.endswith(".safetensors") for f in files)
+        pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+        if pickles and not has_safetensors:
+            raise UserError(
+                f"{sub}: only pickle weights ({', '.join(pickles)}), no .safetensors. lowvram loads safetensors only, "
+                "because pickle files can run arbitrary code when opened. Convert the checkpoint to safetensors "
+                "(e.g. load it once in a trusted environment and save_pretrained(..., safe_serialization=True))."
+            )
+
+
+def checkpoint_folder(ref: ModelRef) -> Path:
+    """The local folder of a ModelRef: builds the demo, or downloads a hub id (safetensors and configs only)."""
+    if ref.is_demo:
+        from .demo import ensure_demo
+
+        return ensure_demo(ref.name)
+    if ref.kind == "local":
+        return Path(ref.location)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                ref.location,
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "spiece*"],
+            )
+        )
+    except Exception as exc:  # network, auth, missing repo: all user-fixable
+        raise UserError(
+            f"--model {ref.name}: could not fetch {ref.location} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
+            "Check the name and your network, or download it yourself and pass the local folder."
+        ) from exc
+
+
+def load_pipeline(ref: ModelRef, dtype: str = "bfloat16", vae_dtype: str = "float32") -> tuple[Any, CheckpointInfo]:
+    """Load the pipeline on the CPU through diffusers' from_pretrained, safetensors only."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    folder = checkpoint_folder(ref)
+    info = read_checkpoint_info(folder)
+    torch_dtype = getattr(torch, dtype)
+    dtypes: dict[str, Any] = {"default": torch_dtype, "vae": getattr(torch, vae_dtype)}
+    if "image_encoder" in info.components:
+        dtypes["image_encoder"] = torch.float32
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(folder), use_safetensors=True, dtype=dtypes)
+    except (OSError, EnvironmentError, ValueError) as exc:
+        raise UserError(f"--model {ref.name}: could not load the pipeline from {folder}: {exc}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, info

@@ -1,0 +1,97 @@
+"""Measure memory: snapshots of VRAM and RAM, and a sampler thread that tracks peaks and emits samples."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import psutil
+
+from .telemetry import MemorySample
+
+
+def _cuda():
+    try:
+        import torch
+
+        return torch.cuda if torch.cuda.is_available() else None
+    except Exception:  # torch without CUDA support
+        return None
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    vram_allocated: int = 0
+    vram_reserved: int = 0
+    vram_free: int = 0
+    vram_total: int = 0
+    ram_used: int = 0
+    ram_available: int = 0
+
+    @classmethod
+    def take(cls) -> "MemorySnapshot":
+        cuda = _cuda()
+        alloc = reserved = free = total = 0
+        if cuda is not None:
+            alloc = cuda.memory_allocated()
+            reserved = cuda.memory_reserved()
+            free, total = cuda.mem_get_info()
+        vm = psutil.virtual_memory()
+        return cls(alloc, reserved, free, total, psutil.Process().memory_info().rss, vm.available)
+
+
+class MemorySampler:
+    """Samples memory every `interval` seconds on a daemon thread; tracks the RSS peak per window.
+
+    VRAM peaks come from torch's own counters (exact); RSS has no peak counter, so it is sampled.
+    """
+
+    def __init__(self, emit: Callable[[MemorySample], None], interval: float = 0.25, clock: Optional[Callable[[], float]] = None):
+        self._emit = emit
+        self._interval = interval
+        self._clock = clock or time.perf_counter
+        self._t0 = self._clock()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._ram_peak = 0
+        self._thread = threading.Thread(target=self._loop, name="lowvram-memory", daemon=True)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+    def sample(self) -> MemorySnapshot:
+        snap = MemorySnapshot.take()
+        with self._lock:
+            self._ram_peak = max(self._ram_peak, snap.ram_used)
+        self._emit(MemorySample(t=self._clock() - self._t0, **snap.__dict__))
+        return snap
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.sample()
+            except Exception:  # a failed sample must never kill a run
+                pass
+
+    def start_window(self) -> None:
+        """Start a new peak window (one per stage)."""
+        cuda = _cuda()
+        if cuda is not None:
+            cuda.reset_peak_memory_stats()
+        with self._lock:
+            self._ram_peak = psutil.Process().memory_info().rss
+
+    def window_peaks(self) -> tuple[int, int]:
+        """(peak VRAM allocated, peak RSS) since start_window."""
+        self.sample()
+        cuda = _cuda()
+        vram = cuda.max_memory_allocated() if cuda is not None else 0
+        with self._lock:
+            return vram, self._ram_peak

@@ -1,0 +1,301 @@
+"""Run a job: load -> encode -> denoise -> decode -> write, emitting telemetry events.
+
+Each stage is a small function over plain inputs so that the reliability layer can retry or resume
+one stage with a leaner plan, and the TUI can run the whole thing in a worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from planner.plan import Plan
+
+from . import placement
+from .errors import CancelledError, UserError
+from .job import Job, check_task, validate_job
+from .loading import CheckpointInfo, load_pipeline
+from .memory import MemorySampler
+from .models import ModelRef, resolve_model
+from .telemetry import (
+    EventLog,
+    EventSink,
+    LogMessage,
+    RunCancelled,
+    RunFinished,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+    StepFinished,
+    ignore,
+)
+
+
+def placeholder_plan() -> Plan:
+    """Everything on one device: the GPU when there is one. Used until a planner plan is given."""
+    import torch
+
+    if torch.cuda.is_available():
+        return Plan(device="cuda", dtype="bfloat16", source="placeholder", reasons=("no planner plan given",))
+    return Plan(device="cpu", dtype="float32", source="placeholder", reasons=("no GPU: everything on the CPU",))
+
+
+@dataclass
+class LoadedModel:
+    ref: ModelRef
+    pipe: Any
+    info: CheckpointInfo
+    plan: Plan
+
+    @property
+    def task(self) -> str:
+        return self.info.task
+
+
+@dataclass
+class Conditioning:
+    """Everything the denoiser needs, produced by the encode stage."""
+
+    prompt_embeds: Any
+    negative_embeds: Any
+    image_embeds: Any
+    latents: Any
+    condition: Any  # I2V: first-frame latents and mask, concatenated to the input each step
+
+
+@dataclass
+class RunResult:
+    video_path: Path
+    sidecar_path: Path
+    seconds: float
+    plan: Plan
+    events: list = field(default_factory=list)
+    step_seconds: list = field(default_factory=list)
+    stage_peaks: dict = field(default_factory=dict)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def _check_cancel(cancel: Optional[threading.Event]) -> None:
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("cancelled")
+
+
+def load_model(ref: ModelRef, plan: Plan) -> LoadedModel:
+    pipe, info = load_pipeline(ref, dtype=plan.dtype)
+    placement.prepare(pipe, plan)
+    return LoadedModel(ref=ref, pipe=pipe, info=info, plan=plan)
+
+
+def encode(loaded: LoadedModel, job: Job, plan: Plan) -> Conditioning:
+    import torch
+
+    pipe = loaded.pipe
+    device = torch.device(placement.compute_device(plan))
+    cfg = job.guidance > 1.0
+    with torch.no_grad():
+        prompt_embeds, negative_embeds = pipe.encode_prompt(
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt if cfg else None,
+            do_classifier_free_guidance=cfg,
+            num_videos_per_prompt=1,
+            max_sequence_length=512,
+            device=device,
+        )
+        tdtype = pipe.transformer.dtype
+        prompt_embeds = prompt_embeds.to(tdtype)
+        if negative_embeds is not None:
+            negative_embeds = negative_embeds.to(tdtype)
+        generator = torch.Generator(device="cpu").manual_seed(job.seed)
+        image_embeds = condition = None
+        if loaded.task == "i2v":
+            from PIL import Image
+
+            image = Image.open(Path(job.image).expanduser()).convert("RGB")
+            if pipe.transformer.config.image_dim is not None:
+                image_embeds = pipe.encode_image(image, device).to(tdtype)
+            pixels = pipe.video_processor.preprocess(image, height=job.height, width=job.width).to(device, torch.float32)
+            latents, condition = pipe.prepare_latents(
+                pixels, 1, pipe.vae.config.z_dim, job.height, job.width, job.frames, torch.float32, device, generator
+            )
+        else:
+            latents = pipe.prepare_latents(
+                1, pipe.transformer.config.in_channels, job.height, job.width, job.frames, torch.float32, device, generator
+            )
+    return Conditioning(prompt_embeds, negative_embeds, image_embeds, latents, condition)
+
+
+def denoise(
+    loaded: LoadedModel,
+    job: Job,
+    plan: Plan,
+    cond: Conditioning,
+    on_event: EventSink,
+    clock: Clock,
+    cancel: Optional[threading.Event] = None,
+) -> tuple[Any, list[float]]:
+    """The sampling loop (as diffusers' Wan pipelines run it), one StepFinished event per step."""
+    import torch
+
+    pipe = loaded.pipe
+    transformer = pipe.transformer
+    device = torch.device(placement.compute_device(plan))
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(job.steps, device=device)
+    scheduler.set_begin_index(0)
+    timesteps = scheduler.timesteps
+    latents = cond.latents.to(device)
+    condition = cond.condition.to(device) if cond.condition is not None else None
+    tdtype = transformer.dtype
+    cfg = cond.negative_embeds is not None
+    step_seconds: list[float] = []
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            _check_cancel(cancel)
+            started = time.perf_counter()
+            model_in = latents if condition is None else torch.cat([latents, condition], dim=1)
+            model_in = model_in.to(tdtype)
+            timestep = t.expand(latents.shape[0])
+            kwargs = dict(hidden_states=model_in, timestep=timestep, attention_kwargs=None, return_dict=False)
+            if cond.image_embeds is not None:
+                kwargs["encoder_hidden_states_image"] = cond.image_embeds
+            with transformer.cache_context("cond"):
+                noise_pred = transformer(encoder_hidden_states=cond.prompt_embeds, **kwargs)[0]
+            if cfg:
+                with transformer.cache_context("uncond"):
+                    noise_uncond = transformer(encoder_hidden_states=cond.negative_embeds, **kwargs)[0]
+                noise_pred = noise_uncond + job.guidance * (noise_pred - noise_uncond)
+            latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - started
+            step_seconds.append(elapsed)
+            remaining = len(timesteps) - i - 1
+            mean = sum(step_seconds) / len(step_seconds)
+            on_event(
+                StepFinished(
+                    t=clock(),
+                    step=i,
+                    total=len(timesteps),
+                    seconds=elapsed,
+                    eta_seconds=mean * remaining,
+                    computed_calls=2 if cfg else 1,
+                )
+            )
+    return latents, step_seconds
+
+
+def decode(loaded: LoadedModel, plan: Plan, latents: Any):
+    """Latents -> frames as a float array (frames, H, W, 3) in [0, 1]."""
+    import torch
+
+    pipe = loaded.pipe
+    vae = pipe.vae
+    vae_device = next(vae.parameters()).device
+    with torch.no_grad():
+        z = latents.to(vae_device, dtype=vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(z)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z)
+        z = z / inv_std + mean
+        video = vae.decode(z, return_dict=False)[0]
+        frames = pipe.video_processor.postprocess_video(video, output_type="np")
+    return frames[0]
+
+
+class _Stage:
+    """Context manager: StageStarted/StageFinished with measured peaks."""
+
+    def __init__(self, name: str, sink: EventSink, clock: Clock, sampler: MemorySampler, peaks: dict):
+        self.name, self.sink, self.clock, self.sampler, self.peaks = name, sink, clock, sampler, peaks
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+        self.sampler.start_window()
+        self.sink(StageStarted(t=self.clock(), stage=self.name))
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            vram, ram = self.sampler.window_peaks()
+            seconds = time.perf_counter() - self.started
+            self.peaks[self.name] = {"vram_bytes": vram, "ram_bytes": ram, "seconds": seconds}
+            self.sink(StageFinished(t=self.clock(), stage=self.name, seconds=seconds, peak_vram_bytes=vram, peak_ram_bytes=ram))
+        return False
+
+
+def generate(
+    job: Job,
+    plan: Optional[Plan] = None,
+    on_event: EventSink = ignore,
+    cancel: Optional[threading.Event] = None,
+    loaded: Optional[LoadedModel] = None,
+) -> RunResult:
+    """Run a whole job. Validates everything before loading; writes video + sidecar atomically."""
+    from .output import choose_output, sidecar_path, write_video_atomic
+    from .sidecar import build_sidecar, write_sidecar
+
+    validate_job(job)
+    ref = loaded.ref if loaded is not None else resolve_model(job.model)
+    plan = plan or (loaded.plan if loaded is not None else placeholder_plan())
+    video_path, note = choose_output(job.out, job.prompt, job.seed)
+    log = EventLog(forward=on_event)
+    clock = Clock()
+    if note:
+        log(LogMessage(t=clock(), level="warning", message=note))
+    peaks: dict = {}
+    with MemorySampler(log, clock=clock) as sampler:
+        try:
+            if loaded is None:
+                with _Stage("load", log, clock, sampler, peaks):
+                    loaded = load_model(ref, plan)
+            check_task(job, loaded.task, ref.name)
+            log(
+                RunStarted(
+                    t=clock(),
+                    model=ref.name,
+                    task=loaded.task,
+                    prompt=job.prompt,
+                    plan_summary=plan.summary(),
+                    total_steps=job.steps,
+                )
+            )
+            if ref.is_demo:
+                from .demo import DEMO_LABEL
+
+                log(LogMessage(t=clock(), level="warning", message=f"model: {DEMO_LABEL}"))
+            _check_cancel(cancel)
+            with _Stage("encode", log, clock, sampler, peaks):
+                placement.enter_stage(loaded.pipe, plan, "encode")
+                cond = encode(loaded, job, plan)
+            _check_cancel(cancel)
+            with _Stage("denoise", log, clock, sampler, peaks):
+                placement.enter_stage(loaded.pipe, plan, "denoise")
+                latents, step_seconds = denoise(loaded, job, plan, cond, log, clock, cancel)
+            _check_cancel(cancel)
+            with _Stage("decode", log, clock, sampler, peaks):
+                placement.enter_stage(loaded.pipe, plan, "decode")
+                frames = decode(loaded, plan, latents)
+            with _Stage("write", log, clock, sampler, peaks):
+                write_video_atomic(frames, video_path, job.fps)
+                side = sidecar_path(video_path)
+                total = clock()
+                log(RunFinished(t=total, video_path=str(video_path), sidecar_path=str(side), seconds=total))
+            data = build_sidecar(job, loaded, plan, log.events, step_seconds, peaks, total)
+            write_sidecar(data, side)
+            return RunResult(video_path, side, total, plan, log.events, step_seconds, peaks)
+        except CancelledError:
+            stages = log.of(StageStarted)
+            log(RunCancelled(t=clock(), stage=stages[-1].stage if stages else ""))
+            raise
+        finally:
+            if loaded is not None:
+                placement.leave_all(loaded.pipe)

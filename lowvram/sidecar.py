@@ -1,0 +1,90 @@
+"""The JSON sidecar written beside each video: enough to reproduce and to audit the run."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .output import write_json_atomic
+from .telemetry import Event, MemorySample
+
+SIDECAR_VERSION = 1
+LIBRARIES = ("lowvram", "torch", "diffusers", "transformers", "accelerate", "optimum-quanto", "safetensors")
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    out["python"] = platform.python_version()
+    return out
+
+
+def model_identity(loaded: Any) -> dict[str, Any]:
+    ref, info = loaded.ref, loaded.info
+    identity = {
+        "name": ref.name,
+        "kind": ref.kind,
+        "location": ref.location,
+        "pipeline_class": info.pipeline_class,
+        "task": info.task,
+        "transformer_config": {k: v for k, v in info.transformer_config.items() if not k.startswith("_")},
+    }
+    if ref.is_demo:
+        from .demo import DEMO_LABEL, DEMO_SEED, DEMO_VERSION
+
+        identity.update(random_weights=True, label=DEMO_LABEL, demo_seed=DEMO_SEED, demo_version=DEMO_VERSION)
+    return identity
+
+
+def _thin_memory(events: list[Event], every: float = 1.0) -> list[Event]:
+    """Keep at most one memory sample per `every` seconds; all other events as they are."""
+    out, last = [], None
+    for e in events:
+        if isinstance(e, MemorySample):
+            if last is not None and e.t - last < every:
+                continue
+            last = e.t
+        out.append(e)
+    return out
+
+
+def build_sidecar(job, loaded, plan, events, step_seconds, peaks, total_seconds, extra: dict | None = None) -> dict:
+    plan_dict = plan.to_dict()
+    data = {
+        "lowvram_sidecar_version": SIDECAR_VERSION,
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "seed": job.seed,
+        "settings": job.to_dict(),
+        "model": model_identity(loaded),
+        "libraries": library_versions(),
+        "plan": plan_dict,
+        "plan_note": "placeholder plan: the planner did not choose it" if plan.source == "placeholder" else "",
+        "predicted": {
+            "peak_vram_bytes": plan.peak_vram_bytes,
+            "peak_ram_bytes": plan.peak_ram_bytes,
+            "seconds": plan.predicted_seconds,
+            "stages": [s.__dict__ for s in plan.predicted],
+        },
+        "measured": {
+            "peak_vram_bytes": max((p["vram_bytes"] for p in peaks.values()), default=0),
+            "peak_ram_bytes": max((p["ram_bytes"] for p in peaks.values()), default=0),
+            "seconds": total_seconds,
+            "stages": peaks,
+        },
+        "step_seconds": step_seconds,
+        "telemetry": [e.to_dict() for e in _thin_memory(events)],
+    }
+    if extra:
+        data.update(extra)
+    return data
+
+
+def write_sidecar(data: dict, path: Path) -> None:
+    write_json_atomic(data, path)

@@ -1,0 +1,139 @@
+"""Telemetry events: frozen dataclasses the runtime emits to one callback.
+
+The runtime never imports a UI. The CLI prints these, the TUI turns them into messages, and the
+sidecar stores them. Every event carries `t`, seconds since the run started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float = 0.0
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"event": self.kind}
+        out.update(dataclasses.asdict(self))
+        return out
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    model: str = ""
+    task: str = ""
+    prompt: str = ""
+    plan_summary: str = ""
+    total_steps: int = 0
+
+
+@dataclass(frozen=True)
+class StageStarted(Event):
+    stage: str = ""  # load, encode, denoise, decode, write
+
+
+@dataclass(frozen=True)
+class StageFinished(Event):
+    stage: str = ""
+    seconds: float = 0.0
+    peak_vram_bytes: int = 0
+    peak_ram_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class StepFinished(Event):
+    step: int = 0  # 0-based index of the finished denoising step
+    total: int = 0
+    seconds: float = 0.0
+    eta_seconds: float = 0.0
+    computed_calls: int = 0  # transformer calls of this step that ran the blocks
+    skipped_calls: int = 0  # transformer calls of this step served from the TeaCache
+
+
+@dataclass(frozen=True)
+class TransformerCall(Event):
+    """One transformer forward (a step has one per guidance branch)."""
+
+    step: int = 0
+    branch: str = "cond"
+    timestep: float = 0.0
+    rel_l1: Optional[float] = None
+    rescaled: Optional[float] = None
+    accumulated: Optional[float] = None
+    computed: bool = True
+    seconds: float = 0.0
+    bytes_moved: int = 0
+
+
+@dataclass(frozen=True)
+class MemorySample(Event):
+    vram_allocated: int = 0
+    vram_reserved: int = 0
+    vram_free: int = 0
+    vram_total: int = 0
+    ram_used: int = 0  # this process's resident set
+    ram_available: int = 0
+
+
+@dataclass(frozen=True)
+class PlanSwitched(Event):
+    stage: str = ""
+    reason: str = ""
+    old_summary: str = ""
+    new_summary: str = ""
+
+
+@dataclass(frozen=True)
+class LogMessage(Event):
+    level: str = "info"
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    video_path: str = ""
+    sidecar_path: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunCancelled(Event):
+    stage: str = ""
+    step: int = -1
+    latents_path: str = ""
+
+
+@dataclass(frozen=True)
+class RunFailed(Event):
+    stage: str = ""
+    message: str = ""
+    latents_path: str = ""
+
+
+EventSink = Callable[[Event], None]
+
+
+def ignore(_event: Event) -> None:
+    """An event sink that drops everything."""
+
+
+@dataclass
+class EventLog:
+    """Collects events; also forwards them to another sink. Used for the sidecar and in tests."""
+
+    forward: EventSink = ignore
+    events: list[Event] = field(default_factory=list)
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        self.forward(event)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
