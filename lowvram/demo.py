@@ -17,7 +17,7 @@ from pathlib import Path
 from .paths import cache_dir
 
 DEMO_SEED = 1234
-DEMO_VERSION = 1  # bump when the demo's architecture changes, so old caches are rebuilt
+DEMO_VERSION = 2  # bump when the demo's architecture changes, so old caches are rebuilt
 DEMO_LABEL = "tiny-random demo model (random weights: its output is noise)"
 
 # The tiny text encoder's vocabulary: common prompt words, the rest map to <unk>.
@@ -126,14 +126,13 @@ def build_demo_pipeline(i2v: bool = False):
             return WanPipeline(
                 tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
             )
-        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
         inner = _TRANSFORMER["num_attention_heads"] * _TRANSFORMER["attention_head_dim"]
         transformer = WanTransformer3DModel(in_channels=36, image_dim=16, added_kv_proj_dim=inner, **_TRANSFORMER)
-        image_encoder = CLIPVisionModelWithProjection(
+        image_encoder = CLIPVisionModel(
             CLIPVisionConfig(
                 hidden_size=16,
-                projection_dim=16,
                 num_hidden_layers=2,
                 num_attention_heads=2,
                 image_size=32,
