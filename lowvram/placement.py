@@ -51,3 +51,31 @@ def leave_all(pipe: Any) -> None:
         module = getattr(pipe, name, None)
         if module is not None:
             module.to("cpu")
+
+
+# Hook names diffusers' group offloading registers (diffusers/hooks/group_offloading.py).
+_OFFLOAD_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
+
+
+def reset(pipe: Any) -> None:
+    """Undo prepare(): remove offload hooks, turn VAE tiling off, everything on the CPU.
+
+    Used by the OOM fallback (lowvram.recovery) before a leaner plan is applied to the same pipeline.
+    Other hooks (TeaCache) stay. Quantized weights stay quantized: the ladder only goes leaner.
+    """
+    for name in ("text_encoder", "image_encoder", "transformer", "vae"):
+        module = getattr(pipe, name, None)
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None:
+            for hook in _OFFLOAD_HOOKS:
+                registry.remove_hook(hook, recurse=True)
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and getattr(vae, "use_tiling", False):
+        vae.disable_tiling()
+    leave_all(pipe)
+
+
+def reapply(pipe: Any, old_plan: Plan, new_plan: Plan) -> None:
+    """Switch a loaded pipeline from `old_plan` to `new_plan` (after an OOM)."""
+    reset(pipe)
+    prepare(pipe, new_plan)
