@@ -1,0 +1,142 @@
+"""Run one benchmark case under a VRAM cap and record what it cost.
+
+A case is: set up a placement (a recipe) on a fresh module, run warm-up forwards, time more forwards,
+tear down. VRAM peaks come from torch's counters (exact); RAM peaks from a sampling thread (RSS).
+An out-of-memory error is a result, not a crash: the case is recorded as OOM and the next one runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..memory import MemorySampler
+
+GIB = 1024**3
+
+
+@dataclass
+class CaseResult:
+    model: str
+    resolution: str
+    budget_gib: Optional[float]
+    recipe: str
+    tokens: int
+    step_seconds: Optional[float] = None  # median of the timed forwards
+    step_times: list = field(default_factory=list)
+    first_seconds: Optional[float] = None  # the first (warm-up) forward, setup excluded
+    setup_seconds: Optional[float] = None
+    peak_vram_allocated: Optional[int] = None
+    peak_vram_reserved: Optional[int] = None
+    peak_rss: Optional[int] = None
+    predicted_peak_vram: Optional[int] = None
+    oom: bool = False
+    error: Optional[str] = None
+    skipped: Optional[str] = None
+    ratio: Optional[float] = None  # step_seconds / all-on-GPU step of the same run
+    plan: Optional[str] = None
+    notes: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def prediction_error(self) -> Optional[float]:
+        if not self.predicted_peak_vram or not self.peak_vram_reserved:
+            return None
+        return self.peak_vram_reserved / self.predicted_peak_vram - 1.0
+
+
+def set_budget(budget_gib: Optional[float]) -> None:
+    """Cap this process's CUDA caching allocator at budget_gib (None: the whole card)."""
+    total = torch.cuda.get_device_properties(0).total_memory
+    fraction = 1.0 if budget_gib is None else min(1.0, budget_gib * GIB / total)
+    torch.cuda.set_per_process_memory_fraction(fraction)
+
+
+def clean_cuda() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def timed(fn: Callable[[], Any], sync: bool) -> tuple[float, Any]:
+    if sync:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if sync:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+@dataclass
+class Recipe:
+    """How to place a module for one case. `setup(module)` returns the callable to time (a forward)
+    and may record notes/prediction on the result; `teardown()` undoes what setup did."""
+
+    name: str
+    setup: Callable[["CaseResult"], Callable[[], Any]]
+    teardown: Callable[[], None] = lambda: None
+
+
+def run_case(result: CaseResult, recipe: Recipe, warmup: int = 1, iters: int = 2, cuda: bool = True, log: Callable[[str], None] = print) -> CaseResult:
+    """Fill `result` by running `recipe` under `result.budget_gib`. Never raises for OOM."""
+    if cuda:
+        clean_cuda()
+        set_budget(result.budget_gib)
+        torch.cuda.reset_peak_memory_stats()
+    sampler = MemorySampler(lambda sample: None, interval=0.05)
+    with sampler:
+        sampler.start_window()
+        forward = None
+        try:
+            t_setup, forward = timed(lambda: recipe.setup(result), cuda)
+            result.setup_seconds = t_setup
+            with torch.no_grad():
+                for i in range(warmup):
+                    t, _ = timed(forward, cuda)
+                    if i == 0:
+                        result.first_seconds = t
+                for _ in range(iters):
+                    t, _ = timed(forward, cuda)
+                    result.step_times.append(t)
+            if result.step_times:
+                result.step_seconds = statistics.median(result.step_times)
+        except torch.OutOfMemoryError as exc:
+            result.oom = True
+            result.error = str(exc).splitlines()[0][:300]
+        except Exception as exc:  # a broken recipe is a recorded failure, the matrix goes on
+            result.error = f"{type(exc).__name__}: {exc}"[:500]
+            result.extra["traceback"] = traceback.format_exc()[-3000:]
+        finally:
+            if cuda:
+                result.peak_vram_allocated = torch.cuda.max_memory_allocated()
+                result.peak_vram_reserved = torch.cuda.max_memory_reserved()
+            _, result.peak_rss = sampler.window_peaks()
+            forward = None
+            try:
+                recipe.teardown()
+            except Exception as exc:
+                result.notes.append(f"teardown failed: {type(exc).__name__}: {exc}")
+            if cuda:
+                clean_cuda()
+                set_budget(None)
+    log(summary_line(result))
+    return result
+
+
+def summary_line(r: CaseResult) -> str:
+    gib = lambda b: "-" if b is None else f"{b / GIB:.2f}"  # noqa: E731
+    status = "OOM" if r.oom else ("ERR " + (r.error or "")[:80] if r.error else (f"skip: {r.skipped}" if r.skipped else "ok"))
+    step = "-" if r.step_seconds is None else f"{r.step_seconds:.3f}s"
+    budget = "uncapped" if r.budget_gib is None else f"{r.budget_gib:g}GiB"
+    return f"[{r.model} {r.resolution} {budget}] {r.recipe}: step {step} peak {gib(r.peak_vram_reserved)}/{gib(r.peak_vram_allocated)} GiB rss {gib(r.peak_rss)} GiB {status}"

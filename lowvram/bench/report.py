@@ -1,0 +1,164 @@
+"""Turn benchmark JSON into the markdown tables of docs/benchmarks.md. Pure formatting, no torch."""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from .shapes import PREDICTION_TOLERANCE, TARGETS
+
+GIB = 1024**3
+
+
+def fmt_gib(n: Optional[float]) -> str:
+    return "-" if n is None else f"{n / GIB:.2f}"
+
+
+def fmt_s(s: Optional[float]) -> str:
+    return "-" if s is None else f"{s:.3f}"
+
+
+def fmt_ratio(r: Optional[float]) -> str:
+    return "-" if r is None else f"x{r:.3f}"
+
+
+def status(case: dict) -> str:
+    if case.get("skipped"):
+        return f"skipped: {case['skipped']}"
+    if case.get("oom"):
+        return "OOM"
+    if case.get("error"):
+        return "error: " + case["error"][:80]
+    return "ok"
+
+
+def prediction_error(case: dict) -> Optional[float]:
+    pred, meas = case.get("predicted_peak_vram"), case.get("peak_vram_reserved")
+    if not pred or not meas or case.get("oom") or case.get("error"):
+        return None
+    return meas / pred - 1.0
+
+
+def target_verdict(case: dict) -> str:
+    """'met' / 'MISSED' against issue 8's target for lowvram's case, '' where no target applies."""
+    if case.get("recipe") != "lowvram":
+        return ""
+    target = TARGETS.get((case["model"], case["resolution"], case.get("budget_gib")))
+    checks = []
+    if target is not None:
+        ok = case.get("ratio") is not None and case["ratio"] <= target
+        checks.append(f"ratio <= {target}: {'met' if ok else 'MISSED'}")
+    err = prediction_error(case)
+    if err is not None:
+        checks.append(f"pred ±{PREDICTION_TOLERANCE:.0%}: {'met' if abs(err) <= PREDICTION_TOLERANCE else 'MISSED'}")
+    budget = case.get("budget_gib")
+    if budget is not None and case.get("peak_vram_reserved") is not None and not case.get("oom"):
+        checks.append("peak <= budget: " + ("met" if case["peak_vram_reserved"] <= budget * GIB else "MISSED"))
+    if case.get("oom"):
+        checks.append("zero OOM: MISSED")
+    return "; ".join(checks)
+
+
+HEADER = "| res | budget GiB | recipe | step s | vs all-on-GPU | peak VRAM reserved / allocated GiB | predicted GiB (err) | peak RSS GiB | result | target |"
+RULE = "|---|---|---|---|---|---|---|---|---|---|"
+
+
+def case_row(case: dict) -> str:
+    budget = "uncapped" if case.get("budget_gib") is None else f"{case['budget_gib']:g}"
+    err = prediction_error(case)
+    pred = fmt_gib(case.get("predicted_peak_vram"))
+    if err is not None:
+        pred += f" ({err:+.1%})"
+    peak = f"{fmt_gib(case.get('peak_vram_reserved'))} / {fmt_gib(case.get('peak_vram_allocated'))}"
+    return f"| {case['resolution']} | {budget} | {case['recipe']} | {fmt_s(case.get('step_seconds'))} | {fmt_ratio(case.get('ratio'))} | {peak} | {pred} | {fmt_gib(case.get('peak_rss'))} | {status(case)} | {target_verdict(case)} |"
+
+
+def matrix_table(data: dict) -> str:
+    rows = [HEADER, RULE]
+    for res, floor in sorted(data.get("floor", {}).items()):
+        floor = dict(floor, ratio=1.0 if floor.get("step_seconds") else None)
+        rows.append(case_row(floor))
+    for case in data.get("cases", []):
+        rows.append(case_row(case))
+    return "\n".join(rows)
+
+
+def plans_list(data: dict) -> str:
+    seen = []
+    for case in data.get("cases", []):
+        if case.get("recipe") == "lowvram" and case.get("plan"):
+            seen.append(f"- {case['resolution']} @ {case['budget_gib']:g} GiB: {case['plan']}")
+    return "\n".join(seen)
+
+
+def notes_list(data: dict) -> str:
+    out = []
+    for case in data.get("cases", []):
+        for note in case.get("notes", []):
+            line = f"- {case['recipe']} ({case['resolution']} @ {case['budget_gib']:g} GiB): {note}"
+            if line not in out:
+                out.append(line)
+    return "\n".join(out)
+
+
+def block_table(data: dict) -> str:
+    rows = ["| tokens | mean block s | non-block s | blocks |", "|---|---|---|---|"]
+    for res, b in sorted(data.get("block_times", {}).items(), key=lambda kv: kv[1]["tokens"]):
+        rows.append(f"| {b['tokens']} | {b['mean_block_seconds']:.4f} | {b['non_block_seconds']:.4f} | {len(b['per_block_seconds'])} |")
+    return "\n".join(rows)
+
+
+def activation_table(data: dict) -> str:
+    rows = ["| tokens | (h, w, frames) | activation peak GiB (peak allocated - resident) |", "|---|---|---|"]
+    for a in data.get("activation_peaks", []):
+        val = "OOM" if a.get("oom") else fmt_gib(a.get("peak_minus_resident_bytes"))
+        rows.append(f"| {a['tokens']} | {tuple(a['shape'])} | {val} |")
+    return "\n".join(rows)
+
+
+def environment_line(env: dict) -> str:
+    keys = ("gpu", "torch", "cuda", "diffusers", "transformers", "accelerate", "optimum-quanto", "mmgp")
+    return ", ".join(f"{k} {env.get(k) or 'not installed'}" for k in keys)
+
+
+def model_section(data: dict, command: str = "") -> str:
+    parts = [
+        f"### Wan2.1 {data['model'].upper()} transformer ({data['params'] / 1e9:.2f} B params, {fmt_gib(data['weights_bytes'])} GiB weights, {fmt_gib(data['block_bytes'])} GiB/block)",
+        "",
+        f"Device: {environment_line(data.get('environment', {}))}.",
+    ]
+    if command:
+        parts += ["", f"Command: `{command}`"]
+    parts += ["", matrix_table(data)]
+    plans = plans_list(data)
+    if plans:
+        parts += ["", "lowvram's plans:", plans]
+    notes = notes_list(data)
+    if notes:
+        parts += ["", "Notes:", notes]
+    parts += ["", "Per-block forward time (all on GPU, CUDA events):", "", block_table(data), "", "Activation peak vs tokens:", "", activation_table(data)]
+    return "\n".join(parts)
+
+
+def components_section(data: dict, command: str = "") -> str:
+    parts = ["### Components and bandwidth", "", f"Device: {environment_line(data.get('environment', {}))}."]
+    if command:
+        parts += ["", f"Command: `{command}`"]
+    bw = data.get("h2d")
+    if bw:
+        parts += ["", f"Host to device copy of {bw['size_bytes'] / GIB:.0f} GiB: pinned {bw['pinned'] / 1e9:.1f} GB/s, pageable {bw['pageable'] / 1e9:.1f} GB/s; device to pageable host {bw['d2h_pageable'] / 1e9:.1f} GB/s."]
+    u = data.get("umt5")
+    if u:
+        parts += ["", f"UMT5-XXL encoder ({u['dtype']}): {u['params'] / 1e9:.2f} B params, weights {fmt_gib(u['weights_bytes'])} GiB, peak above weights {fmt_gib(u['peak_bytes'])} GiB at {u['tokens']} tokens, {u['seconds']:.3f} s per prompt."]
+    v = data.get("vae")
+    if v:
+        parts += ["", f"Wan VAE decode ({v['dtype']}, weights {fmt_gib(v['weights_bytes'])} GiB), peak above weights and latents:", "", "| (h, w, frames) | tiled | peak GiB | seconds |", "|---|---|---|---|"]
+        for p in v["points"]:
+            parts.append(f"| {tuple(p['shape'])} | {p['tiled']} | {'OOM' if p.get('oom') else fmt_gib(p['peak_bytes'])} | {fmt_s(p.get('seconds'))} |")
+    return "\n".join(parts)
+
+
+def render(datas: Iterable[dict], command: str = "") -> str:
+    out = []
+    for d in datas:
+        out.append(components_section(d, command) if d.get("kind") == "components" else model_section(d, command))
+    return "\n\n".join(out) + "\n"

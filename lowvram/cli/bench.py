@@ -1,0 +1,109 @@
+"""`lowvram bench`: measure lowvram's plans against the upstream recipes on this GPU (random weights)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark plans against upstream offload recipes on this GPU", description="Benchmark lowvram's plans against diffusers/accelerate offload recipes with random weights in the real Wan2.1 shapes. Needs a CUDA GPU.")
+    bsub = p.add_subparsers(dest="bench_command", metavar="WHAT")
+
+    m = bsub.add_parser("matrix", help="one model: all-on-GPU floor, per-block times, activation peaks, then each recipe at each budget")
+    m.add_argument("--model", required=True, choices=("1.3b", "14b"))
+    m.add_argument("--budgets", type=_floats, default=None, help="comma-separated GiB budgets (default: issue 8's matrix for the model)")
+    m.add_argument("--resolutions", type=_words, default=None, help="comma-separated, from 480p,720p (default: the matrix's)")
+    m.add_argument("--recipes", type=_words, default=None, help="comma-separated recipes (default: all): resident,block_stream,leaf_stream,model_offload,mmgp_p4,lowvram")
+    m.add_argument("--ram-gib", type=float, default=64.0, help="RAM the planner is told the machine has (default %(default)s)")
+    m.add_argument("--warmup", type=int, default=1)
+    m.add_argument("--iters", type=int, default=2, help="timed forwards per case at 480p (720p uses 1)")
+    m.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    m.set_defaults(func=run_matrix)
+
+    c = bsub.add_parser("components", help="H2D bandwidth, VAE decode peaks, UMT5-XXL encoder peak")
+    c.add_argument("--skip", type=_words, default=(), help="comma-separated parts to skip: h2d,vae,umt5")
+    c.add_argument("--vae-dtype", default="float32", choices=("float32", "bfloat16"))
+    c.add_argument("--out", type=Path, default=None)
+    c.set_defaults(func=run_components)
+
+    r = bsub.add_parser("report", help="render result JSON files as markdown tables")
+    r.add_argument("files", nargs="+", type=Path)
+    r.add_argument("--command", default="", help="the command that produced them, quoted in the output")
+    r.set_defaults(func=run_report)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _need_cuda() -> None:
+    import torch
+
+    from ..errors import UserError
+
+    if not torch.cuda.is_available():
+        raise UserError("lowvram bench needs a CUDA GPU (none found). Run it on a machine with an NVIDIA GPU and a CUDA build of torch.")
+
+
+def run_matrix(args) -> int:
+    from ..bench.matrix import run_matrix as run
+    from ..bench.recipes import ALL_RECIPES
+    from ..bench.shapes import cases_for
+
+    _need_cuda()
+    cases = cases_for(args.model, args.budgets, args.resolutions)
+    recipes = args.recipes or ALL_RECIPES
+    iters = {"480p": args.iters, "720p": 1}
+    data = run(args.model, cases, recipes, out_path=args.out, warmup=args.warmup, iters=iters, ram_gib=args.ram_gib, log=lambda s: print(s, flush=True))
+    data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
+    if args.out:
+        args.out.write_text(json.dumps(data, indent=1, default=str))
+    from ..bench.report import model_section
+
+    print(model_section(data))
+    return 0
+
+
+def run_components(args) -> int:
+    import torch
+
+    from ..bench import components as C
+    from ..bench.matrix import environment
+    from ..bench.report import components_section
+
+    _need_cuda()
+    data: dict = {"kind": "components", "environment": environment()}
+
+    def save():
+        if args.out:
+            args.out.write_text(json.dumps(data, indent=1, default=str))
+
+    if "h2d" not in args.skip:
+        data["h2d"] = C.h2d_bandwidth()
+        save()
+    if "umt5" not in args.skip:
+        data["umt5"] = C.umt5_peak()
+        save()
+    if "vae" not in args.skip:
+        dtype = getattr(torch, args.vae_dtype)
+        data["vae"] = C.vae_decode_peaks([(240, 416, 33), (480, 832, 81)], dtype=dtype)
+        save()
+    print(components_section(data))
+    return 0
+
+
+def run_report(args) -> int:
+    from ..bench.report import render
+
+    datas = [json.loads(f.read_text()) for f in args.files]
+    print(render(datas, args.command), end="")
+    return 0
