@@ -1,0 +1,86 @@
+"""The profile schema: frozen dataclasses, one per TOML table, with the limits each value must respect.
+
+A profile stores intent (model, job defaults, planner preferences). The plan it resolved to and the
+machine it was saved on are kept for information only: every load re-plans on the machine at hand.
+Limits live in each field's metadata so that the reader can check them and say what is expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from planner.plan import Plan
+
+from ..job import TeaCacheSetting
+
+SCHEMA_VERSION = 1
+
+Precision = Literal["bf16", "fp8", "int8", "int4"]
+Preference = Literal["speed", "quality"]
+
+
+def limits(expect: str, lo: float | None = None, hi: float | None = None, multiple_of: int | None = None,
+           step_form: tuple[int, int] | None = None, max_len: int | None = None) -> dict:
+    """Field metadata the reader enforces. `expect` is the phrase the error message uses.
+
+    step_form=(a, b): the value must be of the form a*k + b (frames are 4k+1).
+    """
+    return {"expect": expect, "lo": lo, "hi": hi, "multiple_of": multiple_of, "step_form": step_form, "max_len": max_len}
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    """What to make, apart from the prompt: any field left out falls back to lowvram's default."""
+
+    width: Optional[int] = field(default=None, metadata=limits("the video width in pixels, a multiple of 16", 16, 4096, multiple_of=16))
+    height: Optional[int] = field(default=None, metadata=limits("the video height in pixels, a multiple of 16", 16, 4096, multiple_of=16))
+    frames: Optional[int] = field(default=None, metadata=limits("a number of frames of the form 4k+1 (17, 33, 81...)", 1, 1001, step_form=(4, 1)))
+    steps: Optional[int] = field(default=None, metadata=limits("a number of denoising steps", 1, 1000))
+    guidance: Optional[float] = field(default=None, metadata=limits("a guidance scale (<= 1 turns guidance off)", 0.0, 50.0))
+    negative_prompt: Optional[str] = field(default=None, metadata=limits("text describing what to avoid", max_len=20000))
+    fps: Optional[int] = field(default=None, metadata=limits("frames per second of the mp4", 1, 240))
+    teacache: Optional[TeaCacheSetting] = None
+
+
+@dataclass(frozen=True)
+class PlannerPrefs:
+    """What the planner may trade away on the machine where the profile is loaded."""
+
+    min_precision: Optional[Precision] = field(default=None, metadata=limits("the lowest transformer precision allowed"))
+    prefer: Optional[Preference] = field(default=None, metadata=limits("what wins when plans are close"))
+    vram_reserve_gib: Optional[float] = field(default=None, metadata=limits("GiB of VRAM to leave free", 0.0, 1024.0))
+    ram_reserve_gib: Optional[float] = field(default=None, metadata=limits("GiB of RAM to leave free", 0.0, 4096.0))
+    vram_cap_gib: Optional[float] = field(default=None, metadata=limits("the most VRAM lowvram may use, in GiB", 0.25, 1024.0))
+    ram_cap_gib: Optional[float] = field(default=None, metadata=limits("the most RAM lowvram may use, in GiB", 0.25, 4096.0))
+
+
+@dataclass(frozen=True)
+class MachineFingerprint:
+    """The machine a profile was saved on (for information: it is never trusted on load)."""
+
+    gpu: str = field(metadata=limits("the GPU name, or 'none'", max_len=200))
+    vram_gib: float = field(metadata=limits("the GPU's total VRAM in GiB", 0.0, 4096.0))
+    ram_gib: float = field(metadata=limits("the machine's total RAM in GiB", 0.0, 65536.0))
+    compute_capability: Optional[str] = field(default=None, metadata=limits("the CUDA compute capability, e.g. '8.9'", max_len=10))
+
+    def describe(self) -> str:
+        cc = f" (compute {self.compute_capability})" if self.compute_capability else ""
+        gpu = "no GPU" if self.gpu == "none" else f"{self.gpu}{cc}, {self.vram_gib:.1f} GiB VRAM"
+        return f"{gpu}, {self.ram_gib:.1f} GiB RAM"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str = field(metadata=limits("a short name for the profile", max_len=200))
+    model: str = field(metadata=limits("a model name (e.g. wan2.1-t2v-14b), hub id or folder", max_len=1000))
+    description: str = field(default="", metadata=limits("a description for people", max_len=20000))
+    schema_version: int = field(default=SCHEMA_VERSION, metadata=limits("the profile schema version", 1, SCHEMA_VERSION))
+    job: JobDefaults = field(default_factory=JobDefaults)
+    planner: PlannerPrefs = field(default_factory=PlannerPrefs)
+    saved_on: Optional[MachineFingerprint] = None
+    saved_plan: Optional[Plan] = None  # information only; re-planned on every load
+
+
+# Order of the top-level keys in a written file (tables after plain keys, as TOML requires).
+TOP_LEVEL_ORDER = ("schema_version", "name", "description", "model", "job", "planner", "saved_on", "saved_plan")
