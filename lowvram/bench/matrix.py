@@ -151,6 +151,7 @@ def run_matrix(
     iters: Optional[dict] = None,
     ram_gib: float = 64.0,
     log: Callable[[str], None] = print,
+    floor_resolutions: tuple[str, ...] = ("480p", "720p"),
 ) -> dict:
     iters = iters or {"480p": 2, "720p": 1}
     started = time.perf_counter()
@@ -169,7 +170,8 @@ def run_matrix(
     data["block_bytes"] = param_bytes(model.blocks[0])
     log(f"[{model_key}] built {data['params'] / 1e9:.2f} B params in {data['build_seconds']:.1f}s")
 
-    resolutions = sorted({c.resolution for c in cases}) or ["480p"]
+    # the floor (and the planner's per-block times) at every resolution asked, cases or not
+    resolutions = sorted({c.resolution for c in cases} | set(floor_resolutions))
     floors, blocks, activations = measure_resident(model_key, model, resolutions, warmup, iters, log)
     data["floor"] = {res: r.to_dict() for res, r in floors.items()}
     data["block_times"] = blocks

@@ -61,11 +61,21 @@ def set_budget(budget_gib: Optional[float]) -> None:
     torch.cuda.set_per_process_memory_fraction(fraction)
 
 
+def empty_host_cache() -> None:
+    """Give cached pinned host blocks back, so one case's pinned memory is not counted in the next's RSS."""
+    for owner, name in ((torch._C, "_host_emptyCache"), (torch._C, "_accelerator_emptyHostCache")):
+        fn = getattr(owner, name, None)
+        if fn is not None:
+            fn()
+            return
+
+
 def clean_cuda() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
+        empty_host_cache()
 
 
 def timed(fn: Callable[[], Any], sync: bool) -> tuple[float, Any]:
@@ -97,6 +107,7 @@ def run_case(result: CaseResult, recipe: Recipe, warmup: int = 1, iters: int = 2
     sampler = MemorySampler(lambda sample: None, interval=0.05)
     with sampler:
         sampler.start_window()
+        result.extra["rss_before"] = sampler.sample().ram_used
         forward = None
         try:
             t_setup, forward = timed(lambda: recipe.setup(result), cuda)
