@@ -19,8 +19,14 @@ class TeaCacheSetting:
     threshold: Optional[float] = None
     speedup: Optional[float] = None
     retention: bool = True
+    coefficients: Optional[str] = None  # override: t2v-1.3b, t2v-14b, i2v-14b-480p, i2v-14b-720p
 
     def __post_init__(self) -> None:
+        if self.coefficients is not None:
+            from .teacache.coefficients import COEFFICIENTS
+
+            if self.coefficients.lower() not in COEFFICIENTS:
+                raise UserError(f"TeaCache coefficients {self.coefficients!r}: unknown; use one of {', '.join(COEFFICIENTS)}.")
         if self.threshold is not None and self.speedup is not None:
             raise UserError("TeaCache: give either a threshold or a target speed-up, not both.")
         if self.threshold is not None and not (0.0 <= self.threshold <= 10.0):

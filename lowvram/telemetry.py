@@ -69,7 +69,23 @@ class TransformerCall(Event):
     accumulated: Optional[float] = None
     computed: bool = True
     seconds: float = 0.0
-    bytes_moved: int = 0
+    bytes_moved: int = 0  # bytes group offloading onloaded during the call
+    block_bytes_moved: int = 0  # of which transformer-block weights (0 on a skipped call)
+
+
+@dataclass(frozen=True)
+class TeaCacheScheduled(Event):
+    """The run's TeaCache skip schedule, known before the first step."""
+
+    summary: str = ""  # "TeaCache: computes 27 of 50 steps, predicted 1.8x (...)"
+    threshold: float = 0.0
+    retention: bool = True
+    coefficients: str = ""
+    computed_steps: int = 0
+    total_steps: int = 0
+    predicted_speedup: float = 1.0
+    step_computed: tuple[bool, ...] = ()
+    note: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,71 @@
+"""TeaCache for Wan2.1: coefficients, a skip schedule known before sampling, and the diffusers hooks.
+
+The light parts (coefficients, schedule) import without torch; the hooks load on first use, so that
+`lowvram.job` can validate a TeaCache setting without importing diffusers.
+"""
+
+from .coefficients import COEFFICIENTS, CoefficientChoice, ModelCoefficients, choose_coefficients
+from .schedule import (
+    CallDecision,
+    SkipSchedule,
+    TimeEmbedderWeights,
+    branches_for,
+    build_schedule,
+    decide_branch,
+    forced_steps,
+    preview,
+    preview_checkpoint,
+    rel_l1_series,
+    rescale,
+    schedule_from_rel_l1,
+    scheduler_timesteps,
+    search_threshold,
+    time_signal,
+)
+
+_LAZY = {
+    "TEACACHE_HOOK": "hook",
+    "TEACACHE_BLOCK_HOOK": "hook",
+    "TeaCacheConfig": "hook",
+    "TeaCacheHook": "hook",
+    "TeaCacheState": "hook",
+    "apply_teacache": "hook",
+    "get_teacache": "hook",
+    "remove_teacache": "hook",
+    "reset_teacache": "hook",
+    "TeaCacheRun": "run",
+    "schedule_for_run": "run",
+    "teacache_run": "run",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "COEFFICIENTS",
+    "CallDecision",
+    "CoefficientChoice",
+    "ModelCoefficients",
+    "SkipSchedule",
+    "TimeEmbedderWeights",
+    "branches_for",
+    "build_schedule",
+    "choose_coefficients",
+    "decide_branch",
+    "forced_steps",
+    "preview",
+    "preview_checkpoint",
+    "rel_l1_series",
+    "rescale",
+    "schedule_from_rel_l1",
+    "scheduler_timesteps",
+    "search_threshold",
+    "time_signal",
+    *_LAZY,
+]
