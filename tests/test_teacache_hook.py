@@ -1,0 +1,214 @@
+"""The TeaCache hooks on a small WanTransformer3DModel: skips, residuals, branches, offload, cleanup."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowvram.teacache import (
+    TEACACHE_BLOCK_HOOK,
+    TEACACHE_HOOK,
+    CallDecision,
+    SkipSchedule,
+    TeaCacheConfig,
+    apply_teacache,
+    get_teacache,
+    remove_teacache,
+    reset_teacache,
+)
+from lowvram.transfer_meter import TransferMeter, group_bytes, offload_groups
+
+LAYERS = 3
+
+
+def make_transformer():
+    from diffusers import WanTransformer3DModel
+
+    from lowvram.demo import _TRANSFORMER
+
+    torch.manual_seed(0)
+    config = dict(_TRANSFORMER, num_layers=LAYERS)
+    return WanTransformer3DModel(in_channels=16, **config).eval()
+
+
+def pattern_schedule(pattern: str, branches=("cond", "uncond")) -> SkipSchedule:
+    """'CC.C' -> compute, compute, skip, compute for every branch."""
+    calls = tuple(
+        CallDecision(step, b, 1000.0 - step, None, None, 0.0, ch == "C", False)
+        for step, ch in enumerate(pattern)
+        for b in branches
+    )
+    ts = tuple(1000.0 - s for s in range(len(pattern)))
+    return SkipSchedule("t2v-1.3b", False, 0.1, tuple(branches), ts, calls)
+
+
+class Probe:
+    """Native torch hooks: the block stack's input and output, and real block forwards (ffn runs)."""
+
+    def __init__(self, tr):
+        self.stack_in = self.stack_out = None
+        self.block_forwards = 0
+        tr.blocks[0].register_forward_pre_hook(lambda m, a: setattr(self, "stack_in", a[0].clone()))
+        tr.norm_out.register_forward_pre_hook(lambda m, a: setattr(self, "stack_out", a[0].clone()))
+        for b in tr.blocks:
+            b.ffn.register_forward_pre_hook(lambda m, a: setattr(self, "block_forwards", self.block_forwards + 1))
+
+
+def inputs(step: int, branch: str):
+    g = torch.Generator().manual_seed(100 * step + (branch == "uncond"))
+    hidden = torch.randn(1, 16, 2, 8, 8, generator=g)
+    text = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(7 if branch == "cond" else 8))
+    return dict(hidden_states=hidden, timestep=torch.tensor([1000.0 - 30 * step]), encoder_hidden_states=text, return_dict=False)
+
+
+def run(tr, pattern, branches=("cond", "uncond"), step_index=True):
+    """Calls the transformer as the runner does; returns per call (branch, computed, output, stack in/out, forwards)."""
+    probe = Probe(tr)
+    out = []
+    with torch.no_grad():
+        for step in range(len(pattern)):
+            for b in branches:
+                before = probe.block_forwards
+                ctx = dict(step_index=step) if step_index else {}
+                with tr.cache_context(b, **ctx):
+                    y = tr(**inputs(step, b))[0]
+                out.append(dict(branch=b, computed=pattern[step] == "C", y=y, stack_in=probe.stack_in, stack_out=probe.stack_out, forwards=probe.block_forwards - before))
+    return out
+
+
+def test_skipped_call_is_input_plus_cached_residual_of_its_own_branch():
+    tr = make_transformer()
+    pattern = "CC..C."
+    apply_teacache(tr, TeaCacheConfig(pattern_schedule(pattern)))
+    residual = {}
+    for call in run(tr, pattern):
+        if call["computed"]:
+            assert call["forwards"] == LAYERS
+            residual[call["branch"]] = call["stack_out"] - call["stack_in"]
+        else:
+            assert call["forwards"] == 0
+            assert torch.equal(call["stack_out"], call["stack_in"] + residual[call["branch"]])
+    assert not torch.equal(residual["cond"], residual["uncond"])  # each branch keeps its own
+
+
+def test_computed_calls_are_unchanged_and_remove_restores_the_model():
+    tr = make_transformer()
+    plain = run(tr, "CCC")
+    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.C")))
+    cached = run(tr, "C.C")
+    for a, b in zip(plain, cached):
+        assert torch.equal(a["y"], b["y"]) == b["computed"]
+    remove_teacache(tr)
+    assert get_teacache(tr) is None
+    assert all(TEACACHE_BLOCK_HOOK not in b._diffusers_hook.hooks for b in tr.blocks)
+    again = run(tr, "CCC")
+    assert all(torch.equal(a["y"], b["y"]) for a, b in zip(plain, again))
+
+
+def test_guidance_off_one_branch():
+    tr = make_transformer()
+    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.C.", branches=("cond",))))
+    calls = run(tr, "C.C.", branches=("cond",))
+    assert [c["forwards"] for c in calls] == [LAYERS, 0, LAYERS, 0]
+    with pytest.raises(RuntimeError, match="branch 'uncond'"):
+        with torch.no_grad(), tr.cache_context("uncond"):
+            tr(**inputs(0, "uncond"))
+
+
+def test_no_cache_context_raises_instead_of_sharing_state():
+    tr = make_transformer()
+    apply_teacache(tr, TeaCacheConfig(pattern_schedule("CC")))
+    with pytest.raises(RuntimeError, match="cache_context"):
+        with torch.no_grad():
+            tr(**inputs(0, "cond"))
+
+
+def test_reset_starts_over_and_counts_steps_without_step_index():
+    tr = make_transformer()
+    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.")))
+    first = run(tr, "C.", step_index=False)
+    assert [c["forwards"] for c in first] == [LAYERS, LAYERS, 0, 0]
+    with pytest.raises(RuntimeError, match="covers 2 steps"):
+        run(tr, "C", step_index=False)  # a third step without a reset
+    reset_teacache(tr)
+    second = run(tr, "C.", step_index=False)
+    assert [c["forwards"] for c in second] == [LAYERS, LAYERS, 0, 0]
+    assert all(torch.equal(a["y"], b["y"]) for a, b in zip(first, second))
+
+
+def test_first_call_after_a_resume_computes_when_no_residual_is_cached():
+    tr = make_transformer()
+    apply_teacache(tr, TeaCacheConfig(pattern_schedule("CC..")))
+    probe = Probe(tr)
+    with torch.no_grad(), tr.cache_context("cond", step_index=2):  # resumed at a skipped step
+        tr(**inputs(2, "cond"))
+    assert probe.block_forwards == LAYERS
+
+
+def _block_offloaded():
+    from diffusers.hooks import apply_group_offloading
+
+    tr = make_transformer()
+    apply_group_offloading(tr, onload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
+    return tr
+
+
+def test_skipped_calls_move_no_block_weights_under_group_offload():
+    tr = _block_offloaded()
+    groups = offload_groups(tr)
+    block_bytes = sum(group_bytes(g) for g, is_block in groups if is_block)
+    other_bytes = sum(group_bytes(g) for g, is_block in groups if not is_block)
+    assert block_bytes > 0 and other_bytes > 0
+    pattern = "C.C."
+    apply_teacache(tr, TeaCacheConfig(pattern_schedule(pattern)))
+    hook = get_teacache(tr)
+    with TransferMeter(tr) as meter:
+        hook.meter = meter
+        calls = run(tr, pattern)
+    records = hook.drain()
+    assert [r.computed for r in records] == [c["computed"] for c in calls]
+    for rec, call in zip(records, calls):
+        if rec.computed:
+            assert rec.moved.blocks == block_bytes and call["forwards"] == LAYERS
+        else:
+            assert rec.moved.blocks == 0 and call["forwards"] == 0
+        assert rec.moved.total - rec.moved.blocks == other_bytes  # embedders and head run on every call
+
+
+def test_skipped_call_does_not_prefetch_a_block_and_keeps_the_prefetch_link():
+    tr = _block_offloaded()
+    # What diffusers' lazy prefetching sets up after the first streamed forward: the top-level group
+    # onloads blocks.0 ahead of time. Streams need a GPU, so the link is made by hand here.
+    top = tr._diffusers_hook.get_hook("group_offloading")
+    first_block = tr.blocks[0]._diffusers_hook.get_hook("group_offloading").group
+    top.next_group = first_block
+    first_block.onload_self = False
+    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.")))
+    hook = get_teacache(tr)
+    with TransferMeter(tr) as meter:
+        hook.meter = meter
+        run(tr, "C.", branches=("cond",))
+    computed, skipped = hook.drain()
+    assert computed.moved.blocks > 0
+    assert skipped.moved.blocks == 0
+    assert top.next_group is first_block
+
+
+def test_teacache_under_group_offloading_is_refused_on_skip():
+    from diffusers.hooks import apply_group_offloading
+
+    tr = make_transformer()
+    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.")))
+    apply_group_offloading(tr, onload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
+    with pytest.raises(RuntimeError, match="before group offloading"):
+        run(tr, "C.", branches=("cond",))
+
+
+def test_apply_twice_is_refused_and_hooks_have_names():
+    tr = make_transformer()
+    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C")))
+    assert TEACACHE_HOOK in tr._diffusers_hook.hooks
+    with pytest.raises(RuntimeError, match="already applied"):
+        apply_teacache(tr, TeaCacheConfig(pattern_schedule("C")))
+    with pytest.raises(TypeError, match="SkipSchedule"):
+        TeaCacheConfig(schedule="C.C")
