@@ -10,21 +10,25 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from planner.plan import Plan
 
+from . import faults as fault_injection
 from . import placement
 from .errors import CancelledError, UserError
 from .job import Job, check_task, validate_job
 from .loading import CheckpointInfo, load_pipeline
 from .memory import MemorySampler
 from .models import ModelRef, resolve_model
+from .recovery import OutOfMemoryExhausted, Recovery
+from .resume import DenoiseCheckpoint, ResumeState, restore_scheduler
 from .telemetry import (
     EventLog,
     EventSink,
     LogMessage,
     RunCancelled,
+    RunFailed,
     RunFinished,
     RunStarted,
     StageFinished,
@@ -75,6 +79,7 @@ class RunResult:
     events: list = field(default_factory=list)
     step_seconds: list = field(default_factory=list)
     stage_peaks: dict = field(default_factory=dict)
+    latents: Any = None  # the denoised latents (CPU), for resume/equality checks
 
 
 class Clock:
@@ -83,6 +88,11 @@ class Clock:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.t0
+
+
+def _resumed_conditioning(resume: ResumeState) -> "Conditioning":
+    c = resume.cond
+    return Conditioning(c["prompt_embeds"], c["negative_embeds"], c["image_embeds"], resume.checkpoint.latents, c["condition"])
 
 
 def _check_cancel(cancel: Optional[threading.Event]) -> None:
@@ -142,8 +152,14 @@ def denoise(
     on_event: EventSink,
     clock: Clock,
     cancel: Optional[threading.Event] = None,
+    resume: Optional[DenoiseCheckpoint] = None,
+    on_checkpoint: Optional[Callable[[int, Any, Any], None]] = None,
 ) -> tuple[Any, list[float]]:
-    """The sampling loop (as diffusers' Wan pipelines run it), one StepFinished event per step."""
+    """The sampling loop (as diffusers' Wan pipelines run it), one StepFinished event per step.
+
+    `resume` starts at its step with its latents and scheduler history (after an OOM or from a file);
+    `on_checkpoint(steps_done, latents, scheduler)` is called after every step.
+    """
     import torch
 
     pipe = loaded.pipe
@@ -154,13 +170,20 @@ def denoise(
     scheduler.set_begin_index(0)
     timesteps = scheduler.timesteps
     latents = cond.latents.to(device)
+    start = 0
+    if resume is not None:
+        start, latents = resume.step, resume.latents.to(device, copy=True)
+        restore_scheduler(scheduler, resume.scheduler, resume.tensors, device)
     condition = cond.condition.to(device) if cond.condition is not None else None
     tdtype = transformer.dtype
     cfg = cond.negative_embeds is not None
     step_seconds: list[float] = []
     with torch.no_grad():
         for i, t in enumerate(timesteps):
+            if i < start:
+                continue
             _check_cancel(cancel)
+            fault_injection.check("denoise", i)
             started = time.perf_counter()
             model_in = latents if condition is None else torch.cat([latents, condition], dim=1)
             model_in = model_in.to(tdtype)
@@ -175,6 +198,8 @@ def denoise(
                     noise_uncond = transformer(encoder_hidden_states=cond.negative_embeds, **kwargs)[0]
                 noise_pred = noise_uncond + job.guidance * (noise_pred - noise_uncond)
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            if on_checkpoint is not None:
+                on_checkpoint(i + 1, latents, scheduler)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - started
@@ -238,8 +263,16 @@ def generate(
     on_event: EventSink = ignore,
     cancel: Optional[threading.Event] = None,
     loaded: Optional[LoadedModel] = None,
+    faults: Optional[fault_injection.FaultPlan] = None,
+    resume: Optional[ResumeState] = None,
 ) -> RunResult:
-    """Run a whole job. Validates everything before loading; writes video + sidecar atomically."""
+    """Run a whole job. Validates everything before loading; writes video + sidecar atomically.
+
+    On out-of-memory a stage is retried with the next leaner plan (lowvram.recovery), denoising from
+    its last step. Cancelled or out of memory on the leanest plan: the latents are kept on disk and
+    `resume` (lowvram.resume.load_resume_file) finishes the run later, without encoding again.
+    `faults` injects OOMs for tests (lowvram.faults).
+    """
     from .output import choose_output, sidecar_path, write_video_atomic
     from .sidecar import build_sidecar, write_sidecar
 
@@ -252,11 +285,13 @@ def generate(
     if note:
         log(LogMessage(t=clock(), level="warning", message=note))
     peaks: dict = {}
-    with MemorySampler(log, clock=clock) as sampler:
+    rec = Recovery(plan, log, clock)
+    with MemorySampler(log, clock=clock) as sampler, fault_injection.installed(fault_injection.resolve(faults)):
         try:
             if loaded is None:
                 with _Stage("load", log, clock, sampler, peaks):
-                    loaded = load_model(ref, plan)
+                    loaded = rec.run("load", lambda p: load_model(ref, p))
+            rec.pipe = loaded.pipe
             check_task(job, loaded.task, ref.name)
             log(
                 RunStarted(
@@ -273,17 +308,26 @@ def generate(
 
                 log(LogMessage(t=clock(), level="warning", message=f"model: {DEMO_LABEL}"))
             _check_cancel(cancel)
-            with _Stage("encode", log, clock, sampler, peaks):
-                placement.enter_stage(loaded.pipe, plan, "encode")
-                cond = encode(loaded, job, plan)
+            if resume is None:
+                with _Stage("encode", log, clock, sampler, peaks):
+                    cond = rec.run("encode", lambda p: encode(loaded, job, p))
+            else:
+                cond, rec.checkpoint = _resumed_conditioning(resume), resume.checkpoint
+            rec.cond = vars(cond)
             _check_cancel(cancel)
+            step_seconds: list[float] = []
+
+            def denoise_from_checkpoint(p: Plan) -> Any:
+                out, seconds = denoise(loaded, job, p, cond, log, clock, cancel, rec.checkpoint, rec.keep)
+                step_seconds.extend(seconds)
+                return out
+
             with _Stage("denoise", log, clock, sampler, peaks):
-                placement.enter_stage(loaded.pipe, plan, "denoise")
-                latents, step_seconds = denoise(loaded, job, plan, cond, log, clock, cancel)
+                latents = rec.run("denoise", denoise_from_checkpoint)
             _check_cancel(cancel)
             with _Stage("decode", log, clock, sampler, peaks):
-                placement.enter_stage(loaded.pipe, plan, "decode")
-                frames = decode(loaded, plan, latents)
+                frames = rec.run("decode", lambda p: decode(loaded, p, latents))
+            plan = loaded.plan = rec.plan  # after a fallback the pipeline is placed per the leaner plan
             with _Stage("write", log, clock, sampler, peaks):
                 write_video_atomic(frames, video_path, job.fps)
                 side = sidecar_path(video_path)
@@ -291,11 +335,18 @@ def generate(
                 log(RunFinished(t=total, video_path=str(video_path), sidecar_path=str(side), seconds=total))
             data = build_sidecar(job, loaded, plan, log.events, step_seconds, peaks, total)
             write_sidecar(data, side)
-            return RunResult(video_path, side, total, plan, log.events, step_seconds, peaks)
+            return RunResult(video_path, side, total, plan, log.events, step_seconds, peaks, latents.detach().cpu())
         except CancelledError:
             stages = log.of(StageStarted)
-            log(RunCancelled(t=clock(), stage=stages[-1].stage if stages else ""))
+            kept = rec.save(job, video_path, "cancelled")
+            step = rec.checkpoint.step if rec.checkpoint is not None else -1
+            log(RunCancelled(t=clock(), stage=stages[-1].stage if stages else "", step=step, latents_path=str(kept or "")))
             raise
+        except OutOfMemoryExhausted as exc:
+            kept = rec.save(job, video_path, "out of memory")
+            failed = exc.with_latents(kept)
+            log(RunFailed(t=clock(), stage=exc.stage, message=str(failed), latents_path=str(kept or "")))
+            raise failed from None
         finally:
             if loaded is not None:
                 placement.leave_all(loaded.pipe)

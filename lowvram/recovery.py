@@ -1,0 +1,146 @@
+"""OOM fallback with resume: run a stage; on `torch.OutOfMemoryError` free what it held, switch to the
+next leaner plan (planner.fallback), say so (PlanSwitched) and run it again from where it stopped.
+
+Denoising resumes from the last completed step: the runner reports a checkpoint (latents + the
+scheduler's multistep history, on the CPU) after every step, and the retry starts from it.
+When the leanest plan runs out of memory too, `OutOfMemoryExhausted` (exit code 3) ends the run;
+the runner then keeps the latents on disk for `lowvram generate --resume FILE`.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+from planner.fallback import describe_change, leaner_plan
+from planner.plan import Plan
+
+from . import faults, placement
+from .errors import UserError
+from .resume import DenoiseCheckpoint, make_checkpoint, resume_path_for, save_resume_file
+from .telemetry import EventSink, LogMessage, PlanSwitched
+
+T = TypeVar("T")
+
+# A plan switch can itself run out of memory (re-placing components); give up after this many in a row.
+MAX_SWITCHES = 64
+
+
+class OutOfMemoryExhausted(UserError):
+    """Out of memory with the leanest plan. Exit code 3: not a bad input, the machine is short."""
+
+    exit_code = 3
+
+    def __init__(self, stage: str, plan: Plan, detail: str, latents_path: Optional[Path] = None):
+        self.stage, self.plan, self.detail, self.latents_path = stage, plan, detail, latents_path
+        keep = (
+            f" The latents are kept in {latents_path}: free GPU memory (close other programs using it) and finish with "
+            f"`lowvram generate --resume {latents_path}`."
+            if latents_path
+            else " Free GPU memory (close other programs using it), or lower --width/--height/--frames, and run again."
+        )
+        super().__init__(f"out of memory during {stage} even with the leanest plan ({plan.summary()}): {detail}.{keep}")
+
+    def with_latents(self, path: Optional[Path]) -> "OutOfMemoryExhausted":
+        return OutOfMemoryExhausted(self.stage, self.plan, self.detail, path)
+
+
+def free_memory(pipe: Any) -> None:
+    """Release what a failed stage held: components off the GPU, garbage, the allocator's cache."""
+    import torch
+
+    if pipe is not None:
+        try:
+            placement.leave_all(pipe)
+        except torch.OutOfMemoryError:
+            pass  # moving to the CPU should not need VRAM; if it does, the gc below still helps
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _oom_detail(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first[:200]
+
+
+class Recovery:
+    """One run's fallback state: the current plan, the conditioning, and the last denoising checkpoint."""
+
+    def __init__(self, plan: Plan, sink: EventSink, clock: Callable[[], float], enabled: bool = True):
+        self.plan = plan
+        self.sink = sink
+        self.clock = clock
+        self.enabled = enabled
+        self.pipe: Any = None  # set once the pipeline is loaded
+        self.cond: Optional[dict] = None  # conditioning tensors, set after encode
+        self.checkpoint: Optional[DenoiseCheckpoint] = None
+        self.switches: list[PlanSwitched] = []
+        self.step_seconds: list[float] = []
+
+    @property
+    def num_blocks(self) -> Optional[int]:
+        transformer = getattr(self.pipe, "transformer", None)
+        return getattr(getattr(transformer, "config", None), "num_layers", None)
+
+    def run(self, stage: str, attempt: Callable[[Plan], T]) -> T:
+        """Enter `stage` under the current plan and run `attempt(plan)`; on OOM, lean and retry."""
+        import torch
+
+        while True:
+            try:
+                if stage != "denoise":  # denoise checks per step, inside the loop
+                    faults.check(stage)
+                if self.pipe is not None:
+                    placement.enter_stage(self.pipe, self.plan, stage)
+                return attempt(self.plan)
+            except torch.OutOfMemoryError as exc:
+                detail = _oom_detail(exc)
+                if not self.enabled:
+                    raise
+            # Outside the except block: the traceback (and the tensors its frames hold) is gone.
+            self.fall_back(stage, detail)
+
+    def fall_back(self, stage: str, detail: str) -> Plan:
+        """Free memory, pick the next leaner plan, re-place the pipeline, emit PlanSwitched."""
+        import torch
+
+        free_memory(self.pipe)
+        for _ in range(MAX_SWITCHES):
+            new = leaner_plan(self.plan, stage, self.num_blocks)
+            if new is None:
+                raise OutOfMemoryExhausted(stage, self.plan, detail)
+            event = PlanSwitched(
+                t=self.clock(),
+                stage=stage,
+                reason=f"out of memory ({detail}); now {describe_change(self.plan, new)}",
+                old_summary=self.plan.summary(),
+                new_summary=new.summary(),
+            )
+            old, self.plan = self.plan, new
+            self.switches.append(event)
+            self.sink(event)
+            if self.pipe is None:
+                return new
+            try:
+                placement.reapply(self.pipe, old, new)
+                return new
+            except torch.OutOfMemoryError as exc:
+                detail = _oom_detail(exc)
+            free_memory(self.pipe)
+        raise OutOfMemoryExhausted(stage, self.plan, detail)
+
+    def keep(self, step: int, latents: Any, scheduler: Any) -> None:
+        """The runner's per-step callback: `step` steps are done."""
+        self.checkpoint = make_checkpoint(step, latents, scheduler)
+
+    def save(self, job: Any, video_path: Path, reason: str) -> Optional[Path]:
+        """Write the resume file when there is something to resume (encode finished); else None."""
+        if self.checkpoint is None or self.cond is None:
+            return None
+        try:
+            return save_resume_file(resume_path_for(video_path), job, self.plan, self.cond, self.checkpoint, reason)
+        except OSError as exc:
+            self.sink(LogMessage(t=self.clock(), level="error", message=f"could not keep the latents: {exc}"))
+            return None

@@ -1,0 +1,201 @@
+"""OOM fallback with resume, on the CPU demo model: real torch.OutOfMemoryError instances injected by
+lowvram.faults at encode, denoise step k and decode; each run must finish on a leaner plan with the
+same latents as an uninterrupted run of that final plan."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lowvram.errors import UserError
+from lowvram.faults import FaultPlan, OomAt, inject_oom
+from lowvram.recovery import OutOfMemoryExhausted
+from lowvram.resume import load_resume_file
+from lowvram.runner import generate
+from lowvram.telemetry import PlanSwitched, RunFailed
+from planner.fallback import ladder, leaner_plan
+from planner.plan import Plan, TransformerPlacement
+
+
+@pytest.fixture
+def plan(cpu_plan):
+    return cpu_plan
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    """One demo pipeline for the module (the TUI's case: loaded once, many runs)."""
+    from lowvram.models import resolve_model
+    from lowvram.runner import load_model
+
+    return load_model(resolve_model("tiny-random"), Plan(device="cpu", dtype="float32", source="forced"))
+
+
+@pytest.fixture
+def run(loaded):
+    """generate() on the shared pipeline, first placed per `plan` (a fallback leaves it leaner)."""
+    from lowvram import placement
+
+    def go(job, plan, **kw):
+        placement.reapply(loaded.pipe, loaded.plan, plan)
+        loaded.plan = plan
+        return generate(job, plan, loaded=loaded, **kw)
+
+    return go
+
+
+def switches(result):
+    return [e for e in result.events if isinstance(e, PlanSwitched)]
+
+
+# ---------------------------------------------------------------- the ladder (pure)
+
+
+def test_decode_ladder_leans_the_vae_first():
+    p = Plan(device="cuda")
+    assert [q.vae for q in ladder(p, "decode")[:2]] == ["gpu_tiled", "cpu"]
+    assert leaner_plan(p, "decode").source == "fallback"
+    assert "VAE gpu -> gpu_tiled" in leaner_plan(p, "decode").reasons[-1]
+
+
+def test_denoise_ladder_for_a_40_block_transformer():
+    steps = ladder(Plan(device="cuda"), "denoise", num_blocks=40)
+    kinds = [(q.transformer.kind, q.transformer.resident_blocks, q.transformer_quant) for q in steps[:9]]
+    assert kinds == [
+        ("partial", 20, "bf16"),
+        ("partial", 10, "bf16"),
+        ("partial", 5, "bf16"),
+        ("partial", 2, "bf16"),
+        ("partial", 1, "bf16"),
+        ("block_offload", 0, "bf16"),
+        ("leaf_offload", 0, "bf16"),
+        ("leaf_offload", 0, "int8"),
+        ("leaf_offload", 0, "int8"),  # then the text encoder leans
+    ]
+    assert steps[8].text_encoder == "offload"
+    last = steps[-1]
+    assert (last.text_encoder, last.vae, last.transformer_quant) == ("cpu", "cpu", "int8")
+    assert leaner_plan(last, "denoise", 40) is None
+
+
+def test_ladder_drops_stale_predictions_and_keeps_reasons():
+    from planner.plan import StagePeak
+
+    p = Plan(device="cuda", predicted=(StagePeak("denoise", 10, 10),), reasons=("chosen",))
+    q = leaner_plan(p, "encode")
+    assert q.predicted == () and q.reasons[0] == "chosen" and q.text_encoder == "offload"
+
+
+def test_fault_plan_parsing():
+    assert FaultPlan.parse("denoise:3, decode").ooms == (OomAt("denoise", 3), OomAt("decode"))
+    for bad in ("paint", "denoise:x", "decode:2", "denoise:-1"):
+        with pytest.raises(UserError):
+            FaultPlan.parse(bad)
+
+
+# ---------------------------------------------------------------- injected OOMs, end to end
+
+
+def test_oom_at_encode_switches_text_encoder_and_matches(run, small_job, plan, tmp_path):
+    job = small_job(steps=3)
+    hit = run(job, plan, faults=FaultPlan.parse("encode"))
+    (sw,) = switches(hit)
+    assert sw.stage == "encode" and "text encoder gpu -> offload" in sw.reason
+    assert hit.plan.text_encoder == "offload" and hit.video_path.is_file()
+    clean = run(job.with_(out=str(tmp_path / "clean.mp4")), hit.plan)
+    assert torch.equal(hit.latents, clean.latents)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_oom_at_denoise_step_k_resumes_with_history(run, small_job, plan, tmp_path, k):
+    """UniPC is multistep: the retry must continue from step k with the kept scheduler history."""
+    job = small_job(steps=4)
+    hit = run(job, plan, faults=FaultPlan.parse(f"denoise:{k}"))
+    (sw,) = switches(hit)
+    assert sw.stage == "denoise" and hit.plan.transformer.kind != "resident"
+    steps_run = [e.step for e in hit.events if type(e).__name__ == "StepFinished"]
+    assert steps_run == [0, 1, 2, 3]  # step k ran once, after the switch; no step ran twice
+    clean = run(job.with_(out=str(tmp_path / "clean.mp4")), hit.plan)
+    assert torch.equal(hit.latents, clean.latents)
+
+
+def test_resuming_without_scheduler_history_would_differ(loaded, small_job, plan):
+    """The control for the test above: dropping UniPC's history at step 2 changes the result."""
+    from lowvram.resume import make_checkpoint
+    from lowvram.runner import Clock, denoise, encode
+
+    job = small_job(steps=4)
+    cond = encode(loaded, job, plan)
+    kept = []
+    full, _ = denoise(loaded, job, plan, cond, lambda e: None, Clock(), on_checkpoint=lambda s, x, sch: kept.append(make_checkpoint(s, x, sch)))
+    with_history, _ = denoise(loaded, job, plan, cond, lambda e: None, Clock(), resume=kept[1])
+    loaded.pipe.scheduler.set_timesteps(job.steps)
+    fresh = make_checkpoint(2, kept[1].latents, loaded.pipe.scheduler)  # same latents, history forgotten
+    fresh.scheduler["attrs"]["_step_index"] = {"value": 2}
+    fresh.scheduler["attrs"]["_begin_index"] = {"value": 0}
+    without, _ = denoise(loaded, job, plan, cond, lambda e: None, Clock(), resume=fresh)
+    assert torch.equal(full, with_history)
+    assert not torch.allclose(full, without, atol=1e-6)
+
+
+def test_oom_at_decode_retries_tiled(run, small_job, plan, tmp_path):
+    job = small_job()
+    hit = run(job, plan, faults=FaultPlan.parse("decode"))
+    (sw,) = switches(hit)
+    assert sw.stage == "decode" and hit.plan.vae == "gpu_tiled" and hit.video_path.is_file()
+    clean = run(job.with_(out=str(tmp_path / "clean.mp4")), hit.plan)
+    assert torch.equal(hit.latents, clean.latents)
+
+
+def test_context_manager_and_env_var_install_faults(run, small_job, plan, tmp_path, monkeypatch):
+    with inject_oom("decode"):
+        a = run(small_job(out=str(tmp_path / "a.mp4")), plan)
+    monkeypatch.setenv("LOWVRAM_INJECT_OOM", "encode")
+    b = run(small_job(out=str(tmp_path / "b.mp4")), plan)
+    assert [s.stage for s in switches(a)] == ["decode"]
+    assert [s.stage for s in switches(b)] == ["encode"]
+
+
+# ---------------------------------------------------------------- leanest plan fails: keep latents, resume later
+
+LEANEST = Plan(
+    device="cpu",
+    dtype="float32",
+    transformer=TransformerPlacement("leaf_offload"),
+    transformer_quant="int8",
+    text_encoder="cpu",
+    vae="cpu",
+    source="forced",
+)
+
+
+@pytest.mark.parametrize("where, stage, step", [("denoise:2", "denoise", 2), ("decode", "decode", 4)])
+def test_leanest_plan_oom_keeps_latents_and_resume_finishes(run, small_job, tmp_path, where, stage, step):
+    job = small_job(steps=4)
+    events = []
+    with pytest.raises(OutOfMemoryExhausted) as info:
+        run(job, LEANEST, on_event=events.append, faults=FaultPlan.parse(where))
+    err = info.value
+    assert err.exit_code == 3 and err.latents_path is not None and "--resume" in str(err)
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*partial*"))
+    (failed,) = [e for e in events if isinstance(e, RunFailed)]
+    assert failed.stage == stage and failed.latents_path == str(err.latents_path)
+
+    state = load_resume_file(str(err.latents_path))
+    assert state.checkpoint.step == step and state.stage == ("decode" if step == 4 else "denoise")
+    assert state.plan == LEANEST and state.job == job
+    resumed = run(state.job.with_(out=str(tmp_path / "resumed.mp4")), state.plan, resume=state)
+    clean = run(job.with_(out=str(tmp_path / "clean.mp4")), LEANEST)
+    assert resumed.video_path.is_file()
+    assert torch.equal(resumed.latents, clean.latents)
+
+
+def test_plan_switch_is_recorded_in_the_sidecar_plan(run, small_job, plan):
+    import json
+
+    hit = run(small_job(), plan, faults=FaultPlan.parse("decode"))
+    side = json.loads(hit.sidecar_path.read_text())
+    assert dataclasses.asdict(hit.plan)["vae"] == "gpu_tiled"
+    assert "gpu_tiled" in json.dumps(side)
