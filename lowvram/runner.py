@@ -178,7 +178,10 @@ def denoise(
     tdtype = transformer.dtype
     cfg = cond.negative_embeds is not None
     step_seconds: list[float] = []
-    with torch.no_grad():
+    from .teacache.run import teacache_run
+
+    # TeaCache (off unless the job asks): its schedule is fixed here, before the first step.
+    with torch.no_grad(), teacache_run(loaded, job, timesteps, on_event, clock) as teacache:
         for i, t in enumerate(timesteps):
             if i < start:
                 continue
@@ -191,10 +194,10 @@ def denoise(
             kwargs = dict(hidden_states=model_in, timestep=timestep, attention_kwargs=None, return_dict=False)
             if cond.image_embeds is not None:
                 kwargs["encoder_hidden_states_image"] = cond.image_embeds
-            with transformer.cache_context("cond"):
+            with transformer.cache_context("cond", step_index=i):
                 noise_pred = transformer(encoder_hidden_states=cond.prompt_embeds, **kwargs)[0]
             if cfg:
-                with transformer.cache_context("uncond"):
+                with transformer.cache_context("uncond", step_index=i):
                     noise_uncond = transformer(encoder_hidden_states=cond.negative_embeds, **kwargs)[0]
                 noise_pred = noise_uncond + job.guidance * (noise_pred - noise_uncond)
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
@@ -206,6 +209,7 @@ def denoise(
             step_seconds.append(elapsed)
             remaining = len(timesteps) - i - 1
             mean = sum(step_seconds) / len(step_seconds)
+            computed, skipped = teacache.step_done(i)
             on_event(
                 StepFinished(
                     t=clock(),
@@ -213,7 +217,8 @@ def denoise(
                     total=len(timesteps),
                     seconds=elapsed,
                     eta_seconds=mean * remaining,
-                    computed_calls=2 if cfg else 1,
+                    computed_calls=computed,
+                    skipped_calls=skipped,
                 )
             )
     return latents, step_seconds
