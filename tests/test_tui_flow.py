@@ -1,0 +1,123 @@
+"""The TUI driven by Pilot on the demo model on CPU: job -> plan -> run -> done, cancel, bad input."""
+
+from __future__ import annotations
+
+import threading
+
+from textual.widgets import Label
+from tui_support import cpu_app, fill_job, text_of, wait_for
+
+from lowvram.runner import generate
+from lowvram.telemetry import StepFinished
+from tui.screens.done import DoneScreen
+from tui.screens.job import JobScreen
+from tui.screens.plan import PlanScreen
+from tui.screens.run import CANCELLED, RunScreen
+
+
+async def test_whole_flow_writes_the_video_and_reuses_the_model(tmp_path, demo_t2v_path):
+    app = cpu_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await fill_job(pilot, tmp_path / "clip.mp4")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.view is not None, what="the plan")
+        plan_text = text_of(app.screen.query_one("#plan"))
+        assert "Hardware" in plan_text and "Plan" in plan_text and "64x64, 5 frames, 2 steps" in plan_text
+
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, (RunScreen, DoneScreen)), what="the run screen")
+        await app.workers.wait_for_complete()
+        await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), what="the done screen")
+        first = app.screen.summary
+        assert (tmp_path / "clip.mp4").stat().st_size > 0
+        assert first.video_path.endswith("clip.mp4") and first.steps == 2
+        assert first.computed_calls + first.skipped_calls == 4  # 2 steps x cond/uncond
+        assert not first.reused_model and first.peak_ram_bytes > 0
+
+        # Another run with the same settings keeps the loaded model and never overwrites the first video.
+        await pilot.press("a")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.view is not None, what="the second plan")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, (RunScreen, DoneScreen)), what="the second run")
+        await app.workers.wait_for_complete()
+        await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), what="the second done screen")
+        second = app.screen.summary
+        assert second.reused_model and second.video_path != first.video_path
+        assert len(list(tmp_path.glob("*.mp4"))) == 2
+
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobScreen), what="the job screen")
+        assert app.screen.values()["prompt"] == "a cat walks in the city"
+
+
+async def test_cancel_mid_run_with_confirmation_writes_no_video(tmp_path, demo_t2v_path):
+    first_step = threading.Event()
+
+    def generate_pausing_after_first_step(job, plan, on_event, cancel, loaded=None):
+        """The real runner; after step 1 it waits (bounded) until the user has confirmed the cancel."""
+
+        def sink(event):
+            on_event(event)
+            if isinstance(event, StepFinished) and event.step == 0:
+                first_step.set()
+                cancel.wait(timeout=30)
+
+        return generate(job, plan, sink, cancel, loaded=loaded)
+
+    app = cpu_app(generate=generate_pausing_after_first_step)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await fill_job(pilot, tmp_path / "never.mp4", steps="6")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.view is not None, what="the plan")
+        await pilot.press("enter")
+        await wait_for(pilot, first_step.is_set, what="the first step")
+        run_screen = app.screen
+        assert isinstance(run_screen, RunScreen)
+
+        await pilot.press("c")
+        await pilot.pause()
+        await pilot.press("n")  # "No": the run goes on
+        await pilot.pause()
+        assert not run_screen.cancel_event.is_set()
+
+        await pilot.press("c")
+        await pilot.pause()
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await wait_for(pilot, lambda: run_screen.state == CANCELLED, what="the cancelled state")
+        assert "cancelled" in text_of(run_screen.query_one("#stage", Label))
+        assert run_screen.grid.counts() == (2, 0)  # step 1's two calls computed, nothing after
+        assert not list(tmp_path.glob("*.mp4"))
+
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobScreen), what="the job screen")
+
+
+async def test_bad_input_is_refused_with_a_message_next_to_the_field(tmp_path):
+    app = cpu_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+r")  # empty prompt
+        screen = app.screen
+        assert isinstance(screen, JobScreen)
+        assert "prompt is empty" in text_of(screen.query_one("#error-prompt", Label))
+
+        await fill_job(pilot, tmp_path / "x.mp4", width="65", frames="6", steps="two", image=str(tmp_path / "missing.png"))
+        assert "no such file" in text_of(screen.query_one("#error-image", Label))
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert isinstance(app.screen, JobScreen)
+        assert "whole number" in text_of(screen.query_one("#error-frames", Label))  # steps share the frames row
+
+        screen.query_one("#steps").value = "2"
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert isinstance(app.screen, JobScreen)
+        assert "multiple of 16" in text_of(screen.query_one("#error-preset", Label))
+        assert "4k+1" in text_of(screen.query_one("#error-frames", Label))
+        assert "no such file" in text_of(screen.query_one("#error-image", Label))
+        assert screen.query_one("#error-prompt", Label).display is False
+
+        screen.query_one("#model").value = "no-such-model"
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert "not a known model name" in text_of(screen.query_one("#error-model", Label))

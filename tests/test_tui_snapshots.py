@@ -1,0 +1,124 @@
+"""Snapshots of each screen at 80x24 with deterministic content: a fixed probe, and for the run and
+done screens a scripted runtime (fixed events and times) so no measured timing enters the picture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tui_support import cpu_services
+
+from lowvram.errors import CancelledError
+from lowvram.job import Job
+from lowvram.runner import RunResult
+from lowvram.telemetry import MemorySample, RunStarted, StageFinished, StageStarted, StepFinished, TransformerCall
+from planner.plan import Plan
+from tui.app import create_app
+from tui.screens.done import DoneScreen
+from tui.screens.plan import PlanScreen
+from tui.screens.run import RunScreen
+
+GIB = 1024**3
+JOB = Job(prompt="a cat walks in the city", model="tiny-random", width=64, height=64, frames=5, steps=12, seed=3)
+
+
+class FakeLoaded:
+    """Stands in for a LoadedModel: the scripted runtime below never touches it."""
+
+    def __init__(self, name: str, plan: Plan):
+        from lowvram.models import ModelRef
+
+        self.ref = ModelRef(name=name, kind="demo", location="/demo")
+        self.plan = plan
+
+
+def scripted_events(steps_done: int):
+    yield RunStarted(t=0.1, model="tiny-random", task="t2v", prompt=JOB.prompt, plan_summary="scripted plan", total_steps=JOB.steps)
+    yield StageStarted(t=0.1, stage="encode")
+    yield StageFinished(t=0.6, stage="encode", seconds=0.5, peak_vram_bytes=3 * GIB, peak_ram_bytes=5 * GIB)
+    yield StageStarted(t=0.6, stage="denoise")
+    for i in range(40):  # VRAM rises while weights stream in; RAM steady
+        yield MemorySample(t=0.6 + i * 0.25, vram_allocated=(2 + i % 8) * GIB // 2, vram_reserved=6 * GIB, vram_free=6 * GIB,
+                           vram_total=12 * GIB, ram_used=(4 + i // 10) * GIB, ram_available=20 * GIB)
+    for step in range(steps_done):
+        skipped = step in (3, 5, 6)
+        for branch in ("cond", "uncond"):
+            yield TransformerCall(t=1.0 + step, step=step, branch=branch, computed=not skipped)
+        yield StepFinished(t=1.0 + step, step=step, total=JOB.steps, seconds=1.25, eta_seconds=1.25 * (JOB.steps - step - 1),
+                           computed_calls=0 if skipped else 2, skipped_calls=2 if skipped else 0)
+
+
+def scripted_run(job, plan, on_event, cancel, loaded=None):
+    """Emit a fixed run up to step 7, then wait until the screen goes away."""
+    for event in scripted_events(7):
+        on_event(event)
+    cancel.wait(timeout=30)
+    raise CancelledError("cancelled")
+
+
+def scripted_finished_run(job, plan, on_event, cancel, loaded=None):
+    events = list(scripted_events(job.steps))
+    for event in events:
+        on_event(event)
+    return RunResult(
+        video_path=Path("/home/me/outputs/a-cat-walks-in-the-city-seed3.mp4"),
+        sidecar_path=Path("/home/me/outputs/a-cat-walks-in-the-city-seed3.json"),
+        seconds=83.4,
+        plan=plan,
+        events=events,
+        step_seconds=[1.25] * job.steps,
+        stage_peaks={"encode": {"vram_bytes": 3 * GIB, "ram_bytes": 5 * GIB}, "denoise": {"vram_bytes": int(5.5 * GIB), "ram_bytes": 6 * GIB}},
+    )
+
+
+def app_with(**services):
+    return create_app(services=cpu_services(load_model=FakeLoaded, **services), job=JOB)
+
+
+async def _wait(pilot, condition):
+    for _ in range(400):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("timed out")
+
+
+async def _plan_then(pilot, key: str | None = None, until=lambda screen: True):
+    """Job -> plan (waiting for it), then optionally press `key` and wait until `until(screen)`."""
+    await pilot.press("ctrl+r")
+    await _wait(pilot, lambda: isinstance(pilot.app.screen, PlanScreen) and pilot.app.screen.view is not None)
+    if key:
+        await pilot.press(key)
+        await _wait(pilot, lambda: until(pilot.app.screen))
+    await pilot.pause()
+
+
+def test_job_screen(snap_compare):
+    assert snap_compare(app_with(), terminal_size=(80, 24))
+
+
+def test_job_screen_with_errors(snap_compare):
+    async def bad_input(pilot):
+        pilot.app.screen.query_one("#frames").value = "6"
+        pilot.app.screen.query_one("#width").value = "70"
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+
+    assert snap_compare(app_with(), terminal_size=(80, 24), run_before=bad_input)
+
+
+def test_plan_screen(snap_compare):
+    assert snap_compare(app_with(), terminal_size=(80, 24), run_before=_plan_then)
+
+
+def test_run_screen(snap_compare):
+    async def to_run(pilot):
+        await _plan_then(pilot, "enter", lambda screen: isinstance(screen, RunScreen) and sum(screen.grid.counts()) == 14)
+
+    assert snap_compare(app_with(generate=scripted_run), terminal_size=(80, 24), run_before=to_run)
+
+
+def test_done_screen(snap_compare):
+    async def to_done(pilot):
+        await _plan_then(pilot, "enter", lambda screen: isinstance(screen, DoneScreen))
+
+    assert snap_compare(app_with(generate=scripted_finished_run), terminal_size=(80, 24), run_before=to_done)

@@ -1,0 +1,85 @@
+"""The lowvram TUI: job -> plan -> run -> done. `create_app` builds it for the CLI and for tests."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from textual.app import App
+from textual.binding import Binding
+
+from lowvram.errors import UserError
+from lowvram.job import Job
+from planner.plan import Plan
+
+from .form import default_job
+from .screens.done import DoneScreen
+from .screens.job import JobScreen
+from .screens.plan import PlanScreen
+from .screens.run import RunScreen
+from .services import PlanView, Services
+from .state import RunSummary
+
+
+class LowvramApp(App):
+    CSS_PATH = "styles.tcss"
+    TITLE = "lowvram"
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+
+    def __init__(self, services: Services, job: Job, profile: Optional[str] = None, model_override: Optional[str] = None) -> None:
+        super().__init__()
+        self.model_override = model_override
+        self.services = services
+        self.initial_job = job
+        self.profile = profile
+        self.last_plan: Optional[Plan] = None
+        self.loaded: Any = None  # the LoadedModel of the last successful run, reused when it fits
+
+    def on_mount(self) -> None:
+        job = self.initial_job
+        if self.profile:
+            try:
+                loaded = self.services.load_profile(self.profile)
+                # Command-line options override the profile, as in `generate`.
+                job = loaded.with_(model=self.model_override) if self.model_override else loaded
+            except UserError as exc:
+                self.notify(str(exc), title="Profile not loaded", severity="error", timeout=10)
+        self.push_screen(JobScreen(job))
+
+    # -- navigation, called by the screens -------------------------------------------------------
+
+    def show_plan(self, job: Job) -> None:
+        self._pop_to_job()
+        self.push_screen(PlanScreen(job))
+
+    def start_run(self, job: Job, view: PlanView) -> None:
+        self.push_screen(RunScreen(job, view))
+
+    def show_done(self, job: Job, summary: RunSummary) -> None:
+        self.switch_screen(DoneScreen(job, summary))
+
+    def back_to_job(self) -> None:
+        self._pop_to_job()
+
+    def _pop_to_job(self) -> None:
+        while not isinstance(self.screen, JobScreen) and len(self.screen_stack) > 2:
+            self.pop_screen()
+
+    # -- the loaded model, kept between runs ----------------------------------------------------
+
+    def reusable_model(self, model: str, plan: Plan) -> Any:
+        """The model from the last run when it is the same model placed by the same plan."""
+        loaded = self.loaded
+        if loaded is not None and loaded.ref.name == model and loaded.plan == plan:
+            return loaded
+        return None
+
+    def keep_model(self, loaded: Any) -> None:
+        self.loaded = loaded
+
+
+def create_app(model: Optional[str] = None, profile: Optional[str] = None, services: Optional[Services] = None, job: Optional[Job] = None) -> LowvramApp:
+    """The app with the given (or real) services. `job` prefills the form; `model` picks the model."""
+    job = job or default_job(model)
+    if model and job.model != model:
+        job = job.with_(model=model)
+    return LowvramApp(services or Services(), job, profile, model_override=model)

@@ -1,0 +1,136 @@
+"""Plan screen: the machine, the chosen plan with its predicted peaks and time, the alternatives and
+why they lost, and the TeaCache skip schedule, all before anything loads."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, LoadingIndicator, Static
+from textual.worker import Worker, WorkerState
+
+from lowvram.cli.console import fmt_bytes, fmt_seconds
+from lowvram.errors import UserError
+from lowvram.job import Job
+
+from ..services import PlanView
+from ..state import BRANCHES, StepGrid
+from ..widgets.skip_map import render_grid
+
+
+def describe_job(job: Job) -> str:
+    tc = job.teacache
+    teacache = "off" if not tc.enabled else (f"target {tc.speedup:g}x" if tc.speedup else f"threshold {tc.threshold:g}")
+    image = f", image {job.image}" if job.image else ""
+    return f"{job.model}: {job.width}x{job.height}, {job.frames} frames, {job.steps} steps, guidance {job.guidance:g}, seed {job.seed}, TeaCache {teacache}{image}"
+
+
+def plan_renderable(job: Job, view: PlanView, width: int = 78) -> Group:
+    parts: list = []
+    heading = lambda s: Text(s, style="bold underline")  # noqa: E731
+    parts += [heading("Job"), Text(describe_job(job)), Text("")]
+    parts += [heading("Hardware")] + [Text(line) for line in view.hardware] + [Text("")]
+    plan = view.plan
+    parts.append(heading("Plan"))
+    if view.label:
+        parts.append(Text(view.label, style="bold yellow"))
+    where = "every component on the CPU" if plan.device == "cpu" else plan.summary()
+    parts.append(Text(f"{plan.device}, {plan.dtype}: {where}"))
+    if plan.predicted:
+        table = Table(box=None, padding=(0, 2), show_edge=False)
+        for col in ("stage", "peak VRAM", "peak RAM", "time"):
+            table.add_column(col, justify="left" if col == "stage" else "right")
+        for s in plan.predicted:
+            table.add_row(s.stage, fmt_bytes(s.vram_bytes), fmt_bytes(s.ram_bytes), fmt_seconds(s.seconds) if s.seconds else "-")
+        table.add_row(Text("peak", style="bold"), fmt_bytes(plan.peak_vram_bytes), fmt_bytes(plan.peak_ram_bytes), fmt_seconds(plan.predicted_seconds) if plan.predicted_seconds else "-")
+        parts.append(table)
+    else:
+        parts.append(Text("no predicted peaks or time for this plan", style="dim"))
+    parts += [Text("- " + line, style="dim") for line in view.explanation]
+    parts.append(Text(""))
+    parts.append(heading("Alternatives"))
+    if not view.alternatives:
+        parts.append(Text("none considered", style="dim"))
+    for alt in view.alternatives:
+        mark = Text("fits    " if alt.fits else "rejected", style="green" if alt.fits else "red")
+        parts.append(Text.assemble(mark, " ", alt.summary))
+        if alt.reason:
+            parts.append(Text("         " + alt.reason, style="dim"))
+    parts += [Text(""), heading("TeaCache")]
+    preview = view.preview
+    if preview is None:
+        parts.append(Text("no preview", style="dim"))
+    else:
+        if preview.note:
+            parts.append(Text(preview.note))
+        if preview.decisions:
+            branches = tuple(b for b in BRANCHES if any(d.branch == b for d in preview.decisions))
+            grid = StepGrid(preview.total_steps, branches)
+            grid.set_prediction(preview.decisions)
+            parts.append(render_grid(grid, width - 8))
+    return Group(*parts)
+
+
+class PlanScreen(Screen):
+    BINDINGS = [
+        Binding("enter,r", "run", "Run"),
+        Binding("escape,b", "back", "Back to job"),
+    ]
+
+    def __init__(self, job: Job) -> None:
+        super().__init__()
+        self.job = job
+        self.view: PlanView | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield LoadingIndicator(id="planning")
+        with VerticalScroll(id="plan-body"):
+            yield Static("", id="plan")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "plan"
+        self.query_one("#plan-body").display = False
+        self.make_plan()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
+    def make_plan(self) -> PlanView:
+        services = self.app.services
+        view = services.plan(self.job, services.probe())
+        preview = services.preview(self.job, view.plan)
+        from dataclasses import replace
+
+        return replace(view, preview=preview)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "plan":
+            return
+        if event.state == WorkerState.SUCCESS:
+            self.view = event.worker.result
+            self.app.last_plan = self.view.plan
+            self.query_one("#plan", Static).update(plan_renderable(self.job, self.view, self.size.width - 2))
+        elif event.state == WorkerState.ERROR:
+            error = event.worker.error
+            message = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+            self.query_one("#plan", Static).update(Text(f"No plan: {message}", style="bold red"))
+            self.notify(message, title="No plan", severity="error", timeout=10)
+        else:
+            return
+        self.query_one("#planning").display = False
+        self.query_one("#plan-body").display = True
+        self.query_one("#plan-body").focus()
+
+    def action_run(self) -> None:
+        if self.view is None:
+            self.notify("no plan to run yet", severity="warning")
+            return
+        self.app.start_run(self.job, self.view)
+
+    def action_back(self) -> None:
+        self.app.back_to_job()

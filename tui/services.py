@@ -1,0 +1,188 @@
+"""What the TUI calls outside itself: probe, planner, TeaCache preview, profiles, runner.
+
+The screens take these through `Services`, so tests can give a fixed probe (a fake for the hardware)
+while the planner, the runtime and the TUI itself stay real. Parts built by other modules are reached
+through small adapters that say plainly when a part is not available in this installation.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from lowvram.job import Job
+from planner.plan import Plan
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A plan the planner considered: whether it fits and, if not chosen, why."""
+
+    summary: str
+    fits: bool
+    reason: str = ""
+    peak_vram_bytes: int = 0
+    peak_ram_bytes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    step: int
+    branch: str  # "cond" or "uncond"
+    computed: bool
+
+
+@dataclass(frozen=True)
+class SkipPreview:
+    """The TeaCache skip schedule known before the run (or why there is none)."""
+
+    computed_steps: int = 0
+    total_steps: int = 0
+    predicted_speedup: float = 1.0
+    decisions: tuple[StepDecision, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """Everything the plan screen shows. `label` is set when the plan is not the planner's own."""
+
+    plan: Plan
+    alternatives: tuple[Alternative, ...] = ()
+    explanation: tuple[str, ...] = ()
+    hardware: tuple[str, ...] = ()
+    label: str = ""
+    preview: Optional[SkipPreview] = None
+
+
+def _optional(module: str) -> Any:
+    """Import a module another engineer builds; None while it does not exist yet."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return None
+        raise
+
+
+def default_probe() -> Any:
+    probe = _optional("planner.probe")
+    return probe.probe_hardware() if probe is not None else None
+
+
+def describe_probe(probe: Any) -> tuple[str, ...]:
+    """Hardware summary lines, as `lowvram probe` prints them."""
+    if probe is None:
+        return ("hardware probe not available in this installation (planner/probe.py)",)
+    module = _optional("planner.probe")
+    if module is not None and hasattr(module, "describe_probe"):
+        return tuple(module.describe_probe(probe))
+    return (str(probe),)
+
+
+def plan_job(job: Job, probe: Any) -> PlanView:
+    """The planner's plan for this job on this probe, or the runner's placeholder plan (labelled)."""
+    choose = _optional("planner.choose")
+    hardware = describe_probe(probe)
+    if choose is None or not hasattr(choose, "plan_for_job"):
+        from lowvram.runner import placeholder_plan
+
+        plan = placeholder_plan()
+        return PlanView(
+            plan=plan,
+            explanation=tuple(plan.reasons),
+            hardware=hardware,
+            label="placeholder plan: the planner is not available in this installation",
+        )
+    result = choose.plan_for_job(job, probe=probe)
+    alternatives = tuple(
+        Alternative(
+            summary=c.plan.summary(),
+            fits=bool(c.fits),
+            reason=c.rejected_reason or "",
+            peak_vram_bytes=c.plan.peak_vram_bytes,
+            peak_ram_bytes=c.plan.peak_ram_bytes,
+            seconds=c.plan.predicted_seconds,
+        )
+        for c in result.candidates
+        if c.plan != result.plan
+    )
+    return PlanView(plan=result.plan, alternatives=alternatives, explanation=tuple(result.explanation), hardware=hardware)
+
+
+def teacache_preview(job: Job, plan: Plan) -> SkipPreview:
+    """The skip schedule TeaCache will follow, computed before the run from the checkpoint's configs
+    and time-embedding weights (no model load)."""
+    if not job.teacache.enabled:
+        return SkipPreview(total_steps=job.steps, computed_steps=job.steps, note="TeaCache off: every step computed")
+    teacache = _optional("lowvram.teacache")
+    if teacache is None or not hasattr(teacache, "preview_checkpoint"):
+        return SkipPreview(total_steps=job.steps, note="TeaCache preview not available in this installation")
+    from pathlib import Path
+
+    from lowvram.models import resolve_model
+
+    ref = resolve_model(job.model)
+    folder = Path(ref.location)
+    if not (folder / "model_index.json").is_file():
+        return SkipPreview(total_steps=job.steps, note="TeaCache preview needs the checkpoint on disk; it shows after the first download")
+    schedule = teacache.preview_checkpoint(folder, job, ref.name)
+    if schedule is None:
+        return SkipPreview(total_steps=job.steps, computed_steps=job.steps, note="TeaCache off: every step computed")
+    decisions = tuple(StepDecision(int(c.step), str(c.branch), bool(c.computed)) for c in schedule.calls)
+    return SkipPreview(
+        computed_steps=schedule.computed_steps,
+        total_steps=schedule.total_steps,
+        predicted_speedup=schedule.predicted_speedup,
+        decisions=decisions,
+        note=schedule.summary(),
+    )
+
+
+PROFILES_MISSING = "profiles not available in this installation (lowvram/profiles is not built yet)"
+
+
+def load_profile(path: str) -> Job:
+    """A profile's job settings, as a Job (prompt left empty). Raises UserError with the reason."""
+    from lowvram.errors import UserError
+
+    profiles = _optional("lowvram.profiles")
+    if profiles is None or not hasattr(profiles, "load_profile"):
+        raise UserError(PROFILES_MISSING)
+    return profiles.load_profile(path)
+
+
+def save_profile(path: str, job: Job, plan: Optional[Plan]) -> str:
+    from lowvram.errors import UserError
+
+    profiles = _optional("lowvram.profiles")
+    if profiles is None or not hasattr(profiles, "save_profile"):
+        raise UserError(PROFILES_MISSING)
+    profiles.save_profile(path, job, plan)
+    return path
+
+
+def _generate(*args, **kwargs):
+    from lowvram.runner import generate
+
+    return generate(*args, **kwargs)
+
+
+def _load_model(model: str, plan: Plan):
+    from lowvram.models import resolve_model
+    from lowvram.runner import load_model
+
+    return load_model(resolve_model(model), plan)
+
+
+@dataclass(frozen=True)
+class Services:
+    probe: Callable[[], Any] = default_probe
+    plan: Callable[[Job, Any], PlanView] = plan_job
+    preview: Callable[[Job, Plan], SkipPreview] = teacache_preview
+    generate: Callable[..., Any] = _generate
+    load_model: Callable[[str, Plan], Any] = _load_model
+    load_profile: Callable[[str], Job] = load_profile
+    save_profile: Callable[[str, Job, Optional[Plan]], str] = save_profile

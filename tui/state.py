@@ -1,0 +1,78 @@
+"""Run state derived from telemetry events: the step-skip grid and the final summary. No Textual."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from lowvram.telemetry import Event, StepFinished, TransformerCall
+
+PENDING, COMPUTED, SKIPPED, UNKNOWN = "pending", "computed", "skipped", "unknown"
+BRANCHES = ("cond", "uncond")
+
+
+class StepGrid:
+    """One cell per (branch, step). TransformerCall events say exactly which branch ran or skipped;
+    a StepFinished without them (TeaCache off) marks its calls computed, or 'unknown' if mixed."""
+
+    def __init__(self, total: int, branches: tuple[str, ...] = BRANCHES):
+        self.total = total
+        self.branches = branches
+        self.cells: dict[str, list[str]] = {b: [PENDING] * total for b in branches}
+        self.predicted: dict[str, list[Optional[bool]]] = {b: [None] * total for b in branches}
+        self._seen_calls: set[int] = set()
+
+    def set_prediction(self, decisions: Iterable) -> None:
+        for d in decisions:
+            if d.branch in self.predicted and 0 <= d.step < self.total:
+                self.predicted[d.branch][d.step] = d.computed
+
+    def apply(self, event: Event) -> bool:
+        """Update from one event; True when a cell changed."""
+        if isinstance(event, TransformerCall):
+            if event.branch not in self.cells or not 0 <= event.step < self.total:
+                return False
+            self._seen_calls.add(event.step)
+            self.cells[event.branch][event.step] = COMPUTED if event.computed else SKIPPED
+            return True
+        if isinstance(event, StepFinished) and event.step not in self._seen_calls and 0 <= event.step < self.total:
+            calls = event.computed_calls + event.skipped_calls
+            state = COMPUTED if event.skipped_calls == 0 else SKIPPED if event.computed_calls == 0 else UNKNOWN
+            for branch in self.branches[: max(1, calls)]:
+                self.cells[branch][event.step] = state
+            return True
+        return False
+
+    def counts(self) -> tuple[int, int]:
+        """(computed calls, skipped calls) so far."""
+        flat = [c for row in self.cells.values() for c in row]
+        return flat.count(COMPUTED), flat.count(SKIPPED)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    video_path: str
+    sidecar_path: str
+    seconds: float
+    steps: int
+    computed_calls: int
+    skipped_calls: int
+    peak_vram_bytes: int
+    peak_ram_bytes: int
+    reused_model: bool = False
+
+    @classmethod
+    def from_result(cls, result, reused_model: bool = False) -> "RunSummary":
+        steps = [e for e in result.events if isinstance(e, StepFinished)]
+        peaks = result.stage_peaks.values()
+        return cls(
+            video_path=str(result.video_path),
+            sidecar_path=str(result.sidecar_path),
+            seconds=float(result.seconds),
+            steps=len(steps),
+            computed_calls=sum(e.computed_calls for e in steps),
+            skipped_calls=sum(e.skipped_calls for e in steps),
+            peak_vram_bytes=max((p.get("vram_bytes", 0) for p in peaks), default=0),
+            peak_ram_bytes=max((p.get("ram_bytes", 0) for p in peaks), default=0),
+            reused_model=reused_model,
+        )

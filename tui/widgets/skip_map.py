@@ -1,0 +1,58 @@
+"""The step-skip map: one cell per denoising step and guidance branch, computed vs skipped."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from ..state import COMPUTED, PENDING, SKIPPED, StepGrid
+
+LABEL_WIDTH = 7
+CELLS = {COMPUTED: ("█", "green"), SKIPPED: ("░", "yellow"), PENDING: ("·", "dim")}
+PREDICTED_SKIP = ("∘", "dim yellow")
+UNKNOWN_CELL = ("?", "red")
+
+
+class SkipMap(Static):
+    """Fills in as TransformerCall / StepFinished events arrive; pending steps that the TeaCache
+    schedule predicts to skip are marked so the preview and the run can be compared at a glance."""
+
+    DEFAULT_CSS = "SkipMap { height: auto; }"
+
+    def __init__(self, grid: StepGrid | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.grid = grid or StepGrid(0)
+
+    def set_grid(self, grid: StepGrid) -> None:
+        self.grid = grid
+        self.refresh_map()
+
+    def on_resize(self) -> None:
+        self.refresh_map()
+
+    def refresh_map(self) -> None:
+        self.update(render_grid(self.grid, max(10, (self.size.width or 80) - LABEL_WIDTH)))
+
+
+def render_grid(grid: StepGrid, width: int) -> Text:
+    text = Text(no_wrap=True, overflow="crop")
+    computed, skipped = grid.counts()
+    text.append(f"{computed} computed", style="green")
+    text.append(", ")
+    text.append(f"{skipped} skipped", style="yellow")
+    text.append("   █ computed ░ skipped · pending ∘ predicted skip", style="dim")
+    for start in range(0, grid.total, width):
+        end = min(grid.total, start + width)
+        text.append("\n" + f"{start + 1}".ljust(LABEL_WIDTH), style="dim")
+        ruler = "".join("|" if (i + 1) % 10 == 0 else " " for i in range(start, end))
+        text.append(ruler, style="dim")
+        for branch in grid.branches:
+            text.append("\n" + branch.ljust(LABEL_WIDTH), style="bold")
+            for i in range(start, end):
+                state = grid.cells[branch][i]
+                if state == PENDING and grid.predicted[branch][i] is False:
+                    char, style = PREDICTED_SKIP
+                else:
+                    char, style = CELLS.get(state, UNKNOWN_CELL)
+                text.append(char, style=style)
+    return text
