@@ -39,10 +39,13 @@ def _version() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..errors import UserError
+    from ..errors import CancelledError, UserError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed usage + the problem; --help and --version exit 0
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -53,6 +56,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        return 130
+    except CancelledError:  # Ctrl-C once: the run stopped at a step boundary and said where the latents are
+        print("cancelled", file=sys.stderr)
         return 130
 
 

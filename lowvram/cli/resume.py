@@ -1,0 +1,36 @@
+"""`lowvram generate --resume FILE`: finish a run that was cancelled or ran out of memory.
+
+The file (<out>.latents.safetensors) holds the job, the plan in use, the step reached, the sampler
+state and the prompt embeddings; it is validated in full before the model loads. The run continues
+without encoding again; the video goes to --out if given, else to the job's own output path.
+"""
+
+from __future__ import annotations
+
+
+def run_resume(args) -> int:
+    from ..errors import UserError
+    from ..job import validate_job
+    from ..models import resolve_model
+    from ..resume import load_resume_file
+    from ..runner import generate
+    from .console import ConsoleReporter
+    from .interrupt import cancel_on_interrupt
+
+    if getattr(args, "prompt", None):
+        raise UserError("--resume continues the saved job with its own prompt; drop the prompt (or drop --resume to start anew).")
+    state = load_resume_file(args.resume)
+    job = state.job.with_(out=args.out) if getattr(args, "out", None) else state.job
+    validate_job(job)
+    resolve_model(job.model)
+    plan = state.plan
+    if plan.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--resume {args.resume}: the run used a GPU plan ({plan.summary()}) and this machine has no CUDA GPU; resume it where it started.")
+    reporter = ConsoleReporter(quiet=getattr(args, "quiet", False))
+    with cancel_on_interrupt() as cancel:
+        result = generate(job, plan, on_event=reporter, cancel=cancel, resume=state)
+    print(result.video_path)
+    return 0

@@ -1,0 +1,160 @@
+"""Cancel and Ctrl-C: stop at a step boundary, write no video (not even a partial one), keep the
+latents for --resume, and a resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowvram.errors import CancelledError
+from lowvram.resume import load_resume_file
+from lowvram.runner import generate
+from lowvram.telemetry import RunCancelled, StageStarted, StepFinished
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def videos(folder: Path) -> list[Path]:
+    """Every mp4 in the folder, hidden temporary ones included."""
+    return sorted(p for p in folder.iterdir() if p.name.endswith(".mp4") or ".partial" in p.name)
+
+
+def test_cancel_after_a_step_keeps_latents_and_resume_matches(small_job, cpu_plan, tmp_path):
+    job = small_job(steps=4)
+    cancel = threading.Event()
+    events = []
+
+    def sink(event):
+        events.append(event)
+        if isinstance(event, StepFinished) and event.step == 1:
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        generate(job, cpu_plan, on_event=sink, cancel=cancel)
+    (cancelled,) = [e for e in events if isinstance(e, RunCancelled)]
+    assert cancelled.stage == "denoise" and cancelled.step == 2
+    assert [e.step for e in events if isinstance(e, StepFinished)] == [0, 1]  # stopped at the boundary
+    assert videos(tmp_path) == []
+    state = load_resume_file(cancelled.latents_path)
+    assert state.reason == "cancelled" and state.checkpoint.step == 2
+
+    resumed = generate(job.with_(out=str(tmp_path / "resumed.mp4")), state.plan, resume=state)
+    clean = generate(job.with_(out=str(tmp_path / "clean.mp4")), cpu_plan)
+    assert torch.equal(resumed.latents, clean.latents)
+    steps = [e.step for e in resumed.events if isinstance(e, StepFinished)]
+    assert steps == [2, 3]  # only the remaining steps ran
+
+
+def test_cancel_before_denoising_keeps_nothing(small_job, cpu_plan, tmp_path):
+    cancel = threading.Event()
+    events = []
+
+    def sink(event):
+        events.append(event)
+        if isinstance(event, StageStarted) and event.stage == "encode":
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        generate(small_job(), cpu_plan, on_event=sink, cancel=cancel)
+    (cancelled,) = [e for e in events if isinstance(e, RunCancelled)]
+    assert cancelled.latents_path == "" and cancelled.step == -1
+    assert list(tmp_path.iterdir()) == []
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting (exit {proc.poll()}): {proc.stderr.read() if proc.poll() is not None else ''}")
+        time.sleep(0.05)
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("LOWVRAM_INJECT_OOM", None)
+    return env
+
+
+def test_ctrl_c_in_the_cli_stops_at_a_step_boundary_then_resume_finishes(demo_t2v_path, tmp_path):
+    from lowvram.cli import main
+
+    out = tmp_path / "v.mp4"
+    args = ["generate", "a dog runs", "--width", "64", "--height", "64", "--frames", "5", "--steps", "400", "--out", str(out)]
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "lowvram", *args], stderr=err, stdout=subprocess.PIPE, env=_env(), cwd=tmp_path, text=True)
+        try:
+            _wait_for(lambda: "step 3/400" in log.read_text(), 120, proc)
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert code == 130, text
+    assert "cancelling at the next step boundary" in text and "Traceback" not in text
+    assert "step 400/400" not in text
+    kept = tmp_path / "v.latents.safetensors"
+    assert f"latents kept in {kept}" in text
+    assert videos(tmp_path) == []
+
+    state = load_resume_file(str(kept))
+    done = state.checkpoint.step
+    assert 3 <= done < 400
+    # --resume runs the saved job; a new prompt beside it is refused before anything loads
+    assert main(["generate", "--resume", str(kept), "--out", str(tmp_path / "done.mp4"), "--quiet", "extra prompt"]) == 2
+
+
+def test_resume_through_the_cli(small_job, cpu_plan, tmp_path, capsys):
+    """A cancelled run's file finishes through `lowvram generate --resume` (same placeholder plan as the CLI)."""
+    from lowvram.cli import main
+    from lowvram.runner import placeholder_plan
+
+    job = small_job(steps=3)
+    cancel = threading.Event()
+    with pytest.raises(CancelledError):
+        generate(job, placeholder_plan(), on_event=lambda e: isinstance(e, StepFinished) and cancel.set(), cancel=cancel)
+    kept = tmp_path / "out.latents.safetensors"
+    assert kept.is_file() and videos(tmp_path) == []
+    assert main(["generate", "--resume", str(kept), "--out", str(tmp_path / "done.mp4"), "--quiet"]) == 0
+    assert (tmp_path / "done.mp4").is_file() and (tmp_path / "done.json").is_file()
+
+
+WRITER = """
+import sys, numpy as np
+from pathlib import Path
+from lowvram.cli.interrupt import cancel_on_interrupt
+from lowvram.output import write_video_atomic
+frames = np.random.default_rng(0).random((4000, 128, 128, 3), dtype=np.float32)
+with cancel_on_interrupt():
+    write_video_atomic(frames, Path(sys.argv[1]), 16)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_kill_during_write_leaves_no_video(tmp_path, sig):
+    """A second Ctrl-C (or SIGTERM) while the mp4 is being encoded: no video and no partial file remain."""
+    out = tmp_path / "w.mp4"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out)], stderr=subprocess.PIPE, env=_env(), text=True)
+    try:
+        _wait_for(lambda: any(".partial" in p.name for p in tmp_path.iterdir()), 120, proc)
+        time.sleep(0.3)
+        proc.send_signal(sig)
+        if sig == signal.SIGINT:  # the first Ctrl-C only asks for a cancel at a step boundary
+            time.sleep(0.2)
+            proc.send_signal(sig)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert videos(tmp_path) == [], proc.stderr.read()
