@@ -44,6 +44,15 @@ def offload_groups(root: Any) -> list[tuple[Any, bool]]:
     return list(seen.values())
 
 
+def tensor_bytes(t: Any) -> int:
+    """Bytes a tensor occupies; for wrapper subclasses (optimum-quanto QTensors) the inner tensors' bytes,
+    since numel * element_size would count a qint8 weight at its logical bf16/fp32 size."""
+    if hasattr(type(t), "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
 def group_bytes(group: Any) -> int:
     tensors: dict[int, Any] = {}
     for m in group.modules:
@@ -51,7 +60,7 @@ def group_bytes(group: Any) -> int:
             tensors[id(t)] = t
     for t in list(group.parameters) + list(group.buffers):
         tensors[id(t)] = t
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    return sum(tensor_bytes(t) for t in tensors.values())
 
 
 class TransferMeter:

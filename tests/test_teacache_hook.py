@@ -212,3 +212,15 @@ def test_apply_twice_is_refused_and_hooks_have_names():
         apply_teacache(tr, TeaCacheConfig(pattern_schedule("C")))
     with pytest.raises(TypeError, match="SkipSchedule"):
         TeaCacheConfig(schedule="C.C")
+
+
+def test_transfer_meter_counts_quantized_weights_at_their_storage_size():
+    from optimum.quanto import freeze, qint8, quantize
+
+    from lowvram.transfer_meter import tensor_bytes
+
+    m = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    quantize(m, weights=qint8)
+    freeze(m)
+    assert tensor_bytes(m[0].weight) == 32 * 64 * 1 + 32 * 4  # int8 data + one fp32 scale per row
+    assert tensor_bytes(torch.zeros(3, 5, dtype=torch.bfloat16)) == 30

@@ -169,3 +169,25 @@ def test_missing_threshold_and_target_is_a_user_error(demo_t2v_path):
     job = Job(prompt="x", steps=4, teacache=TeaCacheSetting(enabled=True))
     with pytest.raises(UserError, match="--teacache 0.05"):
         preview_checkpoint(demo_t2v_path, job)
+
+
+def test_preview_for_job_before_anything_loads(demo_t2v_path):
+    from lowvram.teacache import preview_for_job
+
+    on = Job(prompt="x", steps=6, teacache=TeaCacheSetting(enabled=True, threshold=0.1))
+    got = preview_for_job(on)
+    assert got.schedule is not None and got.message == got.schedule.summary()
+    assert got.message.startswith("TeaCache: computes ") and " of 6 steps" in got.message
+    assert preview_for_job(on.with_(teacache=TeaCacheSetting())).message == "TeaCache: off"
+    remote = preview_for_job(on.with_(model="someone/not-downloaded-wan"))
+    assert remote.schedule is None and "not downloaded" in remote.message
+
+
+def test_fixed_schedule_for_benchmarks():
+    from lowvram.teacache import fixed_schedule
+
+    s = fixed_schedule([True, False, True, False], branches=("cond",))
+    assert s.step_computed == (True, False, True, False) and s.predicted_speedup == 2.0
+    assert s.summary() == "TeaCache: computes 2 of 4 steps, predicted 2.0x (fixed decisions)"
+    with pytest.raises(ValueError, match="first step must compute"):
+        fixed_schedule([False, True])

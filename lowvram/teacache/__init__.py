@@ -12,9 +12,8 @@ from .schedule import (
     branches_for,
     build_schedule,
     decide_branch,
+    fixed_schedule,
     forced_steps,
-    preview,
-    preview_checkpoint,
     rel_l1_series,
     rescale,
     schedule_from_rel_l1,
@@ -23,7 +22,10 @@ from .schedule import (
     time_signal,
 )
 
+_LAZY_PREVIEW = ("Preview", "preview", "preview_checkpoint", "preview_for_job", "schedule_for_transformer")
+
 _LAZY = {
+    **{name: "planning" for name in _LAZY_PREVIEW},
     "TEACACHE_HOOK": "hook",
     "TEACACHE_BLOCK_HOOK": "hook",
     "TeaCacheConfig": "hook",
@@ -58,9 +60,8 @@ __all__ = [
     "build_schedule",
     "choose_coefficients",
     "decide_branch",
+    "fixed_schedule",
     "forced_steps",
-    "preview",
-    "preview_checkpoint",
     "rel_l1_series",
     "rescale",
     "schedule_from_rel_l1",

@@ -130,10 +130,15 @@ class SkipSchedule:
         return len(self.calls) / max(1, self.computed_calls)
 
     def summary(self) -> str:
+        how = (
+            "fixed decisions"
+            if self.coefficients == "fixed"
+            else f"threshold {self.threshold:.4g}, {'with' if self.retention else 'without'} retention steps, "
+            f"{self.coefficients} coefficients"
+        )
         line = (
             f"TeaCache: computes {self.computed_steps} of {self.total_steps} steps, "
-            f"predicted {self.predicted_speedup:.1f}x (threshold {self.threshold:.4g}, "
-            f"{'with' if self.retention else 'without'} retention steps, {self.coefficients} coefficients)"
+            f"predicted {self.predicted_speedup:.1f}x ({how})"
         )
         return line + (f"; note: {self.note}" if self.note else "")
 
@@ -349,6 +354,19 @@ def scheduler_timesteps(scheduler, steps: int):
     return fresh.timesteps
 
 
+def fixed_schedule(step_computed, branches=("cond", "uncond"), timesteps=None) -> SkipSchedule:
+    """A schedule with given decisions (True = compute), for benchmarks on random weights, whose time
+    embedder gives all-or-nothing schedules: the timing of "N of 50 steps" needs no real signal."""
+    steps = len(step_computed)
+    ts = tuple(float(t) for t in timesteps) if timesteps is not None else tuple(float(s) for s in range(steps))
+    calls = tuple(
+        CallDecision(s, b, ts[s], None, None, 0.0, bool(c), s == 0) for s, c in enumerate(step_computed) for b in branches
+    )
+    if not calls[0].computed:
+        raise ValueError("the first step must compute: a skip reuses the residual of an earlier computed step")
+    return SkipSchedule("fixed", False, float("nan"), tuple(branches), ts, calls)
+
+
 def branches_for(guidance: float) -> tuple[str, ...]:
     """cond and uncond with classifier-free guidance; cond alone when guidance is off (<= 1)."""
     return ("cond", "uncond") if guidance > 1.0 else ("cond",)
@@ -366,29 +384,3 @@ def build_schedule(
         threshold = search_threshold(rel_l1, choice.coefficients.for_mode(setting.retention), setting.retention, setting.speedup)
     ts = [float(t) for t in timesteps.tolist()] if hasattr(timesteps, "tolist") else [float(t) for t in timesteps]
     return schedule_from_rel_l1(rel_l1, choice, setting.retention, threshold, branches, ts, setting.speedup)
-
-
-def preview(
-    transformer_config: dict,
-    job,
-    scheduler,
-    weights: TimeEmbedderWeights,
-    model_name: Optional[str] = None,
-) -> Optional[SkipSchedule]:
-    """The schedule a job will follow, before the run: None when TeaCache is off for it."""
-    setting = job.teacache
-    if not setting.enabled:
-        return None
-    choice = choose_coefficients(transformer_config, model_name or job.model, setting.coefficients)
-    return build_schedule(setting, choice, weights, scheduler_timesteps(scheduler, job.steps), branches_for(job.guidance))
-
-
-def preview_checkpoint(folder: Path, job, model_name: Optional[str] = None) -> Optional[SkipSchedule]:
-    """preview() from a checkpoint folder alone: configs plus the time-path tensors, no model load."""
-    if not job.teacache.enabled:
-        return None
-    folder = Path(folder)
-    tconf = json.loads((folder / "transformer" / "config.json").read_text())
-    sconf = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    weights = TimeEmbedderWeights.from_checkpoint(folder, tconf.get("freq_dim", 256), job.teacache.retention)
-    return preview(tconf, job, sconf, weights, model_name)
