@@ -121,3 +121,35 @@ async def test_bad_input_is_refused_with_a_message_next_to_the_field(tmp_path):
         await pilot.press("ctrl+r")
         await pilot.pause()
         assert "not a known model name" in text_of(screen.query_one("#error-model", Label))
+
+
+async def test_profile_save_and_load_from_the_form(tmp_path):
+    app = cpu_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await fill_job(pilot, tmp_path / "x.mp4", negative="blurry", teacache_value="0.08")
+        screen.query_one("#teacache_mode").value = "threshold"
+        screen.query_one("#profile").value = str(tmp_path / "mine.toml")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert (tmp_path / "mine.toml").is_file()
+
+        await pilot.press("ctrl+s")  # never overwrites: refused with a notification, the file unchanged
+        await pilot.pause()
+        assert any("already exists" in n.message for n in app._notifications)
+
+        screen.query_one("#width").value = "128"
+        screen.query_one("#negative").value = ""
+        screen.query_one("#teacache_mode").value = "off"
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        values = screen.values()
+        assert (values["width"], values["negative"], values["teacache_mode"], values["teacache_value"]) == ("64", "blurry", "threshold", "0.08")
+        assert values["prompt"] == "a cat walks in the city"  # a profile holds no prompt: the typed one stays
+
+        (tmp_path / "bad.toml").write_text("schema_version = 1\nname = 'x'\nmodel = 'tiny-random'\n[job]\nwidth = 'wide'\n")
+        screen.query_one("#profile").value = str(tmp_path / "bad.toml")
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert any("width" in n.message and "bad.toml" in n.message for n in app._notifications)
+        assert screen.values()["width"] == "64"

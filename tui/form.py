@@ -83,8 +83,12 @@ def _number(values: dict[str, str], key: str, kind: type, errors: dict[str, str]
         return None
 
 
-def job_from_values(values: dict[str, str], fps: int = 16) -> Job:
-    """Parse and validate the form. Raises FormErrors naming each bad field (and the fix)."""
+def job_from_values(values: dict[str, str], base: Optional[Job] = None) -> Job:
+    """Parse and validate the form. Raises FormErrors naming each bad field (and the fix).
+
+    Settings the form does not show (fps, TeaCache retention and coefficients) come from `base`,
+    the job the form was filled from (defaults, a profile, or the previous run)."""
+    base = base or Job(prompt="")
     errors: dict[str, str] = {}
     model = (values.get("model") or "").strip()
     if not model:
@@ -101,7 +105,7 @@ def job_from_values(values: dict[str, str], fps: int = 16) -> Job:
         value = _number(values, "teacache_value", float, errors, "the TeaCache " + ("threshold" if mode == "threshold" else "speed-up"))
         if value is not None:
             try:
-                teacache = TeaCacheSetting(enabled=True, **{mode: value})
+                teacache = TeaCacheSetting(enabled=True, retention=base.teacache.retention, coefficients=base.teacache.coefficients, **{mode: value})
             except UserError as exc:
                 errors["teacache_value"] = str(exc)
     if model and "model" not in errors:
@@ -124,7 +128,7 @@ def job_from_values(values: dict[str, str], fps: int = 16) -> Job:
         steps=steps,
         guidance=guidance,
         seed=seed,
-        fps=fps,
+        fps=base.fps,
         out=out,
         teacache=teacache,
     )

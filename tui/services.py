@@ -107,9 +107,21 @@ def plan_job(job: Job, probe: Any) -> PlanView:
             seconds=c.plan.predicted_seconds,
         )
         for c in result.candidates
-        if c.plan != result.plan
     )
     return PlanView(plan=result.plan, alternatives=alternatives, explanation=tuple(result.explanation), hardware=hardware)
+
+
+# The planner's explanation opens with the machine, the budget, the job and the chosen plan's table,
+# then compares: these headers start the comparison (runners-up, then rejected options with reasons).
+COMPARISON_HEADERS = ("runners-up:", "rejected ")
+NOTE_PREFIXES = ("budget:", "time model:")
+
+
+def split_explanation(lines: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(notes worth showing under the plan, the comparison with the alternatives)."""
+    start = next((i for i, line in enumerate(lines) if line.startswith(COMPARISON_HEADERS)), len(lines))
+    notes = tuple(line for line in lines[:start] if line.startswith(NOTE_PREFIXES))
+    return notes, tuple(lines[start:])
 
 
 def teacache_preview(job: Job, plan: Plan) -> SkipPreview:
@@ -126,6 +138,13 @@ def teacache_preview(job: Job, plan: Plan) -> SkipPreview:
 
     ref = resolve_model(job.model)
     folder = Path(ref.location)
+    if ref.kind == "hub":
+        try:  # a preview never downloads: only a checkpoint already in the hub cache is used
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(ref.location, local_files_only=True))
+        except Exception:
+            folder = Path("/nonexistent")
     if not (folder / "model_index.json").is_file():
         return SkipPreview(total_steps=job.steps, note="TeaCache preview needs the checkpoint on disk; it shows after the first download")
     schedule = teacache.preview_checkpoint(folder, job, ref.name)
@@ -144,24 +163,45 @@ def teacache_preview(job: Job, plan: Plan) -> SkipPreview:
 PROFILES_MISSING = "profiles not available in this installation (lowvram/profiles is not built yet)"
 
 
-def load_profile(path: str) -> Job:
-    """A profile's job settings, as a Job (prompt left empty). Raises UserError with the reason."""
+def _profiles() -> Any:
     from lowvram.errors import UserError
 
     profiles = _optional("lowvram.profiles")
-    if profiles is None or not hasattr(profiles, "load_profile"):
+    if profiles is None or not hasattr(profiles, "load") or not hasattr(profiles, "save"):
         raise UserError(PROFILES_MISSING)
-    return profiles.load_profile(path)
+    return profiles
+
+
+def load_profile(path: str) -> Job:
+    """A profile's model and job defaults as a Job (prompt empty; unset fields take lowvram's defaults).
+    Raises UserError (ProfileError) naming the file, the key and the fix."""
+    from .form import default_job
+
+    profile = _profiles().load(path)
+    job = default_job(profile.model)
+    given = {k: getattr(profile.job, k) for k in ("width", "height", "frames", "steps", "guidance", "fps", "teacache")}
+    if profile.job.negative_prompt is not None:
+        given["negative_prompt"] = profile.job.negative_prompt
+    return job.with_(**{k: v for k, v in given.items() if v is not None})
 
 
 def save_profile(path: str, job: Job, plan: Optional[Plan]) -> str:
-    from lowvram.errors import UserError
+    """Write the form's settings (and, for information, the last plan) as a profile. Never overwrites."""
+    from pathlib import Path
 
-    profiles = _optional("lowvram.profiles")
-    if profiles is None or not hasattr(profiles, "save_profile"):
-        raise UserError(PROFILES_MISSING)
-    profiles.save_profile(path, job, plan)
-    return path
+    profiles = _profiles()
+    defaults = profiles.JobDefaults(
+        width=job.width,
+        height=job.height,
+        frames=job.frames,
+        steps=job.steps,
+        guidance=job.guidance,
+        negative_prompt=job.negative_prompt,
+        fps=job.fps,
+        teacache=job.teacache,
+    )
+    profile = profiles.Profile(name=Path(path).stem, model=job.model, job=defaults, saved_plan=plan)
+    return str(profiles.save(profile, path))
 
 
 def _generate(*args, **kwargs):

@@ -27,6 +27,13 @@ class StepGrid:
             if d.branch in self.predicted and 0 <= d.step < self.total:
                 self.predicted[d.branch][d.step] = d.computed
 
+    def set_step_prediction(self, step_computed: Iterable[bool]) -> None:
+        """A per-step schedule (both branches decide alike: they share the timestep)."""
+        for step, computed in enumerate(step_computed):
+            for branch in self.branches:
+                if step < self.total:
+                    self.predicted[branch][step] = bool(computed)
+
     def apply(self, event: Event) -> bool:
         """Update from one event; True when a cell changed."""
         if isinstance(event, TransformerCall):

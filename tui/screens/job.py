@@ -28,11 +28,15 @@ class JobScreen(Screen):
         Binding("ctrl+r", "plan", "Plan", priority=True),
         Binding("ctrl+l", "load_profile", "Load profile", priority=True),
         Binding("ctrl+s", "save_profile", "Save profile", priority=True),
+        # Up/down move between text fields like a form (on a Select they open its list, as Textual does).
+        Binding("down", "app.focus_next", "Next field", show=False),
+        Binding("up", "app.focus_previous", "Previous field", show=False),
     ]
 
     def __init__(self, job: Job) -> None:
         super().__init__()
         self.initial = job
+        self.base = job  # keeps the settings the form does not show
 
     def compose(self) -> ComposeResult:
         v = values_from_job(self.initial)
@@ -102,6 +106,7 @@ class JobScreen(Screen):
         return out
 
     def fill(self, job: Job) -> None:
+        self.base = job
         for key, value in values_from_job(job).items():
             widget = self.query_one(f"#{key}")
             widget.value = value
@@ -129,7 +134,7 @@ class JobScreen(Screen):
 
     def read_job(self) -> Job | None:
         try:
-            job = job_from_values(self.values())
+            job = job_from_values(self.values(), base=self.base)
         except FormErrors as exc:
             self.show_errors(exc.errors)
             self.notify(next(iter(exc.errors.values())), title="Invalid job", severity="error")

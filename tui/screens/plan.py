@@ -4,6 +4,7 @@ why they lost, and the TeaCache skip schedule, all before anything loads."""
 from __future__ import annotations
 
 from rich.console import Group
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 from textual import work
@@ -18,7 +19,7 @@ from lowvram.cli.console import fmt_bytes, fmt_seconds
 from lowvram.errors import UserError
 from lowvram.job import Job
 
-from ..services import PlanView
+from ..services import PlanView, split_explanation
 from ..state import BRANCHES, StepGrid
 from ..widgets.skip_map import render_grid
 
@@ -51,16 +52,22 @@ def plan_renderable(job: Job, view: PlanView, width: int = 78) -> Group:
         parts.append(table)
     else:
         parts.append(Text("no predicted peaks or time for this plan", style="dim"))
-    parts += [Text("- " + line, style="dim") for line in view.explanation]
+    notes, comparison = split_explanation(view.explanation) if not view.label else (view.explanation, ())
+    parts += [Text(line, style="dim") for line in dict.fromkeys(tuple(plan.reasons) + notes) if line]
     parts.append(Text(""))
     parts.append(heading("Alternatives"))
-    if not view.alternatives:
-        parts.append(Text("none considered", style="dim"))
-    for alt in view.alternatives:
-        mark = Text("fits    " if alt.fits else "rejected", style="green" if alt.fits else "red")
-        parts.append(Text.assemble(mark, " ", alt.summary))
-        if alt.reason:
-            parts.append(Text("         " + alt.reason, style="dim"))
+    fitting = sum(alt.fits for alt in view.alternatives)
+    if view.alternatives:
+        parts.append(Text(f"{len(view.alternatives)} plans considered, {fitting} fit this machine"))
+    if comparison:
+        for line in comparison:
+            if not line.startswith(" "):
+                parts.append(Text(line, style="bold"))
+            else:  # indented items wrap under themselves
+                over = "over VRAM" in line or "over RAM" in line
+                parts.append(Padding(Text(line.strip(), style="red" if over else ""), (0, 0, 0, 2)))
+    elif len(view.alternatives) <= 1:
+        parts.append(Text("no alternatives: " + ("the planner is not available" if view.label else "one plan is possible on this machine"), style="dim"))
     parts += [Text(""), heading("TeaCache")]
     preview = view.preview
     if preview is None:

@@ -19,7 +19,7 @@ from textual.worker import Worker, WorkerState
 from lowvram.cli.console import fmt_seconds
 from lowvram.errors import CancelledError, UserError
 from lowvram.job import Job
-from lowvram.telemetry import MemorySample, RunFinished, RunStarted, StageStarted, StepFinished, TransformerCall
+from lowvram.telemetry import MemorySample, RunFinished, RunStarted, StageStarted, StepFinished, TeaCacheScheduled, TransformerCall
 
 from ..messages import ModelLoading, ModelReady, RuntimeEvent
 from ..services import PlanView
@@ -110,6 +110,11 @@ class RunScreen(Screen):
             self.query_one(StepProgress).step(event)
         elif isinstance(event, StageStarted) and self.state == RUNNING:
             self.query_one(StepProgress).set_stage(f"stage: {event.stage}")
+        elif isinstance(event, TeaCacheScheduled):
+            # The runtime's own schedule replaces the plan screen's preview.
+            self.grid.set_step_prediction(event.step_computed)
+            self.query_one(SkipMap).refresh_map()
+            self.query_one(EventLog).add_line(event.summary + (f"; note: {event.note}" if event.note and event.note not in event.summary else ""))
         elif isinstance(event, RunStarted):
             self.query_one(StepProgress).set_total(event.total_steps)
         elif isinstance(event, RunFinished):
