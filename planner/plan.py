@@ -90,6 +90,8 @@ class Plan:
         return max((s.ram_bytes for s in self.predicted), default=0)
 
     def summary(self) -> str:
+        if self.device == "cpu":
+            return f"everything on the CPU ({self.dtype})"
         return (
             f"transformer {self.transformer_quant}, {self.transformer.describe()}; "
             f"text encoder {self.text_encoder_quant} on {self.text_encoder}; VAE {self.vae}"

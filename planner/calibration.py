@@ -1,0 +1,161 @@
+"""`lowvram calibrate`: measure this GPU (H2D bandwidth pinned/pageable, transformer block time) and the
+CPU's matmul throughput; store them as JSON in the user cache, where the planner's time model finds them.
+
+Measuring touches the machine (like planner/probe.py); loading and matching a stored calibration is pure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from lowvram.errors import UserError
+
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_VERSION = 1
+# The block measured: Wan2.1 1.3B's shape (dim 1536, ffn 8960, 12 heads), a few layers so that launch
+# overheads are amortized as in a real forward, at 480x832 latents.
+CALIBRATION_LAYERS = 4
+CALIBRATION_LATENT = {"full": (21, 60, 104), "quick": (5, 60, 104)}  # latent frames, H/8, W/8
+COPY_BYTES = 512 * 1024**2  # one H2D copy of this size, repeated
+REPEATS = 5
+
+
+@dataclass(frozen=True)
+class Calibration:
+    gpu_name: str
+    created: str  # ISO date
+    gpu_flops: float  # achieved bf16 FLOP/s over the calibration forward
+    h2d_pinned: float  # bytes/s
+    h2d_pageable: float
+    cpu_flops: float
+    tokens: int
+    block_seconds: float  # one block at `tokens`
+    version: int = CALIBRATION_VERSION
+
+    def matches(self, probe) -> bool:
+        """A calibration applies only to the GPU it was measured on."""
+        return probe.gpu_name is not None and probe.gpu_name == self.gpu_name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def calibration_path() -> Path:
+    from lowvram.paths import cache_dir
+
+    return cache_dir() / CALIBRATION_FILE
+
+
+def load_calibration(path: Optional[Path] = None) -> Optional[Calibration]:
+    """The stored calibration, or None when there is none or it is unreadable / of another version."""
+    path = path or calibration_path()
+    try:
+        data = json.loads(Path(path).read_text())
+        if data.get("version") != CALIBRATION_VERSION:
+            return None
+        return Calibration(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def save_calibration(cal: Calibration, path: Optional[Path] = None) -> Path:
+    path = Path(path or calibration_path())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cal.to_dict(), indent=2))
+    tmp.replace(path)
+    return path
+
+
+# --- Measuring (side effects) ------------------------------------------------------------------------------
+
+
+def measure_cpu_flops(n: int = 1024, repeats: int = 3) -> float:
+    """float32 matmul FLOP/s on the CPU (the text encoder and VAE on 'cpu' run at about this rate)."""
+    import torch
+
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+def _h2d(pinned: bool) -> float:
+    import torch
+
+    src = torch.empty(COPY_BYTES, dtype=torch.uint8, pin_memory=pinned)
+    dst = torch.empty(COPY_BYTES, dtype=torch.uint8, device="cuda")
+    dst.copy_(src, non_blocking=pinned)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(REPEATS):
+        dst.copy_(src, non_blocking=pinned)
+    torch.cuda.synchronize()
+    return COPY_BYTES * REPEATS / (time.perf_counter() - t0)
+
+
+def measure_gpu(quick: bool = False) -> tuple[float, float, float, int]:
+    """(bf16 FLOP/s over a forward, block seconds, pinned B/s, pageable B/s, tokens) on the current GPU."""
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    from .spec import WAN_TRANSFORMER_CONFIGS, component_spec, ModelSpec, TextEncoderDims, TransformerDims
+    from .timing import transformer_flops
+
+    frames, h, w = CALIBRATION_LATENT["quick" if quick else "full"]
+    config = dict(WAN_TRANSFORMER_CONFIGS["wan2.1-t2v-1.3b"], num_layers=CALIBRATION_LAYERS)
+    model = WanTransformer3DModel(**config).to("cuda", torch.bfloat16).eval()
+    x = torch.randn(1, 16, frames, h, w, device="cuda", dtype=torch.bfloat16)
+    text = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
+    t = torch.tensor([500.0], device="cuda")
+    with torch.no_grad():
+        model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)  # warm-up
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(REPEATS):
+            model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t0) / REPEATS
+    tokens = frames * (h // 2) * (w // 2)
+    c = model.config
+    dims = TransformerDims(c.num_attention_heads * c.attention_head_dim, c.ffn_dim, c.num_attention_heads,
+                           c.num_layers, c.in_channels, c.text_dim, False)
+    spec = ModelSpec("calibration", "t2v", component_spec("transformer", model, model.blocks), None, None, None,
+                     dims, TextEncoderDims(0, 0, 0), 0)
+    flops = transformer_flops(spec, tokens)
+    del model, x, text
+    torch.cuda.empty_cache()
+    return flops / seconds, seconds / CALIBRATION_LAYERS, _h2d(True), _h2d(False), tokens
+
+
+def calibrate(quick: bool = False) -> Calibration:
+    """Measure this machine. Raises UserError without a CUDA GPU (there is nothing to calibrate)."""
+    from datetime import date
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(
+            "no CUDA GPU found: there is nothing to calibrate. The planner plans for the CPU on this machine; "
+            "run `lowvram calibrate` on a machine with an NVIDIA GPU and a CUDA build of torch."
+        )
+    gpu_flops, block_s, pinned, pageable, tokens = measure_gpu(quick)
+    return Calibration(
+        gpu_name=torch.cuda.get_device_name(torch.cuda.current_device()),
+        created=date.today().isoformat(),
+        gpu_flops=gpu_flops,
+        h2d_pinned=pinned,
+        h2d_pageable=pageable,
+        cpu_flops=measure_cpu_flops(),
+        tokens=tokens,
+        block_seconds=block_s,
+    )

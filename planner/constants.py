@@ -1,0 +1,149 @@
+"""Every fitted or assumed number of the memory and time models, in one place so that it can be refit.
+
+Each constant says where it comes from:
+- "REFERENCE.md anchor": fitted to the H200 measurements in /work/shared/REFERENCE.md
+  (random-weight real shapes, one forward at 480x832x81 = 32,760 tokens). Refit from docs/benchmarks.md
+  measurements when the bench lands.
+- "meta trace": computed on the CPU by running the real diffusers module on the meta device while
+  summing the bytes of live tensors (shapes only, no weights) or counting FLOPs (torch FlopCounterMode).
+  It excludes the CUDA caching allocator's slack, which the VRAM reserve covers.
+- "datasheet": a vendor's published number.
+- "estimate": reasoned, not measured; the first candidates to refit.
+"""
+
+from __future__ import annotations
+
+GIB = 1024**3
+GB = 1e9
+
+# --- Weights ---------------------------------------------------------------------------------------
+# Bytes per nn.Linear weight parameter after quantization with optimum-quanto (everything else in a
+# quantized module stays in the plan's dtype). REFERENCE.md anchor: the 1.3B transformer, quanto
+# qint8 / qfloat8 / qint4 all on GPU: 1.38 / 1.38 / 0.82 GiB for 1,417.6 M Linear parameters (the rest,
+# 1.4 M, in bf16). Includes quanto's scales (per row at 8 bit, per group of 128 with shift at 4 bit).
+QUANT_BYTES_PER_LINEAR_PARAM: dict[str, float] = {"bf16": 2.0, "fp8": 1.0433, "int8": 1.0433, "int4": 0.6192}
+DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+# --- Transformer activations ----------------------------------------------------------------------
+# Peak activation bytes of one transformer forward = tokens * (A_DIM * dim + A_FFN * ffn_dim), bf16,
+# SDPA attention (memory linear in tokens). cond and uncond run one after the other, so no x2.
+# REFERENCE.md anchor: all-on-GPU peaks 4.17 GiB (1.3B: dim 1536, ffn 8960) and 30.1 GiB (14B: dim 5120,
+# ffn 13824) minus their bf16 weights (2.643 / 26.615 GiB) at 32,760 tokens: two equations, two unknowns.
+# Confirmed by the bench run in docs/benchmarks.md (H200, 8 points, 1.3B and 14B at 8,190-75,600
+# tokens): a least-squares refit gives 13.73 / 3.156 and these values stay within 2% of every point.
+# Check (tests/test_planner_memory.py): block+stream 1.75 / 5.25 GiB and block no-stream 1.66 / 4.59 GiB
+# are reproduced within 1%, leaf+stream 1.55 / 3.50 GiB within +2% / +8% (over: the safe side).
+ACT_BYTES_PER_TOKEN_DIM = 13.465
+ACT_BYTES_PER_TOKEN_FFN = 3.2773
+# Streamed placements keep this many groups on the GPU: the one computing and the one being prefetched
+# (REFERENCE.md anchor: block+stream = rest + 2 blocks + activations, block no-stream = rest + 1 block).
+STREAM_BUFFER_GROUPS = 2
+
+# --- Text and image encoders ------------------------------------------------------------------------
+# UMT5 encoder peak activations for one 512-token prompt: the per-layer relative position bias and
+# attention scores (heads x L x L, fp32) plus the gated FFN's intermediates (3 x L x d_ff, bf16).
+# Estimate from shapes (~0.2 GiB for UMT5-XXL); it is small next to the 11 GiB of weights.
+TE_SCORE_COPIES = 3
+TE_FFN_COPIES = 3
+# CLIP ViT-H activations for one 224 px image (257 tokens): estimate from shapes, all hidden states
+# kept (the pipeline reads the second to last): 33 x 257 x 1280 x 4 B, plus scores 16 x 257^2 x 4 B x 3.
+IMAGE_ENCODER_KEEPS_HIDDEN_STATES = 33
+
+# --- VAE (AutoencoderKLWan, float32 as lowvram.loading loads it) ---------------------------------
+# Peak live bytes per output pixel (H x W) = alpha + beta * frames. Meta trace of diffusers'
+# AutoencoderKLWan (base_dim 96) decode/encode at 480x832 and 720x1280, 9/33/81 frames; bytes per pixel
+# were the same at both resolutions within 0.1%. Cross-check: Wan2.1's own report of 8.19 GB peak for
+# 1.3B at 480p (REFERENCE.md) vs 8.17 GB from the untiled decode here. Scaled by base_dim / 96 for other VAEs.
+# Decode coefficients rescaled to the GPU (bench, docs/benchmarks.md, H200, fp32, random weights): measured
+# peaks above weights were 1.15x the meta trace untiled (2.14 GiB at 240x416x33, 8.76 GiB at 480x832x81)
+# and tiled at 240x416x33 (1.31 GiB; one-tile bound), 1.10x tiled at 480x832x81 (1.87 GiB): cuDNN conv3d
+# workspaces and allocator rounding that a meta trace does not see. Meta trace was (19458, 12.25) / (3167, 17.2).
+VAE_DECODE_BYTES_PER_PIXEL = (22474.0, 14.15)
+VAE_DECODE_TILED_BYTES_PER_PIXEL = (3493.0, 18.97)
+VAE_ENCODE_BYTES_PER_PIXEL = (14080.0, 12.5)
+VAE_ENCODE_TILED_BYTES_PER_PIXEL = (2316.0, 12.7)
+VAE_REFERENCE_BASE_DIM = 96
+# diffusers' default tile (sample pixels) and stride: below one tile, tiling changes nothing.
+VAE_TILE = 256
+VAE_TILE_STRIDE = 192
+# FLOPs per output pixel-frame of a decode (meta trace with FlopCounterMode: 8.9e6 at 64-128 px, 5-9 frames).
+VAE_DECODE_FLOPS_PER_PIXEL = 8.9e6
+VAE_ENCODE_FLOPS_PER_PIXEL = 4.5e6  # estimate: the encoder has about half the decoder's convolutions
+
+# --- Time -----------------------------------------------------------------------------------------
+# Dense bf16 tensor-core throughput with fp32 accumulation (datasheet: NVIDIA Hopper/Ampere/Ada
+# whitepapers; GeForce cards run fp32-accumulate at half their fp16-accumulate rate). Matched on the
+# GPU name, first match wins.
+GPU_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989.0),
+    ("H100", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("RTX 6000 Ada", 364.0),
+    ("A6000", 155.0),
+    ("RTX 4090", 165.2),
+    ("RTX 4080", 97.5),
+    ("RTX 4070 Ti", 80.2),
+    ("RTX 4070", 58.3),
+    ("RTX 4060 Ti", 44.1),
+    ("RTX 4060", 30.1),
+    ("RTX 3090", 71.0),
+    ("RTX 3080", 59.5),
+    ("RTX 3070", 40.6),
+    ("RTX 3060", 25.6),
+)
+UNKNOWN_GPU_BF16_TFLOPS = 25.6  # estimate: assume the slowest card of the table rather than a fast one
+# Achieved fraction of the datasheet rate over a whole forward. Bench (docs/benchmarks.md, H200, all on
+# GPU, bf16, SDPA): 1.3B 0.618 s at 32,760 tokens / 2.468 s at 75,600; 14B 3.266 s / 12.253 s, against
+# the FLOPs of planner.timing.transformer_flops: 0.463, 0.512, 0.520, 0.538; the mean. (REFERENCE.md's
+# anchors 0.54 s / 2.89 s gave 0.56.)
+MATMUL_EFFICIENCY = 0.508
+# Host-to-device copy bandwidth, bytes/s. Bench (docs/benchmarks.md, H200, PCIe 5, 1 GiB copies): pinned
+# 55.5 GB/s, pageable 10.5 GB/s (REFERENCE.md: 55 / 9.8). Consumer cards on PCIe 4 x16: 31.5 GB/s on the wire, ~25 GB/s achieved (estimate,
+# ~80% of the link as on the H200's PCIe 5 link: 55 of 63 GB/s); pageable keeps the H200's ratio.
+H2D_PINNED_DATACENTER = 55.5 * GB
+H2D_PINNED_CONSUMER = 25 * GB
+PAGEABLE_OVER_PINNED = 10.5 / 55.5
+DATACENTER_GPU_MARKERS = ("H200", "H100", "A100", "L40", "A6000", "RTX 6000")
+# A streamed block costs max(compute, copy) + STREAM_INTERFERENCE x min(compute, copy): copies slow the
+# compute a little (memory traffic, hooks, syncs). Bench (docs/benchmarks.md, H200): diffusers block x1 +
+# stream 1.059 (1.3B) and 1.109 (14B) of the all-on-GPU step at 55.5 GB/s pinned: 0.728 and 0.705; the
+# mean (lowvram.bench.fit). REFERENCE.md's 1.06 / 1.11 had given 0.63.
+STREAM_INTERFERENCE = 0.716
+# Leaf-level offload: a fixed cost per leaf hook per forward plus interference. Bench (docs/benchmarks.md,
+# H200): diffusers leaf + stream 1.042 (1.3B, 488 leaves) and 1.023 (14B, 648 leaves) of the all-on-GPU
+# step: two equations, two unknowns (lowvram.bench.fit). REFERENCE.md's 1.13 / 1.09 had given 0.376 / 1.05e-4.
+LEAF_INTERFERENCE = 0.088
+LEAF_HOOK_SECONDS = 4.46e-5
+# Group offload without streams (pageable copies, nothing overlapped): REFERENCE.md anchor block x1
+# no stream, 14B: 20.3 s vs 2.89 s compute and 2.9 s of pageable copy = 5.9x the copy time (1.3B: 1.8x;
+# the larger factor is kept: it is the one that hurts).
+NO_STREAM_COPY_FACTOR = 5.9
+# Disk offload reads the streamed weights from a file each forward. Estimate: a PCIe 3 NVMe SSD's
+# sequential read (2-3.5 GB/s); SATA SSDs are 4x slower.
+DISK_READ_BPS = 2.0 * GB
+# CPU matmul throughput. Estimate for an 8-core desktop with AVX2 (bf16 converted to fp32);
+# `lowvram calibrate` measures it.
+CPU_FLOPS = 2.0e11
+# quanto kernels: time of a forward relative to bf16 at the same placement. REFERENCE.md anchor (H200):
+# qint8 1.09, qfloat8 1.28, qint4 5.8 (all on GPU).
+QUANT_TIME_FACTOR: dict[str, float] = {"bf16": 1.0, "int8": 1.09, "fp8": 1.28, "int4": 5.8}
+# fp8 matmul needs compute capability 8.9 (Ada, Hopper); below, quanto falls back to slow paths.
+FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
+
+# --- Reserves and RAM -------------------------------------------------------------------------------
+# VRAM kept free: ComfyUI's reserve for the driver and other programs (0.4-0.6 GB) plus its minimum
+# inference memory (0.8 GB), which here covers the CUDA context and the caching allocator's slack
+# (REFERENCE.md, peers).
+VRAM_RESERVE_DRIVER = int(0.5 * GIB)
+VRAM_RESERVE_INFERENCE = int(0.8 * GIB)
+DEFAULT_VRAM_RESERVE = VRAM_RESERVE_DRIVER + VRAM_RESERVE_INFERENCE
+# RAM kept free for the OS, the desktop and the file cache (estimate: what a desktop session uses).
+DEFAULT_RAM_RESERVE = 2 * GIB
+# lowvram's own process before any weight: python + torch + diffusers + transformers + quanto imported
+# measured at 0.36 GiB RSS (CPU build, this machine); CUDA libraries add about 1.5 GiB of host memory
+# (estimate: cuBLAS/cuDNN/kernels images).
+PROCESS_RAM_BASE_CPU = int(0.36 * GIB)
+PROCESS_RAM_CUDA_EXTRA = int(1.5 * GIB)
+# Higher precision wins when its predicted time is within this fraction of the fastest fitting plan.
+TIE_TOLERANCE = {"speed": 0.03, "quality": 0.15}

@@ -1,0 +1,114 @@
+"""The time model: FLOPs of each stage and the machine's throughputs (calibrated, or defaults by GPU class)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from . import constants as C
+from .probe import HardwareProbe
+from .spec import IMAGE_TOKENS, TEXT_SEQ_LEN, ComponentSpec, ModelSpec
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """What the time model needs of a machine. `source` says where the numbers came from."""
+
+    gpu_flops: float  # achieved bf16 FLOP/s over a forward (0 without a GPU)
+    h2d_pinned: float  # bytes/s
+    h2d_pageable: float
+    disk_read: float
+    cpu_flops: float
+    fp8_fast: bool
+    source: str  # "calibrated <date>" | "defaults for <gpu class>" | "cpu"
+
+
+def gpu_datasheet_tflops(gpu_name: Optional[str]) -> tuple[float, str]:
+    """(dense bf16 TFLOPS, matched class) from the datasheet table; the slow default when unknown."""
+    name = (gpu_name or "").upper()
+    for marker, tflops in C.GPU_BF16_TFLOPS:
+        if marker.upper() in name:
+            return tflops, marker
+    return C.UNKNOWN_GPU_BF16_TFLOPS, "an unknown GPU (assumed as slow as an RTX 3060)"
+
+
+def _fp8_fast(probe: HardwareProbe) -> bool:
+    return probe.compute_capability is not None and tuple(probe.compute_capability) >= C.FP8_MIN_COMPUTE_CAPABILITY
+
+
+def throughput_for(probe: HardwareProbe, calibration=None) -> Throughput:
+    """Throughputs for this probe: a calibration of the same GPU wins over the defaults by GPU class."""
+    if not probe.has_gpu:
+        cpu = calibration.cpu_flops if calibration is not None and calibration.cpu_flops else C.CPU_FLOPS
+        return Throughput(0.0, 0.0, 0.0, C.DISK_READ_BPS, cpu, False, "cpu")
+    if calibration is not None and calibration.matches(probe):
+        return Throughput(
+            gpu_flops=calibration.gpu_flops,
+            h2d_pinned=calibration.h2d_pinned,
+            h2d_pageable=calibration.h2d_pageable,
+            disk_read=C.DISK_READ_BPS,
+            cpu_flops=calibration.cpu_flops or C.CPU_FLOPS,
+            fp8_fast=_fp8_fast(probe),
+            source=f"calibrated on {calibration.created}",
+        )
+    tflops, klass = gpu_datasheet_tflops(probe.gpu_name)
+    datacenter = any(m.upper() in (probe.gpu_name or "").upper() for m in C.DATACENTER_GPU_MARKERS)
+    pinned = C.H2D_PINNED_DATACENTER if datacenter else C.H2D_PINNED_CONSUMER
+    return Throughput(
+        gpu_flops=tflops * 1e12 * C.MATMUL_EFFICIENCY,
+        h2d_pinned=pinned,
+        h2d_pageable=pinned * C.PAGEABLE_OVER_PINNED,
+        disk_read=C.DISK_READ_BPS,
+        cpu_flops=C.CPU_FLOPS,
+        fp8_fast=_fp8_fast(probe),
+        source=f"defaults for {klass} (run `lowvram calibrate` to measure this GPU)",
+    )
+
+
+# --- FLOPs ---------------------------------------------------------------------------------------------
+
+
+def transformer_block_flops(spec: ModelSpec, tokens: int) -> float:
+    """FLOPs of one transformer block forward: Linear layers + attention (self, text, image)."""
+    d = spec.dims.dim
+    image = spec.dims.has_image_branch
+    kv_on_context = 2 * d * d * (2 if image else 1)  # cross-attention K/V run on text (and image) tokens
+    video_linear = spec.transformer.block.linear_params - kv_on_context
+    flops = 2.0 * video_linear * tokens
+    flops += 2.0 * 2 * d * d * TEXT_SEQ_LEN + (2.0 * 2 * d * d * IMAGE_TOKENS if image else 0.0)
+    context = TEXT_SEQ_LEN + (IMAGE_TOKENS if image else 0)
+    flops += 4.0 * tokens * tokens * d + 4.0 * tokens * context * d
+    return flops
+
+
+def transformer_flops(spec: ModelSpec, tokens: int) -> float:
+    """One forward; the non-block part (embeddings, head) is under 0.1% of it and left out."""
+    return spec.dims.num_layers * transformer_block_flops(spec, tokens)
+
+
+def text_encoder_flops(component: ComponentSpec, seq_len: int = TEXT_SEQ_LEN) -> float:
+    """One prompt: Linear layers only (the embedding lookup costs nothing)."""
+    return 2.0 * component.whole.linear_params * seq_len
+
+
+def image_encoder_flops(component: ComponentSpec) -> float:
+    return 2.0 * component.whole.linear_params * IMAGE_TOKENS
+
+
+def vae_flops(spec: ModelSpec, height: int, width: int, frames: int, encode: bool = False) -> float:
+    per_pixel = C.VAE_ENCODE_FLOPS_PER_PIXEL if encode else C.VAE_DECODE_FLOPS_PER_PIXEL
+    scale = (spec.vae_base_dim / C.VAE_REFERENCE_BASE_DIM) ** 2  # conv FLOPs grow with channels squared
+    return per_pixel * height * width * frames * scale
+
+
+def tiling_overhead() -> float:
+    """Tiles overlap: each pixel is computed (tile / stride)^2 times on average."""
+    return (C.VAE_TILE / C.VAE_TILE_STRIDE) ** 2
+
+
+# --- Streaming -------------------------------------------------------------------------------------------
+
+
+def streamed_seconds(compute: float, copy: float, interference: float = C.STREAM_INTERFERENCE) -> float:
+    """One group computed while the next is copied: the slower of the two, plus their interference."""
+    return max(compute, copy) + interference * min(compute, copy)

@@ -1,0 +1,195 @@
+"""The planner on typical machines: plans fit their budgets, are explained, and fail clearly when nothing fits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lowvram.errors import UserError
+from lowvram.job import Job
+from planner import memory as M
+from planner.choose import NoPlanFits, Preferences, TEXT_PLACEMENTS, make_plan, plan_for_job
+from planner.estimate import predict
+from planner.plan import Plan
+from planner.probe import GIB, TYPICAL_MACHINES, HardwareProbe, synthetic_probe
+from planner.spec import known_spec
+from planner.timing import throughput_for
+
+MODELS = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p")
+RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720)}
+PREFS = Preferences()
+
+
+def job_for(model: str, res: str = "480p", **changes) -> Job:
+    width, height = RESOLUTIONS[res]
+    return Job(prompt="a cat", model=model, width=width, height=height, **changes)
+
+
+def plan_or_none(machine: str, model: str, res: str):
+    try:
+        return make_plan(TYPICAL_MACHINES[machine], known_spec(model), job_for(model, res), PREFS)
+    except NoPlanFits:
+        return None
+
+
+@pytest.mark.parametrize("machine", sorted(TYPICAL_MACHINES))
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("res", sorted(RESOLUTIONS))
+def test_chosen_plan_fits_with_its_reserve(machine, model, res):
+    probe = TYPICAL_MACHINES[machine]
+    result = plan_or_none(machine, model, res)
+    if result is None:
+        return  # checked by the expectations below: which combinations must plan
+    plan = result.plan
+    assert [s.stage for s in plan.predicted] == ["load", "encode", "denoise", "decode"]
+    assert plan.peak_vram_bytes <= max(0, probe.vram_free - PREFS.vram_reserve)
+    assert plan.peak_ram_bytes <= probe.ram_available - PREFS.ram_reserve
+    assert plan.predicted_seconds == pytest.approx(sum(s.seconds for s in plan.predicted))
+    # pinned host memory of streamed weights never exceeds the RAM there is
+    pinned = M.transformer_ram_split(known_spec(model), plan.transformer_quant, plan.transformer.kind,
+                                     plan.transformer.resident_blocks)[1] if plan.device == "cuda" else 0
+    assert pinned <= probe.ram_available - PREFS.ram_reserve
+    # text encoders never use streams: the only placements are gpu, offload (no streams) and cpu
+    assert all(c.plan.text_encoder in TEXT_PLACEMENTS for c in result.candidates)
+    assert plan.device == ("cuda" if probe.has_gpu else "cpu")
+
+
+@pytest.mark.parametrize(
+    "machine, model, res",
+    [(m, model, "480p") for m in ("rtx4090-64g", "rtx3090-32g", "rtx4070-32g", "rtx3060-16g") for model in MODELS]
+    + [("rtx4090-64g", model, "720p") for model in MODELS]
+    + [("cpu-only-32g", "wan2.1-t2v-1.3b", "480p")],
+)
+def test_these_machines_can_plan(machine, model, res):
+    assert plan_or_none(machine, model, res) is not None
+
+
+def test_1_3b_at_480p_on_24_gb_is_fully_resident_bf16():
+    for machine in ("rtx4090-64g", "rtx3090-32g"):
+        plan = plan_or_none(machine, "wan2.1-t2v-1.3b", "480p").plan
+        assert plan.transformer_quant == "bf16" and plan.transformer.kind == "resident"
+        assert plan.text_encoder_quant == "bf16" and plan.vae == "gpu"
+
+
+def test_14b_on_4090_keeps_blocks_resident_and_streams_the_rest():
+    plan = plan_or_none("rtx4090-64g", "wan2.1-t2v-14b", "480p").plan
+    assert plan.transformer_quant == "bf16" and plan.transformer.kind == "partial"
+    assert 10 < plan.transformer.resident_blocks < 40 and plan.transformer.use_stream
+
+
+def test_fp8_is_refused_below_compute_capability_8_9():
+    result = plan_or_none("rtx3090-32g", "wan2.1-t2v-14b", "480p")
+    fp8 = [c for c in result.candidates if c.plan.transformer_quant == "fp8"]
+    assert fp8 and all(not c.fits and "compute capability >= 8.9" in c.rejected_reason for c in fp8)
+    on_ada = plan_or_none("rtx4070-32g", "wan2.1-t2v-14b", "480p")
+    assert any(c.fits for c in on_ada.candidates if c.plan.transformer_quant == "fp8")
+
+
+def test_int4_is_slow_in_the_time_model():
+    result = plan_or_none("rtx4090-64g", "wan2.1-t2v-1.3b", "480p")
+    times = {c.plan.transformer_quant: c.plan.predicted_seconds for c in result.candidates
+             if c.plan.transformer.kind == "resident" and c.plan.text_encoder == "gpu" and c.plan.vae == "gpu"
+             and c.plan.text_encoder_quant == "bf16"}
+    assert times["int4"] > 4 * times["bf16"]
+
+
+def test_ram_short_machine_gets_no_streams_that_it_cannot_pin():
+    # 14B bf16 weights (26.6 GiB) cannot be pinned in 16 GB: streamed placements are rejected for RAM
+    result = plan_or_none("rtx3060-16g", "wan2.1-t2v-14b", "480p")
+    for c in result.candidates:
+        if c.plan.transformer_quant == "bf16" and c.plan.transformer.kind in ("block_offload", "leaf_offload", "partial"):
+            assert not c.fits and "over RAM" in c.rejected_reason
+    assert result.plan.transformer.kind == "disk_offload" or result.plan.transformer_quant != "bf16"
+
+
+def test_explanation_lists_rejected_options_with_reasons():
+    result = plan_or_none("rtx4090-64g", "wan2.1-t2v-14b", "480p")
+    text = "\n".join(result.explanation)
+    assert text.count("GiB") > 10 and "chosen:" in text and "runners-up:" in text
+    assert "bf16 resident on the GPU: over VRAM by" in text
+    assert "slower by" in text
+    assert "offload (no streams)" in text
+    for stage in ("load", "encode", "denoise", "decode"):
+        assert f"  {stage} " in text
+    rejected = [c for c in result.candidates if not c.fits]
+    assert rejected and all(c.rejected_reason for c in rejected)
+
+
+def test_impossible_budget_says_what_is_short_and_what_would_work():
+    probe = synthetic_probe(4, 8, gpu_name="NVIDIA GeForce RTX 3050", compute_capability=(8, 6))
+    with pytest.raises(NoPlanFits) as info:
+        make_plan(probe, known_spec("wan2.1-t2v-14b"), job_for("wan2.1-t2v-14b", "720p"))
+    err = info.value
+    assert isinstance(err, UserError) and err.exit_code == 2
+    message = str(err)
+    assert "no plan fits" in message and "over" in message and "It would work with" in message
+    assert err.vram_needed is not None or err.ram_needed is not None
+    # the suggestion is honest: with that much, a plan exists
+    bigger = synthetic_probe(max(4, (err.vram_needed or 0) / GIB + 0.01), max(8, (err.ram_needed or 0) / GIB + 0.01))
+    make_plan(bigger, known_spec("wan2.1-t2v-14b"), job_for("wan2.1-t2v-14b", "720p"))
+
+
+def test_smaller_job_is_suggested_when_resolution_is_the_problem():
+    probe = TYPICAL_MACHINES["rtx3060-16g"]
+    job = job_for("wan2.1-t2v-1.3b", "720p", frames=161)
+    tight = Preferences(vram_cap=int(4 * GIB))
+    with pytest.raises(NoPlanFits) as info:
+        make_plan(probe, known_spec("wan2.1-t2v-1.3b"), job, tight)
+    small = info.value.smaller_job
+    assert small is not None and small.tokens < job.tokens
+    make_plan(probe, known_spec("wan2.1-t2v-1.3b"), small, tight)
+
+
+def test_cpu_only_plans_without_crashing(small_job):
+    probe = TYPICAL_MACHINES["cpu-only-32g"]
+    demo = plan_for_job(small_job(), probe=probe).plan
+    assert demo.device == "cpu" and demo.dtype == "float32" and demo.summary() == "everything on the CPU (float32)"
+    real = make_plan(probe, known_spec("wan2.1-t2v-1.3b"), job_for("wan2.1-t2v-1.3b")).plan
+    assert real.device == "cpu" and real.dtype == "bfloat16" and real.peak_vram_bytes == 0
+    with pytest.raises(NoPlanFits, match="RAM"):
+        make_plan(probe, known_spec("wan2.1-t2v-14b"), job_for("wan2.1-t2v-14b"))
+
+
+def test_tighter_vram_never_gives_a_faster_plan():
+    spec, job = known_spec("wan2.1-t2v-14b"), job_for("wan2.1-t2v-14b")
+    times = [make_plan(synthetic_probe(v, 128, compute_capability=(8, 9)), spec, job).plan.predicted_seconds
+             for v in (48, 24, 16, 12, 8)]
+    assert times == sorted(times)
+
+
+def test_precision_wins_near_ties():
+    spec, job = known_spec("wan2.1-t2v-14b"), job_for("wan2.1-t2v-14b")
+    probe = TYPICAL_MACHINES["rtx3090-32g"]
+    speed = make_plan(probe, spec, job, Preferences(prefer="speed")).plan
+    quality = make_plan(probe, spec, job, Preferences(prefer="quality")).plan
+    assert M.QUANT_ORDER.index(quality.transformer_quant) <= M.QUANT_ORDER.index(speed.transformer_quant)
+    only_bf16 = make_plan(probe, spec, job, Preferences(min_quant="bf16")).plan
+    assert only_bf16.transformer_quant == "bf16" and only_bf16.text_encoder_quant == "bf16"
+
+
+def test_preferences_are_validated():
+    for bad in (dict(min_quant="int3"), dict(prefer="cheap"), dict(vram_reserve=-1), dict(ram_cap=0)):
+        with pytest.raises(UserError):
+            Preferences(**bad)
+
+
+def test_plan_round_trips_through_dict():
+    plan = plan_or_none("rtx4090-64g", "wan2.1-t2v-14b", "480p").plan
+    assert Plan.from_dict(plan.to_dict()) == plan
+
+
+def test_predict_is_pure_and_consistent():
+    spec, job = known_spec("wan2.1-t2v-1.3b"), job_for("wan2.1-t2v-1.3b")
+    tp = throughput_for(TYPICAL_MACHINES["rtx4090-64g"])
+    plan = Plan(device="cuda")
+    assert predict(plan, spec, job, tp) == predict(plan, spec, job, tp)
+    offloaded = dataclasses.replace(plan, text_encoder="cpu", vae="gpu_tiled")
+    stages = {s.stage: s for s in predict(offloaded, spec, job, tp)[0]}
+    assert stages["encode"].vram_bytes == 0 and stages["decode"].vram_bytes < 3 * GIB
+
+
+def test_probe_validation():
+    with pytest.raises(ValueError):
+        HardwareProbe(gpu_name=None, compute_capability=None, vram_total=0, vram_free=-1, ram_total=1, ram_available=1)
+    assert not synthetic_probe(0, 8).has_gpu and synthetic_probe(8, 8).has_gpu
