@@ -48,7 +48,8 @@ class Probe:
     def __init__(self, tr):
         self.stack_in = self.stack_out = None
         self.block_forwards = 0
-        tr.blocks[0].register_forward_pre_hook(lambda m, a: setattr(self, "stack_in", a[0].clone()))
+        # The stack's input is the patch embedding, flattened as WanTransformer3DModel.forward does.
+        tr.patch_embedding.register_forward_hook(lambda m, a, out: setattr(self, "stack_in", out.flatten(2).transpose(1, 2).clone()))
         tr.norm_out.register_forward_pre_hook(lambda m, a: setattr(self, "stack_out", a[0].clone()))
         for b in tr.blocks:
             b.ffn.register_forward_pre_hook(lambda m, a: setattr(self, "block_forwards", self.block_forwards + 1))
@@ -100,7 +101,7 @@ def test_computed_calls_are_unchanged_and_remove_restores_the_model():
         assert torch.equal(a["y"], b["y"]) == b["computed"]
     remove_teacache(tr)
     assert get_teacache(tr) is None
-    assert all(TEACACHE_BLOCK_HOOK not in b._diffusers_hook.hooks for b in tr.blocks)
+    assert all(TEACACHE_BLOCK_HOOK not in b._diffusers_hook.hooks for b in (tr.blocks[0], tr.blocks[-1]))
     again = run(tr, "CCC")
     assert all(torch.equal(a["y"], b["y"]) for a, b in zip(plain, again))
 
@@ -224,3 +225,31 @@ def test_transfer_meter_counts_quantized_weights_at_their_storage_size():
     freeze(m)
     assert tensor_bytes(m[0].weight) == 32 * 64 * 1 + 32 * 4  # int8 data + one fp32 scale per row
     assert tensor_bytes(torch.zeros(3, 5, dtype=torch.bfloat16)) == 30
+
+
+def test_still_skips_after_an_inner_hook_is_removed():
+    """Streamed group offloading removes its tracing hooks from every block after the first forward;
+    diffusers then re-links the hooks above them. TeaCache must keep working through that."""
+    from diffusers.hooks.hooks import HookRegistry, ModelHook
+
+    tr = make_transformer()
+    for module in [tr, *tr.blocks]:
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(ModelHook(), "tracker")
+    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.C.")))
+    for module in [tr, *tr.blocks]:
+        module._diffusers_hook.remove_hook("tracker", recurse=False)
+    assert [c["forwards"] for c in run(tr, "C.C.")] == [LAYERS, LAYERS, 0, 0, LAYERS, LAYERS, 0, 0]
+
+
+def test_a_call_that_raises_leaves_the_blocks_in_place():
+    tr = make_transformer()
+    blocks = tr.blocks
+    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.")))
+    run(tr, "C", branches=("cond",))
+    bad = inputs(1, "cond")
+    bad["encoder_hidden_states"] = torch.zeros(1, 5, 7)  # wrong text width: the embedder raises
+    with pytest.raises(RuntimeError):
+        with torch.no_grad(), tr.cache_context("cond", step_index=1):
+            tr(**bad)
+    reset_teacache(tr)
+    assert tr.blocks is blocks

@@ -1,13 +1,17 @@
 """TeaCache as diffusers hooks on a `WanTransformer3DModel`, following a precomputed SkipSchedule.
 
-Three kinds of hook, registered under named constants so they can be found and removed:
+Hooks registered under named constants, so they can be found and removed:
 - TEACACHE_HOOK on the transformer: looks up the call's decision (branch from the pipeline's
   `cache_context("cond"/"uncond")`, step from `step_index` or a per-branch counter), times the call
-  and counts the bytes group offloading moved during it;
-- TEACACHE_BLOCK_HOOK on every block: on a computed call the first block remembers its input and the
-  last stores `output - input` as the branch's residual; on a skipped call the first block returns
-  `input + residual` and the others return their input, without calling the block (nor the group
-  offloading hook under it: no weights move).
+  and counts the bytes group offloading moved during it. On a skipped call it swaps the block list
+  for one module that adds the branch's cached residual, so no block is called at all (nor the group
+  offloading hooks on the blocks: no block weights move), and puts the blocks back afterwards.
+- TEACACHE_BLOCK_HOOK on the first and last block: on a computed call they record the stack's input
+  and store `output - input` as the branch's residual.
+
+Only pre_forward/post_forward hooks, no `new_forward`: diffusers' HookRegistry.remove_hook re-links an
+outer `new_forward` hook wrongly when an inner hook is removed (streamed group offloading removes its
+tracing hooks after the first forward), which would silently bypass the cache.
 
 State is per cache context (one per branch), lives in `TeaCacheState`, and is reset by
 `reset_teacache` (the runner does that at the start of every run and in a `finally`). A call with no
@@ -17,8 +21,7 @@ cache context raises instead of silently sharing one state between branches.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -96,18 +99,33 @@ def _timer_stop(record: CallRecord, device: torch.device) -> None:
         record._seconds = time.perf_counter() - record._start
 
 
+class _AddResidual(torch.nn.Module):
+    """Stands in for the whole block list on a skipped call: output of the stack = input + residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.residual: Optional[torch.Tensor] = None
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states + self.residual
+
+
 class TeaCacheHook(ModelHook):
     _is_stateful = True
 
-    def __init__(self, state_manager: StateManager, schedule: SkipSchedule, blocks: list) -> None:
+    def __init__(self, state_manager: StateManager, schedule: SkipSchedule) -> None:
         super().__init__()
         self.state_manager = state_manager
         self.schedule = schedule
-        self.blocks = blocks
         self.records: list[CallRecord] = []
         self.meter: Optional[TransferMeter] = None  # set by the runner's TeaCacheRun
+        self._stand_in = torch.nn.ModuleList([_AddResidual()])
+        self._blocks: Optional[torch.nn.ModuleList] = None  # the real blocks while swapped out
+        self._suspended: list = []  # prefetch links cut for a skipped call
+        self._call: Optional[tuple] = None  # (record, state, step, device, meter reading) of the call in progress
 
-    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        self.restore(module)  # a previous call that raised may have left the stand-in in place
         context = self.state_manager._context
         if context is None:
             raise RuntimeError(
@@ -131,31 +149,52 @@ class TeaCacheHook(ModelHook):
         # A skip needs a residual; a run resumed mid-way has none yet, so its first call computes.
         state.compute = decision.computed or state.residual is None
         if not state.compute:
-            _check_outermost(module, self.blocks)
+            _check_outermost(module)
+            self._suspended = _cut_block_prefetch(module)
+            self._stand_in[0].residual = state.residual
+            self._blocks = module._modules["blocks"]
+            module._modules["blocks"] = self._stand_in
         hidden = args[0] if args else kwargs["hidden_states"]
-        before = self.meter.read() if self.meter is not None else Moved()
         record = CallRecord(decision, state.compute, Moved(), _start=_timer_start(hidden.device))
-        with _no_block_prefetch(module) if not state.compute else _nothing():
-            output = self.fn_ref.original_forward(*args, **kwargs)
-        _timer_stop(record, hidden.device)
+        self._call = (record, state, step, hidden.device, self.meter.read() if self.meter is not None else Moved())
+        return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output):
+        self.restore(module)
+        record, state, step, device, before = self._call
+        self._call = None
+        _timer_stop(record, device)
         if self.meter is not None:
             record.moved = self.meter.read() - before
         state.next_step = step + 1
         self.records.append(record)
         return output
 
+    def restore(self, module: torch.nn.Module) -> None:
+        """Put the real blocks and the prefetch links back (after a skipped call, or one that raised)."""
+        if self._blocks is not None:
+            module._modules["blocks"] = self._blocks
+            self._blocks = None
+        self._stand_in[0].residual = None
+        for hook, group in self._suspended:
+            hook.next_group = group
+        self._suspended = []
+
     def drain(self) -> list[CallRecord]:
         out, self.records = self.records, []
         return out
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.restore(module)
         self.state_manager.reset()
         self.records = []
+        self._call = None
         return module
 
 
 class TeaCacheBlockHook(ModelHook):
-    """Skips a block on a skipped call; the first block adds the residual, the last one records it."""
+    """On the first block: remember the stack's input. On the last: store output - input as the residual.
+    (Only computed calls reach the blocks: a skipped call replaces the whole list.)"""
 
     def __init__(self, state_manager: StateManager, is_head: bool, is_tail: bool) -> None:
         super().__init__()
@@ -163,15 +202,14 @@ class TeaCacheBlockHook(ModelHook):
         self.is_head = is_head
         self.is_tail = is_tail
 
-    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        state: TeaCacheState = self.state_manager.get_state()
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if not state.compute:
-            return hidden + state.residual if self.is_head else hidden
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         if self.is_head:
-            state.block_input = hidden
-        output = self.fn_ref.original_forward(*args, **kwargs)
+            self.state_manager.get_state().block_input = args[0] if args else kwargs["hidden_states"]
+        return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output):
         if self.is_tail:
+            state: TeaCacheState = self.state_manager.get_state()
             state.residual = output - state.block_input
             state.block_input = None
         return output
@@ -191,10 +229,11 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> TeaC
     if registry.get_hook(TEACACHE_HOOK) is not None:
         raise RuntimeError("TeaCache is already applied to this transformer; remove_teacache() first.")
     state_manager = StateManager(TeaCacheState)
-    for i, block in enumerate(blocks):
-        hook = TeaCacheBlockHook(state_manager, is_head=i == 0, is_tail=i == len(blocks) - 1)
+    ends = [(blocks[0], True, len(blocks) == 1)] + ([(blocks[-1], False, True)] if len(blocks) > 1 else [])
+    for block, is_head, is_tail in ends:
+        hook = TeaCacheBlockHook(state_manager, is_head=is_head, is_tail=is_tail)
         HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, TEACACHE_BLOCK_HOOK)
-    hook = TeaCacheHook(state_manager, config.schedule, blocks)
+    hook = TeaCacheHook(state_manager, config.schedule)
     registry.register_hook(hook, TEACACHE_HOOK)
     registry.invalidate_child_registries_cache()  # so cache_context reaches the new hooks
     return hook
@@ -226,32 +265,25 @@ def remove_teacache(transformer: torch.nn.Module) -> None:
 # ---------------------------------------------------------------------------------------------- offload interplay
 
 
-@contextmanager
-def _nothing():
-    yield
+def _check_outermost(transformer: torch.nn.Module) -> None:
+    """With TeaCache inside group offloading, the offload hook would prefetch a block before the skip is known."""
+    order = transformer._diffusers_hook._hook_order
+    if GROUP_OFFLOADING_HOOK in order and order.index(GROUP_OFFLOADING_HOOK) > order.index(TEACACHE_HOOK):
+        raise RuntimeError(
+            "TeaCache was applied before group offloading, so skipped calls could still move block weights. "
+            "remove_teacache(transformer) and apply_teacache again after enabling group offloading."
+        )
 
 
-def _check_outermost(transformer: torch.nn.Module, blocks: list) -> None:
-    """A skip only avoids weight transfers if TeaCache wraps group offloading, not the other way round."""
-    for module, name in [(transformer, TEACACHE_HOOK)] + [(b, TEACACHE_BLOCK_HOOK) for b in blocks]:
-        order = module._diffusers_hook._hook_order
-        if GROUP_OFFLOADING_HOOK in order and order.index(GROUP_OFFLOADING_HOOK) > order.index(name):
-            raise RuntimeError(
-                "TeaCache was applied before group offloading, so skipped calls would still move block weights. "
-                "remove_teacache(transformer) and apply_teacache again after enabling group offloading."
-            )
-
-
-@contextmanager
-def _no_block_prefetch(transformer: torch.nn.Module):
-    """During a skipped call, stop non-block groups from prefetching a block group (streamed offload).
+def _cut_block_prefetch(transformer: torch.nn.Module) -> list:
+    """For a skipped call, stop non-block groups from prefetching a block group (streamed offload).
 
     With streams, diffusers chains groups in execution order: the group before blocks.0 onloads
     blocks.0 ahead of time. On a skipped call no block runs, so that prefetch would be a wasted
-    transfer (and leave the block on the GPU). The link is restored afterwards.
+    transfer (and leave the block on the GPU). Returns the cut links for `restore`.
     """
     names = {id(m): n for n, m in transformer.named_modules()}
-    suspended = []
+    cut = []
     for module in transformer.modules():
         registry = getattr(module, "_diffusers_hook", None)
         hook = registry.get_hook(GROUP_OFFLOADING_HOOK) if registry is not None else None
@@ -260,10 +292,6 @@ def _no_block_prefetch(transformer: torch.nn.Module):
             continue
         members = list(nxt.modules) + [nxt.onload_leader, nxt.offload_leader]
         if any(names.get(id(m), "").startswith("blocks.") for m in members):
-            suspended.append((hook, nxt))
+            cut.append((hook, nxt))
             hook.next_group = None
-    try:
-        yield
-    finally:
-        for hook, nxt in suspended:
-            hook.next_group = nxt
+    return cut
