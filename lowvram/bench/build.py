@@ -90,7 +90,13 @@ def build_umt5(device: str | torch.device = "cuda", dtype: torch.dtype = torch.b
     with torch.device("meta"):
         model = UMT5EncoderModel(cfg)
     model.to(dtype)
-    return _materialize(model.eval().requires_grad_(False), device, seed)
+    model.eval().requires_grad_(False)
+    model.to_empty(device=device)
+    # to_empty gives each tied parameter its own storage: tie the input embedding to `shared` again,
+    # as the checkpoint has it (else the encoder weighs 1 B params more than the real one)
+    model.encoder.embed_tokens.weight = model.shared.weight
+    init_random_(model, seed)
+    return model
 
 
 def param_bytes(model: nn.Module) -> int:

@@ -91,10 +91,11 @@ def plans_list(data: dict) -> str:
 
 
 def notes_list(data: dict) -> str:
+    """Each recipe's notes once (they repeat across budgets)."""
     out = []
     for case in data.get("cases", []):
         for note in case.get("notes", []):
-            line = f"- {case['recipe']} ({case['resolution']} @ {case['budget_gib']:g} GiB): {note}"
+            line = f"- {case['recipe']}: {note}"
             if line not in out:
                 out.append(line)
     return "\n".join(out)
