@@ -81,12 +81,12 @@ def validate_job(job: Job) -> None:
         problems.append(f"--frames {job.frames} must be of the form 4k+1 (e.g. {4 * k + 1} or {4 * k + 5})")
     if job.steps < 1:
         problems.append(f"--steps {job.steps} must be at least 1")
-    if job.guidance < 0:
-        problems.append(f"--guidance {job.guidance} must be >= 0 (1.0 or less turns guidance off)")
+    if not job.guidance >= 0 or job.guidance == float("inf"):  # also catches nan
+        problems.append(f"--guidance {job.guidance} must be a finite number >= 0 (1.0 or less turns guidance off)")
     if job.fps < 1:
         problems.append(f"--fps {job.fps} must be at least 1")
-    if job.seed < 0:
-        problems.append(f"--seed {job.seed} must be >= 0")
+    if job.seed < 0 or job.seed >= 2**64:  # torch seeds are unsigned 64-bit
+        problems.append(f"--seed {job.seed} must be between 0 and {2**64 - 1}")
     if job.out is not None:
         parent = Path(job.out).expanduser().parent
         if not parent.is_dir():

@@ -13,8 +13,10 @@ model loads: `load_resume_file` raises UserError naming the problem and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any, Optional
 from planner.plan import Plan, TransformerPlacement
 
 from .errors import UserError
-from .job import Job, TeaCacheSetting, validate_job
+from .job import Job, validate_job
 
 FORMAT = "lowvram-resume"
 VERSION = 1
@@ -189,35 +191,38 @@ def _bad(path: Path, problem: str) -> UserError:
     )
 
 
-def _job_from_dict(data: Any) -> Job:
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build a frozen dataclass from JSON, checking every field's type (nested dataclasses too)."""
     if not isinstance(data, dict):
-        raise ValueError("the job is not an object")
-    hints = typing.get_type_hints(Job)
-    known = {f.name for f in fields(Job)}
-    unknown = sorted(set(data) - known)
+        raise ValueError(f"{where} is not an object")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(map(str, set(data) - names))
     if unknown:
-        raise ValueError(f"unknown job fields {unknown}")
+        raise ValueError(f"unknown {where} fields {unknown}")
     values = {}
     for name, value in data.items():
         hint = hints[name]
-        if name == "teacache":
-            if not isinstance(value, dict) or set(value) - {f.name for f in fields(TeaCacheSetting)}:
-                raise ValueError("bad teacache setting")
-            values[name] = TeaCacheSetting(**value)
+        if dataclasses.is_dataclass(hint):
+            values[name] = _from_dict(hint, value, f"{where}.{name}")
             continue
-        allowed = tuple(a for a in typing.get_args(hint) if a is not type(None)) or (hint,)
-        optional = type(None) in typing.get_args(hint)
-        if value is None and optional:
+        args = typing.get_args(hint)
+        allowed = tuple(a for a in args if a is not type(None)) or (hint,)
+        if value is None and type(None) in args:
             values[name] = None
             continue
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(value, bool) or not isinstance(value, allowed):
-            raise ValueError(f"job field {name}={value!r} has the wrong type")
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            raise ValueError(f"{where}.{name}={value!r} has the wrong type")
         values[name] = value
-    if "prompt" not in values:
-        raise ValueError("the job has no prompt")
-    return Job(**values)
+    return cls(**values)
+
+
+def _job_from_dict(data: Any) -> Job:
+    if not isinstance(data, dict) or "prompt" not in data:
+        raise ValueError("the job is missing or has no prompt")
+    return _from_dict(Job, data, "job")
 
 
 def _plan_from_dict(data: Any) -> Plan:
@@ -230,7 +235,7 @@ def _plan_from_dict(data: Any) -> Plan:
             raise ValueError(f"plan field {name}={getattr(plan, name)!r} is not one of {typing.get_args(hints[name])}")
     if plan.transformer.kind not in typing.get_args(typing.get_type_hints(TransformerPlacement)["kind"]):
         raise ValueError(f"unknown transformer placement {plan.transformer.kind!r}")
-    if plan.device not in ("cpu", "cuda") and not str(plan.device).startswith("cuda:"):
+    if not isinstance(plan.device, str) or not re.fullmatch(r"cpu|cuda(:[0-9]{1,2})?", plan.device):
         raise ValueError(f"unknown device {plan.device!r}")
     if plan.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"unknown dtype {plan.dtype!r}")
@@ -270,7 +275,7 @@ def load_resume_file(path_text: str) -> ResumeState:
         for name, node in sched["attrs"].items():
             _check_structure(node, tensors, f"sampler state {name}")
         _check_tensors(job, tensors)
-    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError, UserError) as exc:
         raise _bad(path, f"damaged or unsupported contents ({exc})") from None
     try:
         validate_job(job)
