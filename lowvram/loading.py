@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from .errors import UserError
 from .models import ModelRef
@@ -98,8 +99,14 @@ def checkpoint_folder(ref: ModelRef) -> Path:
         ) from exc
 
 
-def load_pipeline(ref: ModelRef, dtype: str = "bfloat16", vae_dtype: str = "float32") -> tuple[Any, CheckpointInfo]:
-    """Load the pipeline on the CPU through diffusers' from_pretrained, safetensors only."""
+def load_pipeline(
+    ref: ModelRef, dtype: str = "bfloat16", vae_dtype: str = "float32", preload: Optional[Callable[[Path], dict]] = None
+) -> tuple[Any, CheckpointInfo]:
+    """Load the pipeline on the CPU through diffusers' from_pretrained, safetensors only.
+
+    `preload(folder)` may return ready components (e.g. cached quantized ones); they are passed to
+    from_pretrained, which then does not load those components' weights at all.
+    """
     import torch
     from diffusers import DiffusionPipeline
 
@@ -110,8 +117,37 @@ def load_pipeline(ref: ModelRef, dtype: str = "bfloat16", vae_dtype: str = "floa
     if "image_encoder" in info.components:
         dtypes["image_encoder"] = torch.float32
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(folder), use_safetensors=True, dtype=dtypes)
+        components = preload(folder) if preload is not None else {}
+        with _preloaded(components):
+            pipe = DiffusionPipeline.from_pretrained(str(folder), use_safetensors=True, dtype=dtypes)
     except (OSError, EnvironmentError, ValueError) as exc:
         raise UserError(f"--model {ref.name}: could not load the pipeline from {folder}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe, info
+
+
+@contextmanager
+def _preloaded(components: dict):
+    """While active, diffusers' pipeline loader returns these ready components instead of loading them.
+
+    Passing them as from_pretrained(transformer=...) is not enough: WanPipeline declares its
+    transformer optional (default None), and diffusers 0.42 then loads it from the folder anyway.
+    """
+    if not components:
+        yield
+        return
+    from diffusers.pipelines import pipeline_utils
+
+    original = pipeline_utils.load_sub_model
+
+    def load_sub_model(*args, **kwargs):
+        name = kwargs.get("name")
+        if name in components:
+            return components[name]
+        return original(*args, **kwargs)
+
+    pipeline_utils.load_sub_model = load_sub_model
+    try:
+        yield
+    finally:
+        pipeline_utils.load_sub_model = original

@@ -1,56 +1,254 @@
-"""Put a loaded pipeline's components where a Plan says, stage by stage.
+"""Apply a Plan to a loaded pipeline: quantize, attach offload hooks, move components per stage.
 
-This first version keeps whole components on one device and moves them per stage so that stage
-peaks do not add up: the text encoder leaves before denoising, the transformer before decoding.
+`prepare` runs once after loading, in a fixed order: attention (SDPA) -> quantize (and cache the
+quantized weights) -> VAE tiling -> offload hooks. `enter_stage` then puts the stage's components on
+the compute device and takes the others off it, so stage peaks do not add up: the text encoder
+leaves before denoising, the transformer before decoding. Components under offload hooks are never
+moved with `.to()`: their hooks move each group on demand.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
 
 from planner.plan import Plan
+
+log = logging.getLogger(__name__)
 
 STAGE_COMPONENTS = {
     "encode": ("text_encoder", "image_encoder"),
     "denoise": ("transformer",),
     "decode": ("vae",),
 }
+COMPONENTS = ("text_encoder", "image_encoder", "transformer", "vae")
+STATE_ATTR = "_lowvram_placement"
+
+
+@dataclass
+class PlacementState:
+    """What prepare() did to a pipeline; read by enter_stage / leave_all / describe_device_state."""
+
+    plan: Plan
+    offloaded: set = field(default_factory=set)  # component names under group-offload hooks
+    resident_blocks: list = field(default_factory=list)  # transformer blocks moved per stage (partial)
+    quantized: dict = field(default_factory=dict)  # component -> level
+    quantized_from_cache: set = field(default_factory=set)
+    disk_dir: Optional[str] = None
 
 
 def compute_device(plan: Plan) -> str:
     return plan.device
 
 
-def prepare(pipe: Any, plan: Plan) -> None:
-    """Called once after loading: quantize and set up offloading (later: per the plan)."""
-    if plan.vae == "gpu_tiled":
+def encode_device(plan: Plan) -> str:
+    """Where the text encoder runs: the CPU for text_encoder="cpu", else the compute device."""
+    return "cpu" if plan.text_encoder == "cpu" or plan.device == "cpu" else plan.device
+
+
+def vae_device(plan: Plan) -> str:
+    return "cpu" if plan.vae == "cpu" or plan.device == "cpu" else plan.device
+
+
+def state(pipe: Any) -> Optional[PlacementState]:
+    return getattr(pipe, STATE_ATTR, None)
+
+
+def checkpoint_folder_of(pipe: Any) -> Optional[Path]:
+    """The folder the pipeline was loaded from (diffusers records it), if it is a local folder."""
+    name = getattr(getattr(pipe, "config", None), "_name_or_path", None) or getattr(pipe, "name_or_path", None)
+    if name and (Path(name) / "model_index.json").is_file():
+        return Path(name)
+    return None
+
+
+def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> PlacementState:
+    """Called once after loading, with every component on the CPU."""
+    import torch
+
+    from . import offload, quant_cache
+    from .paths import cache_dir
+    from .quantize import is_quantized, quantize_weights, quantized_level
+
+    if state(pipe) is not None:
+        raise RuntimeError("placement.prepare() was already applied to this pipeline; load it again for a new plan")
+    checkpoint = checkpoint or checkpoint_folder_of(pipe)
+    st = PlacementState(plan=plan)
+    use_sdpa(pipe)
+
+    for name, level in (("transformer", plan.transformer_quant), ("text_encoder", plan.text_encoder_quant)):
+        module = getattr(pipe, name, None)
+        if module is None or level == "bf16":
+            continue
+        if is_quantized(module):  # from the quantized cache, or kept through reset() (levels only go leaner)
+            have = quantized_level(module)
+            if have != level:
+                log.warning("%s is already quantized at %s; the plan asks for %s: keeping %s", name, have, level, have)
+            st.quantized_from_cache.add(name)
+            st.quantized[name] = have
+            continue
+        if quantize_weights(module, level) and checkpoint is not None:
+            try:
+                quant_cache.save(module, checkpoint, name, level, plan.dtype)
+            except OSError as exc:  # a full disk must not fail the run: next start quantizes again
+                log.warning("could not cache the quantized %s: %s", name, exc)
+        st.quantized[name] = level
+
+    if plan.vae == "gpu_tiled" and getattr(pipe, "vae", None) is not None:
         pipe.vae.enable_tiling()
+
+    device = torch.device(plan.device)
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None:
+        disk_dir = None
+        if plan.transformer.kind == "disk_offload":
+            ident = quant_cache.checkpoint_identity(checkpoint, "transformer") if checkpoint else "unknown"
+            disk_dir = cache_dir() / "offload" / f"{ident}-transformer-{plan.transformer_quant}-{plan.dtype}"
+            st.disk_dir = str(disk_dir)
+        st.resident_blocks = offload.apply_transformer(transformer, plan.transformer, device, disk_dir)
+        if offload.settings_for(plan.transformer, device) is not None and len(st.resident_blocks) < _num_blocks(transformer):
+            st.offloaded.add("transformer")
+    text_encoder = getattr(pipe, "text_encoder", None)
+    if text_encoder is not None and plan.text_encoder == "offload":
+        # On a CPU plan the hooks still run (onload = offload = CPU): the same code path as on a GPU.
+        offload.apply_text_encoder(text_encoder, device)
+        st.offloaded.add("text_encoder")
+    setattr(pipe, STATE_ATTR, st)
+    return st
+
+
+def _num_blocks(transformer: Any) -> int:
+    from .offload import _block_list_name
+
+    return len(getattr(transformer, _block_list_name(transformer)))
+
+
+def _target(plan: Plan, name: str, stage: str) -> str:
+    wanted = set(STAGE_COMPONENTS.get(stage, ()))
+    if name == "vae" and stage == "encode":
+        wanted.add("vae")  # I2V encodes the first frame with the VAE
+    target = plan.device if name in wanted else "cpu"
+    if name == "text_encoder":
+        target = encode_device(plan) if name in wanted else "cpu"
+    if name == "vae" and target != "cpu":
+        target = vae_device(plan)
+    return target
 
 
 def enter_stage(pipe: Any, plan: Plan, stage: str) -> None:
     """Move the stage's components onto the compute device and everything else off it."""
-    device = compute_device(plan)
-    wanted = set(STAGE_COMPONENTS.get(stage, ()))
-    for name in ("text_encoder", "image_encoder", "transformer", "vae"):
+    from . import offload
+
+    st = state(pipe) or PlacementState(plan=plan)
+    for name in COMPONENTS:
         module = getattr(pipe, name, None)
         if module is None:
             continue
-        target = device if name in wanted else "cpu"
-        if name == "vae" and stage == "encode":
-            target = device  # I2V encodes the first frame with the VAE
-        if name == "text_encoder" and plan.text_encoder == "cpu":
-            target = "cpu"
-        if name == "vae" and plan.vae == "cpu":
-            target = "cpu"
+        target = _target(plan, name, stage)
+        if name in st.offloaded:
+            if target == "cpu":
+                offload.offload_groups(module)
+            if name == "transformer":
+                _move_blocks(module, st.resident_blocks, target)
+            continue
         module.to(target)
+
+
+def _move_blocks(transformer: Any, indices: list, device: str) -> None:
+    from .offload import _block_list_name
+
+    blocks = getattr(transformer, _block_list_name(transformer))
+    for i in indices:
+        blocks[i].to(device)
 
 
 def leave_all(pipe: Any) -> None:
     """Move everything back to the CPU (end of run, failure, cancel)."""
-    for name in ("text_encoder", "image_encoder", "transformer", "vae"):
+    from . import offload
+
+    st = state(pipe)
+    for name in COMPONENTS:
         module = getattr(pipe, name, None)
-        if module is not None:
+        if module is None:
+            continue
+        if st is not None and name in st.offloaded:
+            offload.offload_groups(module)
+            if name == "transformer":
+                _move_blocks(module, st.resident_blocks, "cpu")
+        else:
             module.to("cpu")
+
+
+def use_sdpa(pipe: Any) -> None:
+    """Torch's fused scaled_dot_product_attention everywhere, whatever DIFFUSERS_ATTN_BACKEND says."""
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None and hasattr(transformer, "set_attention_backend"):
+        transformer.set_attention_backend("native")
+    for name in ("text_encoder", "image_encoder"):
+        module = getattr(pipe, name, None)
+        config = getattr(module, "config", None)
+        if config is not None and getattr(config, "_attn_implementation", "sdpa") not in ("sdpa", None):
+            if hasattr(module, "set_attn_implementation"):
+                module.set_attn_implementation("sdpa")
+
+
+def describe_device_state(pipe: Any) -> dict:
+    """Where each component's (and each transformer block's) bytes are: plain data for benchmarks."""
+    from .offload import _block_list_name
+    from .quanto_offload import storage_bytes, storage_device
+
+    def by_device(module) -> dict:
+        out: dict = {}
+        for t in list(module.parameters()) + list(module.buffers()):
+            dev = str(storage_device(t))
+            out[dev] = out.get(dev, 0) + storage_bytes(t)
+        return out
+
+    st = state(pipe)
+    components = {}
+    gpu_bytes = 0
+    for name in COMPONENTS:
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        where = by_device(module)
+        gpu_bytes += sum(b for d, b in where.items() if d.startswith("cuda"))
+        components[name] = {
+            "bytes_by_device": where,
+            "offloaded": bool(st and name in st.offloaded),
+            "quantized": (st.quantized.get(name) if st else None),
+        }
+    result = {"components": components, "gpu_bytes": gpu_bytes}
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None:
+        blocks = getattr(transformer, _block_list_name(transformer))
+        result["transformer_blocks"] = [sorted(by_device(b)) for b in blocks]
+        result["resident_blocks"] = list(st.resident_blocks) if st else []
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            result["cuda_allocated_bytes"] = torch.cuda.memory_allocated()
+            result["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    except Exception:  # no CUDA runtime: CPU numbers only
+        pass
+    return result
+
+
+def load_cached_components(folder: Path, plan: Plan) -> dict:
+    """Quantized components from the cache, built without bf16 weights; pass them to from_pretrained."""
+    from . import quant_cache
+
+    out = {}
+    for name, level in (("transformer", plan.transformer_quant), ("text_encoder", plan.text_encoder_quant)):
+        if level == "bf16" or not (Path(folder) / name).is_dir():
+            continue
+        module = quant_cache.load(folder, name, level, plan.dtype)
+        if module is not None:
+            out[name] = module
+    return out
 
 
 # Hook names diffusers' group offloading registers (diffusers/hooks/group_offloading.py).
@@ -63,15 +261,22 @@ def reset(pipe: Any) -> None:
     Used by the OOM fallback (lowvram.recovery) before a leaner plan is applied to the same pipeline.
     Other hooks (TeaCache) stay. Quantized weights stay quantized: the ladder only goes leaner.
     """
+    from . import offload
+
+    leave_all(pipe)
     for name in ("text_encoder", "image_encoder", "transformer", "vae"):
         module = getattr(pipe, name, None)
         registry = getattr(module, "_diffusers_hook", None)
         if registry is not None:
+            # Disk-offloaded groups hold empty skeletons in RAM: read their weights back first.
+            offload.materialize_on_cpu(module)
             for hook in _OFFLOAD_HOOKS:
                 registry.remove_hook(hook, recurse=True)
     vae = getattr(pipe, "vae", None)
     if vae is not None and getattr(vae, "use_tiling", False):
         vae.disable_tiling()
+    if state(pipe) is not None:
+        delattr(pipe, STATE_ATTR)
     leave_all(pipe)
 
 

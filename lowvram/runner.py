@@ -101,7 +101,8 @@ def _check_cancel(cancel: Optional[threading.Event]) -> None:
 
 
 def load_model(ref: ModelRef, plan: Plan) -> LoadedModel:
-    pipe, info = load_pipeline(ref, dtype=plan.dtype)
+    # Quantized components come from the quantized cache when present (no bf16 copy is ever built).
+    pipe, info = load_pipeline(ref, dtype=plan.dtype, preload=lambda folder: placement.load_cached_components(folder, plan))
     placement.prepare(pipe, plan)
     return LoadedModel(ref=ref, pipe=pipe, info=info, plan=plan)
 
@@ -119,12 +120,12 @@ def encode(loaded: LoadedModel, job: Job, plan: Plan) -> Conditioning:
             do_classifier_free_guidance=cfg,
             num_videos_per_prompt=1,
             max_sequence_length=512,
-            device=device,
+            device=torch.device(placement.encode_device(plan)),  # the CPU when the text encoder runs there
         )
         tdtype = pipe.transformer.dtype
-        prompt_embeds = prompt_embeds.to(tdtype)
+        prompt_embeds = prompt_embeds.to(device, tdtype)
         if negative_embeds is not None:
-            negative_embeds = negative_embeds.to(tdtype)
+            negative_embeds = negative_embeds.to(device, tdtype)
         generator = torch.Generator(device="cpu").manual_seed(job.seed)
         image_embeds = condition = None
         if loaded.task == "i2v":
@@ -133,9 +134,10 @@ def encode(loaded: LoadedModel, job: Job, plan: Plan) -> Conditioning:
             image = Image.open(Path(job.image).expanduser()).convert("RGB")
             if pipe.transformer.config.image_dim is not None:
                 image_embeds = pipe.encode_image(image, device).to(tdtype)
-            pixels = pipe.video_processor.preprocess(image, height=job.height, width=job.width).to(device, torch.float32)
+            vae_device = torch.device(placement.vae_device(plan))  # denoise() moves the results to `device`
+            pixels = pipe.video_processor.preprocess(image, height=job.height, width=job.width).to(vae_device, torch.float32)
             latents, condition = pipe.prepare_latents(
-                pixels, 1, pipe.vae.config.z_dim, job.height, job.width, job.frames, torch.float32, device, generator
+                pixels, 1, pipe.vae.config.z_dim, job.height, job.width, job.frames, torch.float32, vae_device, generator
             )
         else:
             latents = pipe.prepare_latents(

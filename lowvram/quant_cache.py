@@ -1,0 +1,162 @@
+"""Cache of quantized components: quantize once, reload without materializing bf16 weights.
+
+Layout: cache_dir()/quantized/<identity>-<component>-<level>-<dtype>/ holding
+  model.safetensors         the quantized state dict (quanto weights flattened to _data/_scale/...)
+  quantization_map.json     optimum.quanto.quantization_map(module)
+  lowvram_quant.json        class, level, dtype, tied-weight aliases, the identity it was made from
+The identity hashes the checkpoint folder's path and its component files' names, sizes and mtimes,
+so a changed checkpoint gets a new entry. Entries are written into a temporary folder and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .paths import cache_dir
+
+CACHE_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+QMAP_FILE = "quantization_map.json"
+INFO_FILE = "lowvram_quant.json"
+
+
+def checkpoint_identity(folder: Path, component: str) -> str:
+    """Hash of the component's files (relative name, size, mtime) and the folder's path."""
+    folder = Path(folder).resolve()
+    h = hashlib.sha256(str(folder).encode())
+    sub = folder / component
+    for path in sorted(p for p in sub.rglob("*") if p.is_file()):
+        st = path.stat()
+        h.update(f"\0{path.relative_to(sub)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def entry_path(folder: Path, component: str, level: str, dtype: str) -> Path:
+    return cache_dir() / "quantized" / f"{checkpoint_identity(folder, component)}-{component}-{level}-{dtype}"
+
+
+def _component_class(folder: Path, component: str) -> tuple[str, str]:
+    index = json.loads((Path(folder) / "model_index.json").read_text())
+    library, class_name = index[component]
+    return library, class_name
+
+
+def _aliases(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Drop tied duplicates (safetensors refuses shared storage); remember alias -> kept key."""
+    kept: dict[str, torch.Tensor] = {}
+    seen: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
+    for key, t in state_dict.items():
+        ident = (t.data_ptr(), tuple(t.shape), t.dtype) if t.data_ptr() else None
+        if ident is not None and ident in seen:
+            aliases[key] = seen[ident]
+            continue
+        if ident is not None:
+            seen[ident] = key
+        kept[key] = t.contiguous()
+    return kept, aliases
+
+
+def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtype: str) -> Path:
+    """Write the quantized module to its cache entry (atomically). Returns the entry's path."""
+    import safetensors.torch
+    from optimum.quanto import quantization_map
+
+    target = entry_path(folder, component, level, dtype)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    library, class_name = _component_class(folder, component)
+    tensors, aliases = _aliases({k: v.detach().to("cpu") for k, v in module.state_dict().items()})
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        safetensors.torch.save_file(tensors, tmp / WEIGHTS_FILE)
+        (tmp / QMAP_FILE).write_text(json.dumps(quantization_map(module), indent=1))
+        info = dict(
+            lowvram_quant_cache_version=CACHE_VERSION,
+            library=library,
+            class_name=class_name,
+            component=component,
+            level=level,
+            dtype=dtype,
+            aliases=aliases,
+            checkpoint=str(Path(folder).resolve()),
+        )
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / INFO_FILE).is_file():  # another process won the race with a complete entry otherwise
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _empty_module(folder: Path, component: str, library: str, class_name: str) -> torch.nn.Module:
+    """The component's architecture with parameters on the meta device (buffers real: they are small and
+    some, like Wan's rotary tables, are not in the state dict)."""
+    import importlib
+
+    from accelerate import init_empty_weights
+
+    cls = getattr(importlib.import_module(library), class_name)
+    path = Path(folder) / component
+    with init_empty_weights(include_buffers=False):
+        if hasattr(cls, "load_config"):  # diffusers ModelMixin
+            return cls.from_config(cls.load_config(path))
+        config = cls.config_class.from_pretrained(path)  # transformers PreTrainedModel
+        return cls(config)
+
+
+def load(folder: Path, component: str, level: str, dtype: str) -> Optional[torch.nn.Module]:
+    """The cached quantized component on the CPU, or None when there is no (valid) entry."""
+    import safetensors.torch
+    from optimum.quanto import quantize
+
+    entry = entry_path(folder, component, level, dtype)
+    try:
+        info = json.loads((entry / INFO_FILE).read_text())
+        qmap = json.loads((entry / QMAP_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if info.get("lowvram_quant_cache_version") != CACHE_VERSION:
+        return None
+    module = _empty_module(folder, component, info["library"], info["class_name"])
+    by_qtype: dict[tuple[str, str], list[str]] = {}
+    for name, q in qmap.items():
+        by_qtype.setdefault((q["weights"], q["activations"]), []).append(name)
+    for (weights, activations), names in by_qtype.items():
+        quantize(
+            module,
+            weights=None if weights == "none" else weights,
+            activations=None if activations == "none" else activations,
+            include=names,
+        )
+    state_dict = safetensors.torch.load_file(entry / WEIGHTS_FILE, device="cpu")
+    # assign=True: tensors are taken as they are (dtype included), nothing is copied into meta storage.
+    module.load_state_dict(state_dict, strict=False, assign=True)
+    for alias, key in info.get("aliases", {}).items():
+        _set_tensor(module, alias, _get_tensor(module, key))
+    left_on_meta = [n for n, p in list(module.named_parameters()) + list(module.named_buffers()) if p.device.type == "meta"]
+    if left_on_meta:
+        return None  # an incomplete entry: the caller quantizes from the checkpoint again
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def _get_tensor(module: torch.nn.Module, dotted: str) -> Any:
+    owner, _, name = dotted.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, name)
+
+
+def _set_tensor(module: torch.nn.Module, dotted: str, value: Any) -> None:
+    owner, _, name = dotted.rpartition(".")
+    setattr(module.get_submodule(owner) if owner else module, name, value)

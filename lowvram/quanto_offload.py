@@ -1,0 +1,251 @@
+"""Make optimum-quanto weights compose with diffusers group offloading.
+
+diffusers' hooks move a parameter with `param.data = param.data.to(device)`. A quanto weight is a
+tensor *wrapper* (`WeightQBytesTensor`, `WeightQBitsTensor`): assigning `.data` replaces the outer
+wrapper only and leaves the inner `_data` / `_scale` (/ `_shift`) tensors where they were, so the
+matmul later sees "mat2 is on cpu" (diffusers issue 12610). The fix here moves a quanto tensor as a
+whole object: `t.to(device)` builds a new wrapper whose inner tensors live on `device`, and
+`torch.utils.swap_tensors` puts it in place of the parameter, keeping the parameter's identity (the
+groups key their pinned copies by parameter). Pinning and disk files work on the inner tensors.
+
+`QuantoModuleGroup` subclasses diffusers' `ModuleGroup` and changes only the tensor-level steps;
+`apply_group_offloading` is diffusers' own function, run while its module builds our group class.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
+
+import safetensors.torch
+import torch
+from diffusers.hooks import group_offloading as _go
+from optimum.quanto.tensor import QTensor
+
+_PATCH_LOCK = threading.RLock()
+
+
+def is_qtensor(t: torch.Tensor) -> bool:
+    return isinstance(t, QTensor)
+
+
+def _is_wrapper(t: torch.Tensor) -> bool:
+    """A tensor subclass made of inner tensors (quanto's QTensor and its PackedTensor payloads)."""
+    return type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter and hasattr(t, "__tensor_flatten__")
+
+
+def leaf_tensors(t: torch.Tensor, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(dotted path, plain tensor) for every plain tensor inside `t` (itself when it is plain)."""
+    if not _is_wrapper(t):
+        yield prefix, t
+        return
+    names, _ = t.__tensor_flatten__()
+    for name in names:
+        yield from leaf_tensors(getattr(t, name), f"{prefix}.{name}" if prefix else name)
+
+
+def storage_device(t: torch.Tensor) -> torch.device:
+    """Where the bytes are: for a quanto tensor, its first inner tensor (the wrapper's .device can lie)."""
+    for _, leaf in leaf_tensors(t):
+        return leaf.device
+    return t.device
+
+
+def storage_bytes(t: torch.Tensor) -> int:
+    return sum(leaf.numel() * leaf.element_size() for _, leaf in leaf_tensors(t))
+
+
+def rebuild(t: torch.Tensor, fn) -> torch.Tensor:
+    """A copy of wrapper `t` whose plain inner tensors are `fn(inner)`; `t` itself is not changed."""
+    if not _is_wrapper(t):
+        return fn(t)
+    names, meta = t.__tensor_flatten__()
+    inner = {name: rebuild(getattr(t, name), fn) for name in names}
+    return type(t).__tensor_unflatten__(inner, meta, t.size(), t.stride())
+
+
+def _fill(skeleton: torch.Tensor, tensors: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+    """A wrapper shaped like `skeleton` whose plain tensors are tensors[prefix + path]."""
+    if not _is_wrapper(skeleton):
+        return tensors[prefix]
+    names, meta = skeleton.__tensor_flatten__()
+    inner = {name: _fill(getattr(skeleton, name), tensors, f"{prefix}.{name}") for name in names}
+    return type(skeleton).__tensor_unflatten__(inner, meta, skeleton.size(), skeleton.stride())
+
+
+def put(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Make `param` hold `value`. Quanto tensors are swapped in whole; plain tensors via `.data`."""
+    if is_qtensor(param) or is_qtensor(value):
+        torch.utils.swap_tensors(param, value)
+    else:
+        param.data = value
+
+
+def move_(param: torch.Tensor, device: torch.device | str, non_blocking: bool = False) -> None:
+    """Move a parameter or buffer in place, inner tensors included."""
+    source = param if is_qtensor(param) else param.data
+    put(param, source.to(device, non_blocking=non_blocking))
+
+
+def pin(t: torch.Tensor) -> torch.Tensor:
+    return rebuild(t, lambda x: x if x.is_pinned() else x.pin_memory())
+
+
+def is_pinned(t: torch.Tensor) -> bool:
+    return all(leaf.is_pinned() for _, leaf in leaf_tensors(t))
+
+
+def module_has_qtensors(modules: list[torch.nn.Module], tensors: list[torch.Tensor]) -> bool:
+    return any(is_qtensor(p) for m in modules for p in m.parameters()) or any(is_qtensor(t) for t in tensors)
+
+
+class QuantoModuleGroup(_go.ModuleGroup):
+    """diffusers' ModuleGroup with quanto-aware tensor moves; plain tensors take diffusers' own path."""
+
+    def _to_cpu(self, tensor, low_cpu_mem_usage):  # called as self._to_cpu by _init_cpu_param_dict
+        if not is_qtensor(tensor):
+            return _go.ModuleGroup._to_cpu(tensor, low_cpu_mem_usage)
+        t = tensor.to("cpu")
+        return t if low_cpu_mem_usage else pin(t)
+
+    @contextmanager
+    def _pinned_memory_tensors(self):
+        pinned = {}
+        try:
+            for param, tensor in self.cpu_param_dict.items():
+                if is_qtensor(tensor):
+                    pinned[param] = tensor if is_pinned(tensor) else pin(tensor)
+                else:
+                    pinned[param] = tensor if tensor.is_pinned() else tensor.pin_memory()
+            yield pinned
+        finally:
+            pinned = None
+
+    def _transfer_tensor_to_device(self, tensor, source_tensor, default_stream):
+        if not is_qtensor(tensor):
+            return super()._transfer_tensor_to_device(tensor, source_tensor, default_stream)
+        put(tensor, source_tensor.to(self.onload_device, non_blocking=self.non_blocking))
+        if self.record_stream:
+            for _, leaf in leaf_tensors(tensor):
+                leaf.record_stream(default_stream)
+
+    def _offload_to_memory(self):
+        if self.stream is None:
+            # diffusers calls module.to(), which swaps wrapper subclasses correctly; loose params/buffers
+            # of the group need the same treatment.
+            for group_module in self.modules:
+                group_module.to(self.offload_device, non_blocking=False)
+            for t in list(self.parameters) + list(self.buffers):
+                move_(t, self.offload_device)
+            return
+        if not self.record_stream:
+            self._torch_accelerator_module.current_stream().synchronize()
+        for t in self._all_tensors():
+            cached = self.cpu_param_dict[t]
+            if is_qtensor(t):
+                # A fresh wrapper around the cached inner tensors: the pinned copy itself stays untouched.
+                put(t, rebuild(cached, lambda x: x))
+            else:
+                t.data = cached
+
+    def _all_tensors(self) -> list[torch.Tensor]:
+        out = []
+        for m in self.modules:
+            out.extend(m.parameters())
+            out.extend(m.buffers())
+        out.extend(self.parameters)
+        out.extend(self.buffers)
+        return list(dict.fromkeys(out))
+
+    # -- disk: safetensors holds plain tensors, so a quanto tensor is stored as its inner tensors --
+
+    def _has_qtensors(self) -> bool:
+        return any(is_qtensor(t) for t in self.tensor_to_key)
+
+    def _offload_to_disk(self):
+        if not self._has_qtensors():
+            return super()._offload_to_disk()
+        if self.stream is not None and not self.record_stream:
+            self._torch_accelerator_module.current_stream().synchronize()
+        if not self._is_offloaded_to_disk and not os.path.exists(self.safetensors_file_path):
+            os.makedirs(os.path.dirname(self.safetensors_file_path), exist_ok=True)
+            flat = {}
+            for tensor, key in self.tensor_to_key.items():
+                source = tensor.to(self.offload_device) if is_qtensor(tensor) else tensor.data.to(self.offload_device)
+                for path, leaf in leaf_tensors(source, key):
+                    flat[path] = leaf.contiguous()
+            _save_atomic(flat, self.safetensors_file_path)
+        self._is_offloaded_to_disk = True
+        # Keep only empty skeletons in RAM (their shapes say how to rebuild on load).
+        for tensor in self.tensor_to_key:
+            if is_qtensor(tensor):
+                canonical = tensor.to(self.offload_device)
+                put(tensor, rebuild(canonical, lambda x: torch.empty_like(x, device=self.offload_device)))
+            else:
+                tensor.data = torch.empty_like(tensor.data, device=self.offload_device)
+
+    def _onload_from_disk(self):
+        if not self._has_qtensors():
+            return super()._onload_from_disk()
+        if self.stream is not None:
+            self.stream.synchronize()
+        context = nullcontext() if self.stream is None else self._torch_accelerator_module.stream(self.stream)
+        current_stream = self._torch_accelerator_module.current_stream() if self.record_stream else None
+        with context:
+            load_device = "cpu" if self.stream is not None else self.onload_device.type
+            loaded = safetensors.torch.load_file(self.safetensors_file_path, device=load_device)
+            if self.stream is not None:
+                loaded = {k: v.pin_memory() for k, v in loaded.items()}
+            for key, tensor in self.key_to_tensor.items():
+                if is_qtensor(tensor):
+                    value = _fill(tensor, loaded, key).to(self.onload_device, non_blocking=self.non_blocking)
+                    put(tensor, value)
+                    leaves = [leaf for _, leaf in leaf_tensors(tensor)]
+                else:
+                    tensor.data = loaded[key].to(self.onload_device, non_blocking=self.non_blocking)
+                    leaves = [tensor.data]
+                if self.record_stream:
+                    for leaf in leaves:
+                        leaf.record_stream(current_stream)
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: str) -> None:
+    # A crash mid-write must not leave a truncated file that a later run would load.
+    tmp = f"{path}.tmp-{os.getpid()}"
+    safetensors.torch.save_file(tensors, tmp)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _quanto_groups():
+    """While active, diffusers' group offloading builds QuantoModuleGroup instead of ModuleGroup."""
+    with _PATCH_LOCK:
+        original = _go.ModuleGroup
+        _go.ModuleGroup = QuantoModuleGroup
+        try:
+            yield
+        finally:
+            _go.ModuleGroup = original
+
+
+def apply_group_offloading(module: torch.nn.Module, **kwargs) -> None:
+    """diffusers.hooks.apply_group_offloading, with groups that move quanto tensors whole."""
+    with _quanto_groups():
+        _go.apply_group_offloading(module, **kwargs)
+
+
+def group_hooks(module: torch.nn.Module) -> list:
+    """Every group-offloading hook under `module` (diffusers registers them per submodule)."""
+    out = []
+    for sub in module.modules():
+        registry = getattr(sub, "_diffusers_hook", None)
+        hook = registry.get_hook(_go._GROUP_OFFLOADING) if registry is not None else None
+        if hook is not None:
+            out.append(hook)
+    return out
+
+
+def is_group_offloaded(module: torch.nn.Module) -> bool:
+    return bool(group_hooks(module))

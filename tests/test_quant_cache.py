@@ -1,0 +1,135 @@
+"""Quantized weights: accuracy bound of int8, the cache round trip, and no re-quantization on reload."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from planner.plan import Plan, TransformerPlacement
+
+# Measured on the demo model (64x64, 5 frames, 2 steps, seeds 3/4/5), relative L2 error of the
+# denoised latents against float32 weights: int8 1.85e-3..1.98e-3 (text encoder int8 too: same),
+# fp8 1.19e-2..1.25e-2, int4 2.96e-2..3.12e-2. The bounds below leave about 5x margin for int8.
+INT8_REL_ERROR_BOUND = 1e-2
+
+
+def cpu_plan(**changes) -> Plan:
+    return Plan(device="cpu", dtype="float32", source="forced", **changes)
+
+
+def denoised(job, plan):
+    from lowvram import placement, runner
+    from lowvram.models import resolve_model
+    from lowvram.telemetry import ignore
+
+    loaded = runner.load_model(resolve_model(job.model), plan)
+    placement.enter_stage(loaded.pipe, plan, "encode")
+    cond = runner.encode(loaded, job, plan)
+    placement.enter_stage(loaded.pipe, plan, "denoise")
+    latents, _ = runner.denoise(loaded, job, plan, cond, ignore, runner.Clock())
+    placement.leave_all(loaded.pipe)
+    return latents, loaded
+
+
+def drop_entries(folder, level="int8", dtype="float32"):
+    from lowvram import quant_cache
+
+    for component in ("transformer", "text_encoder"):
+        shutil.rmtree(quant_cache.entry_path(folder, component, level, dtype), ignore_errors=True)
+
+
+@pytest.fixture
+def job(demo_t2v_path):
+    from lowvram.job import Job
+
+    return Job(prompt="a cat walks in the city", model="tiny-random", width=64, height=64, frames=5, steps=2, seed=4)
+
+
+def test_int8_stays_within_stated_error_of_float(job):
+    reference, _ = denoised(job, cpu_plan())
+    quantized, loaded = denoised(job, cpu_plan(transformer_quant="int8", text_encoder_quant="int8"))
+    rel = ((quantized - reference).norm() / reference.norm()).item()
+    assert 0 < rel < INT8_REL_ERROR_BOUND  # > 0: the weights really were quantized
+    from lowvram.quantize import quantized_level
+
+    assert quantized_level(loaded.pipe.transformer) == "int8"
+    assert quantized_level(loaded.pipe.text_encoder) == "int8"
+
+
+def test_cache_round_trips_and_second_load_does_not_quantize(job, demo_t2v_path, monkeypatch):
+    from lowvram import quant_cache, quantize
+
+    drop_entries(demo_t2v_path)
+    calls = []
+    real_quantize = quantize.quantize_weights
+    monkeypatch.setattr(quantize, "quantize_weights", lambda m, level: calls.append(level) or real_quantize(m, level))
+    loaded_from_cache = []
+    real_load = quant_cache.load
+    monkeypatch.setattr(quant_cache, "load", lambda *a: loaded_from_cache.append(real_load(*a)) or loaded_from_cache[-1])
+
+    plan = cpu_plan(transformer_quant="int8", text_encoder_quant="int8", transformer=TransformerPlacement(kind="block_offload"))
+    first, _ = denoised(job, plan)
+    assert calls == ["int8", "int8"]  # transformer and text encoder, quantized from the checkpoint
+    for component in ("transformer", "text_encoder"):
+        entry = quant_cache.entry_path(demo_t2v_path, component, "int8", "float32")
+        assert {p.name for p in entry.iterdir()} == {"model.safetensors", "quantization_map.json", "lowvram_quant.json"}
+
+    calls.clear()
+    loaded_from_cache.clear()
+    second, loaded = denoised(job, plan)
+    assert calls == []  # nothing quantized again
+    assert loaded.pipe.transformer is loaded_from_cache[0]  # from_pretrained did not load the bf16 transformer
+    assert loaded.pipe.text_encoder is loaded_from_cache[1]
+    assert torch.equal(first, second)
+
+
+def test_tied_text_encoder_weights_stay_tied(demo_t2v_path):
+    from lowvram import quant_cache
+    from lowvram.quantize import quantize_weights
+
+    drop_entries(demo_t2v_path)
+    from transformers import UMT5EncoderModel
+
+    original = UMT5EncoderModel.from_pretrained(demo_t2v_path / "text_encoder")
+    quantize_weights(original, "int8")
+    quant_cache.save(original, demo_t2v_path, "text_encoder", "int8", "float32")
+    cached = quant_cache.load(demo_t2v_path, "text_encoder", "int8", "float32")
+    assert cached.get_input_embeddings().weight is cached.encoder.embed_tokens.weight
+    ids = torch.tensor([[3, 4, 5, 1]])
+    with torch.no_grad():
+        assert torch.equal(cached(ids).last_hidden_state, original(ids).last_hidden_state)
+
+
+def test_identity_follows_the_checkpoint_files(tmp_path):
+    from lowvram.quant_cache import checkpoint_identity
+
+    (tmp_path / "transformer").mkdir()
+    weights = tmp_path / "transformer" / "model.safetensors"
+    weights.write_bytes(b"x" * 10)
+    first = checkpoint_identity(tmp_path, "transformer")
+    assert checkpoint_identity(tmp_path, "transformer") == first
+    os.utime(weights, ns=(0, 12345))
+    assert checkpoint_identity(tmp_path, "transformer") != first
+
+
+def test_save_leaves_no_temporary_folder(demo_t2v_path):
+    from lowvram import quant_cache
+    from lowvram.quantize import quantize_weights
+
+    from diffusers import WanTransformer3DModel
+
+    module = WanTransformer3DModel.from_pretrained(demo_t2v_path / "transformer")
+    quantize_weights(module, "int4")
+    entry = quant_cache.save(module, demo_t2v_path, "transformer", "int4", "float32")
+    assert not [p for p in entry.parent.iterdir() if p.name.startswith(".")]
+    assert quant_cache.load(demo_t2v_path, "transformer", "int4", "float32") is not None
+    shutil.rmtree(entry)
+
+
+def test_missing_or_stale_entry_reads_as_none(demo_t2v_path):
+    from lowvram import quant_cache
+
+    assert quant_cache.load(demo_t2v_path, "transformer", "fp8", "bfloat16") is None
