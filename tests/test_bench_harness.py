@@ -139,3 +139,29 @@ def test_matrix_table_rows():
     assert "`lowvram bench matrix --model 14b`" in text
     assert "| 32760 | 0.0700 | 0.0100 | 40 |" in text
     assert "- 480p @ 24 GiB: transformer bf16, 20 blocks resident" in text
+
+
+@pytest.mark.parametrize("placement", [("resident", 0), ("block_offload", 0), ("leaf_offload", 0), ("partial", 1)])
+def test_lowvram_recipe_applies_a_plan_through_placement(placement):
+    from planner.plan import Plan, TransformerPlacement
+
+    from lowvram.bench.recipes import lowvram
+
+    kind, k = placement
+    host, inputs, ref = _tiny_host()
+    plan = Plan(device="cpu", dtype="float32", transformer=TransformerPlacement(kind, resident_blocks=k), source="forced")
+    recipe = lowvram(host, inputs, "1.3b", "480p", 8, 64, plan=plan)
+    r = run_case(CaseResult("tiny", "tiny", None, "lowvram", 10), recipe, warmup=1, iters=1, cuda=False, log=lambda s: None)
+    assert r.error is None, r.extra.get("traceback")
+    assert r.plan == plan.summary() and r.step_seconds is not None
+
+
+def test_forced_plan_carries_the_planners_prediction():
+    from lowvram.bench.recipes import forced_plan
+
+    plan = forced_plan("int8:block_offload", "14b", "480p", 24, 64, device="cuda")
+    assert plan.transformer_quant == "int8" and plan.transformer.kind == "block_offload"
+    denoise = next(s for s in plan.predicted if s.stage == "denoise")
+    assert 0 < denoise.vram_bytes < 24 * GIB
+    with pytest.raises(ValueError, match="QUANT:KIND"):
+        forced_plan("int8", "14b", "480p", 24, 64)

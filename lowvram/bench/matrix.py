@@ -152,6 +152,10 @@ def run_matrix(
     ram_gib: float = 64.0,
     log: Callable[[str], None] = print,
     floor_resolutions: tuple[str, ...] = ("480p", "720p"),
+    plans: tuple[str, ...] = (),
+    plans_budget: Optional[float] = None,
+    profile: tuple[str, ...] = (),
+    profile_dir: Optional[Path] = None,
 ) -> dict:
     iters = iters or {"480p": 2, "720p": 1}
     started = time.perf_counter()
@@ -186,11 +190,15 @@ def run_matrix(
 
     results: list[CaseResult] = []
     measured_once: dict = {}
-    for case in sorted(cases, key=lambda c: (c.resolution, c.budget_gib)):
+    work = [(case, tuple(recipe_names)) for case in sorted(cases, key=lambda c: (c.resolution, c.budget_gib))]
+    if plans:
+        # each placement kind the runtime supports, forced, under one budget (issue 4's GPU checks)
+        work.append((BenchCase(model_key, "480p", plans_budget or 24.0), tuple(f"plan:{p}" for p in plans)))
+    for case, names in work:
         h, w, f = RESOLUTIONS[case.resolution]
         inputs = transformer_inputs(h, w, f)
         floor = floors.get(case.resolution)
-        for name in recipe_names:
+        for name in names:
             r = CaseResult(model_key, case.resolution, case.budget_gib, name, tokens(h, w, f))
             key = (name, case.resolution)
             if name == "mmgp_p4" and not R.mmgp_available():
@@ -202,7 +210,8 @@ def run_matrix(
                 r.notes.append(f"same configuration as at {prev.budget_gib:g} GiB (budget-independent); measured there once")
             else:
                 recipe = R.make_recipe(name, host, inputs, model=model_key, resolution=case.resolution, budget_gib=case.budget_gib, ram_gib=ram_gib)
-                run_case(r, recipe, warmup=warmup, iters=iters.get(case.resolution, 2), log=log)
+                prof = f"{name}@{case.budget_gib:g}" in profile or name in profile
+                run_case(r, recipe, warmup=warmup, iters=iters.get(case.resolution, 2), log=log, profile_to=(profile_dir / f"profile-{model_key}-{case.resolution}-{name.replace(':', '_')}-{case.budget_gib:g}.txt") if prof and profile_dir else None)
                 if name in R.BUDGET_INDEPENDENT and r.step_seconds is not None:
                     measured_once[key] = r
             if floor is not None and floor.step_seconds and r.step_seconds:

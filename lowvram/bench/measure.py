@@ -98,7 +98,25 @@ class Recipe:
     teardown: Callable[[], None] = lambda: None
 
 
-def run_case(result: CaseResult, recipe: Recipe, warmup: int = 1, iters: int = 2, cuda: bool = True, log: Callable[[str], None] = print) -> CaseResult:
+def profile_forward(forward: Callable[[], Any], path, rows: int = 40) -> dict:
+    """One extra forward under torch.profiler: where the time goes (copies, syncs, hooks, kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        forward()
+        torch.cuda.synchronize()
+    by_cpu = prof.key_averages().table(sort_by="cpu_time_total", row_limit=rows)
+    by_cuda = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows)
+    with open(path, "w") as fh:
+        fh.write("== by CPU time ==\n" + by_cpu + "\n\n== by CUDA time ==\n" + by_cuda + "\n")
+    summary = {}
+    for ev in prof.key_averages():
+        if ev.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "Memcpy HtoD (Pinned -> Device)", "Memcpy HtoD (Pageable -> Device)", "cudaMemcpyAsync", "cudaHostAlloc"):
+            summary[ev.key] = dict(count=ev.count, cpu_us=ev.cpu_time_total, device_us=getattr(ev, "device_time_total", getattr(ev, "cuda_time_total", 0)))
+    return summary
+
+
+def run_case(result: CaseResult, recipe: Recipe, warmup: int = 1, iters: int = 2, cuda: bool = True, log: Callable[[str], None] = print, profile_to=None) -> CaseResult:
     """Fill `result` by running `recipe` under `result.budget_gib`. Never raises for OOM."""
     if cuda:
         clean_cuda()
@@ -122,6 +140,10 @@ def run_case(result: CaseResult, recipe: Recipe, warmup: int = 1, iters: int = 2
                     result.step_times.append(t)
             if result.step_times:
                 result.step_seconds = statistics.median(result.step_times)
+            if profile_to is not None:
+                with torch.no_grad():
+                    result.extra["profile"] = profile_forward(forward, profile_to)
+                result.notes.append(f"profiled: {getattr(profile_to, 'name', profile_to)}")
         except torch.OutOfMemoryError as exc:
             result.oom = True
             result.error = str(exc).splitlines()[0][:300]

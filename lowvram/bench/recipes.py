@@ -129,19 +129,55 @@ def mmgp_profile4(host: HostCopy, inputs: TransformerInputs, device: str = "cuda
     return Recipe("mmgp_p4", setup, h.clear)
 
 
-def lowvram_plan(model: str, resolution: str, budget_gib: float, ram_gib: float):
-    """lowvram's plan for this matrix cell: the planner on a synthetic probe of the budget."""
+def bench_job(model: str, resolution: str, steps: int = 50):
     from ..job import Job
     from .shapes import MODEL_NAMES, RESOLUTIONS
 
     height, width, frames = RESOLUTIONS[resolution]
-    job = Job(prompt="benchmark", model=MODEL_NAMES[model], width=width, height=height, frames=frames, steps=50)
-    from planner.choose import plan_for_job
+    return Job(prompt="benchmark", model=MODEL_NAMES[model], width=width, height=height, frames=frames, steps=steps)
+
+
+def bench_probe(budget_gib: float, ram_gib: float):
+    """A probe of this machine's GPU (its name and capability: the planner's time model) with the budget
+    as its VRAM, all free, as a card of that size would be."""
     from planner.probe import synthetic_probe
 
-    probe = synthetic_probe(vram_gib=budget_gib, ram_gib=ram_gib)
-    out = plan_for_job(job, probe=probe)
+    name, cc = None, None
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        cc = torch.cuda.get_device_capability(0)
+    return synthetic_probe(vram_gib=budget_gib, ram_gib=ram_gib, gpu_name=name or "what-if GPU", compute_capability=cc or (8, 6))
+
+
+def lowvram_plan(model: str, resolution: str, budget_gib: float, ram_gib: float):
+    """lowvram's plan for this matrix cell: the planner on a probe of this GPU with the budget as VRAM."""
+    from planner.choose import plan_for_job
+
+    out = plan_for_job(bench_job(model, resolution), probe=bench_probe(budget_gib, ram_gib))
     return getattr(out, "plan", out)
+
+
+def forced_plan(text: str, model: str, resolution: str, budget_gib: float, ram_gib: float, device: str = "cuda"):
+    """A plan of a given kind ("QUANT:KIND[:RESIDENT_BLOCKS]", e.g. "int8:block_offload", "bf16:partial:20"),
+    with the planner's predictions for it: to check each placement kind the runtime supports."""
+    from dataclasses import replace
+
+    from planner.estimate import predict
+    from planner.plan import Plan, TransformerPlacement
+    from planner.spec import spec_for_model
+    from planner.timing import throughput_for
+
+    from .shapes import MODEL_NAMES
+
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"plan {text!r}: write QUANT:KIND or bf16:partial:K (e.g. int8:block_offload)")
+    quant, kind = parts[0], parts[1]
+    resident_blocks = int(parts[2]) if len(parts) == 3 else 0
+    plan = Plan(device=device, dtype="bfloat16", transformer_quant=quant, transformer=TransformerPlacement(kind, resident_blocks=resident_blocks), text_encoder="gpu", vae="gpu", source="forced", reasons=(f"bench: forced {text}",))
+    job = bench_job(model, resolution)
+    stages, seconds = predict(plan, spec_for_model(MODEL_NAMES[model]), job, throughput_for(bench_probe(budget_gib, ram_gib)))
+    return replace(plan, predicted=stages, predicted_seconds=seconds)
 
 
 def predicted_stage_vram(plan, stage: str = "denoise") -> Optional[int]:
@@ -174,6 +210,11 @@ def lowvram(host: HostCopy, inputs: TransformerInputs, model: str, resolution: s
 
 
 def make_recipe(name: str, host: HostCopy, inputs: TransformerInputs, *, model: str, resolution: str, budget_gib: float, ram_gib: float, device: str = "cuda") -> Recipe:
+    if name.startswith("plan:"):
+        plan = forced_plan(name[len("plan:"):], model, resolution, budget_gib, ram_gib, device)
+        recipe = lowvram(host, inputs, model, resolution, budget_gib, ram_gib, plan=plan)
+        recipe.name = name
+        return recipe
     if name == "resident":
         return resident(host, inputs, device)
     if name == "block_stream":

@@ -30,6 +30,9 @@ def register(sub) -> None:
     m.add_argument("--warmup", type=int, default=1)
     m.add_argument("--iters", type=int, default=2, help="timed forwards per case at 480p (720p uses 1)")
     m.add_argument("--floor-resolutions", type=_words, default=("480p", "720p"), help="resolutions at which to measure the uncapped all-on-GPU floor and per-block times (default 480p,720p)")
+    m.add_argument("--plans", type=_words, default=(), help="forced plans to run as well, QUANT:KIND[:K] (e.g. bf16:partial:20,int8:block_offload,bf16:leaf_offload)")
+    m.add_argument("--plans-budget", type=float, default=None, help="GiB budget for --plans (default 24)")
+    m.add_argument("--profile", type=_words, default=(), help="recipes to profile one extra forward of (torch.profiler), RECIPE or RECIPE@BUDGET")
     m.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     m.set_defaults(func=run_matrix)
 
@@ -64,7 +67,7 @@ def run_matrix(args) -> int:
     cases = cases_for(args.model, args.budgets, args.resolutions)
     recipes = args.recipes or ALL_RECIPES
     iters = {"480p": args.iters, "720p": 1}
-    data = run(args.model, cases, recipes, out_path=args.out, warmup=args.warmup, iters=iters, ram_gib=args.ram_gib, log=lambda s: print(s, flush=True), floor_resolutions=args.floor_resolutions)
+    data = run(args.model, cases, recipes, out_path=args.out, warmup=args.warmup, iters=iters, ram_gib=args.ram_gib, log=lambda s: print(s, flush=True), floor_resolutions=args.floor_resolutions, plans=args.plans, plans_budget=args.plans_budget, profile=args.profile, profile_dir=args.out.parent if args.out else None)
     data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
     if args.out:
         args.out.write_text(json.dumps(data, indent=1, default=str))
