@@ -38,6 +38,10 @@ ACT_BYTES_PER_TOKEN_FFN = 3.2773
 # Streamed placements keep this many groups on the GPU: the one computing and the one being prefetched
 # (REFERENCE.md anchor: block+stream = rest + 2 blocks + activations, block no-stream = rest + 1 block).
 STREAM_BUFFER_GROUPS = 2
+# Page-locked host RAM per byte of streamed weights. Bench (docs/benchmarks.md, H200, diffusers group
+# offload with streams): 1.43 (1.3B) and 1.52 (14B): tensor.pin_memory() goes through torch's caching host
+# allocator, which rounds each tensor up to a power of two. The larger is kept (RAM short = a failed run).
+PINNED_RAM_PER_WEIGHT_BYTE = 1.52
 
 # --- Text and image encoders ------------------------------------------------------------------------
 # UMT5 encoder peak activations for one 512-token prompt: the per-layer relative position bias and

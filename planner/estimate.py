@@ -3,7 +3,14 @@
 The stages run one after another and a component is on the GPU only during its stage (the text and
 image encoders and the I2V first-frame VAE encode during `encode`, the transformer during `denoise`,
 the VAE during `decode`), so a plan's peak is the largest stage peak. Everything not on the GPU is in
-RAM, except disk-offloaded weights. `load` reads the checkpoint onto the CPU one block at a time.
+RAM, except disk-offloaded weights.
+
+RAM while loading follows the runtime contract of issue 4 (low-RAM loading): components are read
+block by block (meta-device init, shard by shard), quantized blocks or the quantized cache are read at
+their quantized size, and streamed weights go straight to pinned memory. The peak is what stays in RAM
+plus one unquantized block in flight. A runtime that loads whole components (diffusers' from_pretrained)
+and quantizes or pins afterwards needs more: up to the bf16 size of the largest quantized component, or
+a second (pinned) copy of the streamed weights, on top.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput) -> tuple[tu
         )
     else:
         t_resident, t_pinned, t_disk = 0, 0, 0
-    t_in_ram = t_total - t_disk  # outside denoise: pinned part + the resident part parked on the CPU
+    pinned = int(t_pinned * C.PINNED_RAM_PER_WEIGHT_BYTE)  # page-locked for the whole run
+    t_in_ram = t_resident + pinned if on_gpu else t_total  # outside denoise the resident part is parked on the CPU
 
     te_gpu = on_gpu and plan.text_encoder == "gpu"
     te_offload = on_gpu and plan.text_encoder == "offload"
@@ -97,7 +105,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput) -> tuple[tu
     # --- denoise -----------------------------------------------------------------------------------
     tokens = job.tokens
     forward_s = _forward_seconds(plan, spec, tokens, tp)
-    den_ram = base_ram + te_bytes + ie_bytes + vae_bytes + (t_in_ram - t_resident)
+    den_ram = base_ram + te_bytes + ie_bytes + vae_bytes + pinned
     if on_gpu:
         den_vram = M.transformer_vram_bytes(
             spec, tq, tr.kind, tokens, tr.resident_blocks, tr.blocks_per_group, tr.use_stream, dtype
