@@ -350,7 +350,21 @@ def spec_for_model(name: str) -> ModelSpec:
     ref = resolve_model(name)
     if ref.kind == "local":
         return spec_from_folder(Path(ref.location), name=name)
+    cached = _hub_cache_folder(ref.location)
+    if cached is not None:
+        return spec_from_folder(cached, name=name)
     raise UserError(
         f"--model {name}: its configs are not known to the planner without downloading it. "
         f"Download it and pass the local folder, or use one of: {', '.join(SHORT_NAMES)}."
     )
+
+
+def _hub_cache_folder(repo_id: str) -> Optional[Path]:
+    """The snapshot folder of a hub model already in the local Hugging Face cache (never downloads)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=["*.json"]))
+    except Exception:  # not cached, offline, bad id: the caller says what to do
+        return None
+    return folder if (folder / "model_index.json").is_file() else None

@@ -132,3 +132,10 @@ def test_pinned_memory_of_streamed_placements():
     assert M.transformer_ram_split(spec, "bf16", "block_offload")[1] == total
     _, pinned, disk = M.transformer_ram_split(spec, "bf16", "disk_offload")
     assert disk == total and pinned == C.STREAM_BUFFER_GROUPS * M.block_bytes(spec.transformer)
+
+
+def test_unknown_hub_id_without_download_says_what_to_do():
+    from lowvram.errors import UserError
+
+    with pytest.raises(UserError, match="not known to the planner without downloading"):
+        spec_for_model("someone/not-downloaded-anywhere")
