@@ -155,7 +155,8 @@ def transformer_ram_split(spec: ModelSpec, quant: str, kind: str, resident_block
     if kind == "resident":
         return total, 0, 0
     if kind == "partial":
-        resident = rest + resident_blocks * block
+        # the runtime streams the non-block modules too (diffusers groups them with the streamed blocks)
+        resident = resident_blocks * block
         return resident, total - resident, 0
     if kind in ("block_offload", "leaf_offload"):
         return 0, total, 0
