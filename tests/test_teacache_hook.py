@@ -253,3 +253,20 @@ def test_a_call_that_raises_leaves_the_blocks_in_place():
             tr(**bad)
     reset_teacache(tr)
     assert tr.blocks is blocks
+
+
+def test_disk_offloaded_time_embedder_is_read_from_the_checkpoint(demo_t2v_path, tmp_path):
+    """Disk offloading leaves empty placeholders in the model; the schedule must not be computed from them."""
+    from diffusers import WanTransformer3DModel
+    from diffusers.hooks import apply_group_offloading
+
+    from lowvram.teacache import TimeEmbedderWeights, rel_l1_series, time_signal
+    from lowvram.teacache.run import time_weights
+
+    tr = WanTransformer3DModel.from_pretrained(demo_t2v_path, subfolder="transformer")
+    t = torch.tensor([999.0, 900.0, 700.0])
+    expected = time_signal(TimeEmbedderWeights.from_transformer(tr), t, retention=True)
+    apply_group_offloading(tr, onload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1, offload_to_disk_path=str(tmp_path))
+    got = time_signal(time_weights(tr, demo_t2v_path, retention=True), t, retention=True)
+    assert torch.equal(got, expected)
+    assert rel_l1_series(got) == rel_l1_series(expected)

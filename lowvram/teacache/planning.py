@@ -47,11 +47,20 @@ def preview_checkpoint(folder: Path, job, model_name: Optional[str] = None) -> O
 
 
 def schedule_for_transformer(
-    transformer, scheduler, steps: int, setting, guidance: float = 5.0, model_name: Optional[str] = None
+    transformer,
+    scheduler,
+    steps: int,
+    setting,
+    guidance: float = 5.0,
+    model_name: Optional[str] = None,
+    folder: Optional[Path] = None,
 ) -> SkipSchedule:
-    """The schedule for a loaded transformer (any placement) and a scheduler: what apply_teacache takes."""
+    """The schedule for a loaded transformer and a scheduler: what apply_teacache takes.
+    `folder` (the checkpoint) is needed only when the transformer is disk-offloaded."""
+    from .run import time_weights
+
     choice = choose_coefficients(dict(transformer.config), model_name, setting.coefficients)
-    weights = TimeEmbedderWeights.from_transformer(transformer)
+    weights = time_weights(transformer, folder, setting.retention)
     return build_schedule(setting, choice, weights, scheduler_timesteps(scheduler, steps), branches_for(guidance))
 
 

@@ -9,19 +9,36 @@ left as it was found.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from ..errors import UserError
 from ..telemetry import EventSink, LogMessage, TeaCacheScheduled, TransformerCall
-from ..transfer_meter import TransferMeter
+from ..transfer_meter import TransferMeter, offload_groups
 from .coefficients import choose_coefficients
 from .hook import TeaCacheConfig, TeaCacheHook, apply_teacache, get_teacache, remove_teacache, reset_teacache
 from .schedule import SkipSchedule, TimeEmbedderWeights, build_schedule
 
 
-def schedule_for_run(transformer, setting, transformer_config: dict, model_name: str, timesteps, branches) -> SkipSchedule:
+def schedule_for_run(
+    transformer, setting, transformer_config: dict, model_name: str, timesteps, branches, folder: Optional[Path] = None
+) -> SkipSchedule:
     """The schedule for a loaded transformer and the exact timesteps the sampling loop will use."""
     choice = choose_coefficients(transformer_config, model_name, setting.coefficients)
-    return build_schedule(setting, choice, TimeEmbedderWeights.from_transformer(transformer), timesteps, branches)
+    return build_schedule(setting, choice, time_weights(transformer, folder, setting.retention), timesteps, branches)
+
+
+def time_weights(transformer, folder: Optional[Path], retention: bool) -> TimeEmbedderWeights:
+    """The time-path weights from the model, or from the checkpoint when the model only holds placeholders:
+    disk offloading replaces offloaded tensors with empty ones until their group is onloaded."""
+    weight = transformer.condition_embedder.time_embedder.linear_1.weight
+    for group, _ in offload_groups(transformer):
+        tensors = [p for m in group.modules for p in m.parameters()] + list(group.parameters)
+        if getattr(group, "offload_to_disk_path", None) and any(t is weight for t in tensors):
+            if folder is None:
+                raise UserError("TeaCache with disk offloading needs the checkpoint folder to read the time-embedding weights.")
+            return TimeEmbedderWeights.from_checkpoint(folder, transformer.config.freq_dim, retention)
+    return TimeEmbedderWeights.from_transformer(transformer)
 
 
 class TeaCacheRun:
@@ -121,5 +138,7 @@ def teacache_run(loaded: Any, job: Any, timesteps: Any, sink: EventSink, clock: 
     schedule = None
     if job.teacache.enabled:
         name = f"{loaded.ref.name} {loaded.ref.location}"
-        schedule = schedule_for_run(transformer, job.teacache, loaded.info.transformer_config, name, timesteps, branches)
+        schedule = schedule_for_run(
+            transformer, job.teacache, loaded.info.transformer_config, name, timesteps, branches, Path(loaded.info.location)
+        )
     return TeaCacheRun(transformer, schedule, branches, sink, clock)

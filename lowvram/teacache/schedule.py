@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..errors import UserError
-from .coefficients import CoefficientChoice, choose_coefficients
+from .coefficients import CoefficientChoice
 
 RETENTION_STEPS = 5  # with retention, the first 5 steps always compute (TeaCache4Wan2.1: ret_steps = 5*2 calls)
 MAX_THRESHOLD = 10.0  # the threshold search's upper end (TeaCacheSetting accepts 0..10)
