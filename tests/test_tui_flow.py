@@ -153,3 +153,24 @@ async def test_profile_save_and_load_from_the_form(tmp_path):
         await pilot.pause()
         assert any("width" in n.message and "bad.toml" in n.message for n in app._notifications)
         assert screen.values()["width"] == "64"
+
+
+async def test_out_of_memory_switches_plan_with_a_notification_and_finishes(tmp_path, demo_t2v_path):
+    from lowvram.faults import FaultPlan
+
+    def generate_with_oom(job, plan, on_event, cancel, loaded=None):
+        """The real runner with a real torch.OutOfMemoryError injected at denoising step 1."""
+        return generate(job, plan, on_event, cancel, loaded=loaded, faults=FaultPlan.parse("denoise:1"))
+
+    app = cpu_app(generate=generate_with_oom)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await fill_job(pilot, tmp_path / "oom.mp4")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.view is not None, what="the plan")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, (RunScreen, DoneScreen)), what="the run screen")
+        await app.workers.wait_for_complete()
+        await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), what="the done screen")
+        switched = [n for n in app._notifications if n.title == "Plan switched during denoise"]
+        assert switched and "out of memory" in switched[0].message
+        assert (tmp_path / "oom.mp4").stat().st_size > 0

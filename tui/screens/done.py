@@ -8,12 +8,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Footer, Static
 
 from lowvram.cli.console import fmt_bytes, fmt_seconds
 from lowvram.job import Job
 
 from ..state import RunSummary
+from ..widgets.title_bar import TitleBar
 
 
 def summary_table(summary: RunSummary) -> Table:
@@ -32,6 +33,7 @@ def summary_table(summary: RunSummary) -> Table:
 
 
 class DoneScreen(Screen):
+    SUB_TITLE = "done"
     BINDINGS = [
         Binding("n", "new_job", "New job (same settings)"),
         Binding("a", "again", "Run again"),
@@ -43,15 +45,12 @@ class DoneScreen(Screen):
         self.job, self.summary = job, summary
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleBar()
         with VerticalScroll(id="done-body"):
             yield Static(Text("Done", style="bold green"), id="done-title")
             yield Static(summary_table(self.summary), id="summary")
             yield Static(Text("n: edit these settings for another job · a: plan and run the same job again · q: quit", style="dim"), id="done-hint")
         yield Footer()
-
-    def on_mount(self) -> None:
-        self.sub_title = "done"
 
     def action_new_job(self) -> None:
         self.app.back_to_job()

@@ -10,12 +10,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.suggester import SuggestFromList
-from textual.widgets import Button, Footer, Header, Input, Label, Select
+from textual.widgets import Button, Footer, Input, Label, Select
 
 from lowvram.errors import UserError
 from lowvram.job import Job
 
 from ..form import CUSTOM, FIELDS, KNOWN_MODELS, PRESETS, FormErrors, job_from_values, preset_for, values_from_job
+from ..widgets.title_bar import TitleBar
 
 PRESET_OPTIONS = [(f"{name} {w}x{h}", name) for name, (w, h) in PRESETS.items()] + [("custom W x H", CUSTOM)]
 TEACACHE_OPTIONS = [("off", "off"), ("threshold", "threshold"), ("target speed-up", "speedup")]
@@ -40,7 +41,7 @@ class JobScreen(Screen):
 
     def compose(self) -> ComposeResult:
         v = values_from_job(self.initial)
-        yield Header()
+        yield TitleBar()
         with VerticalScroll(id="form"):
             yield from self._row("model", "Model", Input(v["model"], id="model", compact=True, suggester=SuggestFromList(KNOWN_MODELS), placeholder="tiny-random, wan2.1-t2v-1.3b, folder or hub id"))
             yield from self._row("prompt", "Prompt", Input(v["prompt"], id="prompt", compact=True, placeholder="what the video should show"))

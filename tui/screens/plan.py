@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, LoadingIndicator, Static
+from textual.widgets import Footer, LoadingIndicator, Static
 from textual.worker import Worker, WorkerState
 
 from lowvram.cli.console import fmt_bytes, fmt_seconds
@@ -22,6 +22,7 @@ from lowvram.job import Job
 from ..services import PlanView, split_explanation
 from ..state import BRANCHES, StepGrid
 from ..widgets.skip_map import render_grid
+from ..widgets.title_bar import TitleBar
 
 
 def describe_job(job: Job) -> str:
@@ -84,6 +85,7 @@ def plan_renderable(job: Job, view: PlanView, width: int = 78) -> Group:
 
 
 class PlanScreen(Screen):
+    SUB_TITLE = "plan"
     BINDINGS = [
         Binding("enter,r", "run", "Run"),
         Binding("escape,b", "back", "Back to job"),
@@ -95,14 +97,13 @@ class PlanScreen(Screen):
         self.view: PlanView | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleBar()
         yield LoadingIndicator(id="planning")
         with VerticalScroll(id="plan-body"):
             yield Static("", id="plan")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = "plan"
         self.query_one("#plan-body").display = False
         self.make_plan()
 

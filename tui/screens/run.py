@@ -13,13 +13,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Label
+from textual.widgets import Footer, Label
 from textual.worker import Worker, WorkerState
 
 from lowvram.cli.console import fmt_seconds
 from lowvram.errors import CancelledError, UserError
 from lowvram.job import Job
-from lowvram.telemetry import MemorySample, RunFinished, RunStarted, StageStarted, StepFinished, TeaCacheScheduled, TransformerCall
+from lowvram.telemetry import MemorySample, PlanSwitched, RunFinished, RunStarted, StageStarted, StepFinished, TeaCacheScheduled, TransformerCall
 
 from ..messages import ModelLoading, ModelReady, RuntimeEvent
 from ..services import PlanView
@@ -28,12 +28,14 @@ from ..widgets.event_log import EventLog
 from ..widgets.memory_graph import MemoryGraph
 from ..widgets.skip_map import SkipMap
 from ..widgets.step_progress import StepProgress
+from ..widgets.title_bar import TitleBar
 from .confirm import ConfirmScreen
 
 RUNNING, CANCELLING, CANCELLED, FAILED, FINISHED = "running", "cancelling", "cancelled", "failed", "finished"
 
 
 class RunScreen(Screen):
+    SUB_TITLE = "run"
     BINDINGS = [
         Binding("c", "cancel", "Cancel run"),
         Binding("escape", "leave", "Back to job"),
@@ -50,7 +52,7 @@ class RunScreen(Screen):
             self.grid.set_prediction(view.preview.decisions)
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleBar()
         job = self.job
         yield Label(f"{job.model} · {job.width}x{job.height} · {job.frames} frames · {job.steps} steps", id="run-title")
         yield StepProgress(id="progress")
@@ -60,7 +62,6 @@ class RunScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = "run"
         self.query_one(StepProgress).set_total(self.job.steps)
         self.query_one(SkipMap).refresh_map()
         self.generate()
@@ -115,6 +116,8 @@ class RunScreen(Screen):
             self.grid.set_step_prediction(event.step_computed)
             self.query_one(SkipMap).refresh_map()
             self.query_one(EventLog).add_line(event.summary + (f"; note: {event.note}" if event.note and event.note not in event.summary else ""))
+        elif isinstance(event, PlanSwitched):
+            self.notify(event.reason, title=f"Plan switched during {event.stage}", severity="warning", timeout=10)
         elif isinstance(event, RunStarted):
             self.query_one(StepProgress).set_total(event.total_steps)
         elif isinstance(event, RunFinished):
