@@ -103,38 +103,48 @@ def _h2d(pinned: bool) -> float:
     return COPY_BYTES * REPEATS / (time.perf_counter() - t0)
 
 
-def measure_gpu(quick: bool = False) -> tuple[float, float, float, int]:
-    """(bf16 FLOP/s over a forward, block seconds, pinned B/s, pageable B/s, tokens) on the current GPU."""
+def measure_transformer(config: dict, latent: tuple[int, int, int], device: str, repeats: int = REPEATS) -> tuple[float, float, int]:
+    """(achieved FLOP/s, seconds per block, tokens) of a Wan transformer built from `config`, random weights,
+    one forward at `latent` = (latent frames, H/8, W/8), in bf16 on `device`."""
     import torch
     from diffusers import WanTransformer3DModel
 
-    from .spec import WAN_TRANSFORMER_CONFIGS, component_spec, ModelSpec, TextEncoderDims, TransformerDims
+    from .spec import ModelSpec, TextEncoderDims, TransformerDims, component_spec
     from .timing import transformer_flops
 
-    frames, h, w = CALIBRATION_LATENT["quick" if quick else "full"]
-    config = dict(WAN_TRANSFORMER_CONFIGS["wan2.1-t2v-1.3b"], num_layers=CALIBRATION_LAYERS)
-    model = WanTransformer3DModel(**config).to("cuda", torch.bfloat16).eval()
-    x = torch.randn(1, 16, frames, h, w, device="cuda", dtype=torch.bfloat16)
-    text = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
-    t = torch.tensor([500.0], device="cuda")
+    frames, h, w = latent
+    model = WanTransformer3DModel(**config).to(device, torch.bfloat16).eval()
+    c = model.config
+    x = torch.randn(1, c.in_channels, frames, h, w, device=device, dtype=torch.bfloat16)
+    text = torch.randn(1, 512, c.text_dim, device=device, dtype=torch.bfloat16)
+    t = torch.tensor([500.0], device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.no_grad():
         model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)  # warm-up
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
-        for _ in range(REPEATS):
+        for _ in range(repeats):
             model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - t0) / REPEATS
+        sync()
+    seconds = (time.perf_counter() - t0) / repeats
     tokens = frames * (h // 2) * (w // 2)
-    c = model.config
     dims = TransformerDims(c.num_attention_heads * c.attention_head_dim, c.ffn_dim, c.num_attention_heads,
                            c.num_layers, c.in_channels, c.text_dim, False)
     spec = ModelSpec("calibration", "t2v", component_spec("transformer", model, model.blocks), None, None, None,
                      dims, TextEncoderDims(0, 0, 0), 0)
-    flops = transformer_flops(spec, tokens)
-    del model, x, text
+    return transformer_flops(spec, tokens) / seconds, seconds / c.num_layers, tokens
+
+
+def measure_gpu(quick: bool = False) -> tuple[float, float, float, float, int]:
+    """(bf16 FLOP/s over a forward, block seconds, pinned B/s, pageable B/s, tokens) on the current GPU."""
+    import torch
+
+    from .spec import WAN_TRANSFORMER_CONFIGS
+
+    config = dict(WAN_TRANSFORMER_CONFIGS["wan2.1-t2v-1.3b"], num_layers=CALIBRATION_LAYERS)
+    flops, block_s, tokens = measure_transformer(config, CALIBRATION_LATENT["quick" if quick else "full"], "cuda")
     torch.cuda.empty_cache()
-    return flops / seconds, seconds / CALIBRATION_LAYERS, _h2d(True), _h2d(False), tokens
+    return flops, block_s, _h2d(True), _h2d(False), tokens
 
 
 def calibrate(quick: bool = False) -> Calibration:
