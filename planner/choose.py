@@ -337,6 +337,7 @@ def explain(probe: HardwareProbe, spec: ModelSpec, job: Job, budget: Budget, tp:
         return lines
     others = [c for c in candidates if config_key(c.plan) != config_key(chosen)]
     transformer_options = _by(others, lambda p: (p.transformer_quant, p.transformer.kind))
+    transformer_options.pop((chosen.transformer_quant, chosen.transformer.kind), None)  # its variants come below
     best_each = [_best(cs) for cs in transformer_options.values()]
     runners = sorted((c for c in best_each if c.fits), key=lambda c: c.plan.predicted_seconds)[:MAX_RUNNERS_UP]
     if runners:
