@@ -106,7 +106,8 @@ class QuantoModuleGroup(_go.ModuleGroup):
 
     def _to_cpu(self, tensor, low_cpu_mem_usage):  # called as self._to_cpu by _init_cpu_param_dict
         if not is_qtensor(tensor):
-            return _go.ModuleGroup._to_cpu(tensor, low_cpu_mem_usage)
+            # super(), not _go.ModuleGroup: while _quanto_groups() is active that name is this class
+            return super()._to_cpu(tensor, low_cpu_mem_usage)
         t = tensor.to("cpu")
         return t if low_cpu_mem_usage else pin(t)
 
