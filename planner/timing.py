@@ -25,11 +25,16 @@ class Throughput:
 
 def gpu_datasheet_tflops(gpu_name: Optional[str]) -> tuple[float, str]:
     """(dense bf16 TFLOPS, matched class) from the datasheet table; the slow default when unknown."""
-    name = (gpu_name or "").upper()
+    name = _squash(gpu_name)
     for marker, tflops in C.GPU_BF16_TFLOPS:
-        if marker.upper() in name:
+        if _squash(marker) in name:
             return tflops, marker
     return C.UNKNOWN_GPU_BF16_TFLOPS, "an unknown GPU (assumed as slow as an RTX 3060)"
+
+
+def _squash(name: Optional[str]) -> str:
+    """'NVIDIA GeForce RTX 4090' and 'rtx4090' match alike."""
+    return "".join((name or "").upper().split())
 
 
 def _fp8_fast(probe: HardwareProbe) -> bool:
@@ -52,7 +57,7 @@ def throughput_for(probe: HardwareProbe, calibration=None) -> Throughput:
             source=f"calibrated on {calibration.created}",
         )
     tflops, klass = gpu_datasheet_tflops(probe.gpu_name)
-    datacenter = any(m.upper() in (probe.gpu_name or "").upper() for m in C.DATACENTER_GPU_MARKERS)
+    datacenter = any(_squash(m) in _squash(probe.gpu_name) for m in C.DATACENTER_GPU_MARKERS)
     pinned = C.H2D_PINNED_DATACENTER if datacenter else C.H2D_PINNED_CONSUMER
     return Throughput(
         gpu_flops=tflops * 1e12 * C.MATMUL_EFFICIENCY,

@@ -203,3 +203,11 @@ def test_probe_validation():
     with pytest.raises(ValueError):
         HardwareProbe(gpu_name=None, compute_capability=None, vram_total=0, vram_free=-1, ram_total=1, ram_available=1)
     assert not synthetic_probe(0, 8).has_gpu and synthetic_probe(8, 8).has_gpu
+
+
+def test_gpu_names_match_without_spaces():
+    from planner.timing import gpu_datasheet_tflops
+
+    assert gpu_datasheet_tflops("rtx4090") == gpu_datasheet_tflops("NVIDIA GeForce RTX 4090") == (165.2, "RTX 4090")
+    assert gpu_datasheet_tflops("NVIDIA GeForce RTX 4070 Ti")[1] == "RTX 4070 Ti"
+    assert gpu_datasheet_tflops(None)[1].startswith("an unknown GPU")
