@@ -60,6 +60,26 @@ def free_memory(pipe: Any) -> None:
         torch.cuda.empty_cache()
 
 
+# Fields of a Plan that change where weights live; the rest (predictions, reasons, source) do not.
+PLACEMENT_FIELDS = ("device", "dtype", "transformer_quant", "transformer", "text_encoder_quant", "text_encoder", "vae")
+
+
+def placement_differs(a: Plan, b: Plan) -> bool:
+    return any(getattr(a, f) != getattr(b, f) for f in PLACEMENT_FIELDS)
+
+
+# Allocation failures that some kernels raise as a plain RuntimeError (cuBLAS/cuDNN workspaces).
+OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MARKERS)
+
+
 def _oom_detail(exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return first[:200]
@@ -86,8 +106,6 @@ class Recovery:
 
     def run(self, stage: str, attempt: Callable[[Plan], T]) -> T:
         """Enter `stage` under the current plan and run `attempt(plan)`; on OOM, lean and retry."""
-        import torch
-
         while True:
             try:
                 if stage != "denoise":  # denoise checks per step, inside the loop
@@ -95,17 +113,15 @@ class Recovery:
                 if self.pipe is not None:
                     placement.enter_stage(self.pipe, self.plan, stage)
                 return attempt(self.plan)
-            except torch.OutOfMemoryError as exc:
-                detail = _oom_detail(exc)
-                if not self.enabled:
+            except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+                if not self.enabled or not is_oom(exc):
                     raise
+                detail = _oom_detail(exc)
             # Outside the except block: the traceback (and the tensors its frames hold) is gone.
             self.fall_back(stage, detail)
 
     def fall_back(self, stage: str, detail: str) -> Plan:
         """Free memory, pick the next leaner plan, re-place the pipeline, emit PlanSwitched."""
-        import torch
-
         free_memory(self.pipe)
         for _ in range(MAX_SWITCHES):
             new = leaner_plan(self.plan, stage, self.num_blocks)
@@ -126,7 +142,9 @@ class Recovery:
             try:
                 placement.reapply(self.pipe, old, new)
                 return new
-            except torch.OutOfMemoryError as exc:
+            except RuntimeError as exc:
+                if not is_oom(exc):
+                    raise
                 detail = _oom_detail(exc)
             free_memory(self.pipe)
         raise OutOfMemoryExhausted(stage, self.plan, detail)

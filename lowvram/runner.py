@@ -21,7 +21,7 @@ from .job import Job, check_task, validate_job
 from .loading import CheckpointInfo, load_pipeline
 from .memory import MemorySampler
 from .models import ModelRef, resolve_model
-from .recovery import OutOfMemoryExhausted, Recovery
+from .recovery import OutOfMemoryExhausted, Recovery, placement_differs
 from .resume import DenoiseCheckpoint, ResumeState, restore_scheduler
 from .telemetry import (
     EventLog,
@@ -299,6 +299,9 @@ def generate(
                 with _Stage("load", log, clock, sampler, peaks):
                     loaded = rec.run("load", lambda p: load_model(ref, p))
             rec.pipe = loaded.pipe
+            if placement_differs(loaded.plan, plan):  # a loaded model (TUI) given another plan, or after a fallback
+                placement.reapply(loaded.pipe, loaded.plan, plan)
+                loaded.plan = plan
             check_task(job, loaded.task, ref.name)
             log(
                 RunStarted(

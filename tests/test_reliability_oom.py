@@ -35,12 +35,9 @@ def loaded():
 
 @pytest.fixture
 def run(loaded):
-    """generate() on the shared pipeline, first placed per `plan` (a fallback leaves it leaner)."""
-    from lowvram import placement
+    """generate() on the shared pipeline; the runner re-places it when the plan differs (a fallback leaves it leaner)."""
 
     def go(job, plan, **kw):
-        placement.reapply(loaded.pipe, loaded.plan, plan)
-        loaded.plan = plan
         return generate(job, plan, loaded=loaded, **kw)
 
     return go
@@ -199,3 +196,43 @@ def test_plan_switch_is_recorded_in_the_sidecar_plan(run, small_job, plan):
     side = json.loads(hit.sidecar_path.read_text())
     assert dataclasses.asdict(hit.plan)["vae"] == "gpu_tiled"
     assert "gpu_tiled" in json.dumps(side)
+
+
+# ---------------------------------------------------------------- the retry loop itself, and the CLI
+
+
+def test_recovery_treats_allocator_runtime_errors_as_oom_and_nothing_else(plan):
+    from lowvram.recovery import Recovery, is_oom
+
+    assert is_oom(torch.OutOfMemoryError("x")) and is_oom(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert not is_oom(RuntimeError("mat2 is on cpu")) and not is_oom(ValueError("out of memory"))
+    events, calls = [], []
+
+    def attempt(p):
+        calls.append(p)
+        if len(calls) == 1:
+            raise RuntimeError("CUDNN_STATUS_ALLOC_FAILED")
+        return "done"
+
+    rec = Recovery(plan, events.append, lambda: 0.0)
+    assert rec.run("decode", attempt) == "done"
+    assert [c.vae for c in calls] == ["gpu", "gpu_tiled"] and len(events) == 1
+    with pytest.raises(RuntimeError, match="mat2"):
+        rec.run("decode", lambda p: (_ for _ in ()).throw(RuntimeError("mat2 is on cpu")))
+
+
+def test_cli_prints_the_switch_and_exits_3_with_a_resume_hint(demo_t2v_path, tmp_path, monkeypatch, capsys):
+    from lowvram.cli import main
+
+    args = ["generate", "a dog", "--width", "64", "--height", "64", "--frames", "5", "--steps", "2"]
+    monkeypatch.setenv("LOWVRAM_INJECT_OOM", "denoise:1")
+    assert main([*args, "--out", str(tmp_path / "a.mp4")]) == 0
+    err = capsys.readouterr().err
+    assert "plan switched during denoise" in err and (tmp_path / "a.mp4").is_file()
+
+    monkeypatch.setenv("LOWVRAM_INJECT_OOM", ",".join(["decode"] * 40))  # more OOMs than rungs on the ladder
+    assert main([*args, "--out", str(tmp_path / "b.mp4")]) == 3
+    err = capsys.readouterr().err
+    kept = tmp_path / "b.latents.safetensors"
+    assert "even with the leanest plan" in err and f"lowvram generate --resume {kept}" in err and "Traceback" not in err
+    assert kept.is_file() and not (tmp_path / "b.mp4").exists()
