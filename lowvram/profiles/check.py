@@ -1,0 +1,154 @@
+"""Check a profile on this machine: re-plan it, compare with the plan it was saved with, say what changed.
+
+The saved plan is never applied as it is: the plan that runs is always the planner's plan for this
+machine's probe, so a profile from a bigger GPU cannot make lowvram exceed this machine's VRAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from planner.choose import NoPlanFits, PlanResult, fmt_seconds, gib, plan_for_job
+from planner.plan import Plan
+from planner.probe import HardwareProbe
+
+from .apply import JOB_FIELDS, apply_profile, fingerprint
+from .schema import MachineFingerprint, Profile
+
+Status = Literal["fits", "replanned", "planned", "impossible"]
+HEADLINES = {
+    "fits": "fits as saved",
+    "replanned": "re-planned for this machine",
+    "planned": "planned for this machine (the profile carries no saved plan)",
+    "impossible": "impossible on this machine",
+}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    status: Status
+    machine: MachineFingerprint  # this machine (or the what-if one)
+    plan: Optional[Plan]  # the plan that would run here; None when impossible
+    saved_plan: Optional[Plan]
+    changes: tuple[str, ...]  # what changed from the saved plan, one line each
+    why: tuple[str, ...]  # why it changed, or what is short
+    result: Optional[PlanResult] = None
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.status == "impossible" else 0
+
+    @property
+    def headline(self) -> str:
+        return HEADLINES[self.status]
+
+
+def placement_key(plan: Plan) -> tuple:
+    """What a plan decides (not what it predicts): two plans with equal keys place the model the same way."""
+    return (plan.device, plan.dtype, plan.transformer_quant, plan.transformer, plan.text_encoder_quant, plan.text_encoder, plan.vae)
+
+
+def plan_changes(old: Plan, new: Plan) -> list[str]:
+    """Each decision that differs between two plans, in words."""
+    out = []
+    if (old.device, old.dtype) != (new.device, new.dtype):
+        out.append(f"device: {old.device} ({old.dtype}) -> {new.device} ({new.dtype})")
+    if old.transformer_quant != new.transformer_quant:
+        out.append(f"transformer weights: {old.transformer_quant} -> {new.transformer_quant}")
+    if old.transformer != new.transformer:
+        out.append(f"transformer placement: {old.transformer.describe()} -> {new.transformer.describe()}")
+    if (old.text_encoder_quant, old.text_encoder) != (new.text_encoder_quant, new.text_encoder):
+        out.append(f"text encoder: {old.text_encoder_quant} on {old.text_encoder} -> {new.text_encoder_quant} on {new.text_encoder}")
+    if old.vae != new.vae:
+        out.append(f"VAE: {old.vae} -> {new.vae}")
+    return out
+
+
+def _numbers(old: Plan, new: Plan) -> list[str]:
+    out = []
+    if old.predicted and new.predicted:
+        out.append(f"predicted peak VRAM: {gib(old.peak_vram_bytes)} -> {gib(new.peak_vram_bytes)}")
+        out.append(f"predicted peak RAM: {gib(old.peak_ram_bytes)} -> {gib(new.peak_ram_bytes)}")
+    if old.predicted_seconds and new.predicted_seconds:
+        out.append(f"predicted time: {fmt_seconds(old.predicted_seconds)} -> {fmt_seconds(new.predicted_seconds)}")
+    return out
+
+
+def _verdict(candidate, new: Plan) -> str:
+    if not candidate.fits:
+        return f"does not fit here: {candidate.rejected_reason}"
+    here = fmt_seconds(candidate.plan.predicted_seconds)
+    if candidate.plan.predicted_seconds > new.predicted_seconds:
+        pct = 100 * (candidate.plan.predicted_seconds / new.predicted_seconds - 1)
+        return f"would fit here too ({here} predicted here), but the new plan is predicted {pct:.0f}% faster"
+    return f"would fit here too ({here} predicted here); the new plan is about as fast at higher precision"
+
+
+def _why(saved: Plan, result: PlanResult) -> list[str]:
+    """Why the planner did not keep the saved plan here, from its own verdict on the same placement."""
+    lines = [line for line in result.explanation if line.startswith("budget:")]
+    key = placement_key(saved)
+    same = [c for c in result.candidates if placement_key(c.plan) == key]
+    if same:
+        return [f"the saved plan {_verdict(same[0], result.plan)}"] + lines
+    if saved.transformer.kind == "partial":
+        # The number of resident blocks is sized to each machine's budget: compare with this machine's size.
+        drop = lambda k: k[:3] + k[4:]  # noqa: E731 - the key without the transformer placement
+        here = [c for c in result.candidates if c.plan.transformer.kind == "partial" and drop(placement_key(c.plan)) == drop(key)]
+        kept = saved.transformer.resident_blocks
+        if here:
+            k = here[0].plan.transformer.resident_blocks
+            return [f"the saved plan keeps {kept} blocks resident; here {k} fit the VRAM budget, and that plan "
+                    f"{_verdict(here[0], result.plan)}"] + lines
+        if result.plan.transformer.kind == "resident":
+            return [f"the saved plan keeps {kept} blocks resident; here the whole transformer fits on the GPU"] + lines
+        return [f"the saved plan keeps {kept} blocks resident; here not one block fits beside the streamed ones"] + lines
+    return ["the saved plan is not one of this machine's options (e.g. it needs a GPU this machine lacks)"] + lines
+
+
+def check_profile(profile: Profile, probe: HardwareProbe, calibration=None) -> CheckResult:
+    """Re-plan `profile` for `probe`. Never raises NoPlanFits: that is the 'impossible' result."""
+    args = argparse.Namespace(prompt="(profile check)", model=None, **{name: None for name in JOB_FIELDS})
+    job, prefs = apply_profile(args, profile)
+    machine = fingerprint(probe)
+    saved = profile.saved_plan
+    try:
+        result = plan_for_job(job, probe=probe, prefs=prefs, calibration=calibration)
+    except NoPlanFits as exc:
+        return CheckResult("impossible", machine, None, saved, (), tuple(str(exc).splitlines()))
+    new = result.plan
+    if saved is None:
+        return CheckResult("planned", machine, new, None, (), (), result)
+    if placement_key(saved) == placement_key(new):
+        return CheckResult("fits", machine, new, saved, (), (), result)
+    changes = plan_changes(saved, new) + _numbers(saved, new)
+    return CheckResult("replanned", machine, new, saved, tuple(changes), tuple(_why(saved, result)), result)
+
+
+def describe_check(check: CheckResult, profile: Profile) -> list[str]:
+    """The check as a person reads it: verdict, the two machines, what changed and why, the plan here."""
+    lines = [f"{check.headline}: {profile.name}"]
+    lines.append(f"  this machine: {check.machine.describe()}")
+    if profile.saved_on is not None:
+        lines.append(f"  saved on:     {profile.saved_on.describe()}")
+    if check.status == "impossible":
+        lines.append("what is short:")
+        lines += [f"  {line}" for line in check.why]
+        return lines
+    plan = check.plan
+    if check.changes:
+        lines.append("what changed:")
+        lines += [f"  - {line}" for line in check.changes]
+    if check.why:
+        lines.append("why:")
+        lines += [f"  - {line}" for line in check.why]
+    lines.append(f"plan here: {plan.summary()}")
+    lines.append(
+        f"  predicted peak VRAM {gib(plan.peak_vram_bytes)}, peak RAM {gib(plan.peak_ram_bytes)}, "
+        f"time {fmt_seconds(plan.predicted_seconds)}"
+    )
+    if check.status == "fits" and check.saved_plan is not None and check.saved_plan.predicted_seconds:
+        lines.append(f"  (saved with: peak VRAM {gib(check.saved_plan.peak_vram_bytes)}, time {fmt_seconds(check.saved_plan.predicted_seconds)})")
+    return lines
