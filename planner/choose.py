@@ -26,7 +26,6 @@ QUANT_ORDER = M.QUANT_ORDER
 TEXT_QUANTS = ("bf16", "int8")
 TEXT_PLACEMENTS = ("gpu", "offload", "cpu")  # "offload" is group offload WITHOUT streams, always
 VAE_PLACEMENTS = ("gpu", "gpu_tiled", "cpu")
-TRANSFORMER_KINDS = ("resident", "partial", "block_offload", "leaf_offload", "disk_offload")
 MAX_RUNNERS_UP = 3
 
 
