@@ -1,7 +1,7 @@
 """Cache of quantized components: quantize once, reload without materializing bf16 weights.
 
 Layout: cache_dir()/quantized/<identity>-<component>-<level>-<dtype>/ holding
-  model.safetensors         the quantized state dict (quanto weights flattened to _data/_scale/...)
+  model-NNNNN.safetensors   the quantized state dict in <= 2 GiB shards (quanto weights flattened to _data/_scale/...)
   quantization_map.json     optimum.quanto.quantization_map(module)
   lowvram_quant.json        class, level, dtype, tied-weight aliases, the identity it was made from
 The identity hashes the checkpoint folder's path and its component files' names, sizes and mtimes,
@@ -23,7 +23,9 @@ import torch
 from .paths import cache_dir
 
 CACHE_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_PATTERN = "model-{:05d}.safetensors"
+# safetensors serializes a whole file in memory before writing: shards bound that transient copy.
+SHARD_BYTES = 2 * 1024**3
 QMAP_FILE = "quantization_map.json"
 INFO_FILE = "lowvram_quant.json"
 
@@ -65,6 +67,19 @@ def _aliases(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     return kept, aliases
 
 
+def _shards(tensors: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t
+        size += nbytes
+    return shards
+
+
 def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtype: str) -> Path:
     """Write the quantized module to its cache entry (atomically). Returns the entry's path."""
     import safetensors.torch
@@ -76,7 +91,8 @@ def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtyp
     tensors, aliases = _aliases({k: v.detach().to("cpu") for k, v in module.state_dict().items()})
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        safetensors.torch.save_file(tensors, tmp / WEIGHTS_FILE)
+        for i, shard in enumerate(_shards(tensors, SHARD_BYTES)):
+            safetensors.torch.save_file(shard, tmp / WEIGHTS_PATTERN.format(i))
         (tmp / QMAP_FILE).write_text(json.dumps(quantization_map(module), indent=1))
         info = dict(
             lowvram_quant_cache_version=CACHE_VERSION,
@@ -139,7 +155,9 @@ def load(folder: Path, component: str, level: str, dtype: str) -> Optional[torch
             activations=None if activations == "none" else activations,
             include=names,
         )
-    state_dict = safetensors.torch.load_file(entry / WEIGHTS_FILE, device="cpu")
+    state_dict = {}
+    for shard in sorted(entry.glob("model-*.safetensors")):
+        state_dict.update(safetensors.torch.load_file(shard, device="cpu"))
     # assign=True: tensors are taken as they are (dtype included), nothing is copied into meta storage.
     module.load_state_dict(state_dict, strict=False, assign=True)
     for alias, key in info.get("aliases", {}).items():

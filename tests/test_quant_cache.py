@@ -75,7 +75,7 @@ def test_cache_round_trips_and_second_load_does_not_quantize(job, demo_t2v_path,
     assert calls == ["int8", "int8"]  # transformer and text encoder, quantized from the checkpoint
     for component in ("transformer", "text_encoder"):
         entry = quant_cache.entry_path(demo_t2v_path, component, "int8", "float32")
-        assert {p.name for p in entry.iterdir()} == {"model.safetensors", "quantization_map.json", "lowvram_quant.json"}
+        assert {p.name for p in entry.iterdir()} == {"model-00000.safetensors", "quantization_map.json", "lowvram_quant.json"}
 
     calls.clear()
     loaded_from_cache.clear()
@@ -115,17 +115,23 @@ def test_identity_follows_the_checkpoint_files(tmp_path):
     assert checkpoint_identity(tmp_path, "transformer") != first
 
 
-def test_save_leaves_no_temporary_folder(demo_t2v_path):
+def test_sharded_save_round_trips_and_leaves_no_temporary_folder(demo_t2v_path, monkeypatch):
+    from diffusers import WanTransformer3DModel
+
     from lowvram import quant_cache
     from lowvram.quantize import quantize_weights
 
-    from diffusers import WanTransformer3DModel
-
+    monkeypatch.setattr(quant_cache, "SHARD_BYTES", 4096)  # the demo transformer is ~100 KB: many shards
     module = WanTransformer3DModel.from_pretrained(demo_t2v_path / "transformer")
     quantize_weights(module, "int4")
     entry = quant_cache.save(module, demo_t2v_path, "transformer", "int4", "float32")
+    assert len(list(entry.glob("model-*.safetensors"))) > 3
     assert not [p for p in entry.parent.iterdir() if p.name.startswith(".")]
-    assert quant_cache.load(demo_t2v_path, "transformer", "int4", "float32") is not None
+    cached = quant_cache.load(demo_t2v_path, "transformer", "int4", "float32")
+    x = torch.randn(1, 16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(timestep=torch.tensor([10.0]), encoder_hidden_states=torch.zeros(1, 3, module.config.text_dim))
+    with torch.no_grad():
+        assert torch.equal(cached(hidden_states=x, **kwargs)[0], module(hidden_states=x, **kwargs)[0])
     shutil.rmtree(entry)
 
 
