@@ -125,15 +125,25 @@ class HostCopy:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
     def fresh(self) -> nn.Module:
-        """A module on the CPU whose tensors are this copy's (hooks that replace `.data` leave it intact)."""
+        """A module on the CPU whose tensors are this copy's (hooks that replace `.data` leave it intact).
+        Tied parameters (one tensor under several names) stay tied."""
         model = self.make_meta()
+        owners: dict = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            owners.setdefault(id(param), []).append(name)
+        first_name = {names[0]: names for names in owners.values()}
         for name, tensor in self.tensors.items():
-            owner_name, _, leaf = name.rpartition(".")
-            owner = model.get_submodule(owner_name) if owner_name else model
-            if leaf in owner._parameters:
-                owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
-            else:
-                owner._buffers[leaf] = tensor
+            names = first_name.get(name, [name])
+            shared = None
+            for each in names:
+                owner_name, _, leaf = each.rpartition(".")
+                owner = model.get_submodule(owner_name) if owner_name else model
+                if leaf in owner._parameters:
+                    if shared is None:
+                        shared = nn.Parameter(tensor, requires_grad=False)
+                    owner._parameters[leaf] = shared
+                else:
+                    owner._buffers[leaf] = tensor
         return model
 
 

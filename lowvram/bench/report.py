@@ -158,8 +158,51 @@ def components_section(data: dict, command: str = "") -> str:
     return "\n".join(parts)
 
 
+def e2e_section(data: dict, command: str = "") -> str:
+    base, mine = data["all_on_gpu"], data["lowvram"]
+    parts = [f"### End to end: Wan2.1 {data['model'].upper()} {data['resolution']}, {data['steps']} steps (CFG: 2 transformer calls a step), lowvram @ {data['budget_gib']:g} GiB", ""]
+    if data.get("environment"):
+        parts += [f"Device: {environment_line(data['environment'])}.", ""]
+    if command:
+        parts += [f"Command: `{command}`", ""]
+    parts += ["| run | plan | load s | encode s | denoise s | decode s | end to end s | vs all-on-GPU | peak VRAM reserved GiB per stage (predicted) |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in (base, mine):
+        st = run["stages"]
+        cell = lambda k: "-" if k not in st else ("OOM" if st[k].get("oom") else f"{st[k]['seconds']:.2f}")  # noqa: E731
+        den = "-" if run.get("denoise_seconds") is None else f"{run['denoise_seconds']:.1f}"
+        peaks = ", ".join(f"{k} {fmt_gib(v.get('peak_vram_reserved'))}" + (f" ({fmt_gib(v['predicted_vram'])})" if v.get("predicted_vram") else "") for k, v in st.items())
+        ratio = "x1.000" if run is base and run.get("e2e_seconds") else fmt_ratio(run.get("ratio"))
+        e2e = "-" if run.get("e2e_seconds") is None else f"{run['e2e_seconds']:.1f}"
+        parts.append(f"| {run['recipe']} | {run['plan']} | {cell('load')} | {cell('encode')} | {den} | {cell('decode')} | {e2e} | {ratio} | {peaks} |")
+    for run in (base, mine):
+        if run.get("composed"):
+            parts += ["", f"{run['recipe']}: {run['composed']}."]
+    return "\n".join(parts)
+
+
+def teacache_section(data: dict, command: str = "") -> str:
+    parts = [f"### TeaCache timing: Wan2.1 {data['model'].upper()} 480p, {data['steps']} steps, {data['plan']} @ {data['budget_gib']:g} GiB", ""]
+    if command:
+        parts += [f"Command: `{command}`", ""]
+    ok = abs(data["ratio_to_expected"] - 1.0) <= 0.05
+    parts += [
+        "| no cache s | computed steps | with TeaCache s | expected (N/50 of no cache) s | ratio | within 5% | block bytes moved on skipped calls | on computed calls |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {data['no_cache_seconds']:.1f} | {data['computed_steps_actual']} of {data['steps']} | {data['cached_seconds']:.1f} | {data['expected_seconds']:.1f} | x{data['ratio_to_expected']:.3f} | {'yes' if ok else 'NO'} | {data['block_bytes_moved_on_skipped_calls']} | {fmt_gib(data['block_bytes_moved_on_computed_calls'])} GiB |",
+    ]
+    return "\n".join(parts)
+
+
 def render(datas: Iterable[dict], command: str = "") -> str:
     out = []
     for d in datas:
-        out.append(components_section(d, command) if d.get("kind") == "components" else model_section(d, command))
+        kind = d.get("kind")
+        if kind == "components":
+            out.append(components_section(d, command))
+        elif kind == "e2e":
+            out.append(e2e_section(d, command))
+        elif kind == "teacache":
+            out.append(teacache_section(d, command))
+        else:
+            out.append(model_section(d, command))
     return "\n\n".join(out) + "\n"

@@ -42,6 +42,25 @@ def register(sub) -> None:
     c.add_argument("--out", type=Path, default=None)
     c.set_defaults(func=run_components)
 
+    e = bsub.add_parser("e2e", help="end to end (text encode + steps + VAE decode): all on the GPU vs lowvram's plan at a budget")
+    e.add_argument("--model", required=True, choices=("1.3b", "14b"))
+    e.add_argument("--budget", type=float, required=True, help="GiB")
+    e.add_argument("--resolution", default="480p", choices=("480p", "720p"))
+    e.add_argument("--steps", type=int, default=50)
+    e.add_argument("--measured-steps", type=int, default=None, help="measure only this many steps and compose the rest from the steady step (default: all)")
+    e.add_argument("--ram-gib", type=float, default=64.0)
+    e.add_argument("--out", type=Path, default=None)
+    e.set_defaults(func=run_e2e)
+
+    t = bsub.add_parser("teacache", help="denoising wall time with a TeaCache schedule computing N of the steps vs none, under one plan")
+    t.add_argument("--model", default="1.3b", choices=("1.3b", "14b"))
+    t.add_argument("--plan", default="bf16:block_offload", help="forced plan QUANT:KIND[:K] (default %(default)s)")
+    t.add_argument("--budget", type=float, default=8.0, help="GiB cap (default %(default)s)")
+    t.add_argument("--computed", type=int, default=25, help="steps computed (default %(default)s)")
+    t.add_argument("--steps", type=int, default=50)
+    t.add_argument("--out", type=Path, default=None)
+    t.set_defaults(func=run_teacache)
+
     r = bsub.add_parser("report", help="render result JSON files as markdown tables")
     r.add_argument("files", nargs="+", type=Path)
     r.add_argument("--command", default="", help="the command that produced them, quoted in the output")
@@ -103,6 +122,41 @@ def run_components(args) -> int:
         save()
     print(components_section(data))
     return 0
+
+
+def _dump(data: dict, out) -> None:
+    if out:
+        out.write_text(json.dumps(data, indent=1, default=str))
+
+
+def run_e2e(args) -> int:
+    from ..bench.e2e import run_e2e as run
+    from ..bench.report import e2e_section
+
+    _need_cuda()
+    data = run(args.model, args.budget, args.resolution, args.steps, args.measured_steps, args.ram_gib, log=lambda s: print(s, flush=True))
+    data["environment"] = _environment()
+    _dump(data, args.out)
+    print(e2e_section(data))
+    return 0
+
+
+def run_teacache(args) -> int:
+    from ..bench.e2e import run_teacache as run
+    from ..bench.report import teacache_section
+
+    _need_cuda()
+    data = run(args.model, args.plan, args.budget, args.computed, args.steps, log=lambda s: print(s, flush=True))
+    data["environment"] = _environment()
+    _dump(data, args.out)
+    print(teacache_section(data))
+    return 0
+
+
+def _environment() -> dict:
+    from ..bench.matrix import environment
+
+    return environment()
 
 
 def run_report(args) -> int:

@@ -1,0 +1,296 @@
+"""End to end (text encode + N denoising steps + VAE decode) and TeaCache timing, on real-shape random weights.
+
+The denoising loop is lowvram's own (`lowvram.runner.denoise`: UniPC flow, classifier-free guidance, a
+synchronize per step), fed by a pipeline-like object whose components are fresh modules over host copies.
+Stages are entered with `lowvram.placement.enter_stage`, so the time of moving components between stages
+counts, as in `lowvram generate`. Load-time work (quantizing, pinning) is reported apart.
+
+The all-on-GPU reference keeps every component resident on the real card, uncapped: no moves at all.
+When only some steps are measured (the 14B, for device time), the rest are composed from the measured
+steady step, and the result says so.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Optional
+
+import torch
+
+from .build import HostCopy, build_transformer, build_umt5, build_vae, transformer_on_meta
+from .measure import GIB, clean_cuda, set_budget
+from .recipes import BenchPipe, bench_job, bench_probe, predicted_stage_vram
+from .shapes import RESOLUTIONS, TEXT_TOKENS, UMT5_XXL, latent_shape
+
+
+def scheduler():
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0)
+
+
+class Hosts:
+    """Host copies of the three components, built once per process (on the GPU, then copied)."""
+
+    def __init__(self, model_key: str, log: Callable[[str], None] = print, device: str = "cuda", configs: Optional[dict] = None) -> None:
+        """`configs` (tests): {"transformer": ..., "text_encoder": ..., "vae": ...} to build small stand-ins."""
+        configs = configs or {}
+        self.te_config = configs.get("text_encoder") or UMT5_XXL
+        self.vae_config = configs.get("vae") or {}
+        tconfig = configs.get("transformer")
+        t0 = time.perf_counter()
+        gpu = build_transformer(model_key, device=device, config=tconfig)
+        self.transformer = HostCopy.of(gpu, lambda: transformer_on_meta(model_key, tconfig))
+        del gpu
+        enc = build_umt5(device=device, config=self.te_config)
+        self.text_encoder = HostCopy.of(enc, self._umt5_meta)
+        del enc
+        vae = build_vae(device=device, config=self.vae_config)
+        self.vae = HostCopy.of(vae, self._vae_meta)
+        del vae
+        clean_cuda()
+        self.seconds = time.perf_counter() - t0
+        self.text_tokens = configs.get("text_tokens", TEXT_TOKENS)
+        log(f"[e2e {model_key}] host copies built in {self.seconds:.1f}s")
+
+    def _umt5_meta(self):
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        with torch.device("meta"):
+            m = UMT5EncoderModel(UMT5Config(**self.te_config))
+        m.to(torch.bfloat16)
+        m.encoder.embed_tokens.weight = m.shared.weight
+        return m.eval().requires_grad_(False)
+
+    def _vae_meta(self):
+        from diffusers import AutoencoderKLWan
+
+        with torch.device("meta"):
+            v = AutoencoderKLWan(**self.vae_config)
+        return v.eval().requires_grad_(False)
+
+    def pipe(self) -> BenchPipe:
+        p = BenchPipe(transformer=self.transformer.fresh(), text_encoder=self.text_encoder.fresh(), vae=self.vae.fresh())
+        p.scheduler = scheduler()
+        return p
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def encode(pipe, device: str, prompts: int = 2, text_tokens: int = TEXT_TOKENS):
+    """Two prompts (cond, uncond) of 512 tokens through the text encoder, as the Wan pipeline does."""
+    te = pipe.text_encoder
+    out = []
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    with torch.no_grad():
+        for _ in range(prompts):
+            ids = torch.randint(0, te.config.vocab_size, (1, text_tokens), generator=gen).to(device)
+            out.append(te(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state.to(torch.bfloat16))
+    return out
+
+
+def decode(pipe, latents):
+    vae = pipe.vae
+    dev = next(vae.parameters()).device
+    with torch.no_grad():
+        return vae.decode(latents.to(dev, vae.dtype), return_dict=False)[0]
+
+
+def denoise(pipe, plan, job, embeds, device: str, seed: int = 0):
+    from ..runner import Conditioning, LoadedModel, denoise as run_denoise
+    from ..telemetry import ignore
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    latents = torch.randn(latent_shape(job.height, job.width, job.frames), generator=gen).to(device)
+    cond = Conditioning(embeds[0].to(device), embeds[1].to(device), None, latents, None)
+    loaded = LoadedModel(ref=None, pipe=pipe, info=None, plan=plan)
+    return run_denoise(loaded, job, plan, cond, ignore, lambda: 0.0)
+
+
+class _Stage:
+    """Times a stage and reads its VRAM peaks; an OOM inside is recorded and swallowed."""
+
+    def __init__(self, name: str, out: dict):
+        self.name, self.out = name, out
+        self.cuda = torch.cuda.is_available()
+
+    def __enter__(self):
+        _sync()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        _sync()
+        rec = dict(seconds=time.perf_counter() - self.t0, peak_vram_allocated=torch.cuda.max_memory_allocated() if self.cuda else 0, peak_vram_reserved=torch.cuda.max_memory_reserved() if self.cuda else 0)
+        if exc_type is torch.OutOfMemoryError:
+            rec["oom"] = True
+            rec["error"] = str(exc).splitlines()[0][:300]
+        self.out[self.name] = rec
+        return exc_type is torch.OutOfMemoryError
+
+
+def _cap(budget_gib: Optional[float]) -> None:
+    if torch.cuda.is_available():
+        set_budget(budget_gib)
+
+
+def all_on_gpu(hosts: Hosts, model_key: str, resolution: str, steps: int, measured_steps: int, log=print, device: str = "cuda", job=None) -> dict:
+    from planner.plan import Plan
+
+    clean_cuda()
+    _cap(None)
+    pipe = hosts.pipe()
+    for name in ("transformer", "text_encoder", "vae"):
+        getattr(pipe, name).to(device)
+    plan = Plan(device=device, dtype="bfloat16", source="forced", reasons=("bench: everything resident",))
+    job = job or bench_job(model_key, resolution, steps=measured_steps)
+    stages: dict = {}
+    with _Stage("encode", stages):
+        embeds = encode(pipe, device, text_tokens=hosts.text_tokens)
+    with _Stage("denoise", stages):
+        latents, step_seconds = denoise(pipe, plan, job, embeds, device)
+    with _Stage("decode", stages):
+        decode(pipe, latents)
+    out = _summary("all_on_gpu", stages, step_seconds, steps, plan)
+    log(f"[e2e {model_key}] all on GPU: {out['e2e_seconds']:.1f}s (encode {stages['encode']['seconds']:.2f}, denoise {stages['denoise']['seconds']:.1f}, decode {stages['decode']['seconds']:.2f})")
+    del pipe, embeds, latents
+    clean_cuda()
+    return out
+
+
+def planned(hosts: Hosts, model_key: str, resolution: str, budget_gib: float, ram_gib: float, steps: int, measured_steps: int, plan=None, log=print, job=None) -> dict:
+    from .. import placement
+    from .recipes import lowvram_plan
+
+    clean_cuda()
+    plan = plan or lowvram_plan(model_key, resolution, budget_gib, ram_gib)
+    _cap(budget_gib)
+    pipe = hosts.pipe()
+    job = job or bench_job(model_key, resolution, steps=measured_steps)
+    stages: dict = {}
+    try:
+        with _Stage("load", stages):  # quantize, pin, hooks: once per loaded model
+            placement.prepare(pipe, plan)
+        embeds = latents = None
+        step_seconds: list = []
+        if not stages["load"].get("oom"):
+            with _Stage("encode", stages):
+                placement.enter_stage(pipe, plan, "encode")
+                embeds = encode(pipe, placement.encode_device(plan), text_tokens=hosts.text_tokens)
+        if embeds is not None:
+            with _Stage("denoise", stages):
+                placement.enter_stage(pipe, plan, "denoise")
+                latents, step_seconds = denoise(pipe, plan, job, embeds, plan.device)
+        if latents is not None:
+            with _Stage("decode", stages):
+                placement.enter_stage(pipe, plan, "decode")
+                decode(pipe, latents)
+    finally:
+        if hasattr(placement, "leave_all"):
+            placement.leave_all(pipe)
+        _cap(None)
+    out = _summary("lowvram", stages, step_seconds, steps, plan)
+    out["budget_gib"] = budget_gib
+    for name, rec in stages.items():
+        rec["predicted_vram"] = predicted_stage_vram(plan, name)
+    log(f"[e2e {model_key}] lowvram @ {budget_gib:g} GiB ({plan.summary()}): " + ", ".join(f"{k} {v['seconds']:.2f}s {v['peak_vram_reserved'] / GIB:.2f}/{(v['predicted_vram'] or 0) / GIB:.2f} GiB{' OOM' if v.get('oom') else ''}" for k, v in stages.items()))
+    del pipe
+    clean_cuda()
+    return out
+
+
+def _summary(name: str, stages: dict, step_seconds: list, steps: int, plan) -> dict:
+    measured = len(step_seconds)
+    out = dict(recipe=name, plan=plan.summary(), stages=stages, step_seconds=step_seconds, steps=steps, measured_steps=measured)
+    if not measured or any(s.get("oom") for s in stages.values()):
+        out["e2e_seconds"] = None
+        return out
+    denoise = stages["denoise"]["seconds"]
+    if measured < steps:
+        steady = statistics.median(step_seconds[1:]) if measured > 1 else step_seconds[0]
+        denoise = denoise + (steps - measured) * steady
+        out["composed"] = f"denoise = measured {measured} steps + {steps - measured} x the median of steps 2..{measured} ({steady:.3f}s)"
+    out["denoise_seconds"] = denoise
+    out["e2e_seconds"] = stages["encode"]["seconds"] + denoise + stages["decode"]["seconds"]
+    return out
+
+
+def run_e2e(model_key: str, budget_gib: float, resolution: str = "480p", steps: int = 50, measured_steps: Optional[int] = None, ram_gib: float = 64.0, log=print) -> dict:
+    measured_steps = measured_steps or steps
+    hosts = Hosts(model_key, log)
+    base = all_on_gpu(hosts, model_key, resolution, steps, measured_steps, log)
+    mine = planned(hosts, model_key, resolution, budget_gib, ram_gib, steps, measured_steps, log=log)
+    if base.get("e2e_seconds") and mine.get("e2e_seconds"):
+        mine["ratio"] = mine["e2e_seconds"] / base["e2e_seconds"]
+    return dict(kind="e2e", model=model_key, resolution=resolution, budget_gib=budget_gib, steps=steps, all_on_gpu=base, lowvram=mine, host_build_seconds=hosts.seconds)
+
+
+def run_teacache(model_key: str, plan_text: str, budget_gib: float, computed_steps: int, steps: int = 50, resolution: str = "480p", ram_gib: float = 64.0, log=print) -> dict:
+    from .recipes import forced_plan
+
+    hosts = Hosts(model_key, log)
+    plan = forced_plan(plan_text, model_key, resolution, budget_gib, ram_gib)
+    _cap(budget_gib)
+    try:
+        out = teacache_timing(hosts, plan, bench_job(model_key, resolution, steps=steps), computed_steps, log=log)
+    finally:
+        _cap(None)
+    out.update(model=model_key, budget_gib=budget_gib)
+    return out
+
+
+def teacache_timing(hosts: Hosts, plan, job, computed_steps: int, log=print) -> dict:
+    """Denoising wall time without TeaCache and with a fixed schedule computing `computed_steps` of the job's
+    steps (spread evenly, first step computed), under one plan; block bytes moved on skipped calls."""
+    from .. import placement
+    from ..teacache import fixed_schedule
+    from ..teacache.hook import TeaCacheConfig, apply_teacache, remove_teacache
+    from ..transfer_meter import TransferMeter
+
+    steps = job.steps
+    pipe = hosts.pipe()
+    out: dict = dict(kind="teacache", plan=plan.summary(), steps=steps, computed_steps=computed_steps)
+    try:
+        placement.prepare(pipe, plan)
+        placement.enter_stage(pipe, plan, "encode")
+        embeds = encode(pipe, placement.encode_device(plan), text_tokens=hosts.text_tokens)
+        placement.enter_stage(pipe, plan, "denoise")
+        t = pipe.transformer
+        with TransferMeter(t) as meter:
+            _sync()
+            t0 = time.perf_counter()
+            denoise(pipe, plan, job, embeds, plan.device)
+            out["no_cache_seconds"] = time.perf_counter() - t0
+            out["no_cache_block_bytes"] = meter.read().blocks
+            every = steps / computed_steps
+            wanted = {min(steps - 1, round(i * every)) for i in range(computed_steps)}
+            schedule = fixed_schedule([s in wanted for s in range(steps)], branches=("cond", "uncond"))
+            hook = apply_teacache(t, TeaCacheConfig(schedule))
+            hook.meter = meter
+            try:
+                _sync()
+                t0 = time.perf_counter()
+                denoise(pipe, plan, job, embeds, plan.device)
+                out["cached_seconds"] = time.perf_counter() - t0
+                records = hook.drain()
+            finally:
+                remove_teacache(t)
+    finally:
+        placement.leave_all(pipe)
+    computed = [r for r in records if r.computed]
+    skipped = [r for r in records if not r.computed]
+    out["computed_calls"] = len(computed)
+    out["skipped_calls"] = len(skipped)
+    out["computed_steps_actual"] = len({r.decision.step for r in computed})
+    out["block_bytes_moved_on_skipped_calls"] = sum(r.moved.blocks for r in skipped)
+    out["block_bytes_moved_on_computed_calls"] = sum(r.moved.blocks for r in computed)
+    out["expected_seconds"] = out["no_cache_seconds"] * out["computed_steps_actual"] / steps
+    out["ratio_to_expected"] = out["cached_seconds"] / out["expected_seconds"]
+    log(f"[teacache] {plan.summary()}: no cache {out['no_cache_seconds']:.1f}s, {out['computed_steps_actual']}/{steps} steps computed in {out['cached_seconds']:.1f}s = x{out['ratio_to_expected']:.3f} of N/{steps}; block bytes on skipped calls {out['block_bytes_moved_on_skipped_calls']}, on computed calls {out['block_bytes_moved_on_computed_calls']}")
+    return out

@@ -1,0 +1,81 @@
+"""The end-to-end and TeaCache benchmark paths on tiny stand-ins on the CPU (no timing asserts)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lowvram.bench import shapes
+
+TINY = dict(shapes.WAN_COMMON, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=2, text_dim=16, freq_dim=8)
+CONFIGS = {
+    "transformer": TINY,
+    "text_encoder": dict(shapes.UMT5_XXL, vocab_size=100, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4),
+    "vae": dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]),
+    "text_tokens": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    from lowvram.bench.e2e import Hosts
+
+    return Hosts("tiny", log=lambda s: None, device="cpu", configs=CONFIGS)
+
+
+def test_all_on_gpu_and_planned_run_every_stage(hosts, small_job):
+    from planner.plan import Plan, StagePeak, TransformerPlacement
+
+    from lowvram.bench.e2e import all_on_gpu, planned
+
+    job = small_job(steps=3)
+    base = all_on_gpu(hosts, "tiny", "480p", steps=5, measured_steps=3, device="cpu", job=job, log=lambda s: None)
+    assert set(base["stages"]) == {"encode", "denoise", "decode"}
+    assert base["measured_steps"] == 3 and "composed" in base and base["e2e_seconds"] > 0
+
+    plan = Plan(device="cpu", dtype="float32", transformer=TransformerPlacement("block_offload"), text_encoder="offload",
+                predicted=(StagePeak("denoise", 123, 0),), source="forced")
+    mine = planned(hosts, "tiny", "480p", 8, 64, steps=3, measured_steps=3, plan=plan, job=job, log=lambda s: None)
+    assert set(mine["stages"]) == {"load", "encode", "denoise", "decode"}
+    assert "composed" not in mine and mine["e2e_seconds"] > 0
+    assert mine["stages"]["denoise"]["predicted_vram"] == 123
+
+
+def test_summary_composes_unmeasured_steps():
+    from lowvram.bench.e2e import _summary
+    from planner.plan import Plan
+
+    stages = {"encode": {"seconds": 1.0}, "denoise": {"seconds": 7.0}, "decode": {"seconds": 2.0}}
+    out = _summary("x", stages, [3.0, 2.0, 2.0], 50, Plan())
+    assert out["denoise_seconds"] == pytest.approx(7.0 + 47 * 2.0)
+    assert out["e2e_seconds"] == pytest.approx(1.0 + 101.0 + 2.0)
+    assert _summary("x", dict(stages, decode={"seconds": 0, "oom": True}), [1.0], 1, Plan())["e2e_seconds"] is None
+
+
+def test_teacache_timing_counts_calls_and_moved_bytes(hosts, small_job):
+    from planner.plan import Plan, TransformerPlacement
+
+    from lowvram.bench.e2e import teacache_timing
+
+    plan = Plan(device="cpu", dtype="float32", transformer=TransformerPlacement("block_offload", use_stream=False), source="forced")
+    out = teacache_timing(hosts, plan, small_job(steps=6), computed_steps=3, log=lambda s: None)
+    assert out["computed_steps_actual"] == 3 and out["computed_calls"] == 6 and out["skipped_calls"] == 6
+    assert out["block_bytes_moved_on_skipped_calls"] == 0
+    assert out["block_bytes_moved_on_computed_calls"] > 0 and out["no_cache_block_bytes"] > 0
+
+
+def test_e2e_and_teacache_sections_render(hosts, small_job):
+    from planner.plan import Plan, TransformerPlacement
+
+    from lowvram.bench.e2e import all_on_gpu, planned
+    from lowvram.bench.report import render
+
+    job = small_job(steps=2)
+    base = all_on_gpu(hosts, "tiny", "480p", steps=2, measured_steps=2, device="cpu", job=job, log=lambda s: None)
+    plan = Plan(device="cpu", dtype="float32", transformer=TransformerPlacement("leaf_offload"), source="forced")
+    mine = planned(hosts, "tiny", "480p", 8, 64, steps=2, measured_steps=2, plan=plan, job=job, log=lambda s: None)
+    mine["ratio"] = mine["e2e_seconds"] / base["e2e_seconds"]
+    data = dict(kind="e2e", model="1.3b", resolution="480p", budget_gib=8, steps=2, all_on_gpu=base, lowvram=mine)
+    tea = dict(kind="teacache", model="1.3b", plan="p", budget_gib=4, steps=50, no_cache_seconds=60.0, computed_steps_actual=25, cached_seconds=31.0, expected_seconds=30.0, ratio_to_expected=31 / 30, block_bytes_moved_on_skipped_calls=0, block_bytes_moved_on_computed_calls=2**30)
+    text = render([data, tea])
+    assert "| all_on_gpu |" in text and "| lowvram |" in text and "x1.000" in text
+    assert "| 60.0 | 25 of 50 | 31.0 | 30.0 | x1.033 | yes | 0 | 1.00 GiB |" in text
