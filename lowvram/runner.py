@@ -346,7 +346,7 @@ def generate(
             data = build_sidecar(job, loaded, plan, log.events, step_seconds, peaks, total)
             write_sidecar(data, side)
             return RunResult(video_path, side, total, plan, log.events, step_seconds, peaks, latents.detach().cpu())
-        except CancelledError:
+        except (CancelledError, KeyboardInterrupt):  # KeyboardInterrupt: a second Ctrl-C or SIGTERM, abort now
             stages = log.of(StageStarted)
             kept = rec.save(job, video_path, "cancelled")
             step = rec.checkpoint.step if rec.checkpoint is not None else -1
