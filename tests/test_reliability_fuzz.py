@@ -203,3 +203,23 @@ def test_no_torch_load_without_weights_only():
                 if "weights_only=True" not in call:
                     offenders.append(f"{py.relative_to(root)}: {call}")
     assert not offenders, offenders
+
+
+@FUZZ
+@given(data=st.binary(max_size=200), kind=st.sampled_from(["--image", "--profile"]))
+def test_user_files_of_random_bytes_fail_before_loading(data, kind, tmp_path_factory, capsys):
+    """Every file the user gives is validated before any model loads (a bad one costs no loading time)."""
+    import lowvram.runner as runner
+
+    folder = tmp_path_factory.mktemp("f")
+    path = folder / ("x.png" if kind == "--image" else "x.toml")
+    path.write_bytes(data)
+    loads_before = runner.load_model
+    calls = []
+    runner.load_model = lambda *a, **k: calls.append(a) or loads_before(*a, **k)
+    try:
+        code = main(["generate", *BASE, kind, str(path), "--out", str(folder / "o.mp4"), "--", "a cat"])
+    finally:
+        runner.load_model = loads_before
+    assert_clear_error(code, capsys.readouterr().err)
+    assert calls == []
