@@ -56,6 +56,11 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="output .mp4 path (default: outputs/<prompt>-seed<N>.mp4); never overwritten")
     p.add_argument("--quiet", action="store_true", help="print only the result")
     p.add_argument("--resume", default=None, metavar="FILE", help="finish a cancelled or out-of-memory run from its kept <out>.latents.safetensors (no prompt)")
+    from ..profiles.apply import add_preference_arguments
+    from .plan_choice import add_force_plan_argument
+
+    add_preference_arguments(p)
+    add_force_plan_argument(p)
     p.set_defaults(func=run)
 
 
@@ -117,10 +122,13 @@ def run(args) -> int:
         from .resume import run_resume
 
         return run_resume(args)
-    job, _prefs = job_and_prefs_from_args(args)  # _prefs: for the planner once generate plans
+    from .plan_choice import choose_plan
+
+    job, prefs = job_and_prefs_from_args(args)
     validate_job(job)  # fail fast, before any model loads
     resolve_model(job.model)
+    plan = choose_plan(job, prefs, getattr(args, "force_plan", None), say=(lambda _line: None) if args.quiet else print)
     with cancel_on_interrupt() as cancel:  # Ctrl-C: stop at the next step boundary, keep the latents
-        result = generate(job, on_event=ConsoleReporter(quiet=args.quiet), cancel=cancel)
+        result = generate(job, plan=plan, on_event=ConsoleReporter(quiet=args.quiet), cancel=cancel)
     print(result.video_path)
     return 0

@@ -1,0 +1,82 @@
+"""Which plan `lowvram generate` runs: a forced one (--force-plan FILE), else the planner's for this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Optional
+
+from planner.plan import Plan
+
+from ..errors import UserError
+
+
+def add_force_plan_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force-plan",
+        default=None,
+        metavar="FILE",
+        help="run this plan instead of planning: a JSON of Plan.to_dict() (or the output of `lowvram plan --json`)",
+    )
+
+
+def load_forced_plan(path: str) -> Plan:
+    """A Plan from a JSON file; `{"plan": {...}}` (lowvram plan --json) is accepted too."""
+    try:
+        data = json.loads(Path(path).expanduser().read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"--force-plan {path}: cannot read it as JSON ({exc}). Give a file written from Plan.to_dict().") from exc
+    if isinstance(data, dict) and isinstance(data.get("plan"), dict):
+        data = data["plan"]
+    try:
+        plan = Plan.from_dict(data)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise UserError(
+            f"--force-plan {path}: not a plan ({exc}). Write one with `lowvram plan --json > plan.json` and edit it."
+        ) from exc
+    problems = _invalid_choices(plan)
+    if problems:
+        raise UserError(f"--force-plan {path}: " + "; ".join(problems) + ".")
+    if plan.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--force-plan {path}: the plan runs on cuda but this machine has no CUDA GPU; set \"device\": \"cpu\".")
+    elif plan.device != "cpu":
+        raise UserError(f"--force-plan {path}: device {plan.device!r} is not supported; use \"cuda\" or \"cpu\".")
+    return replace(plan, source="forced")
+
+
+def choose_plan(job, prefs=None, forced_path: Optional[str] = None, say: Callable[[str], None] = print) -> Plan:
+    """The plan to run, announced with its predicted peaks per stage."""
+    from planner.choose import Preferences, plan_for_job, stage_table
+
+    if forced_path:
+        plan = load_forced_plan(forced_path)
+        say(f"plan (forced, {forced_path}): {plan.summary()}")
+    else:
+        plan = plan_for_job(job, prefs=prefs if prefs is not None else Preferences()).plan
+        say(f"plan: {plan.summary()}")
+    if plan.predicted:
+        say("predicted peaks:")
+        for line in stage_table(plan):
+            say(line)
+    return plan
+
+
+def _invalid_choices(plan: Plan) -> list[str]:
+    """Values outside the Plan's Literal types (a hand-edited file can hold anything)."""
+    from typing import get_args
+
+    from planner import plan as P
+
+    checks = (
+        ("transformer.kind", plan.transformer.kind, P.TransformerPlacementKind),
+        ("transformer_quant", plan.transformer_quant, P.Quant),
+        ("text_encoder_quant", plan.text_encoder_quant, P.TextQuant),
+        ("text_encoder", plan.text_encoder, P.TextEncoderPlacement),
+        ("vae", plan.vae, P.VaePlacement),
+    )
+    return [f"{name} {value!r} is not one of {', '.join(get_args(kind))}" for name, value, kind in checks if value not in get_args(kind)]
