@@ -137,3 +137,18 @@ def test_save_from_options_round_trips_and_never_overwrites(tmp_path, capsys):
     assert check_profile(profile, probe_like(profile.saved_on)).status == "fits"
     assert main(argv) == 2 and "--force" in capsys.readouterr().err
     assert main(argv + ["--force"]) == 0
+
+
+def test_unknown_model_names_the_profile(tmp_path, capsys):
+    path = save(Profile(name="x", model="no-such-model"), tmp_path / "x.toml")
+    assert main(["profile", "check", str(path), "--vram", "24", "--ram", "64"]) == 2
+    err = capsys.readouterr().err
+    assert f"profile {path} (model = 'no-such-model')" in err and "not a known model name" in err
+
+
+def test_saved_machine_needs_a_saved_machine_and_no_what_if(tmp_path, capsys):
+    bare = save(Profile(name="x", model="wan2.1-t2v-1.3b"), tmp_path / "x.toml")
+    assert main(["profile", "check", str(bare), "--saved-machine"]) == 2
+    assert "needs a profile with a [saved_on] machine" in capsys.readouterr().err
+    assert main(["profile", "check", str(SHIPPED[0]), "--saved-machine", "--vram", "8"]) == 2
+    assert "drop --vram" in capsys.readouterr().err

@@ -151,8 +151,14 @@ def run_check(args) -> int:
     from ..profiles import load
     from ..profiles.check import check_profile, describe_check
 
+    from ..errors import UserError
+
     profile = load(args.file)
-    result = check_profile(profile, machine_from_args(args, profile))
+    probe = machine_from_args(args, profile)
+    try:
+        result = check_profile(profile, probe)
+    except UserError as exc:  # e.g. a model this machine cannot find: say which file asked for it
+        raise UserError(f"profile {args.file} (model = {profile.model!r}): {exc}") from None
     if args.json:
         print(json.dumps({
             "status": result.status,

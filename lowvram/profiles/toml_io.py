@@ -219,8 +219,10 @@ def _toml_error(source: str, text: str, exc: Exception) -> ProfileError:
 
 def loads(text: str, source: str = "<text>") -> Profile:
     """Parse and check a profile. Raises ProfileError (a UserError, exit code 2) on any problem."""
-    import tomllib
-
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: tomllib arrived in 3.11
+        raise ProfileError(source, "reading profiles needs Python 3.11 or newer (the standard tomllib); upgrade Python") from None
     if not text.strip():
         raise ProfileError(source, "the file is empty; a profile needs at least schema_version, name and model (see `lowvram profile save`)")
     try:
