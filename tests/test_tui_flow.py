@@ -88,6 +88,8 @@ async def test_cancel_mid_run_with_confirmation_writes_no_video(tmp_path, demo_t
         assert "cancelled" in text_of(run_screen.query_one("#stage", Label))
         assert run_screen.grid.counts() == (2, 0)  # step 1's two calls computed, nothing after
         assert not list(tmp_path.glob("*.mp4"))
+        cancelled = [n.message for n in app._notifications if n.title == "Cancelled"]
+        assert cancelled and "generate --resume" in cancelled[0]  # the runtime kept the latents; the UI says how to finish
 
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, JobScreen), what="the job screen")
@@ -174,3 +176,23 @@ async def test_out_of_memory_switches_plan_with_a_notification_and_finishes(tmp_
         switched = [n for n in app._notifications if n.title == "Plan switched during denoise"]
         assert switched and "out of memory" in switched[0].message
         assert (tmp_path / "oom.mp4").stat().st_size > 0
+
+
+async def test_plan_screen_shows_the_planners_alternatives_for_a_small_gpu():
+    """A real model planned for a fixed 8 GiB GPU (no weights needed): rejected options come with reasons."""
+    from planner.probe import synthetic_probe
+
+    from lowvram.job import Job
+    from tui.app import create_app
+    from tui.services import Services
+
+    probe = lambda: synthetic_probe(vram_gib=8, ram_gib=16, gpu_name="RTX 3060", compute_capability=(8, 6))  # noqa: E731
+    job = Job(prompt="a cat", model="wan2.1-t2v-14b", width=832, height=480, frames=81, steps=50)
+    app = create_app(services=Services(probe=probe), job=job)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.view is not None, what="the plan")
+        text = text_of(app.screen.query_one("#plan"))
+        assert "RTX 3060" in text and "cuda" in text
+        assert "rejected transformer options" in text and "over VRAM by" in text
+        assert "plans considered" in text

@@ -13,7 +13,6 @@ from lowvram.runner import RunResult
 from lowvram.telemetry import MemorySample, RunStarted, StageFinished, StageStarted, StepFinished, TransformerCall
 from planner.plan import Plan
 from tui.app import create_app
-from tui.services import Services
 from tui.screens.done import DoneScreen
 from tui.screens.plan import PlanScreen
 from tui.screens.run import RunScreen
@@ -111,25 +110,18 @@ def test_plan_screen(snap_compare):
     assert snap_compare(app_with(), terminal_size=(80, 24), run_before=_plan_then)
 
 
-def test_plan_screen_what_if_gpu_alternatives(snap_compare):
-    """A real model's plan on a fixed 12 GiB GPU probe (no weights needed), scrolled to the alternatives."""
-    from planner.probe import synthetic_probe
-
-    probe = lambda: synthetic_probe(vram_gib=12, ram_gib=32, gpu_name="RTX 4070", compute_capability=(8, 9))  # noqa: E731
-    job = JOB.with_(model="wan2.1-t2v-1.3b", width=832, height=480, frames=81, steps=50)
-    app = create_app(services=Services(probe=probe), job=job)
-
-    async def scrolled(pilot):
-        await _plan_then(pilot)
-        await pilot.press("pagedown")
-        await pilot.pause()
-
-    assert snap_compare(app, terminal_size=(80, 24), run_before=scrolled)
+async def _reuse_model(pilot):
+    """Pretend the last run loaded this model, so the log says "reusing" (no load time in the picture)."""
+    await _plan_then(pilot)
+    pilot.app.loaded = FakeLoaded(JOB.model, pilot.app.screen.view.plan)
 
 
 def test_run_screen(snap_compare):
     async def to_run(pilot):
-        await _plan_then(pilot, "enter", lambda screen: isinstance(screen, RunScreen) and sum(screen.grid.counts()) == 14)
+        await _reuse_model(pilot)
+        await pilot.press("enter")
+        await _wait(pilot, lambda: isinstance(pilot.app.screen, RunScreen) and sum(pilot.app.screen.grid.counts()) == 14)
+        await pilot.pause()
 
     assert snap_compare(app_with(generate=scripted_run), terminal_size=(80, 24), run_before=to_run)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Optional
 
 from lowvram.telemetry import Event, StepFinished, TransformerCall
@@ -73,8 +74,8 @@ class RunSummary:
         steps = [e for e in result.events if isinstance(e, StepFinished)]
         peaks = result.stage_peaks.values()
         return cls(
-            video_path=str(result.video_path),
-            sidecar_path=str(result.sidecar_path),
+            video_path=str(Path(result.video_path).resolve()),
+            sidecar_path=str(Path(result.sidecar_path).resolve()),
             seconds=float(result.seconds),
             steps=len(steps),
             computed_calls=sum(e.computed_calls for e in steps),

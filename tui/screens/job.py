@@ -16,6 +16,7 @@ from lowvram.errors import UserError
 from lowvram.job import Job
 
 from ..form import CUSTOM, FIELDS, KNOWN_MODELS, PRESETS, FormErrors, job_from_values, preset_for, values_from_job
+from ..widgets.form_select import FormSelect
 from ..widgets.title_bar import TitleBar
 
 PRESET_OPTIONS = [(f"{name} {w}x{h}", name) for name, (w, h) in PRESETS.items()] + [("custom W x H", CUSTOM)]
@@ -29,7 +30,7 @@ class JobScreen(Screen):
         Binding("ctrl+r", "plan", "Plan", priority=True),
         Binding("ctrl+l", "load_profile", "Load profile", priority=True),
         Binding("ctrl+s", "save_profile", "Save profile", priority=True),
-        # Up/down move between text fields like a form (on a Select they open its list, as Textual does).
+        # Up/down move between fields like a form (FormSelect does the same; Enter opens its list).
         Binding("down", "app.focus_next", "Next field", show=False),
         Binding("up", "app.focus_previous", "Previous field", show=False),
     ]
@@ -50,7 +51,7 @@ class JobScreen(Screen):
             yield from self._row(
                 "preset",
                 "Resolution",
-                Select(PRESET_OPTIONS, value=v["preset"], allow_blank=False, compact=True, id="preset"),
+                FormSelect(PRESET_OPTIONS, value=v["preset"], allow_blank=False, compact=True, id="preset"),
                 Input(v["width"], id="width", compact=True, classes="num"),
                 Label("x", classes="sep"),
                 Input(v["height"], id="height", compact=True, classes="num"),
@@ -60,7 +61,7 @@ class JobScreen(Screen):
             yield from self._row(
                 "teacache_mode",
                 "TeaCache",
-                Select(TEACACHE_OPTIONS, value=v["teacache_mode"], allow_blank=False, compact=True, id="teacache_mode"),
+                FormSelect(TEACACHE_OPTIONS, value=v["teacache_mode"], allow_blank=False, compact=True, id="teacache_mode"),
                 Input(v["teacache_value"], id="teacache_value", compact=True, classes="num", placeholder="value"),
             )
             yield from self._row("out", "Output", Input(v["out"], id="out", compact=True, placeholder="default: outputs/<prompt>-seed<N>.mp4"))

@@ -80,7 +80,7 @@ def plan_renderable(job: Job, view: PlanView, width: int = 78) -> Group:
             branches = tuple(b for b in BRANCHES if any(d.branch == b for d in preview.decisions))
             grid = StepGrid(preview.total_steps, branches)
             grid.set_prediction(preview.decisions)
-            parts.append(render_grid(grid, width - 8))
+            parts.append(render_grid(grid, width - 8, predicted=True))
     return Group(*parts)
 
 

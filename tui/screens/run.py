@@ -19,7 +19,7 @@ from textual.worker import Worker, WorkerState
 from lowvram.cli.console import fmt_seconds
 from lowvram.errors import CancelledError, UserError
 from lowvram.job import Job
-from lowvram.telemetry import MemorySample, PlanSwitched, RunFinished, RunStarted, StageStarted, StepFinished, TeaCacheScheduled, TransformerCall
+from lowvram.telemetry import MemorySample, PlanSwitched, RunCancelled, RunFailed, RunFinished, RunStarted, StageStarted, StepFinished, TeaCacheScheduled, TransformerCall
 
 from ..messages import ModelLoading, ModelReady, RuntimeEvent
 from ..services import PlanView
@@ -46,6 +46,7 @@ class RunScreen(Screen):
         self.job, self.view = job, view
         self.cancel_event = threading.Event()
         self.state = RUNNING
+        self.kept_latents = ""  # where the runtime kept the latents of a cancelled or failed run
         branches = ("cond", "uncond") if job.guidance > 1.0 else ("cond",)
         self.grid = StepGrid(job.steps, branches)
         if view.preview is not None:
@@ -114,10 +115,11 @@ class RunScreen(Screen):
         elif isinstance(event, TeaCacheScheduled):
             # The runtime's own schedule replaces the plan screen's preview.
             self.grid.set_step_prediction(event.step_computed)
-            self.query_one(SkipMap).refresh_map()
-            self.query_one(EventLog).add_line(event.summary + (f"; note: {event.note}" if event.note and event.note not in event.summary else ""))
+            self.query_one(SkipMap).refresh_map()  # the runtime logs its summary as a LogMessage
         elif isinstance(event, PlanSwitched):
             self.notify(event.reason, title=f"Plan switched during {event.stage}", severity="warning", timeout=10)
+        elif isinstance(event, (RunCancelled, RunFailed)):
+            self.kept_latents = event.latents_path
         elif isinstance(event, RunStarted):
             self.query_one(StepProgress).set_total(event.total_steps)
         elif isinstance(event, RunFinished):
@@ -139,14 +141,19 @@ class RunScreen(Screen):
             if isinstance(error, CancelledError):
                 self.state = CANCELLED
                 progress.finish("cancelled: no video written · esc: back to the job")
-                self.notify("run cancelled; no video written", title="Cancelled", severity="warning")
+                self.notify("no video written" + self._resume_hint(), title="Cancelled", severity="warning", timeout=15)
             else:
                 self.state = FAILED
                 message = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
                 progress.finish("failed · esc: back to the job")
                 self.query_one(EventLog).add_line(f"error: {message}")
-                self.notify(message, title="Run failed", severity="error", timeout=15)
+                self.notify(message + self._resume_hint(), title="Run failed", severity="error", timeout=15)
             self.refresh_bindings()
+
+    def _resume_hint(self) -> str:
+        if not self.kept_latents:
+            return ""
+        return f"; latents kept: finish later with lowvram generate --resume {self.kept_latents}"
 
     # -- actions --------------------------------------------------------------------------------
 

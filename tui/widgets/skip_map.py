@@ -34,13 +34,19 @@ class SkipMap(Static):
         self.update(render_grid(self.grid, max(10, (self.size.width or 80) - LABEL_WIDTH)))
 
 
-def render_grid(grid: StepGrid, width: int) -> Text:
+def render_grid(grid: StepGrid, width: int, predicted: bool = False) -> Text:
+    """The grid as text, `width` cells a line. predicted=True: a preview, nothing has run yet."""
     text = Text(no_wrap=True, overflow="crop")
-    computed, skipped = grid.counts()
+    if predicted:
+        flat = [c for row in grid.predicted.values() for c in row if c is not None]
+        computed, skipped, prefix = flat.count(True), flat.count(False), "predicted calls: "
+    else:
+        (computed, skipped), prefix = grid.counts(), ""
+    text.append(prefix)
     text.append(f"{computed} computed", style="green")
     text.append(", ")
     text.append(f"{skipped} skipped", style="yellow")
-    text.append("   █ computed ░ skipped · pending ∘ predicted skip", style="dim")
+    text.append("   █ computed ░ skipped · pending ∘ to skip", style="dim")
     for start in range(0, grid.total, width):
         end = min(grid.total, start + width)
         text.append("\n" + f"{start + 1}".ljust(LABEL_WIDTH), style="dim")
