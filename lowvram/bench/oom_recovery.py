@@ -50,6 +50,8 @@ def build_loaded(transformer_key: str, plan, build_device: str):
 
     configs = dict(TRANSFORMERS, tiny=dict(WAN_COMMON, num_attention_heads=2, ffn_dim=64, num_layers=4))
     pipe, _ = load_pipeline(resolve_model("tiny-random"), dtype="bfloat16")
+    # Not the demo any more: keep placement from caching these random weights as the demo's quantized ones.
+    pipe.register_to_config(_name_or_path="random-weights")
     started = time.perf_counter()
     transformer = build_transformer(transformer_key, device=build_device, config=configs[transformer_key]).to("cpu")
     pipe.transformer = transformer
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
     peaks = {e.stage: e.peak_vram_bytes for e in events if isinstance(e, StageFinished)}
     print(f"\n{len(switches)} plan switch(es); {message}")
     for s in switches:
-        print(f"  {s.stage}: {s.old_summary}\n    -> {s.new_summary}")
+        print(f"  {s.stage}: {s.reason}")
     print("stage peaks (VRAM allocated): " + ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in peaks.items()))
     print(f"final plan: {final_plan.summary()}; {seconds:.1f}s")
     if args.json:
