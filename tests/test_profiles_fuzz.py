@@ -7,7 +7,11 @@ import tomllib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lowvram.profiles import Profile, ProfileError, loads
+from lowvram.errors import UserError
+from lowvram.job import TeaCacheSetting
+from lowvram.profiles import JobDefaults, PlannerPrefs, Profile, ProfileError, dumps, loads
+from lowvram.profiles.check import check_profile
+from planner.probe import GIB, synthetic_probe
 from lowvram.profiles.toml_io import dumps_data
 from test_profiles_io import GOOD  # tests/ is on sys.path under pytest
 
@@ -82,3 +86,56 @@ def test_any_key_removed(path):
     del table[path[-1]]
     load_or_clear_error(dumps_data(data))
 
+
+
+# Valid profiles with any in-range values: they round-trip exactly, and checking one on any machine gives
+# a verdict or a UserError (an impossible job), never a crash.
+opt = lambda s: st.none() | s  # noqa: E731
+teacache = st.builds(
+    TeaCacheSetting,
+    enabled=st.booleans(),
+    threshold=opt(st.floats(0.0, 10.0)),
+    retention=st.booleans(),
+)
+job_defaults = st.builds(
+    JobDefaults,
+    width=opt(st.integers(1, 256).map(lambda k: 16 * k)),
+    height=opt(st.integers(1, 256).map(lambda k: 16 * k)),
+    frames=opt(st.integers(0, 250).map(lambda k: 4 * k + 1)),
+    steps=opt(st.integers(1, 1000)),
+    guidance=opt(st.floats(0.0, 50.0)),
+    negative_prompt=opt(st.text(max_size=40)),
+    fps=opt(st.integers(1, 240)),
+    teacache=opt(teacache),
+)
+prefs = st.builds(
+    PlannerPrefs,
+    min_precision=opt(st.sampled_from(["bf16", "fp8", "int8", "int4"])),
+    prefer=opt(st.sampled_from(["speed", "quality"])),
+    vram_reserve_gib=opt(st.floats(0.0, 8.0)),
+    ram_reserve_gib=opt(st.floats(0.0, 8.0)),
+    vram_cap_gib=opt(st.floats(0.25, 80.0)),
+    ram_cap_gib=opt(st.floats(0.25, 256.0)),
+)
+profiles = st.builds(
+    Profile,
+    name=st.text(min_size=1, max_size=30),
+    model=st.sampled_from(["wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p"]),
+    description=st.text(max_size=80),
+    job=job_defaults,
+    planner=prefs,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(profile=profiles, vram=st.sampled_from([0, 4, 8, 12, 24, 80]), ram=st.sampled_from([8, 16, 32, 64]))
+def test_any_valid_profile_round_trips_and_checks_without_crashing(profile, vram, ram):
+    assert loads(dumps(profile)) == profile
+    try:
+        result = check_profile(profile, synthetic_probe(vram, ram))
+    except UserError as exc:
+        assert str(exc)
+        return
+    assert result.status in ("planned", "impossible")
+    if result.plan is not None and vram:
+        assert result.plan.peak_vram_bytes <= vram * GIB

@@ -72,7 +72,10 @@ def machine_from_args(args, profile=None):
     from ..errors import UserError
 
     if getattr(args, "saved_machine", False):
-        from ..profiles.apply import probe_like
+        from ..profiles.apply import load_profile_file, probe_like
+
+        if profile is None:
+            profile = load_profile_file(getattr(args, "profile", None))  # `plan --profile FILE --saved-machine`
 
         if any(v is not None for v in (args.vram, args.ram, args.gpu_name, args.compute_capability)):
             raise UserError("--saved-machine plans for the profile's own machine: drop --vram/--ram/--gpu-name/--compute-capability.")
