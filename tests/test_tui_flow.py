@@ -196,3 +196,24 @@ async def test_plan_screen_shows_the_planners_alternatives_for_a_small_gpu():
         assert "RTX 3060" in text and "cuda" in text
         assert "rejected transformer options" in text and "over VRAM by" in text
         assert "plans considered" in text
+
+
+async def test_tui_profile_option_fills_the_form_and_model_option_wins(tmp_path):
+    from pathlib import Path
+
+    from tui.app import create_app
+    from tui_support import cpu_services
+
+    shipped = sorted(Path(__file__).resolve().parent.parent.joinpath("profiles").glob("*.toml"))
+    assert shipped, "the curated profiles ship in profiles/"
+    app = create_app(profile=str(shipped[0]), model="tiny-random", services=cpu_services())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        values = app.screen.values()
+        assert values["model"] == "tiny-random"  # --model overrides the profile's model
+        from lowvram.profiles import load
+
+        profile = load(shipped[0])
+        if profile.job.steps is not None:
+            assert values["steps"] == str(profile.job.steps)
+        assert app.planner_prefs == profile.planner

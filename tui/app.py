@@ -32,18 +32,20 @@ class LowvramApp(App):
         self.initial_job = job
         self.profile = profile
         self.last_plan: Optional[Plan] = None
+        self.last_probe: Any = None
+        self.planner_prefs: Any = None  # the loaded profile's [planner] preferences, if any
         self.loaded: Any = None  # the LoadedModel of the last successful run, reused when it fits
 
     def on_mount(self) -> None:
         job = self.initial_job
         if self.profile:
             try:
-                loaded = self.services.load_profile(self.profile)
+                loaded, self.planner_prefs = self.services.load_profile(self.profile, job)
                 # Command-line options override the profile, as in `generate`.
                 job = loaded.with_(model=self.model_override) if self.model_override else loaded
             except UserError as exc:
                 self.notify(str(exc), title="Profile not loaded", severity="error", timeout=10)
-        self.push_screen(JobScreen(job))
+        self.push_screen(JobScreen(job, self.profile or ""))
 
     # -- navigation, called by the screens -------------------------------------------------------
 

@@ -55,6 +55,7 @@ class PlanView:
     hardware: tuple[str, ...] = ()
     label: str = ""
     preview: Optional[SkipPreview] = None
+    preferences: str = ""  # the profile's planner preferences in effect, described
 
 
 def _optional(module: str) -> Any:
@@ -82,7 +83,7 @@ def describe_probe(probe: Any) -> tuple[str, ...]:
     return (str(probe),)
 
 
-def plan_job(job: Job, probe: Any) -> PlanView:
+def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
     """The planner's plan for this job on this probe, or the runner's placeholder plan (labelled)."""
     choose = _optional("planner.choose")
     hardware = describe_probe(probe)
@@ -96,7 +97,15 @@ def plan_job(job: Job, probe: Any) -> PlanView:
             hardware=hardware,
             label="placeholder plan: the planner is not available in this installation",
         )
-    result = choose.plan_for_job(job, probe=probe)
+    preferences = ""
+    if prefs is not None:  # a profile's [planner] table (PlannerPrefs) -> the planner's Preferences
+        from lowvram.profiles.apply import to_preferences
+        from lowvram.profiles.report import describe_prefs
+
+        result = choose.plan_for_job(job, probe=probe, prefs=to_preferences(prefs))
+        preferences = describe_prefs(prefs)
+    else:
+        result = choose.plan_for_job(job, probe=probe)
     alternatives = tuple(
         Alternative(
             summary=c.plan.summary(),
@@ -108,7 +117,7 @@ def plan_job(job: Job, probe: Any) -> PlanView:
         )
         for c in result.candidates
     )
-    return PlanView(plan=result.plan, alternatives=alternatives, explanation=tuple(result.explanation), hardware=hardware)
+    return PlanView(plan=result.plan, alternatives=alternatives, explanation=tuple(result.explanation), hardware=hardware, preferences=preferences)
 
 
 # The planner's explanation opens with the machine, the budget, the job and the chosen plan's table,
@@ -160,48 +169,27 @@ def teacache_preview(job: Job, plan: Plan) -> SkipPreview:
     )
 
 
-PROFILES_MISSING = "profiles not available in this installation (lowvram/profiles is not built yet)"
+def load_profile(path: str, job: Job) -> tuple[Job, Any]:
+    """`job` with a profile's model and job defaults on top (its prompt, image, seed and output stay),
+    and the profile's planner preferences (PlannerPrefs). Raises UserError (ProfileError) naming the
+    file, the key and the fix."""
+    from lowvram.profiles.apply import apply_profile, load_profile_file
+
+    profile = load_profile_file(path)
+    applied, _ = apply_profile(job, profile)
+    return applied, profile.planner
 
 
-def _profiles() -> Any:
-    from lowvram.errors import UserError
-
-    profiles = _optional("lowvram.profiles")
-    if profiles is None or not hasattr(profiles, "load") or not hasattr(profiles, "save"):
-        raise UserError(PROFILES_MISSING)
-    return profiles
-
-
-def load_profile(path: str) -> Job:
-    """A profile's model and job defaults as a Job (prompt empty; unset fields take lowvram's defaults).
-    Raises UserError (ProfileError) naming the file, the key and the fix."""
-    from .form import default_job
-
-    profile = _profiles().load(path)
-    job = default_job(profile.model)
-    given = {k: getattr(profile.job, k) for k in ("width", "height", "frames", "steps", "guidance", "fps", "teacache")}
-    if profile.job.negative_prompt is not None:
-        given["negative_prompt"] = profile.job.negative_prompt
-    return job.with_(**{k: v for k, v in given.items() if v is not None})
-
-
-def save_profile(path: str, job: Job, plan: Optional[Plan]) -> str:
-    """Write the form's settings (and, for information, the last plan) as a profile. Never overwrites."""
+def save_profile(path: str, job: Job, plan: Optional[Plan], probe: Any = None, prefs: Any = None) -> str:
+    """Write the form's settings as a profile (with, for information, the last plan and this machine).
+    Never overwrites an existing file."""
     from pathlib import Path
 
-    profiles = _profiles()
-    defaults = profiles.JobDefaults(
-        width=job.width,
-        height=job.height,
-        frames=job.frames,
-        steps=job.steps,
-        guidance=job.guidance,
-        negative_prompt=job.negative_prompt,
-        fps=job.fps,
-        teacache=job.teacache,
-    )
-    profile = profiles.Profile(name=Path(path).stem, model=job.model, job=defaults, saved_plan=plan)
-    return str(profiles.save(profile, path))
+    from lowvram.profiles import PlannerPrefs, save
+    from lowvram.profiles.apply import profile_from_job
+
+    profile = profile_from_job(job, prefs or PlannerPrefs(), name=Path(path).stem, plan=plan, probe=probe)
+    return str(save(profile, path))
 
 
 def _generate(*args, **kwargs):
@@ -220,9 +208,9 @@ def _load_model(model: str, plan: Plan):
 @dataclass(frozen=True)
 class Services:
     probe: Callable[[], Any] = default_probe
-    plan: Callable[[Job, Any], PlanView] = plan_job
+    plan: Callable[..., PlanView] = plan_job
     preview: Callable[[Job, Plan], SkipPreview] = teacache_preview
     generate: Callable[..., Any] = _generate
     load_model: Callable[[str, Plan], Any] = _load_model
-    load_profile: Callable[[str], Job] = load_profile
-    save_profile: Callable[[str, Job, Optional[Plan]], str] = save_profile
+    load_profile: Callable[[str, Job], tuple[Job, Any]] = load_profile
+    save_profile: Callable[..., str] = save_profile

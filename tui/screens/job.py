@@ -22,6 +22,7 @@ from ..widgets.title_bar import TitleBar
 PRESET_OPTIONS = [(f"{name} {w}x{h}", name) for name, (w, h) in PRESETS.items()] + [("custom W x H", CUSTOM)]
 TEACACHE_OPTIONS = [("off", "off"), ("threshold", "threshold"), ("target speed-up", "speedup")]
 # Which row shows a field's error (width/height share the resolution row, etc.).
+KEPT_ON_PROFILE_LOAD = ("prompt", "image", "seed", "out")
 ROW_OF = {"width": "preset", "height": "preset", "steps": "frames", "seed": "guidance", "teacache_value": "teacache_mode"}
 
 
@@ -35,9 +36,10 @@ class JobScreen(Screen):
         Binding("up", "app.focus_previous", "Previous field", show=False),
     ]
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, profile: str = "") -> None:
         super().__init__()
         self.initial = job
+        self.profile = profile
         self.base = job  # keeps the settings the form does not show
 
     def compose(self) -> ComposeResult:
@@ -68,7 +70,7 @@ class JobScreen(Screen):
             yield from self._row(
                 "profile",
                 "Profile",
-                Input("", id="profile", compact=True, placeholder="profile.toml"),
+                Input(self.profile, id="profile", compact=True, placeholder="profile.toml"),
                 Button("Load", id="load-profile", compact=True),
                 Button("Save", id="save-profile", compact=True),
             )
@@ -197,13 +199,16 @@ class JobScreen(Screen):
         if not path:
             self.notify("type the profile's file name in the Profile field first", severity="warning")
             return
+        typed = self.values()
         try:
-            job = self.app.services.load_profile(path)
+            job, prefs = self.app.services.load_profile(path, self.base)
         except UserError as exc:
             self.notify(str(exc), title="Profile not loaded", severity="error")
             return
-        prompt = self.query_one("#prompt", Input).value
-        self.fill(job if job.prompt else job.with_(prompt=prompt))
+        self.app.planner_prefs = prefs
+        self.fill(job)
+        for key in KEPT_ON_PROFILE_LOAD:  # a profile holds no prompt, image, seed or output
+            self.query_one(f"#{key}", Input).value = typed[key]
         self.notify(f"loaded {path}")
 
     @on(Button.Pressed, "#save-profile")
@@ -216,7 +221,7 @@ class JobScreen(Screen):
         if job is None:
             return
         try:
-            saved = self.app.services.save_profile(path, job, self.app.last_plan)
+            saved = self.app.services.save_profile(path, job, self.app.last_plan, self.app.last_probe, self.app.planner_prefs)
         except UserError as exc:
             self.notify(str(exc), title="Profile not saved", severity="error")
             return

@@ -41,6 +41,8 @@ def plan_renderable(job: Job, view: PlanView, width: int = 78) -> Group:
     parts.append(heading("Plan"))
     if view.label:
         parts.append(Text(view.label, style="bold yellow"))
+    if view.preferences:
+        parts.append(Text(f"profile preferences: {view.preferences}", style="cyan"))
     where = "every component on the CPU" if plan.device == "cpu" else plan.summary()
     parts.append(Text(f"{plan.device}, {plan.dtype}: {where}"))
     if plan.predicted:
@@ -110,7 +112,9 @@ class PlanScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
     def make_plan(self) -> PlanView:
         services = self.app.services
-        view = services.plan(self.job, services.probe())
+        probe = services.probe()
+        self.app.last_probe = probe
+        view = services.plan(self.job, probe, self.app.planner_prefs)
         preview = services.preview(self.job, view.plan)
         from dataclasses import replace
 
