@@ -1,0 +1,91 @@
+"""`lowvram probe`, `lowvram plan` and `lowvram calibrate` as a user runs them (exit codes, output)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lowvram.cli import main
+from planner.calibration import Calibration, load_calibration, save_calibration
+from planner.probe import GIB, synthetic_probe
+from planner.timing import throughput_for
+
+
+def test_probe_prints_the_machine(capsys):
+    assert main(["probe"]) == 0
+    out = capsys.readouterr().out
+    assert "RAM:" in out and "GiB available" in out and "disk free" in out
+
+
+def test_probe_json_is_bytes(capsys):
+    assert main(["probe", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ram_total"] >= data["ram_available"] > 0
+    assert {"gpu_name", "compute_capability", "vram_free", "vram_total", "swap_total", "disk_free", "os"} <= set(data)
+
+
+def test_plan_what_if_14b_on_a_24_gb_card(capsys):
+    code = main(["plan", "--model", "wan2.1-t2v-14b", "--vram", "24", "--ram", "64", "--gpu-name", "NVIDIA GeForce RTX 4090",
+                 "--compute-capability", "8.9"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "chosen: transformer bf16" in out and "rejected" in out and "over VRAM by" in out
+    assert "32,760 tokens" in out and "what-if" in out
+
+
+def test_plan_json(capsys):
+    code = main(["plan", "--model", "wan2.1-t2v-1.3b", "--vram", "24", "--ram", "32", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    plan = data["plan"]
+    assert plan["device"] == "cuda" and plan["transformer"]["kind"] == "resident" and plan["transformer_quant"] == "bf16"
+    assert [s["stage"] for s in plan["predicted"]] == ["load", "encode", "denoise", "decode"]
+    assert data["probe"]["vram_total"] == 24 * GIB and data["explanation"]
+
+
+def test_plan_job_options_change_the_plan(capsys):
+    assert main(["plan", "--model", "wan2.1-t2v-14b", "--vram", "12", "--ram", "64", "--width", "1280", "--height", "720", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["job"]["width"] == 1280 and "75,600 tokens" in "\n".join(data["explanation"])
+
+
+def test_plan_impossible_budget_exits_2_with_the_shortfall(capsys):
+    code = main(["plan", "--model", "wan2.1-t2v-14b", "--vram", "2", "--ram", "8"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no plan fits" in err and "It would work with" in err and "GiB" in err
+
+
+def test_plan_demo_model_on_the_cpu(capsys):
+    assert main(["plan", "--model", "tiny-random", "--vram", "0", "--ram", "8"]) == 0
+    assert "everything on the CPU (float32)" in capsys.readouterr().out
+
+
+def test_plan_unknown_model_exits_2(capsys):
+    assert main(["plan", "--model", "no-such-model"]) == 2
+    assert "not a known model name" in capsys.readouterr().err
+
+
+def test_calibrate_without_a_gpu_exits_2(capsys):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["calibrate"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_calibration_round_trip_and_use(tmp_path):
+    cal = Calibration(gpu_name="NVIDIA GeForce RTX 4090", created="2026-11-21", gpu_flops=1.0e14, h2d_pinned=2.2e10,
+                      h2d_pageable=6.0e9, cpu_flops=5.0e11, tokens=32760, block_seconds=0.02)
+    path = save_calibration(cal, tmp_path / "calibration.json")
+    assert load_calibration(path) == cal
+    same = synthetic_probe(24, 64, gpu_name="NVIDIA GeForce RTX 4090", compute_capability=(8, 9))
+    other = synthetic_probe(24, 64, gpu_name="NVIDIA GeForce RTX 3090")
+    assert throughput_for(same, cal).h2d_pinned == 2.2e10 and throughput_for(same, cal).source.startswith("calibrated")
+    assert throughput_for(other, cal).source.startswith("defaults")
+    path.write_text("{not json")
+    assert load_calibration(path) is None
+
