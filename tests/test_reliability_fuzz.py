@@ -191,7 +191,7 @@ def test_resume_tensors_missing_or_misshapen_fail_clearly(good_resume, tmp_path_
 
 
 def test_no_torch_load_without_weights_only():
-    """Safe inputs: weights come from safetensors; a torch.load anywhere must pass weights_only=True."""
+    """Safe inputs: weights come from safetensors; a torch.load anywhere must pass weights_only=True; no unpickling."""
     import re
     from pathlib import Path
 
@@ -199,9 +199,11 @@ def test_no_torch_load_without_weights_only():
     offenders = []
     for folder in ("lowvram", "planner", "tui"):
         for py in (root / folder).rglob("*.py"):
-            for call in re.findall(r"torch\.load\((?:[^()]|\([^()]*\))*\)", py.read_text()):
+            text = py.read_text()
+            for call in re.findall(r"torch\.load\((?:[^()]|\([^()]*\))*\)", text):
                 if "weights_only=True" not in call:
                     offenders.append(f"{py.relative_to(root)}: {call}")
+            offenders += [f"{py.relative_to(root)}: {m}" for m in re.findall(r"\b(?:pickle|dill|joblib)\.loads?\(", text)]
     assert not offenders, offenders
 
 
