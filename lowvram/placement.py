@@ -69,7 +69,6 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
     import torch
 
     from . import offload, quant_cache
-    from .paths import cache_dir
     from .quantize import is_quantized, quantize_weights, quantized_level
 
     if state(pipe) is not None:
@@ -104,8 +103,7 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
     if transformer is not None:
         disk_dir = None
         if plan.transformer.kind == "disk_offload":
-            ident = quant_cache.checkpoint_identity(checkpoint, "transformer") if checkpoint else "unknown"
-            disk_dir = cache_dir() / "offload" / f"{ident}-transformer-{plan.transformer_quant}-{plan.dtype}"
+            disk_dir = _disk_dir(transformer, checkpoint, plan)
             st.disk_dir = str(disk_dir)
         st.resident_blocks = offload.apply_transformer(transformer, plan.transformer, device, disk_dir)
         if offload.settings_for(plan.transformer, device) is not None and len(st.resident_blocks) < _num_blocks(transformer):
@@ -117,6 +115,26 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
         st.offloaded.add("text_encoder")
     setattr(pipe, STATE_ATTR, st)
     return st
+
+
+def _disk_dir(transformer: Any, checkpoint: Optional[Path], plan: Plan) -> Path:
+    """Offloaded weights of a known checkpoint are kept for the next run (keyed like the quantized
+    cache); without a checkpoint identity a private folder is used and removed with the module."""
+    import shutil
+    import tempfile
+    import weakref
+
+    from . import quant_cache
+    from .paths import cache_dir
+
+    root = cache_dir() / "offload"
+    if checkpoint is not None:
+        ident = quant_cache.checkpoint_identity(checkpoint, "transformer")
+        return root / f"{ident}-transformer-{plan.transformer_quant}-{plan.dtype}"
+    root.mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(prefix="unkeyed-", dir=root))
+    weakref.finalize(transformer, shutil.rmtree, private, True)
+    return private
 
 
 def _num_blocks(transformer: Any) -> int:

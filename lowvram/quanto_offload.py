@@ -170,22 +170,36 @@ class QuantoModuleGroup(_go.ModuleGroup):
             return super()._offload_to_disk()
         if self.stream is not None and not self.record_stream:
             self._torch_accelerator_module.current_stream().synchronize()
+        skeletons = self._skeletons()
         if not self._is_offloaded_to_disk and not os.path.exists(self.safetensors_file_path):
             os.makedirs(os.path.dirname(self.safetensors_file_path), exist_ok=True)
             flat = {}
             for tensor, key in self.tensor_to_key.items():
+                # The file holds the device-independent layout (quanto repacks e.g. fp8 for CUDA kernels).
                 source = tensor.to(self.offload_device) if is_qtensor(tensor) else tensor.data.to(self.offload_device)
+                if is_qtensor(tensor):
+                    skeletons[key] = rebuild(source, lambda x: torch.empty_like(x, device="meta"))
                 for path, leaf in leaf_tensors(source, key):
                     flat[path] = leaf.contiguous()
             _save_atomic(flat, self.safetensors_file_path)
+        elif not self._is_offloaded_to_disk:  # files of an earlier run: the layout comes from the CPU weights
+            for tensor, key in self.tensor_to_key.items():
+                if is_qtensor(tensor):
+                    skeletons[key] = rebuild(tensor.to("cpu"), lambda x: torch.empty_like(x, device="meta"))
         self._is_offloaded_to_disk = True
-        # Keep only empty skeletons in RAM (their shapes say how to rebuild on load).
-        for tensor in self.tensor_to_key:
+        # RAM keeps empty placeholders only (never touched, so they take no resident memory). No copy of
+        # the onloaded weights is made: the file already holds them.
+        for tensor, key in self.tensor_to_key.items():
             if is_qtensor(tensor):
-                canonical = tensor.to(self.offload_device)
-                put(tensor, rebuild(canonical, lambda x: torch.empty_like(x, device=self.offload_device)))
+                put(tensor, rebuild(skeletons[key], lambda x: torch.empty_like(x, device=self.offload_device)))
             else:
                 tensor.data = torch.empty_like(tensor.data, device=self.offload_device)
+
+    def _skeletons(self) -> dict:
+        """key -> the quanto tensor's structure on the meta device, as stored in this group's file."""
+        if not hasattr(self, "_lowvram_skeletons"):
+            self._lowvram_skeletons = {}
+        return self._lowvram_skeletons
 
     def _onload_from_disk(self):
         if not self._has_qtensors():
@@ -201,7 +215,7 @@ class QuantoModuleGroup(_go.ModuleGroup):
                 loaded = {k: v.pin_memory() for k, v in loaded.items()}
             for key, tensor in self.key_to_tensor.items():
                 if is_qtensor(tensor):
-                    value = _fill(tensor, loaded, key).to(self.onload_device, non_blocking=self.non_blocking)
+                    value = _fill(self._skeletons()[key], loaded, key).to(self.onload_device, non_blocking=self.non_blocking)
                     put(tensor, value)
                     leaves = [leaf for _, leaf in leaf_tensors(tensor)]
                 else:

@@ -177,3 +177,22 @@ def test_transformer_attention_is_torch_sdpa(monkeypatch, demo_t2v_path):
     attn_modules = [m for m in t.modules() if type(m).__name__ == "WanAttention"]
     assert len(calls) == len(attn_modules) > 0
     placement.leave_all(loaded.pipe)
+
+
+def test_disk_offload_without_checkpoint_uses_a_private_folder(demo_t2v_path):
+    """A pipeline-like object with no checkpoint identity (the benchmark's) must not share offload files."""
+    import gc
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from diffusers import WanTransformer3DModel
+
+    from lowvram import placement
+
+    pipe = SimpleNamespace(transformer=WanTransformer3DModel.from_pretrained(demo_t2v_path / "transformer"))
+    placement.prepare(pipe, OFFLOAD_ONLY["disk_offload"])
+    folder = Path(placement.state(pipe).disk_dir)
+    assert folder.name.startswith("unkeyed-") and list(folder.glob("*.safetensors"))
+    del pipe
+    gc.collect()
+    assert not folder.exists()

@@ -77,6 +77,22 @@ def test_disk_offload_upstream_fails_ours_matches(tmp_path, qtype):
     assert torch.equal(first, expected) and torch.equal(second, expected)
 
 
+def test_disk_offload_reuses_files_of_an_earlier_run(tmp_path):
+    from lowvram.quanto_offload import apply_group_offloading
+
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(4))
+    kwargs = dict(onload_device="cpu", offload_type="block_level", num_blocks_per_group=1, offload_to_disk_path=str(tmp_path))
+    with torch.no_grad():
+        expected = quantized_toy("qint4")(x)
+        first = quantized_toy("qint4")
+        apply_group_offloading(first, **kwargs)
+        files = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.safetensors")}
+        second = quantized_toy("qint4")
+        apply_group_offloading(second, **kwargs)  # the files exist: nothing is written again
+        assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.safetensors")} == files
+        assert torch.equal(second(x), expected) and torch.equal(first(x), expected)
+
+
 @pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
 def test_memory_offload_of_quantized_model_on_cpu(offload_type):
     from lowvram.quanto_offload import apply_group_offloading

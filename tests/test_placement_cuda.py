@@ -1,0 +1,79 @@
+"""The placements on a real GPU with the demo model (skipped without CUDA; run on the GPU machine).
+
+Streams, pinned memory and device moves only exist on CUDA: these are the CPU tests' GPU twins, plus
+checks that a stage's components really leave the GPU (text encoder before denoising, transformer
+before decoding) and that quanto weights + group offload (+ streams) give the resident output.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from planner.plan import Plan, TransformerPlacement
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
+
+TP = TransformerPlacement
+KINDS = {
+    "partial": dict(transformer=TP(kind="partial", resident_blocks=1)),
+    "block_stream": dict(transformer=TP(kind="block_offload", use_stream=True)),
+    "block_x2_no_stream": dict(transformer=TP(kind="block_offload", blocks_per_group=2, use_stream=False)),
+    "leaf_stream": dict(transformer=TP(kind="leaf_offload", use_stream=True)),
+    "disk_stream": dict(transformer=TP(kind="disk_offload", use_stream=True)),
+    "text_encoder_offload": dict(text_encoder="offload"),
+    "vae_tiled": dict(vae="gpu_tiled"),
+    "vae_cpu": dict(vae="cpu"),
+}
+
+
+def cuda_plan(quant: str, **changes) -> Plan:
+    return Plan(device="cuda", dtype="bfloat16", transformer_quant=quant, source="forced", **changes)
+
+
+def gpu_bytes(state: dict, component: str) -> int:
+    return sum(b for d, b in state["components"][component]["bytes_by_device"].items() if d.startswith("cuda"))
+
+
+def run(job, plan):
+    from lowvram import placement, runner
+    from lowvram.models import resolve_model
+    from lowvram.telemetry import ignore
+
+    loaded = runner.load_model(resolve_model(job.model), plan)
+    try:
+        placement.enter_stage(loaded.pipe, plan, "encode")
+        cond = runner.encode(loaded, job, plan)
+        placement.enter_stage(loaded.pipe, plan, "denoise")
+        assert gpu_bytes(placement.describe_device_state(loaded.pipe), "text_encoder") == 0
+        latents, _ = runner.denoise(loaded, job, plan, cond, ignore, runner.Clock())
+        placement.enter_stage(loaded.pipe, plan, "decode")
+        assert gpu_bytes(placement.describe_device_state(loaded.pipe), "transformer") == 0
+        runner.decode(loaded, plan, latents)
+        return latents.float().cpu()
+    finally:
+        placement.leave_all(loaded.pipe)
+        assert placement.describe_device_state(loaded.pipe)["gpu_bytes"] == 0
+
+
+@pytest.fixture(scope="module")
+def job(demo_t2v_path):
+    from lowvram.job import Job
+
+    return Job(prompt="a cat walks in the city", model="tiny-random", width=64, height=64, frames=5, steps=2, seed=3)
+
+
+@pytest.mark.parametrize("quant", ["bf16", "int8"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_cuda_placement_matches_resident(job, quant, kind):
+    reference = run(job, cuda_plan(quant))
+    latents = run(job, cuda_plan(quant, **KINDS[kind]))
+    assert (latents - reference).abs().max().item() <= 1e-6 * reference.abs().max().item()
+
+
+@pytest.mark.parametrize("quant", ["bf16", "int8"])
+def test_cuda_text_encoder_on_cpu_is_close(job, quant):
+    """The CPU's bf16 kernels differ from the GPU's: close, not identical."""
+    reference = run(job, cuda_plan(quant))
+    latents = run(job, cuda_plan(quant, text_encoder="cpu"))
+    assert ((latents - reference).norm() / reference.norm()).item() < 1e-2
