@@ -161,3 +161,18 @@ def test_kill_during_write_leaves_no_video(tmp_path, sig):
             proc.kill()
     assert proc.returncode != 0
     assert videos(tmp_path) == [], proc.stderr.read()
+
+
+def test_image_to_video_cancel_and_resume_matches(small_job, cpu_plan, tmp_path, image_file, demo_i2v_path):
+    """I2V keeps more conditioning (image embeddings, first-frame latents): all of it must survive the file."""
+    job = small_job(model="tiny-random-i2v", image=str(image_file), steps=3)
+    cancel = threading.Event()
+    events = []
+    with pytest.raises(CancelledError):
+        generate(job, cpu_plan, on_event=lambda e: events.append(e) or (isinstance(e, StepFinished) and cancel.set()), cancel=cancel)
+    (cancelled,) = [e for e in events if isinstance(e, RunCancelled)]
+    state = load_resume_file(cancelled.latents_path)
+    assert state.cond["condition"] is not None and state.cond["image_embeds"] is not None
+    resumed = generate(job.with_(out=str(tmp_path / "resumed.mp4")), cpu_plan, resume=state)
+    clean = generate(job.with_(out=str(tmp_path / "clean.mp4")), cpu_plan)
+    assert torch.equal(resumed.latents, clean.latents)
