@@ -59,7 +59,8 @@ def test_24gb_profile_on_8gb_machine_is_replanned_within_its_vram(capsys):
     assert main(["profile", "check", str(path), "--vram", "8", "--ram", "16"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("re-planned for this machine: RTX 4090 24 GB")
-    assert "what changed:" in out and "why:" in out and "8.0 GiB VRAM" in out and "24.0 GiB VRAM" in out
+    assert "what changed:" in out and "why:" in out
+    assert "what-if:      what-if GPU (compute 8.6), 8.0 GiB VRAM" in out and "saved on:     NVIDIA GeForce RTX 4090 (compute 8.9), 24.0 GiB VRAM" in out
 
 
 def test_impossible_says_what_is_short_and_exits_2(capsys):

@@ -35,6 +35,7 @@ class CheckResult:
     changes: tuple[str, ...]  # what changed from the saved plan, one line each
     why: tuple[str, ...]  # why it changed, or what is short
     result: Optional[PlanResult] = None
+    what_if: bool = False  # planned for numbers given on the command line, not measured here
 
     @property
     def exit_code(self) -> int:
@@ -105,34 +106,38 @@ def _why(saved: Plan, result: PlanResult) -> list[str]:
         if result.plan.transformer.kind == "resident":
             return [f"the saved plan keeps {kept} blocks resident; here the whole transformer fits on the GPU"] + lines
         return [f"the saved plan keeps {kept} blocks resident; here not one block fits beside the streamed ones"] + lines
-    return ["the saved plan is not one of this machine's options (e.g. it needs a GPU this machine lacks)"] + lines
+    if saved.device != result.plan.device:
+        where = {"cuda": "GPU", "cpu": "CPU"}
+        return [f"the saved plan runs on the {where.get(saved.device, saved.device)}; here the planner plans for the "
+                f"{where.get(result.plan.device, result.plan.device)}"] + lines
+    return ["the saved plan is not one of this machine's options"] + lines
 
 
 def check_profile(profile: Profile, probe: HardwareProbe, calibration=None) -> CheckResult:
     """Re-plan `profile` for `probe`. Never raises NoPlanFits: that is the 'impossible' result."""
     args = argparse.Namespace(prompt="(profile check)", model=None, **{name: None for name in JOB_FIELDS})
     job, prefs = apply_profile(args, profile)
-    machine = fingerprint(probe)
+    machine, what_if = fingerprint(probe), probe.source != "probe"
     saved = profile.saved_plan
     try:
         result = plan_for_job(job, probe=probe, prefs=prefs, calibration=calibration)
     except NoPlanFits as exc:
-        return CheckResult("impossible", machine, None, saved, (), tuple(str(exc).splitlines()))
+        return CheckResult("impossible", machine, None, saved, (), tuple(str(exc).splitlines()), what_if=what_if)
     new = result.plan
     if saved is None:
-        return CheckResult("planned", machine, new, None, (), (), result)
+        return CheckResult("planned", machine, new, None, (), (), result, what_if)
     if placement_key(saved) == placement_key(new):
-        return CheckResult("fits", machine, new, saved, (), (), result)
+        return CheckResult("fits", machine, new, saved, (), (), result, what_if)
     changes = plan_changes(saved, new) + _numbers(saved, new)
-    return CheckResult("replanned", machine, new, saved, tuple(changes), tuple(_why(saved, result)), result)
+    return CheckResult("replanned", machine, new, saved, tuple(changes), tuple(_why(saved, result)), result, what_if)
 
 
 def describe_check(check: CheckResult, profile: Profile) -> list[str]:
     """The check as a person reads it: verdict, the two machines, what changed and why, the plan here."""
     lines = [f"{check.headline}: {profile.name}"]
-    lines.append(f"  this machine: {check.machine.describe()}")
+    lines.append(f"  {'what-if:' if check.what_if else 'this machine:':<13} {check.machine.describe()}")
     if profile.saved_on is not None:
-        lines.append(f"  saved on:     {profile.saved_on.describe()}")
+        lines.append(f"  {'saved on:':<13} {profile.saved_on.describe()}")
     if check.status == "impossible":
         lines.append("what is short:")
         lines += [f"  {line}" for line in check.why]
