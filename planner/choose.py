@@ -285,6 +285,10 @@ def stage_table(plan: Plan) -> list[str]:
     return lines
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n:,}"
+
+
 def _transformer_label(plan: Plan) -> str:
     return f"{plan.transformer_quant} {plan.transformer.describe()}"
 
@@ -326,7 +330,7 @@ def explain(probe: HardwareProbe, spec: ModelSpec, job: Job, budget: Budget, tp:
     lines = describe_probe(probe)
     lines.append(f"budget: VRAM {gib(budget.vram)}, RAM {gib(budget.ram)} (free/available minus the reserves)")
     lines.append(
-        f"job: {spec.name} ({spec.task}, {spec.transformer.params / 1e9:.2f} B transformer params), "
+        f"job: {spec.name} ({spec.task}, {_count(spec.transformer.params)} transformer params), "
         f"{job.width}x{job.height}, {job.frames} frames, {job.steps} steps, {job.tokens:,} tokens"
     )
     lines.append(f"time model: {tp.source}")

@@ -45,7 +45,8 @@ def throughput_for(probe: HardwareProbe, calibration=None) -> Throughput:
     """Throughputs for this probe: a calibration of the same GPU wins over the defaults by GPU class."""
     if not probe.has_gpu:
         cpu = calibration.cpu_flops if calibration is not None and calibration.cpu_flops else C.CPU_FLOPS
-        return Throughput(0.0, 0.0, 0.0, C.DISK_READ_BPS, cpu, False, "cpu")
+        how = "calibrated" if calibration is not None and calibration.cpu_flops else "estimate"
+        return Throughput(0.0, 0.0, 0.0, C.DISK_READ_BPS, cpu, False, f"CPU only, {cpu / 1e9:.0f} GFLOP/s ({how})")
     if calibration is not None and calibration.matches(probe):
         return Throughput(
             gpu_flops=calibration.gpu_flops,
