@@ -82,7 +82,7 @@ def is_oom(exc: BaseException) -> bool:
 
 def _oom_detail(exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return first[:200]
+    return first[:200].rstrip(". ")
 
 
 class Recovery:
@@ -130,7 +130,7 @@ class Recovery:
             event = PlanSwitched(
                 t=self.clock(),
                 stage=stage,
-                reason=f"out of memory ({detail}); now {describe_change(self.plan, new)}",
+                reason=f"{detail}; now {describe_change(self.plan, new)}",
                 old_summary=self.plan.summary(),
                 new_summary=new.summary(),
             )

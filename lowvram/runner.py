@@ -355,7 +355,7 @@ def generate(
         except OutOfMemoryExhausted as exc:
             kept = rec.save(job, video_path, "out of memory")
             failed = exc.with_latents(kept)
-            log(RunFailed(t=clock(), stage=exc.stage, message=str(failed), latents_path=str(kept or "")))
+            log(RunFailed(t=clock(), stage=exc.stage, message=f"out of memory even with the leanest plan ({exc.detail})", latents_path=str(kept or "")))
             raise failed from None
         finally:
             if loaded is not None:
