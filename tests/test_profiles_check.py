@@ -58,7 +58,7 @@ def test_24gb_profile_on_8gb_machine_is_replanned_within_its_vram(capsys):
 
     assert main(["profile", "check", str(path), "--vram", "8", "--ram", "16"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("re-planned for this machine: RTX 4090 24 GB")
+    assert out.startswith("re-planned for the what-if machine: RTX 4090 24 GB")
     assert "what changed:" in out and "why:" in out
     assert "what-if:      what-if GPU (compute 8.6), 8.0 GiB VRAM" in out and "saved on:     NVIDIA GeForce RTX 4090 (compute 8.9), 24.0 GiB VRAM" in out
 
@@ -69,7 +69,7 @@ def test_impossible_says_what_is_short_and_exits_2(capsys):
     assert check.status == "impossible" and check.plan is None and check.exit_code == 2
     assert main(["profile", "check", str(path), "--vram", "2", "--ram", "8"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("impossible on this machine") and "what is short" in err and "no plan fits" in err
+    assert err.startswith("impossible on the what-if machine") and "what is short" in err and "no plan fits" in err
 
 
 def test_profile_without_saved_plan_is_planned(tmp_path, capsys):

@@ -43,7 +43,8 @@ class CheckResult:
 
     @property
     def headline(self) -> str:
-        return HEADLINES[self.status]
+        text = HEADLINES[self.status]
+        return text.replace("this machine", "the what-if machine") if self.what_if else text
 
 
 def placement_key(plan: Plan) -> tuple:
