@@ -225,3 +225,12 @@ def test_user_files_of_random_bytes_fail_before_loading(data, kind, tmp_path_fac
         runner.load_model = loads_before
     assert_clear_error(code, capsys.readouterr().err)
     assert calls == []
+
+
+@pytest.mark.parametrize("extra", [["--steps", "3"], ["--width", "128", "--frames", "9"], ["--image", "x.png"]])
+def test_resume_refuses_options_the_saved_job_fixes(extra, good_resume, capsys):
+    path, _, _ = good_resume
+    code = main(["generate", "--resume", str(path), *extra])
+    err = capsys.readouterr().err
+    assert_clear_error(code, err)
+    assert extra[0] in err

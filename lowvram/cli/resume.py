@@ -8,6 +8,10 @@ without encoding again; the video goes to --out if given, else to the job's own 
 from __future__ import annotations
 
 
+# Options whose default is None, so giving them is detectable: the saved job fixes all of them.
+FIXED_BY_FILE = ("width", "height", "frames", "steps", "image", "profile", "teacache", "teacache_speedup")
+
+
 def run_resume(args) -> int:
     from ..errors import UserError
     from ..job import validate_job
@@ -19,6 +23,9 @@ def run_resume(args) -> int:
 
     if getattr(args, "prompt", None):
         raise UserError("--resume continues the saved job with its own prompt; drop the prompt (or drop --resume to start anew).")
+    fixed = [f"--{n.replace('_', '-')}" for n in FIXED_BY_FILE if getattr(args, n, None) is not None]
+    if fixed:
+        raise UserError(f"--resume continues the saved job as it was; {', '.join(fixed)} cannot change it. Drop {'them' if len(fixed) > 1 else 'it'} (only --out and --quiet apply).")
     state = load_resume_file(args.resume)
     job = state.job.with_(out=args.out) if getattr(args, "out", None) else state.job
     validate_job(job)
