@@ -50,30 +50,40 @@ async def test_whole_flow_writes_the_video_and_reuses_the_model(tmp_path, demo_t
         assert app.screen.values()["prompt"] == "a cat walks in the city"
 
 
-async def test_cancel_mid_run_with_confirmation_writes_no_video(tmp_path, demo_t2v_path):
-    first_step = threading.Event()
+def pausing_generate(first_step: threading.Event, finished: threading.Event | None = None):
+    """The real runner; after step 1 it waits (bounded) until the user has confirmed the cancel."""
 
-    def generate_pausing_after_first_step(job, plan, on_event, cancel, loaded=None):
-        """The real runner; after step 1 it waits (bounded) until the user has confirmed the cancel."""
-
+    def run(job, plan, on_event, cancel, loaded=None):
         def sink(event):
             on_event(event)
             if isinstance(event, StepFinished) and event.step == 0:
                 first_step.set()
                 cancel.wait(timeout=30)
 
-        return generate(job, plan, sink, cancel, loaded=loaded)
+        try:
+            return generate(job, plan, sink, cancel, loaded=loaded)
+        finally:
+            if finished is not None:
+                finished.set()
 
-    app = cpu_app(generate=generate_pausing_after_first_step)
+    return run
+
+
+async def start_paused_run(pilot, tmp_path, first_step) -> RunScreen:
+    await fill_job(pilot, tmp_path / "never.mp4", steps="6")
+    await pilot.press("ctrl+r")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, PlanScreen) and pilot.app.screen.view is not None, what="the plan")
+    await pilot.press("enter")
+    await wait_for(pilot, first_step.is_set, what="the first step")
+    assert isinstance(pilot.app.screen, RunScreen)
+    return pilot.app.screen
+
+
+async def test_cancel_mid_run_with_confirmation_writes_no_video(tmp_path, demo_t2v_path):
+    first_step = threading.Event()
+    app = cpu_app(generate=pausing_generate(first_step))
     async with app.run_test(size=(80, 24)) as pilot:
-        await fill_job(pilot, tmp_path / "never.mp4", steps="6")
-        await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.view is not None, what="the plan")
-        await pilot.press("enter")
-        await wait_for(pilot, first_step.is_set, what="the first step")
-        run_screen = app.screen
-        assert isinstance(run_screen, RunScreen)
-
+        run_screen = await start_paused_run(pilot, tmp_path, first_step)
         await pilot.press("c")
         await pilot.pause()
         await pilot.press("n")  # "No": the run goes on
@@ -93,6 +103,21 @@ async def test_cancel_mid_run_with_confirmation_writes_no_video(tmp_path, demo_t
 
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, JobScreen), what="the job screen")
+
+
+async def test_quit_during_a_run_asks_then_cancels_it(tmp_path, demo_t2v_path):
+    first_step, finished = threading.Event(), threading.Event()
+    app = cpu_app(generate=pausing_generate(first_step, finished))
+    async with app.run_test(size=(80, 24)) as pilot:
+        run_screen = await start_paused_run(pilot, tmp_path, first_step)
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert app.is_running and not run_screen.cancel_event.is_set()  # asked first
+        await pilot.press("y")
+        await pilot.pause()
+        assert run_screen.cancel_event.is_set()
+    assert finished.wait(timeout=30)  # the runner stopped at the next step boundary
+    assert not list(tmp_path.glob("*.mp4"))
 
 
 async def test_bad_input_is_refused_with_a_message_next_to_the_field(tmp_path):

@@ -12,10 +12,11 @@ from lowvram.job import Job
 from planner.plan import Plan
 
 from .form import default_job
+from .screens.confirm import ConfirmScreen
 from .screens.done import DoneScreen
 from .screens.job import JobScreen
 from .screens.plan import PlanScreen
-from .screens.run import RunScreen
+from .screens.run import RUNNING, RunScreen
 from .services import PlanView, Services
 from .state import RunSummary
 
@@ -46,6 +47,19 @@ class LowvramApp(App):
             except UserError as exc:
                 self.notify(str(exc), title="Profile not loaded", severity="error", timeout=10)
         self.push_screen(JobScreen(job, self.profile or ""))
+
+    async def action_quit(self) -> None:
+        """Quit; during a run, ask first, then cancel it (the runner stops at the next step)."""
+        screen = self.screen
+        if isinstance(screen, RunScreen) and screen.state == RUNNING:
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    screen.cancel_event.set()
+                    self.exit()
+
+            self.push_screen(ConfirmScreen("A run is in progress. Cancel it and quit?"), answered)
+            return
+        self.exit()
 
     # -- navigation, called by the screens -------------------------------------------------------
 
