@@ -6,7 +6,6 @@ live in lowvram.job.validate_job, the same ones the CLI applies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 from lowvram.errors import UserError
@@ -19,9 +18,6 @@ CUSTOM = "custom"
 TEACACHE_MODES = ("off", "threshold", "speedup")
 KNOWN_MODELS = list(DEMO_NAMES) + list(SHORT_NAMES)
 
-# Defaults per kind of model: the demo is tiny so a first run takes seconds (same as `generate`).
-DEMO_DEFAULTS = dict(width=256, height=144, frames=17, steps=8)
-REAL_DEFAULTS = dict(width=832, height=480, frames=81, steps=50)
 
 FIELDS = ("model", "prompt", "negative", "image", "preset", "width", "height", "frames", "steps", "guidance", "seed", "teacache_mode", "teacache_value", "out")
 
@@ -35,6 +31,9 @@ class FormErrors(UserError):
 
 
 def default_job(model: Optional[str] = None) -> Job:
+    """The form's first job: the same per-model defaults as `lowvram generate` (the demo's are tiny)."""
+    from lowvram.cli.generate import DEMO_DEFAULTS, REAL_DEFAULTS
+
     model = model or "tiny-random"
     sizes = DEMO_DEFAULTS if model in DEMO_NAMES else REAL_DEFAULTS
     return Job(prompt="", model=model, **sizes)
