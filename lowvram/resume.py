@@ -242,8 +242,11 @@ def _plan_from_dict(data: Any) -> Plan:
     return plan
 
 
-def load_resume_file(path_text: str) -> ResumeState:
-    """Read and validate a resume file completely; every problem is a UserError (never a traceback)."""
+def load_resume_file(path_text: str, out: Optional[str] = None) -> ResumeState:
+    """Read and validate a resume file completely; every problem is a UserError (never a traceback).
+
+    `out` replaces the saved job's output path (before validation: the old folder may be gone).
+    """
     import torch
     from safetensors import safe_open
 
@@ -277,6 +280,7 @@ def load_resume_file(path_text: str) -> ResumeState:
         _check_tensors(job, tensors)
     except (ValueError, TypeError, KeyError, RecursionError, UserError) as exc:
         raise _bad(path, f"damaged or unsupported contents ({exc})") from None
+    job = job.with_(out=out) if out else job
     try:
         validate_job(job)
     except UserError as exc:

@@ -234,3 +234,15 @@ def test_resume_refuses_options_the_saved_job_fixes(extra, good_resume, capsys):
     err = capsys.readouterr().err
     assert_clear_error(code, err)
     assert extra[0] in err
+
+
+def test_resume_with_out_works_when_the_saved_folder_is_gone(good_resume, tmp_path):
+    from safetensors.torch import save_file
+
+    path, header, tensors = good_resume
+    moved = dict(header, job=dict(header["job"], out="/gone/folder/g.mp4"))
+    copy = tmp_path / "moved.latents.safetensors"
+    save_file({k: v.clone() for k, v in tensors.items()}, str(copy), metadata={FORMAT: json.dumps(moved)})
+    with pytest.raises(UserError, match="/gone/folder"):
+        load_resume_file(str(copy))
+    assert load_resume_file(str(copy), out=str(tmp_path / "new.mp4")).job.out == str(tmp_path / "new.mp4")

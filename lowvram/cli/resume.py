@@ -14,7 +14,6 @@ FIXED_BY_FILE = ("width", "height", "frames", "steps", "image", "profile", "teac
 
 def run_resume(args) -> int:
     from ..errors import UserError
-    from ..job import validate_job
     from ..models import resolve_model
     from ..resume import load_resume_file
     from ..runner import generate
@@ -26,9 +25,8 @@ def run_resume(args) -> int:
     fixed = [f"--{n.replace('_', '-')}" for n in FIXED_BY_FILE if getattr(args, n, None) is not None]
     if fixed:
         raise UserError(f"--resume continues the saved job as it was; {', '.join(fixed)} cannot change it. Drop {'them' if len(fixed) > 1 else 'it'} (only --out and --quiet apply).")
-    state = load_resume_file(args.resume)
-    job = state.job.with_(out=args.out) if getattr(args, "out", None) else state.job
-    validate_job(job)
+    state = load_resume_file(args.resume, out=getattr(args, "out", None))
+    job = state.job
     resolve_model(job.model)
     plan = state.plan
     if plan.device.startswith("cuda"):
