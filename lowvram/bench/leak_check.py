@@ -80,8 +80,12 @@ def _snapshot(run: int, seconds: float) -> LeakSample:
     return LeakSample(run, seconds, psutil.Process().memory_info().rss, alloc, reserved, tensors)
 
 
-def leak_loop(job, plan, runs: int = 10, warmup: int = 2, loaded=None, out_dir: Optional[Path] = None, log: Callable[[str], None] = lambda _: None) -> LeakReport:
-    """Run `job` `runs` times on one LoadedModel (loaded here unless given); one sample after each run."""
+def leak_loop(job, plan, runs: int = 10, warmup: int = 2, loaded=None, out_dir: Optional[Path] = None, log: Callable[[str], None] = lambda _: None, faults=None) -> LeakReport:
+    """Run `job` `runs` times on one LoadedModel (loaded here unless given); one sample after each run.
+
+    `faults` (a lowvram.faults.FaultPlan) makes every run go through the OOM fallback: each run starts
+    from `plan` again, so the pipeline is re-placed and falls back every time.
+    """
     from ..models import resolve_model
     from ..runner import generate, load_model
 
@@ -93,7 +97,7 @@ def leak_loop(job, plan, runs: int = 10, warmup: int = 2, loaded=None, out_dir: 
         folder = Path(out_dir or tmp)
         for i in range(runs):
             started = time.perf_counter()
-            generate(job.with_(out=str(folder / f"run{i}.mp4")), plan, loaded=loaded)
+            generate(job.with_(out=str(folder / f"run{i}.mp4")), plan, loaded=loaded, faults=faults)
             sample = _snapshot(i + 1, time.perf_counter() - started)
             samples.append(sample)
             log(f"run {sample.run}: RSS {sample.rss_bytes / MIB:.1f} MiB, VRAM allocated {sample.vram_allocated / MIB:.1f} MiB")
@@ -113,11 +117,15 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=5)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the samples here")
+    p.add_argument("--inject", default=None, help="an OOM in every run (lowvram.faults syntax, e.g. denoise:1): the fallback path")
     args = p.parse_args(argv)
     job = Job(prompt="a cat walks in the city", model=args.model, width=args.width, height=args.height, frames=args.frames, steps=args.steps, seed=3)
     plan = placeholder_plan()
     print(f"plan: {plan.device} {plan.dtype}: {plan.summary()}", flush=True)
-    report = leak_loop(job, plan, runs=args.runs, warmup=args.warmup, log=lambda line: print(line, flush=True))
+    from ..faults import FaultPlan
+
+    faults = FaultPlan.parse(args.inject) if args.inject else None
+    report = leak_loop(job, plan, runs=args.runs, warmup=args.warmup, log=lambda line: print(line, flush=True), faults=faults)
     print("\n".join(report.lines()))
     if args.json:
         data = {"job": job.to_dict(), "plan": plan.to_dict(), "warmup": report.warmup, "samples": [asdict(s) for s in report.samples],
