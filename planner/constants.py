@@ -74,6 +74,13 @@ VAE_TILE_STRIDE = 192
 VAE_DECODE_FLOPS_PER_PIXEL = 8.9e6
 VAE_ENCODE_FLOPS_PER_PIXEL = 4.5e6  # estimate: the encoder has about half the decoder's convolutions
 
+# --- Loading ------------------------------------------------------------------------------------
+# Quantizing at load (first run) writes lowvram.quant_cache's shards; safetensors serializes one whole
+# shard in memory, so the transient is one shard (lowvram.quant_cache.SHARD_BYTES, 2 GiB). Bench
+# (docs/benchmarks.md, Loading): checkpoints load memory-mapped (page cache, not heap); the cached int8
+# load peaks at 1.2x its size, quantizing at load at 1.8x in heap.
+QUANT_SAVE_SHARD_BYTES = 2 * GIB
+
 # --- Time -----------------------------------------------------------------------------------------
 # Dense bf16 tensor-core throughput with fp32 accumulation (datasheet: NVIDIA Hopper/Ampere/Ada
 # whitepapers; GeForce cards run fp32-accumulate at half their fp16-accumulate rate). Matched on the

@@ -3,14 +3,12 @@
 The stages run one after another and a component is on the GPU only during its stage (the text and
 image encoders and the I2V first-frame VAE encode during `encode`, the transformer during `denoise`,
 the VAE during `decode`), so a plan's peak is the largest stage peak. Everything not on the GPU is in
-RAM, except disk-offloaded weights.
+RAM, except disk-offloaded weights. Checkpoints are memory-mapped: their pages are page cache the kernel
+can drop, so RAM here is heap (what the process holds), as docs/benchmarks.md measures it.
 
-RAM while loading follows the runtime contract of issue 4 (low-RAM loading): components are read
-block by block (meta-device init, shard by shard), quantized blocks or the quantized cache are read at
-their quantized size, and streamed weights go straight to pinned memory. The peak is what stays in RAM
-plus one unquantized block in flight. A runtime that loads whole components (diffusers' from_pretrained)
-and quantizes or pins afterwards needs more: up to the bf16 size of the largest quantized component, or
-a second (pinned) copy of the streamed weights, on top.
+RAM while loading: what stays in RAM after loading (quantized weights at their quantized size, streamed
+weights pinned) plus a transient: one unquantized block in flight, or, when quantizing at load (first
+run), one quantized-cache shard being serialized. The bf16 pages read while quantizing are page cache.
 """
 
 from __future__ import annotations
@@ -62,7 +60,9 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput) -> tuple[tu
 
     # --- load --------------------------------------------------------------------------------------
     held = t_in_ram + te_bytes + ie_bytes + vae_bytes
-    load_ram = base_ram + held + M.staging_bytes(spec, dtype)
+    quantizing = tq != "bf16" or teq != "bf16"
+    transient = max(M.staging_bytes(spec, dtype), C.QUANT_SAVE_SHARD_BYTES if quantizing else 0)
+    load_ram = base_ram + held + transient
     read_bytes = sum(M.component_bytes(c, "bf16", dtype) for c in spec.components)
     load_s = read_bytes / tp.disk_read + t_disk / tp.disk_read  # read the checkpoint; write offload files
     load = StagePeak("load", 0, load_ram, load_s)
