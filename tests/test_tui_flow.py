@@ -201,6 +201,9 @@ async def test_out_of_memory_switches_plan_with_a_notification_and_finishes(tmp_
         switched = [n for n in app._notifications if n.title == "Plan switched during denoise"]
         assert switched and "out of memory" in switched[0].message
         assert (tmp_path / "oom.mp4").stat().st_size > 0
+        await pilot.press("q")  # q quits from the done screen
+        await pilot.pause()
+        assert app.return_code == 0
 
 
 async def test_plan_screen_shows_the_planners_alternatives_for_a_small_gpu():
