@@ -313,13 +313,20 @@ def spec_from_folder(folder: Path, name: Optional[str] = None, is_demo: bool = F
     missing = [n for n, e in (("transformer", t), ("text_encoder", te), ("vae", v)) if e is None]
     if missing:
         raise UserError(f"{folder}: model_index.json lists no {', '.join(missing)}; a Wan2.1 pipeline needs them.")
-    transformer = transformer_from_config(t[1])
-    ie = entry("image_encoder")
-    image_encoder = image_encoder_from_config(ie[1], ie[0]) if ie is not None else None
+    try:
+        transformer = transformer_from_config(t[1])
+        text_encoder = text_encoder_from_config(te[1], te[0])
+        vae = vae_from_config(v[1])
+        ie = entry("image_encoder")
+        image_encoder = image_encoder_from_config(ie[1], ie[0]) if ie is not None else None
+    except (TypeError, ValueError, AttributeError, KeyError, ImportError) as exc:
+        raise UserError(
+            f"{folder}: its component configs do not describe a Wan2.1 pipeline the planner knows "
+            f"({type(exc).__name__}: {exc}). Use a Wan2.1 diffusers checkpoint folder."
+        ) from exc
     dims = transformer[1]
     i2v = "ImageToVideo" in str(index.get("_class_name", "")) or dims.in_channels == 36 or dims.has_image_branch
-    return _assemble(name or folder.name, i2v, transformer, text_encoder_from_config(te[1], te[0]),
-                     vae_from_config(v[1]), image_encoder, is_demo)
+    return _assemble(name or folder.name, i2v, transformer, text_encoder, vae, image_encoder, is_demo)
 
 
 def _read_json(path: Path) -> dict:

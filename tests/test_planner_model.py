@@ -147,3 +147,19 @@ def test_calibration_forward_measures_flops_on_any_device():
 
     flops, block_seconds, tokens = measure_transformer(dict(_TRANSFORMER, in_channels=16), (1, 4, 4), "cpu", repeats=1)
     assert tokens == 4 and flops > 0 and block_seconds > 0
+
+
+def test_folder_with_foreign_configs_is_a_user_error(tmp_path):
+    import json
+
+    from lowvram.errors import UserError
+
+    (tmp_path / "model_index.json").write_text(json.dumps({
+        "_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"],
+        "text_encoder": ["transformers", "UMT5EncoderModel"], "vae": ["diffusers", "AutoencoderKLWan"],
+    }))
+    for name, config in (("transformer", {"num_layers": "many"}), ("text_encoder", {}), ("vae", {})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="Wan2.1"):
+        spec_for_model(str(tmp_path))
