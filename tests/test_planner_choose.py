@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lowvram.errors import UserError
 from lowvram.job import Job
@@ -211,3 +213,24 @@ def test_gpu_names_match_without_spaces():
     assert gpu_datasheet_tflops("rtx4090") == gpu_datasheet_tflops("NVIDIA GeForce RTX 4090") == (165.2, "RTX 4090")
     assert gpu_datasheet_tflops("NVIDIA GeForce RTX 4070 Ti")[1] == "RTX 4070 Ti"
     assert gpu_datasheet_tflops(None)[1].startswith("an unknown GPU")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    vram=st.sampled_from([0, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 80]),
+    ram=st.sampled_from([4, 8, 12, 16, 24, 32, 48, 64, 128]),
+    cc=st.sampled_from([(7, 5), (8, 6), (8, 9), (9, 0)]),
+    model=st.sampled_from(MODELS),
+    res=st.sampled_from(sorted(RESOLUTIONS)),
+    frames=st.sampled_from([17, 49, 81]),
+)
+def test_any_machine_gets_a_fitting_plan_or_a_clear_error(vram, ram, cc, model, res, frames):
+    probe = synthetic_probe(vram, ram, gpu_name="NVIDIA GeForce RTX 4090", compute_capability=cc)
+    try:
+        plan = make_plan(probe, known_spec(model), job_for(model, res, frames=frames)).plan
+    except NoPlanFits as exc:
+        assert "no plan fits" in str(exc) and "It would work with" in str(exc)
+        return
+    assert plan.peak_vram_bytes <= max(0, probe.vram_free - PREFS.vram_reserve)
+    assert plan.peak_ram_bytes <= probe.ram_available - PREFS.ram_reserve
+    assert plan.transformer_quant != "fp8" or cc >= (8, 9)
