@@ -41,7 +41,21 @@ def quantize_weights(module: torch.nn.Module, level: str) -> bool:
     freeze(module)
     for p in module.parameters():
         p.requires_grad_(False)
+    _own_storage(module)
     return True
+
+
+def _own_storage(module: torch.nn.Module) -> None:
+    """Copy the tensors left unquantized (biases, norms, embeddings: small) out of the checkpoint file.
+
+    diffusers loads safetensors memory-mapped; while any tensor still points into the mapping, the bf16
+    pages that quantizing read stay resident (and count in RSS) although no weight uses them anymore.
+    """
+    from optimum.quanto.tensor import QTensor
+
+    for t in list(module.parameters()) + list(module.buffers()):
+        if not isinstance(t, QTensor) and t.device.type == "cpu":
+            t.data = t.data.clone()
 
 
 def quantized_level(module: torch.nn.Module) -> Optional[str]:

@@ -139,3 +139,16 @@ def test_missing_or_stale_entry_reads_as_none(demo_t2v_path):
     from lowvram import quant_cache
 
     assert quant_cache.load(demo_t2v_path, "transformer", "fp8", "bfloat16") is None
+
+
+def test_quantizing_lets_go_of_the_mapped_checkpoint(demo_t2v_path):
+    """Unquantized leftovers are copied, so no tensor keeps the bf16 file mapping (and its pages) alive."""
+    from diffusers import WanTransformer3DModel
+
+    from lowvram.quantize import quantize_weights
+
+    module = WanTransformer3DModel.from_pretrained(demo_t2v_path / "transformer")
+    loaded = {t.untyped_storage().data_ptr() for t in module.parameters()}
+    quantize_weights(module, "int8")
+    plain = [t for t in module.parameters() if type(t) in (torch.Tensor, torch.nn.Parameter)]
+    assert plain and not {t.untyped_storage().data_ptr() for t in plain} & loaded
