@@ -63,7 +63,8 @@ class Candidate:
     plan: Plan
     fits: bool
     rejected_reason: str = ""
-    short_bytes: int = 0  # how much VRAM + RAM it lacks (0 when it fits or is ruled out for another reason)
+    short_bytes: int = 0  # how much VRAM + RAM it lacks (0 when it fits)
+    ruled_out: bool = False  # rejected for a reason other than the budget (precision, fp8 support, disk)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def _rule_out(plan: Plan, spec: ModelSpec, prefs: Preferences, probe: HardwarePr
 def _judge(plan: Plan, budget: Budget, ruled_out: str = "") -> Candidate:
     short = max(0, plan.peak_vram_bytes - budget.vram) + max(0, plan.peak_ram_bytes - budget.ram)
     reason = ruled_out or over_budget(plan, budget)
-    return Candidate(plan, not reason, reason, short)
+    return Candidate(plan, not reason, reason, short, bool(ruled_out))
 
 
 def over_budget(plan: Plan, budget: Budget) -> str:
@@ -384,11 +385,10 @@ def _smaller_jobs(job: Job) -> list[Job]:
 
 
 def _no_plan_fits(probe, spec, job, prefs, calibration, candidates, budget, suggest_smaller) -> NoPlanFits:
-    ram_ok = [c for c in candidates if c.plan.peak_ram_bytes <= budget.ram and "VRAM" in c.rejected_reason
-              and "RAM by" not in c.rejected_reason]
-    vram_ok = [c for c in candidates if c.plan.peak_vram_bytes <= budget.vram and "RAM by" in c.rejected_reason
-               and "VRAM" not in c.rejected_reason]
-    leanest = _best(candidates)
+    allowed = [c for c in candidates if not c.ruled_out] or candidates
+    ram_ok = [c for c in allowed if c.plan.peak_ram_bytes <= budget.ram]  # so short of VRAM only
+    vram_ok = [c for c in allowed if c.plan.peak_vram_bytes <= budget.vram]  # so short of RAM only
+    leanest = _best(allowed)
     lines = [
         f"no plan fits {spec.name} at {job.width}x{job.height}, {job.frames} frames on this machine "
         f"(VRAM budget {gib(budget.vram)}, RAM budget {gib(budget.ram)}, reserves included).",
@@ -406,7 +406,7 @@ def _no_plan_fits(probe, spec, job, prefs, calibration, candidates, budget, sugg
         fixes.append(f"at least {gib(need)} of available RAM" + (" (this VRAM is enough)" if probe.has_gpu else ""))
     if not fixes:
         vram_needed = leanest.plan.peak_vram_bytes + prefs.vram_reserve if probe.has_gpu else None
-        ram_needed = min(c.plan.peak_ram_bytes for c in candidates) + prefs.ram_reserve
+        ram_needed = leanest.plan.peak_ram_bytes + prefs.ram_reserve
         fixes.append(
             (f"at least {gib(vram_needed)} free VRAM and " if vram_needed else "")
             + f"at least {gib(ram_needed)} of available RAM"
