@@ -41,8 +41,20 @@ class LeakReport:
         base = getattr(self.samples[self.warmup - 1], field)
         return max(getattr(s, field) for s in self.samples[self.warmup :]) - base
 
+    def _floor_growth(self, field: str) -> int:
+        """Rise of the floor: min of the last 3 samples minus min of the 3 from the end of the warm-up.
+
+        RSS spikes and falls back by ~10-20 MiB from run to run (allocator, ffmpeg); a leak raises the floor.
+        """
+        values = [getattr(s, field) for s in self.samples]
+        return min(values[-3:]) - min(values[self.warmup - 1 : self.warmup + 2])
+
     @property
     def rss_growth(self) -> int:
+        return self._floor_growth("rss_bytes")
+
+    @property
+    def rss_peak_growth(self) -> int:
         return self._growth("rss_bytes")
 
     @property
@@ -61,7 +73,8 @@ class LeakReport:
                 f"{s.vram_reserved / MIB:>18.1f} {s.live_tensors:>8}"
             )
         out.append(
-            f"growth after run {self.warmup}: RSS {self.rss_growth / MIB:+.1f} MiB, VRAM allocated "
+            f"growth after run {self.warmup}: RSS floor {self.rss_growth / MIB:+.1f} MiB (highest sample "
+            f"{self.rss_peak_growth / MIB:+.1f} MiB), VRAM allocated "
             f"{self.vram_growth / MIB:+.1f} MiB, live tensors {self.tensor_growth:+d}"
         )
         return out
@@ -89,8 +102,8 @@ def leak_loop(job, plan, runs: int = 10, warmup: int = 2, loaded=None, out_dir: 
     from ..models import resolve_model
     from ..runner import generate, load_model
 
-    if not 1 <= warmup < runs:
-        raise ValueError(f"need 1 <= warmup < runs, got warmup={warmup} runs={runs}")
+    if not 1 <= warmup or runs < warmup + 3:
+        raise ValueError(f"need warmup >= 1 and at least 3 runs after it, got warmup={warmup} runs={runs}")
     loaded = loaded or load_model(resolve_model(job.model), plan)
     samples = []
     with tempfile.TemporaryDirectory(prefix="lowvram-leak-") as tmp:
@@ -129,7 +142,7 @@ def main(argv=None) -> int:
     print("\n".join(report.lines()))
     if args.json:
         data = {"job": job.to_dict(), "plan": plan.to_dict(), "warmup": report.warmup, "samples": [asdict(s) for s in report.samples],
-                "rss_growth_bytes": report.rss_growth, "vram_growth_bytes": report.vram_growth, "tensor_growth": report.tensor_growth}
+                "rss_floor_growth_bytes": report.rss_growth, "rss_peak_growth_bytes": report.rss_peak_growth, "vram_growth_bytes": report.vram_growth, "tensor_growth": report.tensor_growth}
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0
 
