@@ -108,8 +108,9 @@ class QuantoModuleGroup(_go.ModuleGroup):
         if not is_qtensor(tensor):
             # super(), not _go.ModuleGroup: while _quanto_groups() is active that name is this class
             return super()._to_cpu(tensor, low_cpu_mem_usage)
-        t = tensor.to("cpu")
-        return t if low_cpu_mem_usage else pin(t)
+        # A new wrapper either way (never the parameter itself); no copy when it already is on the CPU.
+        t = tensor if storage_device(tensor).type == "cpu" else tensor.to("cpu")
+        return rebuild(t, lambda x: x) if low_cpu_mem_usage else pin(t)
 
     @contextmanager
     def _pinned_memory_tensors(self):

@@ -141,3 +141,16 @@ def test_cuda_quantized_offload_matches_resident(qtype, offload_type, use_stream
     assert torch.allclose(out, expected, atol=1e-5, rtol=1e-5)
     for p in model.parameters():  # all back on the CPU, inner tensors included
         assert {t.device.type for _, t in leaf_tensors(p)} == {"cpu"}
+
+
+def test_cpu_copy_of_a_quanto_weight_is_a_new_wrapper_without_a_copy():
+    """What a streamed group keeps as the CPU copy (pinning itself needs CUDA: tested on the GPU)."""
+    from lowvram.quanto_offload import QuantoModuleGroup, _quanto_groups, leaf_tensors
+
+    weight = quantized_toy("qint8").blocks[0][0].weight
+    group = object.__new__(QuantoModuleGroup)
+    with _quanto_groups():
+        copy = group._to_cpu(weight, True)
+    assert copy is not weight and type(copy) is type(weight)
+    assert [t.data_ptr() for _, t in leaf_tensors(copy)] == [t.data_ptr() for _, t in leaf_tensors(weight)]
+    assert torch.equal(copy.dequantize(), weight.dequantize())
