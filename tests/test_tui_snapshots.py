@@ -8,7 +8,7 @@ from pathlib import Path
 from tui_support import cpu_services
 
 from lowvram.errors import CancelledError
-from lowvram.job import Job
+from lowvram.job import Job, TeaCacheSetting
 from lowvram.runner import RunResult
 from lowvram.telemetry import MemorySample, RunStarted, StageFinished, StageStarted, StepFinished, TransformerCall
 from planner.plan import Plan
@@ -19,6 +19,7 @@ from tui.screens.run import RunScreen
 
 GIB = 1024**3
 JOB = Job(prompt="a cat walks in the city", model="tiny-random", width=64, height=64, frames=5, steps=12, seed=3)
+TEACACHE_JOB = JOB.with_(teacache=TeaCacheSetting(enabled=True, threshold=0.2))
 
 
 class FakeLoaded:
@@ -106,8 +107,46 @@ def test_job_screen_with_errors(snap_compare):
     assert snap_compare(app_with(), terminal_size=(80, 24), run_before=bad_input)
 
 
+def fixed_plan_view(job, probe, prefs=None):
+    """A planner answer with fixed numbers: the screen is under test here, not the planner (its own tests
+    and test_tui_flow cover the real one), so planner tuning does not move this picture."""
+    from planner.plan import StagePeak, TransformerPlacement
+    from tui.services import Alternative, PlanView
+
+    plan = Plan(device="cuda", dtype="bfloat16", transformer_quant="int8", transformer=TransformerPlacement("partial", resident_blocks=17),
+                text_encoder="offload", vae="gpu_tiled", predicted_seconds=412.0, reasons=("fastest predicted of 3 plans that fit",),
+                predicted=tuple(StagePeak(st, int(v * GIB), int(r * GIB), sec) for st, v, r, sec in
+                                (("load", 0, 9.5, 20), ("encode", 2.5, 12, 6), ("denoise", 10.5, 14, 380), ("decode", 6, 9, 6))))
+    return PlanView(
+        plan=plan,
+        hardware=("GPU: RTX 4070 (compute capability 8.9), VRAM 12.0 GiB free of 12.0 GiB", "RAM: 32.0 GiB available of 32.0 GiB"),
+        explanation=("budget: VRAM 10.70 GiB, RAM 30.00 GiB", "runners-up:", "  int8 leaf-level group offload with streams: 7m01s (slower by 2%)",
+                     "rejected transformer options:", "  bf16 resident on the GPU: over VRAM by 19.40 GiB in denoise"),
+        alternatives=(Alternative("a", True), Alternative("b", True), Alternative("c", False, "over VRAM")),
+    )
+
+
+def fixed_preview(job, plan):
+    from tui.services import SkipPreview, StepDecision
+
+    decisions = tuple(StepDecision(s, b, s < 3 or s % 3 == 0 or s == job.steps - 1) for s in range(job.steps) for b in ("cond", "uncond"))
+    return SkipPreview(computed_steps=7, total_steps=job.steps, predicted_speedup=24 / 14, decisions=decisions, note="TeaCache: computes 7 of 12 steps, predicted 1.7x")
+
+
 def test_plan_screen(snap_compare):
-    assert snap_compare(app_with(), terminal_size=(80, 24), run_before=_plan_then)
+    app = create_app(services=cpu_services(plan=fixed_plan_view, preview=fixed_preview), job=TEACACHE_JOB)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_plan_then)
+
+
+def test_plan_screen_alternatives_and_teacache(snap_compare):
+    app = create_app(services=cpu_services(plan=fixed_plan_view, preview=fixed_preview), job=TEACACHE_JOB)
+
+    async def scrolled(pilot):
+        await _plan_then(pilot)
+        await pilot.press("pagedown")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=scrolled)
 
 
 async def _reuse_model(pilot):

@@ -36,7 +36,7 @@ def test_render_wraps_long_runs_and_marks_predicted_skips():
     lines = render_grid(grid, width=10).plain.splitlines()
     assert lines[1].startswith("1 ") and lines[4].startswith("11 ") and lines[7].startswith("21 ")  # 3 blocks of 10
     assert lines[2] == "cond   █····∘∘∘∘∘" and lines[3] == "uncond ·····∘∘∘∘∘"
-    assert render_grid(grid, 10, predicted=True).plain.startswith("predicted calls: 10 computed, 40 skipped")
+    assert render_grid(grid, 10, predicted=True).plain.startswith("predicted: 10 computed, 40 skipped")
 
 
 def test_memory_bars_are_absolute_and_never_hide_small_values():

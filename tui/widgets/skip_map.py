@@ -39,14 +39,16 @@ def render_grid(grid: StepGrid, width: int, predicted: bool = False) -> Text:
     text = Text(no_wrap=True, overflow="crop")
     if predicted:
         flat = [c for row in grid.predicted.values() for c in row if c is not None]
-        computed, skipped, prefix = flat.count(True), flat.count(False), "predicted calls: "
+        computed, skipped, prefix = flat.count(True), flat.count(False), "predicted: "
+        legend = "   · to compute ∘ to skip"
     else:
         (computed, skipped), prefix = grid.counts(), ""
+        legend = "   █ computed ░ skipped · pending ∘ to skip"
     text.append(prefix)
     text.append(f"{computed} computed", style="green")
     text.append(", ")
     text.append(f"{skipped} skipped", style="yellow")
-    text.append("   █ computed ░ skipped · pending ∘ to skip", style="dim")
+    text.append(legend, style="dim")
     for start in range(0, grid.total, width):
         end = min(grid.total, start + width)
         text.append("\n" + f"{start + 1}".ljust(LABEL_WIDTH), style="dim")
