@@ -151,7 +151,12 @@ class Recovery:
 
     def keep(self, step: int, latents: Any, scheduler: Any) -> None:
         """The runner's per-step callback: `step` steps are done."""
-        self.checkpoint = make_checkpoint(step, latents, scheduler)
+        try:
+            self.checkpoint = make_checkpoint(step, latents, scheduler)
+        except TypeError as exc:  # a scheduler with state we cannot copy: a retry restarts denoising instead
+            if self.checkpoint is not None or step == 1:
+                self.sink(LogMessage(t=self.clock(), level="warning", message=f"no resume checkpoints for this sampler: {exc}"))
+            self.checkpoint = None
 
     def save(self, job: Any, video_path: Path, reason: str) -> Optional[Path]:
         """Write the resume file when there is something to resume (encode finished); else None."""

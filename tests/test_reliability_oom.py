@@ -242,3 +242,20 @@ def test_cli_prints_the_switch_and_exits_3_with_a_resume_hint(demo_t2v_path, tmp
     kept = tmp_path / "b.latents.safetensors"
     assert "even with the leanest plan" in err and f"lowvram generate --resume {kept}" in err and "Traceback" not in err
     assert kept.is_file() and not (tmp_path / "b.mp4").exists()
+
+
+def test_a_sampler_state_that_cannot_be_copied_restarts_denoising_instead(plan):
+    """Checkpointing must never break a run: without a checkpoint the retry starts denoising over."""
+    import numpy as np
+
+    from lowvram.recovery import Recovery
+    from lowvram.telemetry import LogMessage
+
+    class Odd:
+        def __init__(self):
+            self.table = np.zeros(3)  # numpy state: not supported by the checkpoint format
+
+    events = []
+    rec = Recovery(plan, events.append, lambda: 0.0)
+    rec.keep(1, torch.zeros(2), Odd())
+    assert rec.checkpoint is None and any(isinstance(e, LogMessage) and "no resume checkpoints" in e.message for e in events)
