@@ -338,6 +338,7 @@ def generate(
             with _Stage("decode", log, clock, sampler, peaks):
                 frames = rec.run("decode", lambda p: decode(loaded, p, latents))
             plan = loaded.plan = rec.plan  # after a fallback the pipeline is placed per the leaner plan
+            _check_cancel(cancel)  # a cancel asked for during decode: keep the latents, write no video
             with _Stage("write", log, clock, sampler, peaks):
                 write_video_atomic(frames, video_path, job.fps)
                 side = sidecar_path(video_path)

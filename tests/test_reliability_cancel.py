@@ -176,3 +176,21 @@ def test_image_to_video_cancel_and_resume_matches(small_job, cpu_plan, tmp_path,
     resumed = generate(job.with_(out=str(tmp_path / "resumed.mp4")), cpu_plan, resume=state)
     clean = generate(job.with_(out=str(tmp_path / "clean.mp4")), cpu_plan)
     assert torch.equal(resumed.latents, clean.latents)
+
+
+def test_cancel_during_decode_writes_no_video_and_keeps_latents(small_job, cpu_plan, tmp_path):
+    job = small_job(steps=2)
+    cancel = threading.Event()
+    events = []
+
+    def sink(event):
+        events.append(event)
+        if isinstance(event, StageStarted) and event.stage == "decode":
+            cancel.set()  # the user presses cancel while the VAE decodes
+
+    with pytest.raises(CancelledError):
+        generate(job, cpu_plan, on_event=sink, cancel=cancel)
+    assert videos(tmp_path) == []
+    (cancelled,) = [e for e in events if isinstance(e, RunCancelled)]
+    assert cancelled.stage == "decode"
+    assert load_resume_file(cancelled.latents_path).checkpoint.step == 2  # all steps done: resume only decodes
