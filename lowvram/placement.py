@@ -37,6 +37,8 @@ class PlacementState:
     quantized: dict = field(default_factory=dict)  # component -> level
     quantized_from_cache: set = field(default_factory=set)
     disk_dir: Optional[str] = None
+    # component -> its CPU tensors while it sits on the GPU (moved whole): leaving is then a pointer swap
+    host: dict = field(default_factory=dict)
 
 
 def compute_device(plan: Plan) -> str:
@@ -160,6 +162,7 @@ def enter_stage(pipe: Any, plan: Plan, stage: str) -> None:
     from . import offload
 
     st = state(pipe) or PlacementState(plan=plan)
+    left_gpu = False
     for name in COMPONENTS:
         module = getattr(pipe, name, None)
         if module is None:
@@ -171,7 +174,78 @@ def enter_stage(pipe: Any, plan: Plan, stage: str) -> None:
             if name == "transformer":
                 _move_blocks(module, st.resident_blocks, target)
             continue
-        module.to(target)
+        left_gpu |= _move_whole(module, name, target, st)
+    if left_gpu:
+        _release_cached_vram()
+
+
+def _release_cached_vram() -> None:
+    """Give the blocks the leaving components held back to the driver, so the next stage's peak is its own."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _on_cpu(module: Any) -> bool:
+    from .quanto_offload import storage_device
+
+    for t in list(module.parameters()) + list(module.buffers()):
+        return storage_device(t).type == "cpu"
+    return True
+
+
+def _host_tensors(module: Any) -> list:
+    """(owner, name, is_param, CPU tensor) for every tensor of a module on the CPU: references, no copies."""
+    from .quanto_offload import is_qtensor, rebuild
+
+    saved = []
+    for owner in module.modules():
+        for leaf, p in owner._parameters.items():
+            if p is not None:
+                saved.append((owner, leaf, True, rebuild(p, lambda x: x) if is_qtensor(p) else p.data))
+        for leaf, b in owner._buffers.items():
+            if b is not None:
+                saved.append((owner, leaf, False, b))
+    return saved
+
+
+def _restore_host(saved: list) -> None:
+    import torch
+
+    from .quanto_offload import put, rebuild
+
+    for owner, leaf, is_param, tensor in saved:
+        if is_param:
+            param = owner._parameters[leaf]
+            try:
+                put(param, rebuild(tensor, lambda x: x))
+            except RuntimeError:  # a device whose tensors cannot take CPU data in place: a new Parameter
+                owner._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=param.requires_grad)
+        else:
+            owner._buffers[leaf] = tensor
+
+
+def _move_whole(module: Any, name: str, target: str, st: PlacementState) -> bool:
+    """Move a component that has no offload hooks. Its CPU tensors are kept while it is on the GPU (weights
+    are read-only), so leaving the GPU drops the GPU copy instead of copying it back: a device-to-pageable
+    copy runs at ~2 GB/s (bench run 1), 2.7 s for an int8 UMT5 at every stage change. Returns True when
+    the component left the GPU."""
+    on_cpu = _on_cpu(module)
+    if target == "cpu":
+        if on_cpu:
+            st.host.pop(name, None)
+            return False
+        saved = st.host.pop(name, None)
+        if saved is not None:
+            _restore_host(saved)
+        else:
+            module.to("cpu")
+        return True
+    if on_cpu:
+        st.host[name] = _host_tensors(module)
+    module.to(target)
+    return False
 
 
 def _move_blocks(transformer: Any, indices: list, device: str) -> None:
@@ -195,8 +269,11 @@ def leave_all(pipe: Any) -> None:
             offload.offload_groups(module)
             if name == "transformer":
                 _move_blocks(module, st.resident_blocks, "cpu")
+        elif st is not None:
+            _move_whole(module, name, "cpu", st)
         else:
             module.to("cpu")
+    _release_cached_vram()
 
 
 def use_sdpa(pipe: Any) -> None:
