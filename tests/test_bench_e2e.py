@@ -56,8 +56,12 @@ def test_teacache_timing_counts_calls_and_moved_bytes(hosts, small_job):
 
     from lowvram.bench.e2e import teacache_timing
 
+    from lowvram.bench.e2e import Hosts
+
+    denoise_only = Hosts("tiny", log=lambda s: None, device="cpu", configs=dict(CONFIGS, with_text_encoder=False))
+    assert denoise_only.pipe().text_encoder is None
     plan = Plan(device="cpu", dtype="float32", transformer=TransformerPlacement("block_offload", use_stream=False), source="forced")
-    out = teacache_timing(hosts, plan, small_job(steps=6), computed_steps=3, log=lambda s: None)
+    out = teacache_timing(denoise_only, plan, small_job(steps=6), computed_steps=3, log=lambda s: None)
     assert out["computed_steps_actual"] == 3 and out["computed_calls"] == 6 and out["skipped_calls"] == 6
     assert out["block_bytes_moved_on_skipped_calls"] == 0
     assert out["block_bytes_moved_on_computed_calls"] > 0 and out["no_cache_block_bytes"] > 0

@@ -43,9 +43,11 @@ class Hosts:
         gpu = build_transformer(model_key, device=device, config=tconfig)
         self.transformer = HostCopy.of(gpu, lambda: transformer_on_meta(model_key, tconfig))
         del gpu
-        enc = build_umt5(device=device, config=self.te_config)
-        self.text_encoder = HostCopy.of(enc, self._umt5_meta)
-        del enc
+        self.text_encoder = None
+        if configs.get("with_text_encoder", True):
+            enc = build_umt5(device=device, config=self.te_config)
+            self.text_encoder = HostCopy.of(enc, self._umt5_meta)
+            del enc
         vae = build_vae(device=device, config=self.vae_config)
         self.vae = HostCopy.of(vae, self._vae_meta)
         del vae
@@ -71,7 +73,8 @@ class Hosts:
         return v.eval().requires_grad_(False)
 
     def pipe(self) -> BenchPipe:
-        p = BenchPipe(transformer=self.transformer.fresh(), text_encoder=self.text_encoder.fresh(), vae=self.vae.fresh())
+        te = self.text_encoder.fresh() if self.text_encoder is not None else None
+        p = BenchPipe(transformer=self.transformer.fresh(), text_encoder=te, vae=self.vae.fresh())
         p.scheduler = scheduler()
         return p
 
@@ -81,11 +84,14 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def encode(pipe, device: str, prompts: int = 2, text_tokens: int = TEXT_TOKENS):
-    """Two prompts (cond, uncond) of 512 tokens through the text encoder, as the Wan pipeline does."""
+def encode(pipe, device: str, prompts: int = 2, text_tokens: int = TEXT_TOKENS, text_dim: int = 4096):
+    """Two prompts (cond, uncond) of 512 tokens through the text encoder, as the Wan pipeline does
+    (random embeddings of the same shape when the pipe has no text encoder: denoise-only timings)."""
     te = pipe.text_encoder
     out = []
     gen = torch.Generator(device="cpu").manual_seed(0)
+    if te is None:
+        return [(torch.randn(1, text_tokens, text_dim, generator=gen) * 0.1).to(device, torch.bfloat16) for _ in range(prompts)]
     with torch.no_grad():
         for _ in range(prompts):
             ids = torch.randint(0, te.config.vocab_size, (1, text_tokens), generator=gen).to(device)
@@ -123,11 +129,21 @@ class _Stage:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         self.t0 = time.perf_counter()
+        self.entered: dict = {}
         return self
+
+    def entered_stage(self) -> None:
+        """After enter_stage: keep the transition's own peak and time, measure the stage's work from here."""
+        _sync()
+        self.entered = dict(enter_seconds=time.perf_counter() - self.t0)
+        if self.cuda:
+            self.entered.update(enter_peak_vram_allocated=torch.cuda.max_memory_allocated(), enter_peak_vram_reserved=torch.cuda.max_memory_reserved())
+            torch.cuda.reset_peak_memory_stats()
 
     def __exit__(self, exc_type, exc, tb):
         _sync()
         rec = dict(seconds=time.perf_counter() - self.t0, peak_vram_allocated=torch.cuda.max_memory_allocated() if self.cuda else 0, peak_vram_reserved=torch.cuda.max_memory_reserved() if self.cuda else 0)
+        rec.update(self.entered)
         if exc_type is torch.OutOfMemoryError:
             rec["oom"] = True
             rec["error"] = str(exc).splitlines()[0][:300]
@@ -180,16 +196,19 @@ def planned(hosts: Hosts, model_key: str, resolution: str, budget_gib: float, ra
         embeds = latents = None
         step_seconds: list = []
         if not stages["load"].get("oom"):
-            with _Stage("encode", stages):
+            with _Stage("encode", stages) as stage:
                 placement.enter_stage(pipe, plan, "encode")
+                stage.entered_stage()
                 embeds = encode(pipe, placement.encode_device(plan), text_tokens=hosts.text_tokens)
         if embeds is not None:
-            with _Stage("denoise", stages):
+            with _Stage("denoise", stages) as stage:
                 placement.enter_stage(pipe, plan, "denoise")
+                stage.entered_stage()
                 latents, step_seconds = denoise(pipe, plan, job, embeds, plan.device)
         if latents is not None:
-            with _Stage("decode", stages):
+            with _Stage("decode", stages) as stage:
                 placement.enter_stage(pipe, plan, "decode")
+                stage.entered_stage()
                 decode(pipe, latents)
     finally:
         if hasattr(placement, "leave_all"):
@@ -234,7 +253,7 @@ def run_e2e(model_key: str, budget_gib: float, resolution: str = "480p", steps: 
 def run_teacache(model_key: str, plan_text: str, budget_gib: float, computed_steps: int, steps: int = 50, resolution: str = "480p", ram_gib: float = 64.0, log=print) -> dict:
     from .recipes import forced_plan
 
-    hosts = Hosts(model_key, log)
+    hosts = Hosts(model_key, log, configs={"with_text_encoder": False})  # denoising only: random prompt embeddings
     plan = forced_plan(plan_text, model_key, resolution, budget_gib, ram_gib)
     _cap(budget_gib)
     try:
@@ -259,7 +278,7 @@ def teacache_timing(hosts: Hosts, plan, job, computed_steps: int, log=print) -> 
     try:
         placement.prepare(pipe, plan)
         placement.enter_stage(pipe, plan, "encode")
-        embeds = encode(pipe, placement.encode_device(plan), text_tokens=hosts.text_tokens)
+        embeds = encode(pipe, placement.encode_device(plan), text_tokens=hosts.text_tokens, text_dim=pipe.transformer.config.text_dim)
         placement.enter_stage(pipe, plan, "denoise")
         t = pipe.transformer
         with TransferMeter(t) as meter:

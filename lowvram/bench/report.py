@@ -165,12 +165,12 @@ def e2e_section(data: dict, command: str = "") -> str:
         parts += [f"Device: {environment_line(data['environment'])}.", ""]
     if command:
         parts += [f"Command: `{command}`", ""]
-    parts += ["| run | plan | load s | encode s | denoise s | decode s | end to end s | vs all-on-GPU | peak VRAM reserved GiB per stage (predicted) |", "|---|---|---|---|---|---|---|---|---|"]
+    parts += ["| run | plan | load s | encode s | denoise s | decode s | end to end s | vs all-on-GPU | peak VRAM reserved GiB per stage (predicted) [while components move in/out] |", "|---|---|---|---|---|---|---|---|---|"]
     for run in (base, mine):
         st = run["stages"]
         cell = lambda k: "-" if k not in st else ("OOM" if st[k].get("oom") else f"{st[k]['seconds']:.2f}")  # noqa: E731
         den = "-" if run.get("denoise_seconds") is None else f"{run['denoise_seconds']:.1f}"
-        peaks = ", ".join(f"{k} {fmt_gib(v.get('peak_vram_reserved'))}" + (f" ({fmt_gib(v['predicted_vram'])})" if v.get("predicted_vram") else "") for k, v in st.items())
+        peaks = ", ".join(f"{k} {fmt_gib(v.get('peak_vram_reserved'))}" + (f" ({fmt_gib(v['predicted_vram'])})" if v.get("predicted_vram") else "") + (f" [moving in {fmt_gib(v['enter_peak_vram_reserved'])}]" if v.get("enter_peak_vram_reserved") else "") for k, v in st.items())
         ratio = "x1.000" if run is base and run.get("e2e_seconds") else fmt_ratio(run.get("ratio"))
         e2e = "-" if run.get("e2e_seconds") is None else f"{run['e2e_seconds']:.1f}"
         parts.append(f"| {run['recipe']} | {run['plan']} | {cell('load')} | {cell('encode')} | {den} | {cell('decode')} | {e2e} | {ratio} | {peaks} |")
