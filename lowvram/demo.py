@@ -54,6 +54,9 @@ def ensure_demo(name: str = "tiny-random") -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build into a temporary sibling and rename: an interrupted build leaves no half folder behind.
+    from .loading import quiet_library_logs
+
+    quiet_library_logs()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         pipe = build_demo_pipeline(i2v=name.endswith("i2v"))

@@ -110,6 +110,7 @@ def load_pipeline(
     import torch
     from diffusers import DiffusionPipeline
 
+    quiet_library_logs()
     folder = checkpoint_folder(ref)
     info = read_checkpoint_info(folder)
     torch_dtype = getattr(torch, dtype)
@@ -124,6 +125,16 @@ def load_pipeline(
         raise UserError(f"--model {ref.name}: could not load the pipeline from {folder}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe, info
+
+
+def quiet_library_logs() -> None:
+    """lowvram reports loading itself; the libraries' own progress bars and notices only add noise."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()
 
 
 @contextmanager

@@ -341,9 +341,9 @@ def generate(
             _check_cancel(cancel)  # a cancel asked for during decode: keep the latents, write no video
             with _Stage("write", log, clock, sampler, peaks):
                 write_video_atomic(frames, video_path, job.fps)
-                side = sidecar_path(video_path)
-                total = clock()
-                log(RunFinished(t=total, video_path=str(video_path), sidecar_path=str(side), seconds=total))
+            side = sidecar_path(video_path)
+            total = clock()
+            log(RunFinished(t=total, video_path=str(video_path), sidecar_path=str(side), seconds=total))
             data = build_sidecar(job, loaded, plan, log.events, step_seconds, peaks, total)
             write_sidecar(data, side)
             return RunResult(video_path, side, total, plan, log.events, step_seconds, peaks, latents.detach().cpu())
