@@ -92,6 +92,8 @@ def apply_transformer(
             setattr(transformer, name, full)
     else:
         apply_group_offloading(transformer, **kwargs)
+    if settings.offload_type == "block_level" and not settings.disk:
+        keep_root_group_resident(transformer)
     if settings.disk:
         (Path(kwargs["offload_to_disk_path"]) / DISK_COMPLETE_MARKER).write_text("ok\n")
     return resident
@@ -132,13 +134,45 @@ def apply_text_encoder(text_encoder: torch.nn.Module, device: torch.device) -> N
     )
 
 
+ROOT_HOME_ATTR = "_lowvram_home"
+
+
+def keep_root_group_resident(transformer: torch.nn.Module) -> None:
+    """Keep the non-block part of a block-offloaded transformer on the GPU while denoising.
+
+    diffusers' block-level offload puts the modules outside the block list (embeddings, head, the root's
+    own parameters) in a group without a stream that is copied in from pageable memory before every
+    forward and copied back out (device to pageable, ~2 GB/s) after it: 300 ms of every 3.3 s forward of
+    the 14B (bench run 2 profile, docs/benchmarks.md). The planner already counts those weights on the GPU
+    ("rest" bytes), so they stay there: the group's offload becomes a no-op, and offload_groups() sends
+    them home when the transformer leaves the GPU.
+    """
+    registry = getattr(transformer, "_diffusers_hook", None)
+    hook = registry.get_hook("group_offloading") if registry is not None else None
+    group = getattr(hook, "group", None)
+    if group is None or group.stream is not None or group.offload_to_disk_path is not None:
+        return
+    setattr(group, ROOT_HOME_ATTR, group.offload_device)
+    group.offload_device = group.onload_device
+
+
 def offload_groups(module: torch.nn.Module) -> None:
     """Send every onloaded group back (after a failure mid-forward the hooks may not have)."""
     for hook in group_hooks(module):
         group = hook.group
+        home = getattr(group, ROOT_HOME_ATTR, None)
+        target = home if home is not None else group.offload_device
         tensors = [p for m in group.modules for p in m.parameters()] + list(group.parameters) + list(group.buffers)
-        if any(storage_device(t) != group.offload_device for t in tensors):
-            group.offload_()
+        if any(storage_device(t) != target for t in tensors):
+            if home is None:
+                group.offload_()
+                continue
+            resident_on = group.offload_device
+            group.offload_device = home
+            try:
+                group.offload_()
+            finally:
+                group.offload_device = resident_on
 
 
 def materialize_on_cpu(module: torch.nn.Module) -> None:
