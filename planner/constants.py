@@ -117,10 +117,11 @@ H2D_PINNED_CONSUMER = 25 * GB
 PAGEABLE_OVER_PINNED = 10.5 / 55.5
 DATACENTER_GPU_MARKERS = ("H200", "H100", "A100", "L40", "A6000", "RTX 6000")
 # A streamed block costs max(compute, copy) + STREAM_INTERFERENCE x min(compute, copy): copies slow the
-# compute a little (memory traffic, hooks, syncs). Bench (docs/benchmarks.md, H200): diffusers block x1 +
-# stream 1.059 (1.3B) and 1.109 (14B) of the all-on-GPU step at 55.5 GB/s pinned: 0.728 and 0.705; the
-# mean (lowvram.bench.fit). REFERENCE.md's 1.06 / 1.11 had given 0.63.
-STREAM_INTERFERENCE = 0.716
+# compute a little (memory traffic, hooks, syncs). Bench run 8 (docs/benchmarks.md, H200): lowvram's block
+# offload (diffusers groups with streams, the non-block part kept on the GPU) 1.022 (1.3B) and 1.011 (14B) of
+# the all-on-GPU step at 55.5 GB/s pinned: 0.28 and 0.074; the mean. (Upstream diffusers block x1 + stream,
+# which copies the non-block part in and out every forward, gave 0.728 / 0.705; REFERENCE.md 0.63.)
+STREAM_INTERFERENCE = 0.18
 # Leaf-level offload: a fixed cost per leaf hook per forward plus interference. Bench (docs/benchmarks.md,
 # H200): diffusers leaf + stream 1.042 (1.3B, 488 leaves) and 1.023 (14B, 648 leaves) of the all-on-GPU
 # step: two equations, two unknowns (lowvram.bench.fit). REFERENCE.md's 1.13 / 1.09 had given 0.376 / 1.05e-4.
