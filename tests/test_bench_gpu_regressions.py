@@ -79,3 +79,22 @@ def test_block_offload_keeps_the_non_block_group_on_the_compute_device():
     with torch.no_grad():  # and the model still runs
         out = t(hidden_states=torch.randn(1, 16, 2, 8, 8), timestep=torch.tensor([3.0]), encoder_hidden_states=torch.randn(1, 4, 16), return_dict=False)[0]
     assert out.shape == (1, 16, 2, 8, 8)
+
+
+def test_cli_asks_for_expandable_segments_except_for_the_benchmark(monkeypatch):
+    # Bench run 9 (H200): 14B 720p at 24 GiB with 19 blocks resident ran out of memory with the default
+    # allocator (fragmentation) and ran with expandable segments.
+    import os
+
+    from lowvram.cli import main
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert main(["bench"]) == 2 and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ  # the bench keeps the default
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "garbage_collection_threshold:0.8")
+    from lowvram.cli import use_expandable_segments
+
+    use_expandable_segments()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "garbage_collection_threshold:0.8"  # the user's choice wins
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    use_expandable_segments()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
