@@ -113,9 +113,10 @@ def _case(**kw):
 
 
 def test_target_verdicts():
-    assert report.target_verdict(_case()) == "ratio <= 1.03: met; pred ±10%: met; peak <= budget: met"
+    assert report.target_verdict(_case()) == "ratio <= 1.03: met; pred ±10%: reserved met, allocated met; peak <= budget: met"
     slow = report.target_verdict(_case(ratio=1.10, predicted_peak_vram=int(15 * GIB)))
-    assert "ratio <= 1.03: MISSED" in slow and "pred ±10%: MISSED" in slow
+    assert "ratio <= 1.03: MISSED" in slow and "pred ±10%: reserved MISSED, allocated MISSED" in slow
+    assert "reserved MISSED, allocated met" in report.target_verdict(_case(predicted_peak_vram=int(18 * GIB)))
     assert report.target_verdict(_case(budget_gib=16)).startswith("pred")  # no ratio target at 16 GiB
     assert "zero OOM: MISSED" in report.target_verdict(_case(oom=True, step_seconds=None, ratio=None))
     assert report.target_verdict(_case(recipe="block_stream")) == ""
@@ -133,7 +134,7 @@ def test_matrix_table_rows():
     text = report.model_section(data, command="lowvram bench matrix --model 14b")
     lines = text.splitlines()
     assert "| 480p | uncapped | all_on_gpu | 2.890 | x1.000 |" in text
-    assert any(l.startswith("| 480p | 24 | lowvram | 2.950 | x1.021 | 20.00 / 19.00 | 19.00 (+5.3%) | 40.00 | ok |") for l in lines)
+    assert any(l.startswith("| 480p | 24 | lowvram | 2.950 | x1.021 | 20.00 / 19.00 | 19.00 (+5.3% / +0.0%) | 40.00 | ok |") for l in lines)
     assert any("| model_offload |" in l and "| OOM |" in l for l in lines)
     assert any("| mmgp_p4 |" in l and "skipped: mmgp is not installed" in l for l in lines)
     assert "`lowvram bench matrix --model 14b`" in text
