@@ -19,7 +19,7 @@ from lowvram.errors import UserError
 
 # --- Known configs (REFERENCE.md shapes; the checkpoints' config.json files say the same) ---------
 
-_WAN_COMMON = dict(
+WAN_COMMON = dict(
     patch_size=(1, 2, 2),
     attention_head_dim=128,
     text_dim=4096,
@@ -30,14 +30,14 @@ _WAN_COMMON = dict(
     eps=1e-6,
 )
 WAN_TRANSFORMER_CONFIGS: dict[str, dict] = {
-    "wan2.1-t2v-1.3b": dict(_WAN_COMMON, num_layers=30, num_attention_heads=12, ffn_dim=8960, in_channels=16),
-    "wan2.1-t2v-14b": dict(_WAN_COMMON, num_layers=40, num_attention_heads=40, ffn_dim=13824, in_channels=16),
+    "wan2.1-t2v-1.3b": dict(WAN_COMMON, num_layers=30, num_attention_heads=12, ffn_dim=8960, in_channels=16),
+    "wan2.1-t2v-14b": dict(WAN_COMMON, num_layers=40, num_attention_heads=40, ffn_dim=13824, in_channels=16),
     "wan2.1-i2v-14b-480p": dict(
-        _WAN_COMMON, num_layers=40, num_attention_heads=40, ffn_dim=13824, in_channels=36,
+        WAN_COMMON, num_layers=40, num_attention_heads=40, ffn_dim=13824, in_channels=36,
         image_dim=1280, added_kv_proj_dim=5120,
     ),
     "wan2.1-i2v-14b-720p": dict(
-        _WAN_COMMON, num_layers=40, num_attention_heads=40, ffn_dim=13824, in_channels=36,
+        WAN_COMMON, num_layers=40, num_attention_heads=40, ffn_dim=13824, in_channels=36,
         image_dim=1280, added_kv_proj_dim=5120,
     ),
 }

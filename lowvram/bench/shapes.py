@@ -8,40 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-WAN_COMMON = dict(
-    patch_size=(1, 2, 2),
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-)
+from planner.spec import UMT5_XXL_CONFIG, WAN_COMMON, WAN_TRANSFORMER_CONFIGS
 
+# The planner's known configs are the one source of the real shapes.
 TRANSFORMERS = {
-    "1.3b": dict(WAN_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30),
-    "14b": dict(WAN_COMMON, num_attention_heads=40, ffn_dim=13824, num_layers=40),
+    "1.3b": WAN_TRANSFORMER_CONFIGS["wan2.1-t2v-1.3b"],
+    "14b": WAN_TRANSFORMER_CONFIGS["wan2.1-t2v-14b"],
 }
 
 # lowvram's model names, so the planner sees the same job a user would give.
 MODEL_NAMES = {"1.3b": "wan2.1-t2v-1.3b", "14b": "wan2.1-t2v-14b"}
 
-# google/umt5-xxl encoder, as Wan2.1 ships it (~5.7 B params).
-UMT5_XXL = dict(
-    vocab_size=256384,
-    d_model=4096,
-    d_kv=64,
-    d_ff=10240,
-    num_layers=24,
-    num_heads=64,
-    relative_attention_num_buckets=32,
-    relative_attention_max_distance=128,
-    feed_forward_proj="gated-gelu",
-    dropout_rate=0.0,
-    tie_word_embeddings=False,
-)
+# google/umt5-xxl encoder, as Wan2.1 ships it (~5.7 B params); no dropout at inference.
+UMT5_XXL = dict(UMT5_XXL_CONFIG, dropout_rate=0.0, tie_word_embeddings=False)
 TEXT_TOKENS = 512
 TEXT_DIM = 4096
 
