@@ -73,11 +73,62 @@ def build(shape: str, folder: Path) -> None:
 
     if (folder / "transformer" / "config.json").is_file():
         return
-    model = build_transformer(shape, device="cpu", dtype=torch.bfloat16)
-    model.save_pretrained(folder / "transformer", safe_serialization=True)
+    if shape == "1.3b":
+        model = build_transformer(shape, device="cpu", dtype=torch.bfloat16)
+        model.save_pretrained(folder / "transformer", safe_serialization=True)
+    else:
+        save_streamed(shape, folder / "transformer")
     (folder / "model_index.json").write_text(
         json.dumps({"_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"]}, indent=1)
     )
+
+
+SHARD_BYTES = 5 * GIB  # diffusers' default max_shard_size
+
+
+def save_streamed(shape: str, folder: Path) -> None:
+    """Write a sharded diffusers checkpoint tensor by tensor, never holding the model in RAM.
+
+    The 14B shape in bf16 (26.6 GiB) is larger than a 24 GiB machine's RAM; the meta-device model gives the
+    names, shapes and dtypes, and each tensor is made, written with its shard and dropped.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from .build import init_random_, transformer_on_meta
+
+    meta = transformer_on_meta(shape)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta.save_config(folder)
+    shard_names: list[list[str]] = []  # names only: each shard's tensors are dropped once written
+    current, size, nbytes = {}, 0, 0
+
+    def flush() -> None:
+        nonlocal current, size
+        shard_names.append(list(current))
+        save_file(current, str(folder / f"shard-{len(shard_names):05d}.safetensors"))
+        current, size = {}, 0
+
+    for name, param in meta.named_parameters():
+        t = torch.empty(param.shape, dtype=param.dtype)
+        holder = torch.nn.Module()
+        holder.register_parameter(name.rsplit(".", 1)[-1], torch.nn.Parameter(t, requires_grad=False))
+        init_random_(holder, seed=len(shard_names) * 100_000 + len(current))
+        current[name] = t
+        size += t.numel() * t.element_size()
+        nbytes += t.numel() * t.element_size()
+        if size >= SHARD_BYTES:
+            flush()
+    if current:
+        flush()
+    total = len(shard_names)
+    weight_map = {}
+    for i, names in enumerate(shard_names, 1):
+        final = f"diffusion_pytorch_model-{i:05d}-of-{total:05d}.safetensors"
+        (folder / f"shard-{i:05d}.safetensors").rename(folder / final)
+        weight_map.update({name: final for name in names})
+    index = {"metadata": {"total_size": nbytes}, "weight_map": weight_map}
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index, indent=1))
 
 
 def measure(how: str, folder: Path, level: str) -> dict:
