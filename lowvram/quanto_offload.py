@@ -97,10 +97,6 @@ def is_pinned(t: torch.Tensor) -> bool:
     return all(leaf.is_pinned() for _, leaf in leaf_tensors(t))
 
 
-def module_has_qtensors(modules: list[torch.nn.Module], tensors: list[torch.Tensor]) -> bool:
-    return any(is_qtensor(p) for m in modules for p in m.parameters()) or any(is_qtensor(t) for t in tensors)
-
-
 class QuantoModuleGroup(_go.ModuleGroup):
     """diffusers' ModuleGroup with quanto-aware tensor moves; plain tensors take diffusers' own path."""
 
@@ -261,7 +257,3 @@ def group_hooks(module: torch.nn.Module) -> list:
         if hook is not None:
             out.append(hook)
     return out
-
-
-def is_group_offloaded(module: torch.nn.Module) -> bool:
-    return bool(group_hooks(module))

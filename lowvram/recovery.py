@@ -97,7 +97,6 @@ class Recovery:
         self.cond: Optional[dict] = None  # conditioning tensors, set after encode
         self.checkpoint: Optional[DenoiseCheckpoint] = None
         self.switches: list[PlanSwitched] = []
-        self.step_seconds: list[float] = []
 
     @property
     def num_blocks(self) -> Optional[int]:
