@@ -13,8 +13,8 @@ from lowvram.cli import main
 from lowvram.job import Job, TeaCacheSetting
 from lowvram.profiles import JobDefaults, PlannerPrefs, Profile, load, save
 from lowvram.profiles.apply import apply_profile, probe_like
-from lowvram.profiles.check import check_profile, placement_key
-from planner.choose import Budget, Preferences
+from lowvram.profiles.check import check_profile
+from planner.choose import Budget, Preferences, config_key
 from planner.probe import GIB, synthetic_probe
 
 SHIPPED = sorted((Path(__file__).parent.parent / "profiles").glob("*.toml"))
@@ -50,7 +50,7 @@ def test_24gb_profile_on_8gb_machine_is_replanned_within_its_vram(capsys):
     small = synthetic_probe(8, 16, gpu_name="NVIDIA GeForce RTX 3060 8GB")
     check = check_profile(profile, small)
     assert check.status == "replanned"
-    assert placement_key(check.plan) != placement_key(profile.saved_plan)
+    assert config_key(check.plan) != config_key(profile.saved_plan)
     budget = Budget.of(small, Preferences(min_quant="int8"))
     assert check.plan.peak_vram_bytes <= budget.vram < 8 * GIB
     assert any(line.startswith("predicted peak VRAM") for line in check.changes)

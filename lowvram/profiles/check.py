@@ -10,7 +10,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from planner.choose import NoPlanFits, PlanResult, fmt_seconds, gib, plan_for_job
+from planner.choose import NoPlanFits, PlanResult, config_key, fmt_seconds, gib, plan_for_job
 from planner.plan import Plan
 from planner.probe import HardwareProbe
 
@@ -45,11 +45,6 @@ class CheckResult:
     def headline(self) -> str:
         text = HEADLINES[self.status]
         return text.replace("this machine", "the what-if machine") if self.what_if else text
-
-
-def placement_key(plan: Plan) -> tuple:
-    """What a plan decides (not what it predicts): two plans with equal keys place the model the same way."""
-    return (plan.device, plan.dtype, plan.transformer_quant, plan.transformer, plan.text_encoder_quant, plan.text_encoder, plan.vae)
 
 
 def plan_changes(old: Plan, new: Plan) -> list[str]:
@@ -91,14 +86,14 @@ def _verdict(candidate, new: Plan) -> str:
 def _why(saved: Plan, result: PlanResult) -> list[str]:
     """Why the planner did not keep the saved plan here, from its own verdict on the same placement."""
     lines = [line for line in result.explanation if line.startswith("budget:")]
-    key = placement_key(saved)
-    same = [c for c in result.candidates if placement_key(c.plan) == key]
+    key = config_key(saved)
+    same = [c for c in result.candidates if config_key(c.plan) == key]
     if same:
         return [f"the saved plan {_verdict(same[0], result.plan)}"] + lines
     if saved.transformer.kind == "partial":
         # The number of resident blocks is sized to each machine's budget: compare with this machine's size.
         drop = lambda k: k[:3] + k[4:]  # noqa: E731 - the key without the transformer placement
-        here = [c for c in result.candidates if c.plan.transformer.kind == "partial" and drop(placement_key(c.plan)) == drop(key)]
+        here = [c for c in result.candidates if c.plan.transformer.kind == "partial" and drop(config_key(c.plan)) == drop(key)]
         kept = saved.transformer.resident_blocks
         if here:
             k = here[0].plan.transformer.resident_blocks
@@ -127,7 +122,7 @@ def check_profile(profile: Profile, probe: HardwareProbe, calibration=None) -> C
     new = result.plan
     if saved is None:
         return CheckResult("planned", machine, new, None, (), (), result, what_if)
-    if placement_key(saved) == placement_key(new):
+    if config_key(saved) == config_key(new):
         return CheckResult("fits", machine, new, saved, (), (), result, what_if)
     changes = plan_changes(saved, new) + _numbers(saved, new)
     return CheckResult("replanned", machine, new, saved, tuple(changes), tuple(_why(saved, result)), result, what_if)
