@@ -17,7 +17,7 @@ import torch
 
 from planner.plan import TransformerPlacement
 
-from .quanto_offload import apply_group_offloading, group_hooks, storage_device
+from .quanto_offload import apply_group_offloading, group_hooks, group_tensors, storage_device
 
 DISK_COMPLETE_MARKER = "lowvram_complete"
 
@@ -162,8 +162,7 @@ def offload_groups(module: torch.nn.Module) -> None:
         group = hook.group
         home = getattr(group, ROOT_HOME_ATTR, None)
         target = home if home is not None else group.offload_device
-        tensors = [p for m in group.modules for p in m.parameters()] + list(group.parameters) + list(group.buffers)
-        if any(storage_device(t) != target for t in tensors):
+        if any(storage_device(t) != target for t in group_tensors(group)):
             if home is None:
                 group.offload_()
                 continue

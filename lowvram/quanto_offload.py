@@ -97,6 +97,17 @@ def is_pinned(t: torch.Tensor) -> bool:
     return all(leaf.is_pinned() for _, leaf in leaf_tensors(t))
 
 
+def group_tensors(group: _go.ModuleGroup) -> list[torch.Tensor]:
+    """Every parameter and buffer an offload group moves (its modules' and its loose ones), each once."""
+    out = []
+    for m in group.modules:
+        out.extend(m.parameters())
+        out.extend(m.buffers())
+    out.extend(group.parameters)
+    out.extend(group.buffers)
+    return list(dict.fromkeys(out))
+
+
 class QuantoModuleGroup(_go.ModuleGroup):
     """diffusers' ModuleGroup with quanto-aware tensor moves; plain tensors take diffusers' own path."""
 
@@ -140,22 +151,13 @@ class QuantoModuleGroup(_go.ModuleGroup):
             return
         if not self.record_stream:
             self._torch_accelerator_module.current_stream().synchronize()
-        for t in self._all_tensors():
+        for t in group_tensors(self):
             cached = self.cpu_param_dict[t]
             if is_qtensor(t):
                 # A fresh wrapper around the cached inner tensors: the pinned copy itself stays untouched.
                 put(t, rebuild(cached, lambda x: x))
             else:
                 t.data = cached
-
-    def _all_tensors(self) -> list[torch.Tensor]:
-        out = []
-        for m in self.modules:
-            out.extend(m.parameters())
-            out.extend(m.buffers())
-        out.extend(self.parameters)
-        out.extend(self.buffers)
-        return list(dict.fromkeys(out))
 
     # -- disk: safetensors holds plain tensors, so a quanto tensor is stored as its inner tensors --
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .quanto_offload import group_tensors
+from .quanto_offload import storage_bytes as tensor_bytes  # QTensors count their inner (int8 ...) bytes
+
 GROUP_OFFLOADING_HOOK = "group_offloading"  # diffusers.hooks.group_offloading._GROUP_OFFLOADING
 
 
@@ -44,23 +47,8 @@ def offload_groups(root: Any) -> list[tuple[Any, bool]]:
     return list(seen.values())
 
 
-def tensor_bytes(t: Any) -> int:
-    """Bytes a tensor occupies; for wrapper subclasses (optimum-quanto QTensors) the inner tensors' bytes,
-    since numel * element_size would count a qint8 weight at its logical bf16/fp32 size."""
-    if hasattr(type(t), "__tensor_flatten__"):
-        names, _ = t.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(t, n)) for n in names)
-    return t.numel() * t.element_size()
-
-
 def group_bytes(group: Any) -> int:
-    tensors: dict[int, Any] = {}
-    for m in group.modules:
-        for t in list(m.parameters()) + list(m.buffers()):
-            tensors[id(t)] = t
-    for t in list(group.parameters) + list(group.buffers):
-        tensors[id(t)] = t
-    return sum(tensor_bytes(t) for t in tensors.values())
+    return sum(tensor_bytes(t) for t in group_tensors(group))
 
 
 class TransferMeter:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..errors import UserError
+from ..quanto_offload import group_tensors
 from ..telemetry import EventSink, LogMessage, TeaCacheScheduled, TransformerCall
 from ..transfer_meter import TransferMeter, offload_groups
 from .coefficients import choose_coefficients
@@ -33,8 +34,7 @@ def time_weights(transformer, folder: Optional[Path], retention: bool) -> TimeEm
     disk offloading replaces offloaded tensors with empty ones until their group is onloaded."""
     weight = transformer.condition_embedder.time_embedder.linear_1.weight
     for group, _ in offload_groups(transformer):
-        tensors = [p for m in group.modules for p in m.parameters()] + list(group.parameters)
-        if getattr(group, "offload_to_disk_path", None) and any(t is weight for t in tensors):
+        if getattr(group, "offload_to_disk_path", None) and any(t is weight for t in group_tensors(group)):
             if folder is None:
                 raise UserError("TeaCache with disk offloading needs the checkpoint folder to read the time-embedding weights.")
             return TimeEmbedderWeights.from_checkpoint(folder, transformer.config.freq_dim, retention)
