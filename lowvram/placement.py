@@ -66,6 +66,11 @@ def checkpoint_folder_of(pipe: Any) -> Optional[Path]:
     return None
 
 
+def _quant_levels(plan: Plan) -> tuple[tuple[str, str], ...]:
+    """(component, level) for the components a plan may quantize."""
+    return (("transformer", plan.transformer_quant), ("text_encoder", plan.text_encoder_quant))
+
+
 def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> PlacementState:
     """Called once after loading, with every component on the CPU."""
     import torch
@@ -79,7 +84,7 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
     st = PlacementState(plan=plan)
     use_sdpa(pipe)
 
-    for name, level in (("transformer", plan.transformer_quant), ("text_encoder", plan.text_encoder_quant)):
+    for name, level in _quant_levels(plan):
         module = getattr(pipe, name, None)
         if module is None or level == "bf16":
             continue
@@ -146,15 +151,16 @@ def _num_blocks(transformer: Any) -> int:
 
 
 def _target(plan: Plan, name: str, stage: str) -> str:
-    wanted = set(STAGE_COMPONENTS.get(stage, ()))
-    if name == "vae" and stage == "encode":
-        wanted.add("vae")  # I2V encodes the first frame with the VAE
-    target = plan.device if name in wanted else "cpu"
+    wanted = STAGE_COMPONENTS.get(stage, ())
+    if stage == "encode":
+        wanted += ("vae",)  # I2V encodes the first frame with the VAE
+    if name not in wanted:
+        return "cpu"
     if name == "text_encoder":
-        target = encode_device(plan) if name in wanted else "cpu"
-    if name == "vae" and target != "cpu":
-        target = vae_device(plan)
-    return target
+        return encode_device(plan)
+    if name == "vae":
+        return vae_device(plan)
+    return plan.device
 
 
 def enter_stage(pipe: Any, plan: Plan, stage: str) -> None:
@@ -337,7 +343,7 @@ def load_cached_components(folder: Path, plan: Plan) -> dict:
     from . import quant_cache
 
     out = {}
-    for name, level in (("transformer", plan.transformer_quant), ("text_encoder", plan.text_encoder_quant)):
+    for name, level in _quant_levels(plan):
         if level == "bf16" or not (Path(folder) / name).is_dir():
             continue
         module = quant_cache.load(folder, name, level, plan.dtype)
@@ -359,7 +365,7 @@ def reset(pipe: Any) -> None:
     from . import offload
 
     leave_all(pipe)
-    for name in ("text_encoder", "image_encoder", "transformer", "vae"):
+    for name in COMPONENTS:
         module = getattr(pipe, name, None)
         registry = getattr(module, "_diffusers_hook", None)
         if registry is not None:
