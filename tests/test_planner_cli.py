@@ -67,6 +67,14 @@ def test_plan_unknown_model_exits_2(capsys):
     assert "not a known model name" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, value", [("--vram", "nan"), ("--ram", "inf"), ("--ram", "-1"), ("--vram-cap", "nan"),
+                                         ("--ram-reserve", "-2"), ("--vram-reserve", "x")])
+def test_plan_bad_gib_options_exit_2_naming_the_option(flag, value, capsys):
+    assert main(["plan", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {value!r} is not a number of GiB" in err and "Traceback" not in err
+
+
 def test_calibrate_without_a_gpu_exits_2(capsys):
     pytest.importorskip("torch")
     import torch

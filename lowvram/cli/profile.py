@@ -55,9 +55,11 @@ def register(sub) -> None:
 
 
 def add_machine_arguments(p: argparse.ArgumentParser) -> None:
+    from ..profiles.apply import gib_amount
+
     g = p.add_argument_group("what-if machine (instead of this one)")
-    g.add_argument("--vram", type=float, default=None, metavar="GiB", help="plan for a GPU with this much free VRAM (0: no GPU)")
-    g.add_argument("--ram", type=float, default=None, metavar="GiB", help="plan for this much available RAM")
+    g.add_argument("--vram", type=gib_amount, default=None, metavar="GiB", help="plan for a GPU with this much free VRAM (0: no GPU)")
+    g.add_argument("--ram", type=gib_amount, default=None, metavar="GiB", help="plan for this much available RAM")
     g.add_argument("--gpu-name", default=None, help="name of the what-if GPU (for the record in the profile)")
     g.add_argument("--compute-capability", default=None, metavar="X.Y", help="compute capability of the what-if GPU (8.9 and up: fast fp8)")
     g.add_argument("--saved-machine", action="store_true", help="plan for the machine the profile was saved on ([saved_on]) instead of this one")
@@ -89,9 +91,8 @@ def machine_from_args(args, profile=None):
         except ValueError:
             raise UserError(f"--compute-capability {args.compute_capability}: write it as MAJOR.MINOR, e.g. 8.9") from None
         cc = (major, minor)
-    for flag, value in (("--vram", args.vram), ("--ram", args.ram)):
-        if value is not None and (value < 0 or (flag == "--ram" and value == 0)):
-            raise UserError(f"{flag} {value}: give a positive number of GiB" + (" (0 means no GPU)" if flag == "--vram" else ""))
+    if args.ram == 0:  # gib_amount has refused negative and non-finite numbers
+        raise UserError(f"--ram {args.ram}: give a positive number of GiB")
     if args.vram is not None and args.ram is not None:
         probe = synthetic_probe(args.vram, args.ram, gpu_name=args.gpu_name or "what-if GPU", compute_capability=cc or (8, 6))
     else:

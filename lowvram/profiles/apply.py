@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -28,15 +29,26 @@ PREF_FLAGS = {"min_precision": "min_precision", "prefer": "prefer", "vram_reserv
               "ram_reserve": "ram_reserve_gib", "vram_cap": "vram_cap_gib", "ram_cap": "ram_cap_gib"}
 
 
+def gib_amount(text: str) -> float:
+    """argparse type of the GiB options: a finite number >= 0 (nan or inf would fail later, in int())."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GiB >= 0; write it like 8 or 11.5")
+    return value
+
+
 def add_preference_arguments(p: argparse.ArgumentParser) -> None:
     """Planner preference options (defaults None: an option not given leaves the profile's value)."""
     g = p.add_argument_group("planner preferences")
     g.add_argument("--min-precision", choices=("bf16", "fp8", "int8", "int4"), default=None, help="lowest transformer precision the planner may use (default: int4, anything)")
     g.add_argument("--prefer", choices=("speed", "quality"), default=None, help="what wins when plans are close in time (default: speed)")
-    g.add_argument("--vram-reserve", type=float, default=None, metavar="GiB", help="VRAM to leave free for other programs")
-    g.add_argument("--ram-reserve", type=float, default=None, metavar="GiB", help="RAM to leave free for other programs")
-    g.add_argument("--vram-cap", type=float, default=None, metavar="GiB", help="the most VRAM lowvram may use")
-    g.add_argument("--ram-cap", type=float, default=None, metavar="GiB", help="the most RAM lowvram may use")
+    g.add_argument("--vram-reserve", type=gib_amount, default=None, metavar="GiB", help="VRAM to leave free for other programs")
+    g.add_argument("--ram-reserve", type=gib_amount, default=None, metavar="GiB", help="RAM to leave free for other programs")
+    g.add_argument("--vram-cap", type=gib_amount, default=None, metavar="GiB", help="the most VRAM lowvram may use")
+    g.add_argument("--ram-cap", type=gib_amount, default=None, metavar="GiB", help="the most RAM lowvram may use")
 
 
 def to_preferences(prefs: PlannerPrefs) -> Preferences:
