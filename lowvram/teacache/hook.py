@@ -14,8 +14,9 @@ outer `new_forward` hook wrongly when an inner hook is removed (streamed group o
 tracing hooks after the first forward), which would silently bypass the cache.
 
 State is per cache context (one per branch), lives in `TeaCacheState`, and is reset by
-`reset_teacache` (the runner does that at the start of every run and in a `finally`). A call with no
-cache context raises instead of silently sharing one state between branches.
+`reset_teacache` (remove_teacache does it first; the runner applies fresh hooks per run and removes
+them in a `finally`). A call with no cache context raises instead of silently sharing one state
+between branches.
 """
 
 from __future__ import annotations

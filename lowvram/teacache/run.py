@@ -1,7 +1,7 @@
 """TeaCache for one denoising run of the runner: schedule, hooks, telemetry, and cleanup.
 
 `teacache_run(...)` is a context manager: on entry it builds the schedule (before the first step),
-applies the hooks and resets their state, and announces the schedule; `step_done(i)` turns the
+applies fresh hooks, and announces the schedule; `step_done(i)` turns the
 step's transformer calls into TransformerCall events after the runner's per-step synchronize; on
 exit, normal or not (cancel, OOM), it resets the state and removes the hooks, so a loaded model is
 left as it was found.
@@ -17,7 +17,7 @@ from ..quanto_offload import group_tensors
 from ..telemetry import EventSink, LogMessage, TeaCacheScheduled, TransformerCall
 from ..transfer_meter import TransferMeter, offload_groups
 from .coefficients import choose_coefficients
-from .hook import TeaCacheConfig, TeaCacheHook, apply_teacache, get_teacache, remove_teacache, reset_teacache
+from .hook import TeaCacheConfig, TeaCacheHook, apply_teacache, get_teacache, remove_teacache
 from .schedule import SkipSchedule, TimeEmbedderWeights, build_schedule
 
 
@@ -64,8 +64,7 @@ class TeaCacheRun:
         if get_teacache(self.transformer) is not None:
             remove_teacache(self.transformer)  # left by an earlier caller: this run's schedule wins
         try:
-            self.hook = apply_teacache(self.transformer, TeaCacheConfig(self.schedule))
-            reset_teacache(self.transformer)
+            self.hook = apply_teacache(self.transformer, TeaCacheConfig(self.schedule))  # fresh state
             self.meter = TransferMeter(self.transformer).__enter__()
             self.hook.meter = self.meter
         except BaseException:
@@ -119,8 +118,7 @@ class TeaCacheRun:
         if self.meter is not None:
             self.meter.__exit__(None, None, None)
             self.meter = None
-        reset_teacache(self.transformer)
-        remove_teacache(self.transformer)
+        remove_teacache(self.transformer)  # resets the state first
         self.hook = None
 
     def __exit__(self, *exc) -> bool:
