@@ -75,6 +75,15 @@ def test_plan_bad_gib_options_exit_2_naming_the_option(flag, value, capsys):
     assert f"argument {flag}: {value!r} is not a number of GiB" in err and "Traceback" not in err
 
 
+def test_plan_and_profile_save_refuse_an_invalid_job(tmp_path, capsys):
+    assert main(["plan", "--width", "-16", "--frames", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "--width -16 must be a positive multiple of 16" in err and "--frames 6 must be of the form 4k+1" in err
+    out = tmp_path / "p.toml"
+    assert main(["profile", "save", str(out), "--steps", "0"]) == 2
+    assert "--steps 0 must be at least 1" in capsys.readouterr().err and not out.exists()
+
+
 def test_calibrate_without_a_gpu_exits_2(capsys):
     pytest.importorskip("torch")
     import torch

@@ -105,14 +105,17 @@ def job_from_args(args) -> "Job":
 
 
 def job_and_prefs_from_args(args) -> tuple:
-    """(Job, planner Preferences) from the options, on top of `--profile FILE` when given."""
+    """(Job, planner Preferences) from the options, on top of `--profile FILE` when given; the job is
+    validated (UserError naming each bad option) before anything plans or loads."""
+    from ..job import validate_job
     from ..profiles.apply import apply_profile, load_profile_file
 
-    return apply_profile(args, load_profile_file(getattr(args, "profile", None)))
+    job, prefs = apply_profile(args, load_profile_file(getattr(args, "profile", None)))
+    validate_job(job)
+    return job, prefs
 
 
 def run(args) -> int:
-    from ..job import validate_job
     from ..models import resolve_model
     from ..runner import generate
     from .console import ConsoleReporter
@@ -124,8 +127,7 @@ def run(args) -> int:
         return run_resume(args)
     from .plan_choice import choose_plan
 
-    job, prefs = job_and_prefs_from_args(args)
-    validate_job(job)  # fail fast, before any model loads
+    job, prefs = job_and_prefs_from_args(args)  # validated: fail fast, before any model loads
     resolve_model(job.model)
     plan = choose_plan(job, prefs, getattr(args, "force_plan", None), say=(lambda _line: None) if args.quiet else print)
     with cancel_on_interrupt() as cancel:  # Ctrl-C: stop at the next step boundary, keep the latents

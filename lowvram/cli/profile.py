@@ -10,6 +10,7 @@ import sys
 def register(sub) -> None:
     from ..profiles.apply import add_preference_arguments
     from .generate import add_generation_arguments, add_job_arguments, add_profile_argument
+    from .plan import PLAN_PROMPT
 
     p = sub.add_parser(
         "profile",
@@ -35,7 +36,7 @@ def register(sub) -> None:
     add_profile_argument(save)
     add_preference_arguments(save)
     add_machine_arguments(save)
-    save.set_defaults(func=run_save)
+    save.set_defaults(func=run_save, prompt=PLAN_PROMPT)
 
     show = actions.add_parser("show", help="print a profile in words", description="Print what a profile holds.")
     show.add_argument("file", help="profile .toml")
@@ -108,6 +109,7 @@ def run_save(args) -> int:
     from planner.choose import NoPlanFits, plan_for_job
 
     from ..errors import UserError
+    from ..job import validate_job
     from ..profiles import PlannerPrefs, save
     from ..profiles.apply import apply_profile, job_from_sidecar, load_profile_file, prefs_with_args, profile_from_job, to_preferences
 
@@ -118,6 +120,7 @@ def run_save(args) -> int:
         ran, _ = job_from_sidecar(args.from_sidecar)
         base = profile_from_job(ran)  # options given on the command line still win over the run's settings
     job, _ = apply_profile(args, base)
+    validate_job(job)  # a profile with these values would not load
     prefs = prefs_with_args(base.planner if base else PlannerPrefs(), args)
     probe = machine_from_args(args, base if args.profile else None)
     try:
