@@ -228,8 +228,12 @@ class QuantoModuleGroup(_go.ModuleGroup):
 def _save_atomic(tensors: dict[str, torch.Tensor], path: str) -> None:
     # A crash mid-write must not leave a truncated file that a later run would load.
     tmp = f"{path}.tmp-{os.getpid()}"
-    safetensors.torch.save_file(tensors, tmp)
-    os.replace(tmp, path)
+    try:
+        safetensors.torch.save_file(tensors, tmp)
+        os.replace(tmp, path)
+    finally:  # a failed write (full disk) leaves no partial file of group size behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 @contextmanager

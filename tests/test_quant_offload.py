@@ -93,6 +93,23 @@ def test_disk_offload_reuses_files_of_an_earlier_run(tmp_path):
         assert torch.equal(second(x), expected) and torch.equal(first(x), expected)
 
 
+def test_failed_disk_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from lowvram.quanto_offload import apply_group_offloading
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    kwargs = dict(onload_device="cpu", offload_type="block_level", num_blocks_per_group=1, offload_to_disk_path=str(tmp_path))
+    with pytest.raises(OSError, match="No space"):
+        apply_group_offloading(quantized_toy("qint8"), **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
 def test_memory_offload_of_quantized_model_on_cpu(offload_type):
     from lowvram.quanto_offload import apply_group_offloading
