@@ -28,16 +28,12 @@ class CheckpointInfo:
 
 def read_checkpoint_info(folder: Path) -> CheckpointInfo:
     """Read model_index.json and the transformer config; refuse pickle-only weights."""
-    index_path = folder / "model_index.json"
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{index_path}: cannot read it as JSON ({exc}). Is this a diffusers pipeline folder?") from exc
+    index = _read_json(folder / "model_index.json", "Is this a diffusers pipeline folder?")
     components = tuple(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0])
     transformer_config: dict = {}
     tconf = folder / "transformer" / "config.json"
     if tconf.is_file():
-        transformer_config = json.loads(tconf.read_text())
+        transformer_config = _read_json(tconf, "The checkpoint looks damaged: download or save it again.")
     refuse_pickle_only(folder, components)
     return CheckpointInfo(
         location=str(folder),
@@ -46,6 +42,13 @@ def read_checkpoint_info(folder: Path) -> CheckpointInfo:
         components=components,
         transformer_config=transformer_config,
     )
+
+
+def _read_json(path: Path, hint: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: cannot read it as JSON ({exc}). {hint}") from exc
 
 
 def detect_task(model_index: dict, transformer_config: dict) -> str:

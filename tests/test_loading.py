@@ -50,6 +50,14 @@ def test_folder_without_model_index(tmp_path):
         resolve_model(str(tmp_path / "empty"))
 
 
+def test_damaged_transformer_config_is_a_user_error(demo_t2v_path, tmp_path):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(demo_t2v_path, folder)
+    (folder / "transformer" / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="config.json: cannot read it as JSON.*download or save it again"):
+        read_checkpoint_info(folder)
+
+
 def test_short_names_map_to_hub_ids():
     for short, hub in SHORT_NAMES.items():
         ref = resolve_model(short)
