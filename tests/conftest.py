@@ -20,6 +20,14 @@ def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_unconfigure(config):
+    # The session's demo cache is ours alone: remove it, or every run leaves a folder in /tmp.
+    if _SESSION_CACHE:
+        import shutil
+
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def demo_t2v_path():
     from lowvram.demo import ensure_demo
