@@ -104,6 +104,7 @@ def gib(n: float) -> str:
 
 
 def fmt_seconds(s: float) -> str:
+    s = max(0.0, s)
     if s < 60:
         return f"{s:.1f}s"
     m, sec = divmod(int(round(s)), 60)

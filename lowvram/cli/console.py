@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from planner.choose import fmt_seconds
+from planner.choose import gib as fmt_bytes  # the planner's formatters: predictions and measurements read alike
+
 from ..telemetry import (
     Event,
     LogMessage,
@@ -17,21 +20,6 @@ from ..telemetry import (
     StageStarted,
     StepFinished,
 )
-
-GIB = 1024**3
-
-
-def fmt_bytes(n: int) -> str:
-    return f"{n / GIB:.2f} GiB"
-
-
-def fmt_seconds(s: float) -> str:
-    s = max(0.0, s)
-    if s < 60:
-        return f"{s:.1f}s"
-    m, sec = divmod(int(round(s)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
 
 
 def progress_bar(done: int, total: int, width: int = 24) -> str:
