@@ -88,8 +88,7 @@ def run_matrix(args) -> int:
     iters = {"480p": args.iters, "720p": 1}
     data = run(args.model, cases, recipes, out_path=args.out, warmup=args.warmup, iters=iters, ram_gib=args.ram_gib, log=lambda s: print(s, flush=True), floor_resolutions=args.floor_resolutions, plans=args.plans, plans_budget=args.plans_budget, profile=args.profile, profile_dir=args.out.parent if args.out else None)
     data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
-    if args.out:
-        args.out.write_text(json.dumps(data, indent=1, default=str))
+    _dump(data, args.out)
     from ..bench.report import model_section
 
     print(model_section(data))
@@ -105,21 +104,16 @@ def run_components(args) -> int:
 
     _need_cuda()
     data: dict = {"kind": "components", "environment": environment()}
-
-    def save():
-        if args.out:
-            args.out.write_text(json.dumps(data, indent=1, default=str))
-
     if "h2d" not in args.skip:
         data["h2d"] = C.h2d_bandwidth()
-        save()
+        _dump(data, args.out)  # after each part: a later part may run out of memory
     if "umt5" not in args.skip:
         data["umt5"] = C.umt5_peak()
-        save()
+        _dump(data, args.out)
     if "vae" not in args.skip:
         dtype = getattr(torch, args.vae_dtype)
         data["vae"] = C.vae_decode_peaks([(240, 416, 33), (480, 832, 81)], dtype=dtype)
-        save()
+        _dump(data, args.out)
     print(components_section(data))
     return 0
 
@@ -131,11 +125,12 @@ def _dump(data: dict, out) -> None:
 
 def run_e2e(args) -> int:
     from ..bench.e2e import run_e2e as run
+    from ..bench.matrix import environment
     from ..bench.report import e2e_section
 
     _need_cuda()
     data = run(args.model, args.budget, args.resolution, args.steps, args.measured_steps, args.ram_gib, log=lambda s: print(s, flush=True))
-    data["environment"] = _environment()
+    data["environment"] = environment()
     _dump(data, args.out)
     print(e2e_section(data))
     return 0
@@ -143,20 +138,15 @@ def run_e2e(args) -> int:
 
 def run_teacache(args) -> int:
     from ..bench.e2e import run_teacache as run
+    from ..bench.matrix import environment
     from ..bench.report import teacache_section
 
     _need_cuda()
     data = run(args.model, args.plan, args.budget, args.computed, args.steps, log=lambda s: print(s, flush=True))
-    data["environment"] = _environment()
+    data["environment"] = environment()
     _dump(data, args.out)
     print(teacache_section(data))
     return 0
-
-
-def _environment() -> dict:
-    from ..bench.matrix import environment
-
-    return environment()
 
 
 def run_report(args) -> int:
