@@ -11,10 +11,8 @@ from tui.services import Services
 
 def cpu_probe():
     """A fixed CPU-only machine, so the plan screen does not depend on where the tests run."""
-    try:
-        from planner.probe import synthetic_probe
-    except ModuleNotFoundError:
-        return None
+    from planner.probe import synthetic_probe
+
     return synthetic_probe(vram_gib=0, ram_gib=16, os="test machine")
 
 

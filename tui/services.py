@@ -1,13 +1,12 @@
 """What the TUI calls outside itself: probe, planner, TeaCache preview, profiles, runner.
 
 The screens take these through `Services`, so tests can give a fixed probe (a fake for the hardware)
-while the planner, the runtime and the TUI itself stay real. Parts built by other modules are reached
-through small adapters that say plainly when a part is not available in this installation.
+while the planner, the runtime and the TUI itself stay real. Imports are deferred to the first call,
+so the app starts without loading torch.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -47,65 +46,42 @@ class SkipPreview:
 
 @dataclass(frozen=True)
 class PlanView:
-    """Everything the plan screen shows. `label` is set when the plan is not the planner's own."""
+    """Everything the plan screen shows."""
 
     plan: Plan
     alternatives: tuple[Alternative, ...] = ()
     explanation: tuple[str, ...] = ()
     hardware: tuple[str, ...] = ()
-    label: str = ""
     preview: Optional[SkipPreview] = None
     preferences: str = ""  # the profile's planner preferences in effect, described
 
 
-def _optional(module: str) -> Any:
-    """Import a module another engineer builds; None while it does not exist yet."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            return None
-        raise
-
-
 def default_probe() -> Any:
-    probe = _optional("planner.probe")
-    return probe.probe_hardware() if probe is not None else None
+    from planner.probe import probe_hardware
+
+    return probe_hardware()
 
 
 def describe_probe(probe: Any) -> tuple[str, ...]:
     """Hardware summary lines, as `lowvram probe` prints them."""
-    if probe is None:
-        return ("hardware probe not available in this installation (planner/probe.py)",)
-    module = _optional("planner.probe")
-    if module is not None and hasattr(module, "describe_probe"):
-        return tuple(module.describe_probe(probe))
-    return (str(probe),)
+    from planner.probe import describe_probe as describe
+
+    return tuple(describe(probe))
 
 
 def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
-    """The planner's plan for this job on this probe, or the runner's placeholder plan (labelled)."""
-    choose = _optional("planner.choose")
-    hardware = describe_probe(probe)
-    if choose is None or not hasattr(choose, "plan_for_job"):
-        from lowvram.runner import placeholder_plan
+    """The planner's plan for this job on this probe, with the alternatives it weighed."""
+    from planner.choose import plan_for_job
 
-        plan = placeholder_plan()
-        return PlanView(
-            plan=plan,
-            explanation=tuple(plan.reasons),
-            hardware=hardware,
-            label="placeholder plan: the planner is not available in this installation",
-        )
     preferences = ""
     if prefs is not None:  # a profile's [planner] table (PlannerPrefs) -> the planner's Preferences
         from lowvram.profiles.apply import to_preferences
         from lowvram.profiles.report import describe_prefs
 
-        result = choose.plan_for_job(job, probe=probe, prefs=to_preferences(prefs))
+        result = plan_for_job(job, probe=probe, prefs=to_preferences(prefs))
         preferences = describe_prefs(prefs)
     else:
-        result = choose.plan_for_job(job, probe=probe)
+        result = plan_for_job(job, probe=probe)
     alternatives = tuple(
         Alternative(
             summary=c.plan.summary(),
@@ -117,7 +93,7 @@ def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
         )
         for c in result.candidates
     )
-    return PlanView(plan=result.plan, alternatives=alternatives, explanation=tuple(result.explanation), hardware=hardware, preferences=preferences)
+    return PlanView(plan=result.plan, alternatives=alternatives, explanation=tuple(result.explanation), hardware=describe_probe(probe), preferences=preferences)
 
 
 # The planner's explanation opens with the machine, the budget, the job and the chosen plan's table,
@@ -138,12 +114,10 @@ def teacache_preview(job: Job, plan: Plan) -> SkipPreview:
     and time-embedding weights (no model load)."""
     if not job.teacache.enabled:
         return SkipPreview(total_steps=job.steps, computed_steps=job.steps, note="TeaCache off: every step computed")
-    teacache = _optional("lowvram.teacache")
-    if teacache is None or not hasattr(teacache, "preview_checkpoint"):
-        return SkipPreview(total_steps=job.steps, note="TeaCache preview not available in this installation")
     from pathlib import Path
 
     from lowvram.models import resolve_model
+    from lowvram.teacache import preview_checkpoint
 
     ref = resolve_model(job.model)
     folder = Path(ref.location)
@@ -156,7 +130,7 @@ def teacache_preview(job: Job, plan: Plan) -> SkipPreview:
             folder = Path("/nonexistent")
     if not (folder / "model_index.json").is_file():
         return SkipPreview(total_steps=job.steps, note="TeaCache preview needs the checkpoint on disk; it shows after the first download")
-    schedule = teacache.preview_checkpoint(folder, job, ref.name)
+    schedule = preview_checkpoint(folder, job, ref.name)
     if schedule is None:
         return SkipPreview(total_steps=job.steps, computed_steps=job.steps, note="TeaCache off: every step computed")
     decisions = tuple(StepDecision(int(c.step), str(c.branch), bool(c.computed)) for c in schedule.calls)

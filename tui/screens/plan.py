@@ -3,6 +3,8 @@ why they lost, and the TeaCache skip schedule, all before anything loads."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.console import Group
 from rich.padding import Padding
 from rich.table import Table
@@ -39,8 +41,6 @@ def plan_renderable(job: Job, view: PlanView, width: int = 78) -> Group:
     parts += [heading("Hardware")] + [Text(line) for line in view.hardware] + [Text("")]
     plan = view.plan
     parts.append(heading("Plan"))
-    if view.label:
-        parts.append(Text(view.label, style="bold yellow"))
     if view.preferences:
         parts.append(Text(f"profile preferences: {view.preferences}", style="cyan"))
     where = "every component on the CPU" if plan.device == "cpu" else plan.summary()
@@ -55,7 +55,7 @@ def plan_renderable(job: Job, view: PlanView, width: int = 78) -> Group:
         parts.append(table)
     else:
         parts.append(Text("no predicted peaks or time for this plan", style="dim"))
-    notes, comparison = split_explanation(view.explanation) if not view.label else (view.explanation, ())
+    notes, comparison = split_explanation(view.explanation)
     parts += [Text(line, style="dim") for line in dict.fromkeys(tuple(plan.reasons) + notes) if line]
     parts.append(Text(""))
     parts.append(heading("Alternatives"))
@@ -70,7 +70,7 @@ def plan_renderable(job: Job, view: PlanView, width: int = 78) -> Group:
                 over = "over VRAM" in line or "over RAM" in line
                 parts.append(Padding(Text(line.strip(), style="red" if over else ""), (0, 0, 0, 2)))
     elif len(view.alternatives) <= 1:
-        parts.append(Text("no alternatives: " + ("the planner is not available" if view.label else "one plan is possible on this machine"), style="dim"))
+        parts.append(Text("no alternatives: one plan is possible on this machine", style="dim"))
     parts += [Text(""), heading("TeaCache")]
     preview = view.preview
     if preview is None:
@@ -110,21 +110,19 @@ class PlanScreen(Screen):
         self.make_plan()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
-    def make_plan(self) -> PlanView:
+    def make_plan(self) -> tuple:
+        """(the plan view, the probe); the app's state is set on the UI thread when the worker ends."""
         services = self.app.services
         probe = services.probe()
-        self.app.last_probe = probe
         view = services.plan(self.job, probe, self.app.planner_prefs)
         preview = services.preview(self.job, view.plan)
-        from dataclasses import replace
-
-        return replace(view, preview=preview)
+        return replace(view, preview=preview), probe
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "plan":
             return
         if event.state == WorkerState.SUCCESS:
-            self.view = event.worker.result
+            self.view, self.app.last_probe = event.worker.result
             self.app.last_plan = self.view.plan
             self.query_one("#plan", Static).update(plan_renderable(self.job, self.view, self.size.width - 2))
         elif event.state == WorkerState.ERROR:
