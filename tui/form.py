@@ -15,7 +15,6 @@ from lowvram.models import DEMO_NAMES, SHORT_NAMES, resolve_model
 # Presets as (width, height); Wan2.1 is trained at these two sizes.
 PRESETS: dict[str, tuple[int, int]] = {"480p": (832, 480), "720p": (1280, 720)}
 CUSTOM = "custom"
-TEACACHE_MODES = ("off", "threshold", "speedup")
 KNOWN_MODELS = list(DEMO_NAMES) + list(SHORT_NAMES)
 
 

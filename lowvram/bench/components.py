@@ -40,7 +40,7 @@ def h2d_bandwidth(size_bytes: int = 1 << 30, repeats: int = 5) -> dict:
     out["d2h_pageable"] = size_bytes / (time.perf_counter() - t0)
     del dst, host
     clean_cuda()
-    return {k: v for k, v in out.items()} | {"size_bytes": size_bytes}
+    return out | {"size_bytes": size_bytes}
 
 
 def _peak_of(fn: Callable[[], object]) -> tuple[float, int]:

@@ -21,8 +21,8 @@ from ..widgets.title_bar import TitleBar
 
 PRESET_OPTIONS = [(f"{name} {w}x{h}", name) for name, (w, h) in PRESETS.items()] + [("custom W x H", CUSTOM)]
 TEACACHE_OPTIONS = [("off", "off"), ("threshold", "threshold"), ("target speed-up", "speedup")]
-# Which row shows a field's error (width/height share the resolution row, etc.).
 KEPT_ON_PROFILE_LOAD = ("prompt", "image", "seed", "out")
+# Which row shows a field's error (width/height share the resolution row, etc.).
 ROW_OF = {"width": "preset", "height": "preset", "steps": "frames", "seed": "guidance", "teacache_value": "teacache_mode"}
 
 

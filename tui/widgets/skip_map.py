@@ -23,10 +23,6 @@ class SkipMap(Static):
         super().__init__(**kwargs)
         self.grid = grid or StepGrid(0)
 
-    def set_grid(self, grid: StepGrid) -> None:
-        self.grid = grid
-        self.refresh_map()
-
     def on_resize(self) -> None:
         self.refresh_map()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar
 
 from lowvram.cli.console import fmt_seconds
@@ -21,8 +21,6 @@ class StepProgress(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Label("waiting to start", id="stage")
-        from textual.containers import Horizontal
-
         with Horizontal(id="bar-row"):
             # ETA comes from the runtime's own per-step times, not from the widget's clock.
             yield ProgressBar(total=None, show_eta=False, id="bar")
