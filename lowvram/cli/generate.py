@@ -26,23 +26,10 @@ def add_teacache_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def teacache_from_args(args) -> "TeaCacheSetting":
-    from ..errors import UserError
     from ..job import TeaCacheSetting
+    from ..profiles.apply import merge_teacache
 
-    threshold = getattr(args, "teacache", None)
-    speedup = getattr(args, "teacache_speedup", None)
-    if getattr(args, "no_teacache", False):
-        if threshold is not None or speedup is not None:
-            raise UserError("--no-teacache contradicts --teacache/--teacache-speedup; drop one of them.")
-        return TeaCacheSetting(enabled=False)
-    retention = getattr(args, "teacache_retention", None)
-    return TeaCacheSetting(
-        enabled=threshold is not None or speedup is not None,
-        threshold=threshold,
-        speedup=speedup,
-        retention=True if retention is None else retention,
-        coefficients=getattr(args, "teacache_coefficients", None),
-    )
+    return merge_teacache(None, args) or TeaCacheSetting()
 
 
 def register(sub) -> None:

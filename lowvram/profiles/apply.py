@@ -74,8 +74,9 @@ def prefs_with_args(prefs: PlannerPrefs, args: Any) -> PlannerPrefs:
         raise UserError(f"planner preference options: {exc}") from None
 
 
-def _merge_teacache(base: Optional[TeaCacheSetting], args: Any) -> Optional[TeaCacheSetting]:
-    """TeaCache options given on the command line replace the matching parts of the profile's setting."""
+def merge_teacache(base: Optional[TeaCacheSetting], args: Any) -> Optional[TeaCacheSetting]:
+    """TeaCache options given on the command line replace the matching parts of `base` (a profile's setting,
+    or None: then None means no TeaCache option was given)."""
     threshold, speedup = getattr(args, "teacache", None), getattr(args, "teacache_speedup", None)
     retention, coefficients = getattr(args, "teacache_retention", None), getattr(args, "teacache_coefficients", None)
     if getattr(args, "no_teacache", False):
@@ -114,7 +115,7 @@ def apply_profile(source: Union[argparse.Namespace, Job], profile: Optional[Prof
     if getattr(args, "model", None) is None:
         args.model = "tiny-random"
     job = job_from_args(args)
-    teacache = _merge_teacache(profile.job.teacache if profile else None, source)
+    teacache = merge_teacache(profile.job.teacache if profile else None, source)
     if teacache is not None:
         job = job.with_(teacache=teacache)
     prefs = prefs_with_args(profile.planner if profile else PlannerPrefs(), source)
