@@ -6,8 +6,9 @@ import json
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional, Union
 
 DEFAULT_OUT_DIR = "outputs"
 
@@ -53,23 +54,26 @@ def write_video_atomic(frames, path: Path, fps: int) -> None:
     arr = np.asarray(frames)
     if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    tmp = path.with_name(f".{path.stem}.partial.mp4")
-    try:
+    with replacing(path, path.with_name(f".{path.stem}.partial.mp4")) as tmp:
         with imageio.get_writer(str(tmp), format="FFMPEG", mode="I", fps=fps, codec="libx264", macro_block_size=16) as writer:
             for frame in arr:
                 writer.append_data(frame)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_json_atomic(data: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    with replacing(path, tmp):
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2, default=str)
             fh.write("\n")
+
+
+@contextmanager
+def replacing(path: Union[str, Path], tmp: Union[str, Path]) -> Iterator[Union[str, Path]]:
+    """Write `tmp` inside the block; it then replaces `path` in one rename. On failure it is removed, so
+    no reader ever sees a half-written file and no partial file is left behind."""
+    try:
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

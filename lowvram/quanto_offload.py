@@ -24,6 +24,8 @@ import torch
 from diffusers.hooks import group_offloading as _go
 from optimum.quanto.tensor import QTensor
 
+from .output import replacing
+
 _PATCH_LOCK = threading.RLock()
 
 
@@ -227,13 +229,8 @@ class QuantoModuleGroup(_go.ModuleGroup):
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: str) -> None:
     # A crash mid-write must not leave a truncated file that a later run would load.
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with replacing(path, f"{path}.tmp-{os.getpid()}") as tmp:
         safetensors.torch.save_file(tensors, tmp)
-        os.replace(tmp, path)
-    finally:  # a failed write (full disk) leaves no partial file of group size behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from planner.plan import Plan, TransformerPlacement
 
 from .errors import UserError
 from .job import Job, validate_job
+from .output import replacing
 
 FORMAT = "lowvram-resume"
 VERSION = 1
@@ -155,8 +156,6 @@ def resume_path_for(video_path: Path) -> Path:
 
 def save_resume_file(path: Path, job: Job, plan: Plan, cond: dict, ckpt: DenoiseCheckpoint, reason: str) -> Path:
     """Write atomically (temp name, then rename)."""
-    import os
-
     from safetensors.torch import save_file
 
     tensors = {"latents": ckpt.latents.contiguous()}
@@ -174,13 +173,8 @@ def save_resume_file(path: Path, job: Job, plan: Plan, cond: dict, ckpt: Denoise
         "plan": plan.to_dict(),
         "scheduler": ckpt.scheduler,
     }
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    with replacing(path, path.with_name(f".{path.name}.partial")) as tmp:
         save_file({k: v.clone() for k, v in tensors.items()}, str(tmp), metadata={FORMAT: json.dumps(header)})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
