@@ -72,12 +72,10 @@ class Preview:
 
 def _local_folder(ref) -> Optional[Path]:
     """The checkpoint's folder if it is on this machine; never downloads."""
-    if ref.is_demo:
-        from ..demo import ensure_demo
+    if ref.is_demo or ref.kind == "local":
+        from ..loading import checkpoint_folder
 
-        return ensure_demo(ref.name)
-    if ref.kind == "local":
-        return Path(ref.location)
+        return checkpoint_folder(ref)  # builds the demo, or the folder itself
     try:
         from huggingface_hub import snapshot_download
 
