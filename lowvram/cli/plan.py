@@ -29,7 +29,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from planner.calibration import load_calibration
     from planner.choose import plan_for_job
 
     from .generate import job_and_prefs_from_args
@@ -37,7 +36,7 @@ def run(args) -> int:
 
     job, prefs = job_and_prefs_from_args(args)
     probe = machine_from_args(args)
-    result = plan_for_job(job, probe=probe, prefs=prefs, calibration=load_calibration())
+    result = plan_for_job(job, probe=probe, prefs=prefs)  # reads the stored calibration itself
     if args.json:
         print(json.dumps({"plan": result.plan.to_dict(), "probe": probe.to_dict(), "job": job.to_dict(),
                           "explanation": list(result.explanation)}, indent=2, default=str))
