@@ -57,11 +57,10 @@ def schedule_for_transformer(
 ) -> SkipSchedule:
     """The schedule for a loaded transformer and a scheduler: what apply_teacache takes.
     `folder` (the checkpoint) is needed only when the transformer is disk-offloaded."""
-    from .run import time_weights
+    from .run import schedule_for_run
 
-    choice = choose_coefficients(dict(transformer.config), model_name, setting.coefficients)
-    weights = time_weights(transformer, folder, setting.retention)
-    return build_schedule(setting, choice, weights, scheduler_timesteps(scheduler, steps), branches_for(guidance))
+    timesteps = scheduler_timesteps(scheduler, steps)
+    return schedule_for_run(transformer, setting, dict(transformer.config), model_name, timesteps, branches_for(guidance), folder)
 
 
 @dataclass(frozen=True)
