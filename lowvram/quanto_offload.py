@@ -251,12 +251,16 @@ def apply_group_offloading(module: torch.nn.Module, **kwargs) -> None:
         _go.apply_group_offloading(module, **kwargs)
 
 
-def group_hooks(module: torch.nn.Module) -> list:
-    """Every group-offloading hook under `module` (diffusers registers them per submodule)."""
-    out = []
-    for sub in module.modules():
+def hooked_modules(root: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, _go.GroupOffloadingHook]]:
+    """(module, its group-offloading hook) for every module under `root` that has one (diffusers
+    registers them per submodule; several may share one group)."""
+    for sub in root.modules():
         registry = getattr(sub, "_diffusers_hook", None)
         hook = registry.get_hook(_go._GROUP_OFFLOADING) if registry is not None else None
         if hook is not None:
-            out.append(hook)
-    return out
+            yield sub, hook
+
+
+def group_hooks(module: torch.nn.Module) -> list:
+    """Every group-offloading hook under `module`."""
+    return [hook for _, hook in hooked_modules(module)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .quanto_offload import group_tensors
+from .quanto_offload import group_tensors, hooked_modules
 from .quanto_offload import storage_bytes as tensor_bytes  # QTensors count their inner (int8 ...) bytes
 
 GROUP_OFFLOADING_HOOK = "group_offloading"  # diffusers.hooks.group_offloading._GROUP_OFFLOADING
@@ -35,10 +35,8 @@ def offload_groups(root: Any) -> list[tuple[Any, bool]]:
     """(ModuleGroup, is_block_group) for every group-offloading hook under `root`, each group once."""
     names = {id(m): name for name, m in root.named_modules()}
     seen: dict[int, tuple[Any, bool]] = {}
-    for module in root.modules():
-        registry = getattr(module, "_diffusers_hook", None)
-        hook = registry.get_hook(GROUP_OFFLOADING_HOOK) if registry is not None else None
-        if hook is None or id(hook.group) in seen:
+    for module, hook in hooked_modules(root):
+        if id(hook.group) in seen:
             continue
         group = hook.group
         members = list(group.modules) or [module]

@@ -28,6 +28,7 @@ from typing import Any, Optional
 import torch
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
+from ..quanto_offload import hooked_modules
 from ..transfer_meter import GROUP_OFFLOADING_HOOK, Moved, TransferMeter
 from .schedule import CallDecision, SkipSchedule
 
@@ -285,9 +286,7 @@ def _cut_block_prefetch(transformer: torch.nn.Module) -> list:
     """
     names = {id(m): n for n, m in transformer.named_modules()}
     cut = []
-    for module in transformer.modules():
-        registry = getattr(module, "_diffusers_hook", None)
-        hook = registry.get_hook(GROUP_OFFLOADING_HOOK) if registry is not None else None
+    for module, hook in hooked_modules(transformer):
         nxt = getattr(hook, "next_group", None)
         if nxt is None or names.get(id(module), "").startswith("blocks."):
             continue
