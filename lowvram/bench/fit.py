@@ -1,16 +1,16 @@
 """Fit the planner's constants (planner/constants.py) from benchmark JSON: what the numbers should be.
 
 Pure arithmetic over measured results and the planner's own FLOP and byte counts, so a refit after a
-new run is one command (`lowvram bench fit m13.json m14.json components.json`). It prints values; a
-person copies them into planner/constants.py with the run they came from.
+new run is one call: `fit({"1.3b": <matrix json>, "14b": <matrix json>}, <components json>)` (there is
+no CLI subcommand). It returns values; a person copies them into planner/constants.py with the run they
+came from.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-GIB = 1024**3
-SPEC_NAMES = {"1.3b": "wan2.1-t2v-1.3b", "14b": "wan2.1-t2v-14b"}
+from .shapes import MODEL_NAMES
 
 
 def _solve2(a11, a12, a21, a22, b1, b2) -> tuple[float, float]:
@@ -71,7 +71,7 @@ def fit(models: dict[str, dict], components: Optional[dict]) -> dict:
     act_points, eff, interference, leaf_cases = [], [], [], []
     tflops = None
     for key, data in models.items():
-        spec = spec_for_model(SPEC_NAMES[key])
+        spec = spec_for_model(MODEL_NAMES[key])
         gpu = data.get("environment", {}).get("gpu")
         tflops, _ = T.gpu_datasheet_tflops(gpu)
         for a in data.get("activation_peaks", []):
@@ -105,12 +105,3 @@ def fit(models: dict[str, dict], components: Optional[dict]) -> dict:
     if len(leaf_cases) >= 2:
         out["LEAF_INTERFERENCE"], out["LEAF_HOOK_SECONDS"] = leaf_fit(leaf_cases, pinned)
     return out
-
-
-def pinned_ram_factor(data: dict, recipe: str = "block_stream") -> Optional[float]:
-    """Pinned host bytes per weight byte under diffusers' group offload with streams (RSS growth over the
-    host copy the case started from)."""
-    c = _case(data, recipe)
-    if not c or not c.get("peak_rss") or "rss_before" not in c.get("extra", {}):
-        return None
-    return (c["peak_rss"] - c["extra"]["rss_before"]) / data["weights_bytes"]
