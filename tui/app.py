@@ -84,22 +84,18 @@ class LowvramApp(App):
 
     def reusable_model(self, model: str, plan: Plan) -> Any:
         """The model from the last run when it is the same model placed the same way (after an OOM
-        fallback the runner updates loaded.plan, so a leaner placement is never mistaken for this one)."""
+        fallback the runner updates loaded.plan, so a leaner placement is never mistaken for this one).
+        Plans are compared by the planner's config_key: where weights live, not the predictions, which
+        move with free memory between runs."""
+        from planner.choose import config_key
+
         loaded = self.loaded
-        if loaded is not None and loaded.ref.name == model and _placement(loaded.plan) == _placement(plan):
+        if loaded is not None and loaded.ref.name == model and config_key(loaded.plan) == config_key(plan):
             return loaded
         return None
 
     def keep_model(self, loaded: Any) -> None:
         self.loaded = loaded
-
-
-def _placement(plan: Plan) -> tuple:
-    """What a plan decides about where weights live, without its predictions (which move with free
-    memory between runs): two plans with the same placement can share a loaded pipeline."""
-    from planner.choose import config_key
-
-    return config_key(plan)
 
 
 def create_app(model: Optional[str] = None, profile: Optional[str] = None, services: Optional[Services] = None, job: Optional[Job] = None) -> LowvramApp:
