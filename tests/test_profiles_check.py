@@ -11,7 +11,7 @@ import pytest
 
 from lowvram.cli import main
 from lowvram.job import Job, TeaCacheSetting
-from lowvram.profiles import JobDefaults, PlannerPrefs, Profile, load, save
+from lowvram.profiles import JobDefaults, MachineFingerprint, PlannerPrefs, Profile, load, save
 from lowvram.profiles.apply import apply_profile, probe_like
 from lowvram.profiles.check import check_profile
 from planner.choose import Budget, Preferences, config_key
@@ -153,3 +153,6 @@ def test_saved_machine_needs_a_saved_machine_and_no_what_if(tmp_path, capsys):
     assert "needs a profile with a [saved_on] machine" in capsys.readouterr().err
     assert main(["profile", "check", str(SHIPPED[0]), "--saved-machine", "--vram", "8"]) == 2
     assert "drop --vram" in capsys.readouterr().err
+    bad_cc = save(Profile(name="x", model="wan2.1-t2v-1.3b", saved_on=MachineFingerprint("GPU", 12.0, 32.0, "x.y")), tmp_path / "cc.toml")
+    assert main(["profile", "check", str(bad_cc), "--saved-machine"]) == 2
+    assert "[saved_on] compute_capability x.y: write it as MAJOR.MINOR" in capsys.readouterr().err

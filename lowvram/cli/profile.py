@@ -73,6 +73,7 @@ def machine_from_args(args, profile=None):
     from planner.probe import override_probe, probe_hardware, synthetic_probe
 
     from ..errors import UserError
+    from ..profiles.apply import parse_compute_capability
 
     if getattr(args, "saved_machine", False):
         from ..profiles.apply import load_profile_file, probe_like
@@ -87,11 +88,7 @@ def machine_from_args(args, profile=None):
         return probe_like(profile.saved_on)
     cc = None
     if args.compute_capability is not None:
-        try:
-            major, minor = (int(x) for x in args.compute_capability.split("."))
-        except ValueError:
-            raise UserError(f"--compute-capability {args.compute_capability}: write it as MAJOR.MINOR, e.g. 8.9") from None
-        cc = (major, minor)
+        cc = parse_compute_capability(args.compute_capability, "--compute-capability")
     if args.ram == 0:  # gib_amount has refused negative and non-finite numbers
         raise UserError(f"--ram {args.ram}: give a positive number of GiB")
     if args.vram is not None and args.ram is not None:

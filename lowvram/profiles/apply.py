@@ -153,11 +153,21 @@ def fingerprint(probe: HardwareProbe) -> MachineFingerprint:
     )
 
 
+def parse_compute_capability(text: str, what: str) -> tuple[int, int]:
+    """'8.9' -> (8, 9); `what` names the option or key in the error."""
+    try:
+        major, minor = (int(x) for x in text.split("."))
+    except ValueError:
+        raise UserError(f"{what} {text}: write it as MAJOR.MINOR, e.g. 8.9") from None
+    return major, minor
+
+
 def probe_like(machine: MachineFingerprint) -> HardwareProbe:
     """A what-if probe of a profile's saved machine (all its VRAM and RAM free), to re-plan as it was saved."""
     from planner.probe import synthetic_probe
 
-    cc = tuple(int(x) for x in machine.compute_capability.split(".")) if machine.compute_capability else None
+    cc = machine.compute_capability
+    cc = parse_compute_capability(cc, "the profile's [saved_on] compute_capability") if cc else None
     no_gpu = machine.gpu == "none" or machine.vram_gib == 0
     try:
         return synthetic_probe(0 if no_gpu else machine.vram_gib, machine.ram_gib, gpu_name=machine.gpu,
