@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .build import HostCopy, TransformerInputs
-from .measure import GIB, CaseResult, Recipe
+from .measure import CaseResult, Recipe
 
 UPSTREAM = ("block_stream", "leaf_stream", "model_offload", "mmgp_p4")
 ALL_RECIPES = ("resident",) + UPSTREAM + ("lowvram",)
@@ -153,8 +153,7 @@ def lowvram_plan(model: str, resolution: str, budget_gib: float, ram_gib: float)
     """lowvram's plan for this matrix cell: the planner on a probe of this GPU with the budget as VRAM."""
     from planner.choose import plan_for_job
 
-    out = plan_for_job(bench_job(model, resolution), probe=bench_probe(budget_gib, ram_gib))
-    return getattr(out, "plan", out)
+    return plan_for_job(bench_job(model, resolution), probe=bench_probe(budget_gib, ram_gib)).plan
 
 
 def forced_plan(text: str, model: str, resolution: str, budget_gib: float, ram_gib: float, device: str = "cuda"):
@@ -181,10 +180,10 @@ def forced_plan(text: str, model: str, resolution: str, budget_gib: float, ram_g
 
 
 def predicted_stage_vram(plan, stage: str = "denoise") -> Optional[int]:
-    for peak in getattr(plan, "predicted", ()):
+    for peak in plan.predicted:
         if peak.stage == stage:
             return peak.vram_bytes
-    return getattr(plan, "peak_vram_bytes", None) or None
+    return plan.peak_vram_bytes or None
 
 
 def lowvram(host: HostCopy, inputs: TransformerInputs, model: str, resolution: str, budget_gib: float, ram_gib: float, plan=None) -> Recipe:
@@ -202,7 +201,7 @@ def lowvram(host: HostCopy, inputs: TransformerInputs, model: str, resolution: s
         return _forward(h.pipe.transformer, inputs)
 
     def teardown():
-        if h.pipe is not None and hasattr(placement, "leave_all"):
+        if h.pipe is not None:
             placement.leave_all(h.pipe)
         h.clear()
 
@@ -228,7 +227,3 @@ def make_recipe(name: str, host: HostCopy, inputs: TransformerInputs, *, model: 
     if name == "lowvram":
         return lowvram(host, inputs, model, resolution, budget_gib, ram_gib)
     raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(ALL_RECIPES)}")
-
-
-def gib(n: Optional[int]) -> Optional[float]:
-    return None if n is None else n / GIB
