@@ -211,8 +211,7 @@ def planned(hosts: Hosts, model_key: str, resolution: str, budget_gib: float, ra
                 stage.entered_stage()
                 decode(pipe, latents)
     finally:
-        if hasattr(placement, "leave_all"):
-            placement.leave_all(pipe)
+        placement.leave_all(pipe)
         _cap(None)
     out = _summary("lowvram", stages, step_seconds, steps, plan)
     out["budget_gib"] = budget_gib
