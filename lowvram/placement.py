@@ -74,6 +74,7 @@ def _quant_levels(plan: Plan) -> tuple[tuple[str, str], ...]:
 def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> PlacementState:
     """Called once after loading, with every component on the CPU."""
     import torch
+    from safetensors import SafetensorError
 
     from . import offload, quant_cache
     from .quantize import is_quantized, quantize_weights, quantized_level
@@ -98,7 +99,9 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
         if quantize_weights(module, level) and checkpoint is not None:
             try:
                 quant_cache.save(module, checkpoint, name, level, plan.dtype)
-            except OSError as exc:  # a full disk must not fail the run: next start quantizes again
+            # A full disk must not fail the run: next start quantizes again. safetensors reports its
+            # I/O errors (full disk included) as SafetensorError, not OSError.
+            except (OSError, SafetensorError) as exc:
                 log.warning("could not cache the quantized %s: %s", name, exc)
         st.quantized[name] = level
 

@@ -86,6 +86,26 @@ def test_cache_round_trips_and_second_load_does_not_quantize(job, demo_t2v_path,
     assert torch.equal(first, second)
 
 
+def test_a_full_disk_while_caching_does_not_fail_the_run(demo_t2v_path, monkeypatch, caplog):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from lowvram import quant_cache, runner
+    from lowvram.models import resolve_model
+    from lowvram.quantize import quantized_level
+
+    def full_disk(*args, **kwargs):  # what safetensors raises when the disk is full
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    drop_entries(demo_t2v_path)
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with caplog.at_level("WARNING", logger="lowvram.placement"):
+        loaded = runner.load_model(resolve_model("tiny-random"), cpu_plan(transformer_quant="int8"))
+    assert quantized_level(loaded.pipe.transformer) == "int8"
+    assert "could not cache the quantized transformer" in caplog.text
+    assert not quant_cache.entry_path(demo_t2v_path, "transformer", "int8", "float32").exists()
+
+
 def test_tied_text_encoder_weights_stay_tied(demo_t2v_path):
     from lowvram import quant_cache
     from lowvram.quantize import quantize_weights
