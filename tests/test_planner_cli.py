@@ -106,3 +106,18 @@ def test_calibration_round_trip_and_use(tmp_path):
     path.write_text("{not json")
     assert load_calibration(path) is None
 
+
+
+def test_output_into_a_closed_pipe_stops_quietly():
+    """`lowvram plan | head -1`: the reader goes away; no traceback, exit 141 as after a SIGPIPE."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    lowvram = [sys.executable, "-c", "import sys; from lowvram.cli import main; sys.exit(main())"]
+    proc = subprocess.run(lowvram + ["plan", "--vram", "12", "--ram", "32"], stdout=write, stderr=subprocess.PIPE,
+                          text=True, timeout=120)
+    os.close(write)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr

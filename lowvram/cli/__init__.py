@@ -72,6 +72,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CancelledError:  # Ctrl-C once: the run stopped at a step boundary and said where the latents are
         print("cancelled", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`lowvram plan | head`): stop quietly, as a SIGPIPE would
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the flush at exit fails again
+        return 141
 
 
 if __name__ == "__main__":
