@@ -161,8 +161,10 @@ class Recovery:
         """Write the resume file when there is something to resume (encode finished); else None."""
         if self.checkpoint is None or self.cond is None:
             return None
+        from safetensors import SafetensorError
+
         try:
             return save_resume_file(resume_path_for(video_path), job, self.plan, self.cond, self.checkpoint, reason)
-        except OSError as exc:
+        except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as SafetensorError
             self.sink(LogMessage(t=self.clock(), level="error", message=f"could not keep the latents: {exc}"))
             return None

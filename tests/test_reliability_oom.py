@@ -259,3 +259,29 @@ def test_a_sampler_state_that_cannot_be_copied_restarts_denoising_instead(plan):
     rec = Recovery(plan, events.append, lambda: 0.0)
     rec.keep(1, torch.zeros(2), Odd())
     assert rec.checkpoint is None and any(isinstance(e, LogMessage) and "no resume checkpoints" in e.message for e in events)
+
+
+def test_latents_that_cannot_be_written_are_reported_not_raised(plan, small_job, tmp_path, monkeypatch):
+    """On cancel or OOM the resume file is written inside the error path: a full disk must not replace
+    the run's own error with a traceback (safetensors raises SafetensorError, not OSError)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from lowvram.recovery import Recovery
+    from lowvram.telemetry import LogMessage
+
+    def full_disk(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    class Sampler:
+        def __init__(self):
+            self.step_index = 1
+
+    events = []
+    rec = Recovery(plan, events.append, lambda: 0.0)
+    rec.cond = {"prompt_embeds": torch.zeros(1, 3, 4)}
+    rec.keep(1, torch.zeros(1, 4, 2, 8, 8), Sampler())
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    assert rec.save(small_job(), tmp_path / "a.mp4", "cancelled") is None
+    assert any(isinstance(e, LogMessage) and e.level == "error" and "No space left" in e.message for e in events)
+    assert list(tmp_path.iterdir()) == []
