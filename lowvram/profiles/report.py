@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import textwrap
 
-from .schema import JobDefaults, PlannerPrefs, Profile
+from planner.choose import gib
 
-GIB = 1024**3
+from .schema import JobDefaults, PlannerPrefs, Profile
 
 
 def describe_job(job: JobDefaults) -> str:
@@ -63,7 +63,7 @@ def describe_profile(profile: Profile, source: str = "") -> list[str]:
         lines.append(f"saved plan: {plan.summary()}")
         if plan.predicted:
             lines.append(
-                f"  predicted there: peak VRAM {plan.peak_vram_bytes / GIB:.2f} GiB, peak RAM {plan.peak_ram_bytes / GIB:.2f} GiB"
+                f"  predicted there: peak VRAM {gib(plan.peak_vram_bytes)}, peak RAM {gib(plan.peak_ram_bytes)}"
                 + (f", {plan.predicted_seconds:.0f} s" if plan.predicted_seconds else "")
             )
     lines.append("  (information only: lowvram re-plans on every load; `lowvram profile check FILE` shows the plan on this machine)")
