@@ -80,10 +80,6 @@ class Injector:
                 where = stage if step is None else f"{stage} step {step}"
                 raise torch.OutOfMemoryError(f"CUDA out of memory (injected by lowvram.faults at {where}).")
 
-    @property
-    def fired(self) -> int:
-        return len(self._fired)
-
 
 _default: Optional[FaultPlan] = None  # set by inject_oom(): seen by every thread
 _current = threading.local()  # the injector of the run executing in this thread
