@@ -15,7 +15,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from planner.choose import Preferences
+from planner.choose import QUANT_ORDER, Preferences
 from planner.plan import Plan
 from planner.probe import GIB, HardwareProbe
 
@@ -43,7 +43,7 @@ def gib_amount(text: str) -> float:
 def add_preference_arguments(p: argparse.ArgumentParser) -> None:
     """Planner preference options (defaults None: an option not given leaves the profile's value)."""
     g = p.add_argument_group("planner preferences")
-    g.add_argument("--min-precision", choices=("bf16", "fp8", "int8", "int4"), default=None, help="lowest transformer precision the planner may use (default: int4, anything)")
+    g.add_argument("--min-precision", choices=QUANT_ORDER, default=None, help="lowest transformer precision the planner may use (default: int4, anything)")
     g.add_argument("--prefer", choices=("speed", "quality"), default=None, help="what wins when plans are close in time (default: speed)")
     g.add_argument("--vram-reserve", type=gib_amount, default=None, metavar="GiB", help="VRAM to leave free for other programs")
     g.add_argument("--ram-reserve", type=gib_amount, default=None, metavar="GiB", help="RAM to leave free for other programs")

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from planner.plan import Plan
+from planner.plan import Quant as Precision  # the transformer quantizations the planner knows
 
 from ..job import TeaCacheSetting
 
 SCHEMA_VERSION = 1
 
-Precision = Literal["bf16", "fp8", "int8", "int4"]
 Preference = Literal["speed", "quality"]
 
 
