@@ -131,7 +131,8 @@ def encode(loaded: LoadedModel, job: Job, plan: Plan) -> Conditioning:
         if loaded.task == "i2v":
             from PIL import Image
 
-            image = Image.open(Path(job.image).expanduser()).convert("RGB")
+            with Image.open(Path(job.image).expanduser()) as source:  # closed here, also for multi-frame files
+                image = source.convert("RGB")
             if pipe.transformer.config.image_dim is not None:
                 image_embeds = pipe.encode_image(image, device).to(tdtype)
             vae_device = torch.device(placement.vae_device(plan))  # denoise() moves the results to `device`
