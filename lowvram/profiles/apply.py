@@ -112,9 +112,7 @@ def apply_profile(source: Union[argparse.Namespace, Job], profile: Optional[Prof
             value = getattr(profile.job, name)
             if getattr(args, name, None) is None and value is not None:
                 setattr(args, name, value)
-    if getattr(args, "model", None) is None:
-        args.model = "tiny-random"
-    job = job_from_args(args)
+    job = job_from_args(args)  # no --model and no profile: its default model
     teacache = merge_teacache(profile.job.teacache if profile else None, source)
     if teacache is not None:
         job = job.with_(teacache=teacache)
