@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -55,11 +55,20 @@ def load_calibration(path: Optional[Path] = None) -> Optional[Calibration]:
     path = path or calibration_path()
     try:
         data = json.loads(Path(path).read_text())
-        if data.get("version") != CALIBRATION_VERSION:
+        if not isinstance(data, dict) or data.get("version") != CALIBRATION_VERSION:
             return None
-        return Calibration(**data)
+        cal = Calibration(**data)
     except (OSError, ValueError, TypeError):
         return None
+    return cal if _well_typed(cal) else None  # a hand-edited "gpu_flops": "fast" would fail mid-plan
+
+
+_TYPES = {"str": (str,), "float": (int, float), "int": (int,)}  # by annotation (a string here: __future__)
+
+
+def _well_typed(cal: Calibration) -> bool:
+    values = [(getattr(cal, f.name), _TYPES[f.type]) for f in fields(cal)]
+    return all(isinstance(v, kinds) and not isinstance(v, bool) for v, kinds in values)
 
 
 def save_calibration(cal: Calibration, path: Optional[Path] = None) -> Path:

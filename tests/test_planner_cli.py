@@ -105,6 +105,9 @@ def test_calibration_round_trip_and_use(tmp_path):
     assert throughput_for(other, cal).source.startswith("defaults")
     path.write_text("{not json")
     assert load_calibration(path) is None
+    for corrupt in ("[1, 2]", json.dumps(dict(cal.to_dict(), gpu_flops="fast")), json.dumps(dict(cal.to_dict(), tokens=True))):
+        path.write_text(corrupt)
+        assert load_calibration(path) is None, corrupt
 
 
 
