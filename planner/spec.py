@@ -327,9 +327,12 @@ def spec_from_folder(folder: Path, name: Optional[str] = None, is_demo: bool = F
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: cannot read it as JSON ({exc}). Is this a diffusers Wan2.1 pipeline folder?") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a JSON {type(data).__name__}, not an object of settings. Is this a diffusers Wan2.1 pipeline folder?")
+    return data
 
 
 def spec_for_model(name: str) -> ModelSpec:

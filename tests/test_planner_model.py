@@ -163,3 +163,6 @@ def test_folder_with_foreign_configs_is_a_user_error(tmp_path):
         (tmp_path / name / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="Wan2.1"):
         spec_for_model(str(tmp_path))
+    (tmp_path / "model_index.json").write_text("[1]")  # JSON, but not an object of settings
+    with pytest.raises(UserError, match="a JSON list, not an object"):
+        spec_for_model(str(tmp_path))
