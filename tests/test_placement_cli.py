@@ -50,5 +50,8 @@ def test_bad_force_plan_is_a_user_error(tmp_path, capsys):
     bad.write_text(json.dumps({"device": "cpu", "transformer": {"kind": "sideways"}, "no_such_field": 1}))
     assert main(["generate", "a cat", *SMALL, "--out", str(tmp_path / "x.mp4"), "--force-plan", str(bad)]) == 2
     assert "--force-plan" in capsys.readouterr().err
+    bad.write_text("[]")  # JSON, but no object: not a default plan
+    assert main(["generate", "a cat", *SMALL, "--out", str(tmp_path / "x.mp4"), "--force-plan", str(bad)]) == 2
+    assert "not a plan (a JSON list, not an object)" in capsys.readouterr().err
     missing = tmp_path / "missing.json"
     assert main(["generate", "a cat", *SMALL, "--out", str(tmp_path / "y.mp4"), "--force-plan", str(missing)]) == 2

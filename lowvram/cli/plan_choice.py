@@ -31,6 +31,8 @@ def load_forced_plan(path: str) -> Plan:
     if isinstance(data, dict) and isinstance(data.get("plan"), dict):
         data = data["plan"]
     try:
+        if not isinstance(data, dict):  # dict() of a list would make [] a default plan
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
         plan = Plan.from_dict(data)
     except (TypeError, ValueError, AttributeError) as exc:
         raise UserError(
