@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,8 @@ from typing import Any, Optional
 import torch
 
 from .paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 WEIGHTS_PATTERN = "model-{:05d}.safetensors"
@@ -133,9 +136,6 @@ def _empty_module(folder: Path, component: str, library: str, class_name: str) -
 
 def load(folder: Path, component: str, level: str, dtype: str) -> Optional[torch.nn.Module]:
     """The cached quantized component on the CPU, or None when there is no (valid) entry."""
-    import safetensors.torch
-    from optimum.quanto import quantize
-
     entry = entry_path(folder, component, level, dtype)
     try:
         info = json.loads((entry / INFO_FILE).read_text())
@@ -144,6 +144,18 @@ def load(folder: Path, component: str, level: str, dtype: str) -> Optional[torch
         return None
     if info.get("lowvram_quant_cache_version") != CACHE_VERSION:
         return None
+    try:
+        return _load_entry(folder, component, entry, info, qmap)
+    except Exception as exc:  # a damaged entry (truncated shard, wrong shapes): re-quantize, never fail the run
+        log.warning("quantized cache entry %s is damaged (%s: %s); discarding it and quantizing again", entry, type(exc).__name__, exc)
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+
+
+def _load_entry(folder: Path, component: str, entry: Path, info: dict, qmap: dict) -> Optional[torch.nn.Module]:
+    import safetensors.torch
+    from optimum.quanto import quantize
+
     module = _empty_module(folder, component, info["library"], info["class_name"])
     by_qtype: dict[tuple[str, str], list[str]] = {}
     for name, q in qmap.items():

@@ -172,3 +172,23 @@ def test_quantizing_lets_go_of_the_mapped_checkpoint(demo_t2v_path):
     quantize_weights(module, "int8")
     plain = [t for t in module.parameters() if type(t) in (torch.Tensor, torch.nn.Parameter)]
     assert plain and not {t.untyped_storage().data_ptr() for t in plain} & loaded
+
+
+def test_damaged_entry_is_discarded_and_requantized(demo_t2v_path, caplog):
+    """A truncated shard (a crash mid-copy, a bad disk) must not break every later run."""
+    from diffusers import WanTransformer3DModel
+
+    from lowvram import quant_cache
+    from lowvram.quantize import quantize_weights
+
+    module = WanTransformer3DModel.from_pretrained(demo_t2v_path / "transformer")
+    quantize_weights(module, "int8")
+    entry = quant_cache.save(module, demo_t2v_path, "transformer", "int8", "bfloat16")
+    shard = next(entry.glob("model-*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with caplog.at_level("WARNING"):
+        assert quant_cache.load(demo_t2v_path, "transformer", "int8", "bfloat16") is None
+    assert "damaged" in caplog.text and not entry.exists()
+    entry = quant_cache.save(module, demo_t2v_path, "transformer", "int8", "bfloat16")  # the next run re-caches it
+    assert quant_cache.load(demo_t2v_path, "transformer", "int8", "bfloat16") is not None
+    shutil.rmtree(entry)
