@@ -139,8 +139,8 @@ def _placements(spec: ModelSpec, quant: str, tokens: int, budget: Budget) -> lis
     return out
 
 
-def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Preferences, tp: Throughput) -> list[Candidate]:
-    budget = Budget.of(probe, prefs)
+def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Preferences, tp: Throughput,
+                   budget: Budget) -> list[Candidate]:
     out = []
     for quant in QUANT_ORDER:
         for placement in _placements(spec, quant, job.tokens, budget):
@@ -244,7 +244,7 @@ def make_plan(probe: HardwareProbe, spec: ModelSpec, job: Job, prefs: Preference
     tp = throughput_for(probe, calibration)
     budget = Budget.of(probe, prefs)
     if probe.has_gpu:
-        candidates = gpu_candidates(spec, job, probe, prefs, tp)
+        candidates = gpu_candidates(spec, job, probe, prefs, tp, budget)
     else:
         candidates = [_judge(cpu_plan(spec, job, tp), budget)]
     fitting = [c for c in candidates if c.fits]
