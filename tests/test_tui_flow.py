@@ -15,19 +15,31 @@ from tui.screens.plan import PlanScreen
 from tui.screens.run import CANCELLED, RunScreen
 
 
+async def wait_for_plan(pilot, what: str = "the plan") -> None:
+    app = pilot.app
+    await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.view is not None, what=what)
+
+
+async def run_to_done(pilot, what: str = "") -> None:
+    """Enter on the plan screen, then wait for the worker and the done screen."""
+    app = pilot.app
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: isinstance(app.screen, (RunScreen, DoneScreen)), what=f"the {what}run screen")
+    await app.workers.wait_for_complete()
+    await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), what=f"the {what}done screen")
+
+
+
 async def test_whole_flow_writes_the_video_and_reuses_the_model(tmp_path, demo_t2v_path):
     app = cpu_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await fill_job(pilot, tmp_path / "clip.mp4")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.view is not None, what="the plan")
+        await wait_for_plan(pilot)
         plan_text = text_of(app.screen.query_one("#plan"))
         assert "Hardware" in plan_text and "Plan" in plan_text and "64x64, 5 frames, 2 steps" in plan_text
 
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, (RunScreen, DoneScreen)), what="the run screen")
-        await app.workers.wait_for_complete()
-        await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), what="the done screen")
+        await run_to_done(pilot)
         first = app.screen.summary
         assert (tmp_path / "clip.mp4").stat().st_size > 0
         assert first.video_path.endswith("clip.mp4") and first.steps == 2
@@ -36,11 +48,8 @@ async def test_whole_flow_writes_the_video_and_reuses_the_model(tmp_path, demo_t
 
         # Another run with the same settings keeps the loaded model and never overwrites the first video.
         await pilot.press("a")
-        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.view is not None, what="the second plan")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, (RunScreen, DoneScreen)), what="the second run")
-        await app.workers.wait_for_complete()
-        await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), what="the second done screen")
+        await wait_for_plan(pilot, what="the second plan")
+        await run_to_done(pilot, what="second ")
         second = app.screen.summary
         assert second.reused_model and second.video_path != first.video_path
         assert len(list(tmp_path.glob("*.mp4"))) == 2
@@ -72,7 +81,7 @@ def pausing_generate(first_step: threading.Event, finished: threading.Event | No
 async def start_paused_run(pilot, tmp_path, first_step) -> RunScreen:
     await fill_job(pilot, tmp_path / "never.mp4", steps="6")
     await pilot.press("ctrl+r")
-    await wait_for(pilot, lambda: isinstance(pilot.app.screen, PlanScreen) and pilot.app.screen.view is not None, what="the plan")
+    await wait_for_plan(pilot)
     await pilot.press("enter")
     await wait_for(pilot, first_step.is_set, what="the first step")
     assert isinstance(pilot.app.screen, RunScreen)
@@ -193,11 +202,8 @@ async def test_out_of_memory_switches_plan_with_a_notification_and_finishes(tmp_
     async with app.run_test(size=(80, 24)) as pilot:
         await fill_job(pilot, tmp_path / "oom.mp4")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.view is not None, what="the plan")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, (RunScreen, DoneScreen)), what="the run screen")
-        await app.workers.wait_for_complete()
-        await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), what="the done screen")
+        await wait_for_plan(pilot)
+        await run_to_done(pilot)
         switched = [n for n in app._notifications if n.title == "Plan switched during denoise"]
         assert switched and "out of memory" in switched[0].message
         assert (tmp_path / "oom.mp4").stat().st_size > 0
@@ -219,7 +225,7 @@ async def test_plan_screen_shows_the_planners_alternatives_for_a_small_gpu():
     app = create_app(services=Services(probe=probe), job=job)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.view is not None, what="the plan")
+        await wait_for_plan(pilot)
         text = text_of(app.screen.query_one("#plan"))
         assert "RTX 3060" in text and "cuda" in text
         assert "rejected transformer options" in text and "over VRAM by" in text
