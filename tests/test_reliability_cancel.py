@@ -137,7 +137,7 @@ import sys, numpy as np
 from pathlib import Path
 from lowvram.cli.interrupt import cancel_on_interrupt
 from lowvram.output import write_video_atomic
-frames = np.random.default_rng(0).random((4000, 128, 128, 3), dtype=np.float32)
+frames = np.random.default_rng(0).integers(0, 256, (4000, 128, 128, 3), dtype=np.uint8)  # noise: slow to encode
 with cancel_on_interrupt():
     write_video_atomic(frames, Path(sys.argv[1]), 16)
 """
