@@ -47,12 +47,6 @@ class CaseResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @property
-    def prediction_error(self) -> Optional[float]:
-        if not self.predicted_peak_vram or not self.peak_vram_reserved:
-            return None
-        return self.peak_vram_reserved / self.predicted_peak_vram - 1.0
-
 
 def set_budget(budget_gib: Optional[float]) -> None:
     """Cap this process's CUDA caching allocator at budget_gib (None: the whole card)."""
