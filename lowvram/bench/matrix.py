@@ -19,7 +19,7 @@ import torch
 from . import recipes as R
 from .build import HostCopy, build_transformer, param_bytes, param_count, transformer_inputs, transformer_on_meta
 from .measure import GIB, CaseResult, Recipe, clean_cuda, run_case
-from .shapes import RESOLUTIONS, TRANSFORMERS, BenchCase, activation_token_shapes, tokens
+from .shapes import ACTIVATION_SHAPES, RESOLUTIONS, TRANSFORMERS, BenchCase, tokens
 
 
 def environment() -> dict:
@@ -119,7 +119,7 @@ def measure_resident(model_key: str, model, resolutions: list[str], warmup: int,
                 activations.append(dict(tokens=r.tokens, shape=[h, w, f], peak_minus_resident_bytes=r.peak_vram_allocated - base, source="floor run"))
             del inputs
         done = {a["tokens"] for a in activations}
-        for h, w, f in activation_token_shapes(model_key):
+        for h, w, f in ACTIVATION_SHAPES:
             n = tokens(h, w, f)
             if n in done:
                 continue
