@@ -51,12 +51,10 @@ def test_summary_composes_unmeasured_steps():
     assert _summary("x", dict(stages, decode={"seconds": 0, "oom": True}), [1.0], 1, Plan())["e2e_seconds"] is None
 
 
-def test_teacache_timing_counts_calls_and_moved_bytes(hosts, small_job):
+def test_teacache_timing_counts_calls_and_moved_bytes(small_job):
     from planner.plan import Plan, TransformerPlacement
 
-    from lowvram.bench.e2e import teacache_timing
-
-    from lowvram.bench.e2e import Hosts
+    from lowvram.bench.e2e import Hosts, teacache_timing
 
     denoise_only = Hosts("tiny", log=lambda s: None, device="cpu", configs=dict(CONFIGS, with_text_encoder=False))
     assert denoise_only.pipe().text_encoder is None
