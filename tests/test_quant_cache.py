@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from lowvram.bench.quant_error import denoised_latents as denoised
 from planner.plan import Plan, TransformerPlacement
 
 # Measured on the demo model (64x64, 5 frames, 2 steps, seeds 3/4/5), relative L2 error of the
@@ -18,20 +19,6 @@ INT8_REL_ERROR_BOUND = 1e-2
 
 def cpu_plan(**changes) -> Plan:
     return Plan(device="cpu", dtype="float32", source="forced", **changes)
-
-
-def denoised(job, plan):
-    from lowvram import placement, runner
-    from lowvram.models import resolve_model
-    from lowvram.telemetry import ignore
-
-    loaded = runner.load_model(resolve_model(job.model), plan)
-    placement.enter_stage(loaded.pipe, plan, "encode")
-    cond = runner.encode(loaded, job, plan)
-    placement.enter_stage(loaded.pipe, plan, "denoise")
-    latents, _ = runner.denoise(loaded, job, plan, cond, ignore, runner.Clock())
-    placement.leave_all(loaded.pipe)
-    return latents, loaded
 
 
 def drop_entries(folder, level="int8", dtype="float32"):

@@ -15,6 +15,7 @@ LEVELS = ("int8", "fp8", "int4")
 
 
 def denoised_latents(job, plan):
+    """Load, encode and denoise as the runner does (no decode); returns (latents, loaded model)."""
     from lowvram import placement, runner
     from lowvram.models import resolve_model
     from lowvram.telemetry import ignore
@@ -27,7 +28,7 @@ def denoised_latents(job, plan):
         latents, _ = runner.denoise(loaded, job, plan, cond, ignore, runner.Clock())
     finally:
         placement.leave_all(loaded.pipe)
-    return latents
+    return latents, loaded
 
 
 def main(argv=None) -> int:
@@ -39,11 +40,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     for seed in args.seeds:
         job = Job(prompt="a cat walks in the city", model="tiny-random", width=64, height=64, frames=5, steps=2, seed=seed)
-        ref = denoised_latents(job, Plan(device="cpu", dtype="float32"))
+        ref, _ = denoised_latents(job, Plan(device="cpu", dtype="float32"))
         errors = []
         for level in LEVELS:
             plan = Plan(device="cpu", dtype="float32", transformer_quant=level, text_encoder_quant="int8")
-            q = denoised_latents(job, plan)
+            q, _ = denoised_latents(job, plan)
             errors.append(f"{level} {float((q - ref).norm() / ref.norm()):.2e}")
         print(f"seed {seed}: " + ", ".join(errors))
     return 0
