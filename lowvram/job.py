@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from .errors import UserError
+from lowvram.errors import UserError
 
 DEFAULT_NEGATIVE = ""
 
@@ -23,7 +23,7 @@ class TeaCacheSetting:
 
     def __post_init__(self) -> None:
         if self.coefficients is not None:
-            from .teacache.coefficients import COEFFICIENTS
+            from lowvram.caching.teacache.coefficients import COEFFICIENTS
 
             if self.coefficients.lower() not in COEFFICIENTS:
                 raise UserError(f"TeaCache coefficients {self.coefficients!r}: unknown; use one of {', '.join(COEFFICIENTS)}.")

@@ -118,8 +118,8 @@ def measure_transformer(config: dict, latent: tuple[int, int, int], device: str,
     import torch
     from diffusers import WanTransformer3DModel
 
-    from .spec import ModelSpec, TextEncoderDims, TransformerDims, component_spec
-    from .timing import transformer_flops
+    from planner.spec import ModelSpec, TextEncoderDims, TransformerDims, component_spec
+    from planner.timing import transformer_flops
 
     frames, h, w = latent
     model = WanTransformer3DModel(**config).to(device, torch.bfloat16).eval()
@@ -148,7 +148,7 @@ def measure_gpu(quick: bool = False) -> tuple[float, float, float, float, int]:
     """(bf16 FLOP/s over a forward, block seconds, pinned B/s, pageable B/s, tokens) on the current GPU."""
     import torch
 
-    from .spec import WAN_TRANSFORMER_CONFIGS
+    from planner.spec import WAN_TRANSFORMER_CONFIGS
 
     config = dict(WAN_TRANSFORMER_CONFIGS["wan2.1-t2v-1.3b"], num_layers=CALIBRATION_LAYERS)
     flops, block_s, tokens = measure_transformer(config, CALIBRATION_LATENT["quick" if quick else "full"], "cuda")

@@ -13,14 +13,13 @@ from typing import Literal, Optional
 
 from lowvram.errors import UserError
 from lowvram.job import Job
-
-from . import constants as C
-from . import memory as M
-from .estimate import predict
-from .plan import Plan, StagePeak, TransformerPlacement
-from .probe import GIB, HardwareProbe, describe_probe
-from .spec import ModelSpec
-from .timing import Throughput, throughput_for
+from planner import constants as C
+from planner import memory as M
+from planner.estimate import predict
+from planner.plan import Plan, TransformerPlacement
+from planner.probe import GIB, HardwareProbe, describe_probe
+from planner.spec import ModelSpec
+from planner.timing import Throughput, throughput_for
 
 QUANT_ORDER = M.QUANT_ORDER
 TEXT_QUANTS = ("bf16", "int8")
@@ -267,9 +266,9 @@ def _choice_reasons(chosen: Plan, fitting: list[Candidate], tp: Throughput) -> t
 def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Preferences = Preferences(),
                  calibration=None) -> PlanResult:
     """What generate and the TUI call: probe this machine (unless given), read the model's spec, plan."""
-    from .calibration import load_calibration
-    from .probe import probe_hardware
-    from .spec import spec_for_model
+    from planner.calibration import load_calibration
+    from planner.probe import probe_hardware
+    from planner.spec import spec_for_model
 
     probe = probe if probe is not None else probe_hardware()
     calibration = calibration if calibration is not None else load_calibration()

@@ -53,7 +53,7 @@ TE_FFN_COPIES = 3
 # kept (the pipeline reads the second to last): 33 x 257 x 1280 x 4 B, plus scores 16 x 257^2 x 4 B x 3.
 IMAGE_ENCODER_KEEPS_HIDDEN_STATES = 33
 
-# --- VAE (AutoencoderKLWan, float32 as lowvram.loading loads it) ---------------------------------
+# --- VAE (AutoencoderKLWan, float32 as lowvram.models.loading loads it) ---------------------------------
 # Peak live bytes per output pixel (H x W) = alpha + beta * frames. Meta trace of diffusers'
 # AutoencoderKLWan (base_dim 96) decode/encode at 480x832 and 720x1280, 9/33/81 frames; bytes per pixel
 # were the same at both resolutions within 0.1%. Cross-check: Wan2.1's own report of 8.19 GB peak for
@@ -75,8 +75,8 @@ VAE_DECODE_FLOPS_PER_PIXEL = 8.9e6
 VAE_ENCODE_FLOPS_PER_PIXEL = 4.5e6  # estimate: the encoder has about half the decoder's convolutions
 
 # --- Loading ------------------------------------------------------------------------------------
-# Quantizing at load (first run) writes lowvram.quant_cache's shards; safetensors serializes one whole
-# shard in memory, so the transient is one shard (lowvram.quant_cache.SHARD_BYTES, 2 GiB). Bench
+# Quantizing at load (first run) writes lowvram.placement.quant_cache's shards; safetensors serializes one whole
+# shard in memory, so the transient is one shard (lowvram.placement.quant_cache.SHARD_BYTES, 2 GiB). Bench
 # (docs/benchmarks.md, Loading): checkpoints load memory-mapped (page cache, not heap); the cached int8
 # load peaks at 1.2x its size, quantizing at load at 1.8x in heap.
 QUANT_SAVE_SHARD_BYTES = 2 * GIB

@@ -14,12 +14,11 @@ run), one quantized-cache shard being serialized. The bf16 pages read while quan
 from __future__ import annotations
 
 from lowvram.job import Job
-
-from . import constants as C
-from . import memory as M
-from . import timing as T
-from .plan import Plan, StagePeak
-from .spec import ModelSpec
+from planner import constants as C
+from planner import memory as M
+from planner import timing as T
+from planner.plan import Plan, StagePeak
+from planner.spec import ModelSpec
 
 
 def cfg_passes(job: Job) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
-from .plan import Plan, TransformerPlacement
+from planner.plan import Plan, TransformerPlacement
 
 VAE_LADDER = ("gpu", "gpu_tiled", "cpu")
 TEXT_ENCODER_LADDER = ("gpu", "offload", "cpu")

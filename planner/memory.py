@@ -6,8 +6,16 @@ caching allocator's slack and the CUDA context are in the reserve, see Preferenc
 
 from __future__ import annotations
 
-from . import constants as C
-from .spec import IMAGE_TOKENS, TEXT_SEQ_LEN, ComponentSpec, ModelSpec, Part, TextEncoderDims, TransformerDims
+from planner import constants as C
+from planner.spec import (
+    IMAGE_TOKENS,
+    TEXT_SEQ_LEN,
+    ComponentSpec,
+    ModelSpec,
+    Part,
+    TextEncoderDims,
+    TransformerDims,
+)
 
 QUANT_ORDER: tuple[str, ...] = ("bf16", "fp8", "int8", "int4")  # highest precision first
 

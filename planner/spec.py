@@ -87,7 +87,7 @@ class ComponentSpec:
     """One pipeline component: `num_blocks` repeated `block`s plus the `rest`.
 
     `fixed_dtype_bytes`: bytes per parameter when the component is always loaded in one dtype
-    (lowvram.loading keeps the VAE and the CLIP image encoder in float32); None follows the plan.
+    (lowvram.models.loading keeps the VAE and the CLIP image encoder in float32); None follows the plan.
     """
 
     name: str
@@ -341,10 +341,10 @@ def spec_for_model(name: str) -> ModelSpec:
     Known checkpoints need no download. An unknown hub id must be downloaded first (its configs are
     not known here): the error says so.
     """
-    from lowvram.models import DEMO_NAMES, SHORT_NAMES, resolve_model
+    from lowvram.models.names import DEMO_NAMES, SHORT_NAMES, resolve_model
 
     if name in DEMO_NAMES:
-        from lowvram.demo import ensure_demo
+        from lowvram.models.demo import ensure_demo
 
         return spec_from_folder(ensure_demo(name), name=name, is_demo=True)
     lowered = name.lower()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from . import constants as C
-from .probe import HardwareProbe
-from .spec import IMAGE_TOKENS, TEXT_SEQ_LEN, ComponentSpec, ModelSpec
+from planner import constants as C
+from planner.probe import HardwareProbe
+from planner.spec import IMAGE_TOKENS, TEXT_SEQ_LEN, ComponentSpec, ModelSpec
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,14 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope="session")
 def demo_t2v_path():
-    from lowvram.demo import ensure_demo
+    from lowvram.models.demo import ensure_demo
 
     return ensure_demo("tiny-random")
 
 
 @pytest.fixture(scope="session")
 def demo_i2v_path():
-    from lowvram.demo import ensure_demo
+    from lowvram.models.demo import ensure_demo
 
     return ensure_demo("tiny-random-i2v")
 

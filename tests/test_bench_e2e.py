@@ -23,9 +23,8 @@ def hosts():
 
 
 def test_all_on_gpu_and_planned_run_every_stage(hosts, small_job):
-    from planner.plan import Plan, StagePeak, TransformerPlacement
-
     from lowvram.bench.e2e import all_on_gpu, planned
+    from planner.plan import Plan, StagePeak, TransformerPlacement
 
     job = small_job(steps=3)
     base = all_on_gpu(hosts, "tiny", "480p", steps=5, measured_steps=3, device="cpu", job=job, log=lambda s: None)
@@ -52,9 +51,8 @@ def test_summary_composes_unmeasured_steps():
 
 
 def test_teacache_timing_counts_calls_and_moved_bytes(small_job):
-    from planner.plan import Plan, TransformerPlacement
-
     from lowvram.bench.e2e import Hosts, teacache_timing
+    from planner.plan import Plan, TransformerPlacement
 
     denoise_only = Hosts("tiny", log=lambda s: None, device="cpu", configs=dict(CONFIGS, with_text_encoder=False))
     assert denoise_only.pipe().text_encoder is None
@@ -66,10 +64,9 @@ def test_teacache_timing_counts_calls_and_moved_bytes(small_job):
 
 
 def test_e2e_and_teacache_sections_render(hosts, small_job):
-    from planner.plan import Plan, TransformerPlacement
-
     from lowvram.bench.e2e import all_on_gpu, planned
     from lowvram.bench.report import render
+    from planner.plan import Plan, TransformerPlacement
 
     job = small_job(steps=2)
     base = all_on_gpu(hosts, "tiny", "480p", steps=2, measured_steps=2, device="cpu", job=job, log=lambda s: None)

@@ -8,7 +8,7 @@ import torch
 def test_quanto_group_to_cpu_while_diffusers_is_patched():
     # With use_stream=True, diffusers' ModuleGroup.__init__ calls self._to_cpu(param, low_cpu_mem_usage) while
     # _quanto_groups() has replaced diffusers' ModuleGroup by QuantoModuleGroup (bench run 2 on the H200 failed so).
-    from lowvram.quanto_offload import QuantoModuleGroup, _quanto_groups
+    from lowvram.placement.quanto_offload import QuantoModuleGroup, _quanto_groups
 
     group = object.__new__(QuantoModuleGroup)
     t = torch.randn(4, 4)
@@ -22,9 +22,9 @@ def test_leaving_the_gpu_restores_the_host_tensors_without_a_copy():
     # back to pageable RAM at stage changes (~2 GB/s). Components moved whole now keep their CPU tensors.
     # "meta" stands in for the GPU here: a device that is not the CPU and holds no data.
     from optimum.quanto import freeze, qint8, quantize
-    from planner.plan import Plan
 
-    from lowvram.placement import PlacementState, _move_whole
+    from lowvram.placement.apply import PlacementState, _move_whole
+    from planner.plan import Plan
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 8))
@@ -56,11 +56,15 @@ def test_block_offload_keeps_the_non_block_group_on_the_compute_device():
     # pageable memory and back out every forward (~300 ms of a 3.3 s step). They now stay put while denoising.
     # "meta" stands in for the GPU: offload_groups must send the group home (CPU) when the stage ends.
     from diffusers import WanTransformer3DModel
-    from planner.plan import TransformerPlacement
 
     from lowvram.bench.shapes import WAN_COMMON
-    from lowvram.offload import ROOT_HOME_ATTR, apply_transformer, offload_groups
-    from lowvram.quanto_offload import group_hooks
+    from lowvram.placement.offload import (
+        ROOT_HOME_ATTR,
+        apply_transformer,
+        offload_groups,
+    )
+    from lowvram.placement.quanto_offload import group_hooks
+    from planner.plan import TransformerPlacement
 
     cfg = dict(WAN_COMMON, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=3, text_dim=16, freq_dim=8)
     t = WanTransformer3DModel(**cfg).eval()

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from lowvram.bench import report, shapes
-from lowvram.bench.build import HostCopy, build_transformer, transformer_inputs, transformer_on_meta
+from lowvram.bench.build import (
+    HostCopy,
+    build_transformer,
+    transformer_inputs,
+    transformer_on_meta,
+)
 from lowvram.bench.measure import CaseResult, Recipe, run_case
 from lowvram.bench.recipes import group_offload, make_recipe, model_offload, resident
 
@@ -144,9 +149,8 @@ def test_matrix_table_rows():
 
 @pytest.mark.parametrize("placement", [("resident", 0), ("block_offload", 0), ("leaf_offload", 0), ("partial", 1)])
 def test_lowvram_recipe_applies_a_plan_through_placement(placement):
-    from planner.plan import Plan, TransformerPlacement
-
     from lowvram.bench.recipes import lowvram
+    from planner.plan import Plan, TransformerPlacement
 
     kind, k = placement
     host, inputs, ref = _tiny_host()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import imageio.v3 as iio
+
 from lowvram.cli import main
-from lowvram.runner import generate
+from lowvram.sampling.runner import generate
 from lowvram.telemetry import EventLog, RunFinished, StageFinished, StepFinished
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from lowvram.cli import main
 from lowvram.errors import UserError
-from lowvram.loading import load_pipeline, read_checkpoint_info
-from lowvram.models import SHORT_NAMES, resolve_model
+from lowvram.models.loading import load_pipeline, read_checkpoint_info
+from lowvram.models.names import SHORT_NAMES, resolve_model
 
 
 def test_load_saved_checkpoint_from_folder(demo_t2v_path, tmp_path):
@@ -66,7 +66,7 @@ def test_short_names_map_to_hub_ids():
 
 
 def test_demo_is_deterministic(tmp_path, monkeypatch):
-    from lowvram.demo import build_demo_pipeline
+    from lowvram.models.demo import build_demo_pipeline
 
     a = build_demo_pipeline().transformer.state_dict()
     b = build_demo_pipeline().transformer.state_dict()

@@ -36,8 +36,9 @@ def gpu_bytes(state: dict, component: str) -> int:
 
 
 def run(job, plan):
-    from lowvram import placement, runner
-    from lowvram.models import resolve_model
+    from lowvram import placement
+    from lowvram.models.names import resolve_model
+    from lowvram.sampling import runner
     from lowvram.telemetry import ignore
 
     loaded = runner.load_model(resolve_model(job.model), plan)

@@ -32,8 +32,9 @@ OFFLOAD_ONLY = {
 
 def run_stages(job, plan):
     """The runner's stages as generate() calls them; returns (latents, frames, device state)."""
-    from lowvram import placement, runner
-    from lowvram.models import resolve_model
+    from lowvram import placement
+    from lowvram.models.names import resolve_model
+    from lowvram.sampling import runner
     from lowvram.telemetry import ignore
 
     loaded = runner.load_model(resolve_model(job.model), plan)
@@ -72,9 +73,9 @@ def test_offload_only_plans_match_no_offload(reference, name):
 def test_disk_offload_restores_exact_weights(demo_t2v_path):
     import torch
 
-    from lowvram import runner
-    from lowvram.models import resolve_model
-    from lowvram.quanto_offload import group_hooks
+    from lowvram.models.names import resolve_model
+    from lowvram.placement.quanto_offload import group_hooks
+    from lowvram.sampling import runner
 
     ref = runner.load_model(resolve_model("tiny-random"), cpu_plan()).pipe.transformer.state_dict()
     loaded = runner.load_model(resolve_model("tiny-random"), OFFLOAD_ONLY["disk_offload"])
@@ -88,9 +89,10 @@ def test_disk_offload_restores_exact_weights(demo_t2v_path):
 
 
 def test_partial_keeps_first_blocks_unhooked(reference):
-    from lowvram import placement, runner
-    from lowvram.models import resolve_model
-    from lowvram.quanto_offload import group_hooks
+    from lowvram import placement
+    from lowvram.models.names import resolve_model
+    from lowvram.placement.quanto_offload import group_hooks
+    from lowvram.sampling import runner
 
     plan = cpu_plan(transformer=TP(kind="partial", resident_blocks=1))
     loaded = runner.load_model(resolve_model("tiny-random"), plan)
@@ -112,7 +114,7 @@ def test_partial_keeps_first_blocks_unhooked(reference):
     ids=["offload", "int8-disk", "int8-partial"],
 )
 def test_generate_applies_plan_and_sidecar_records_it(small_job, plan):
-    from lowvram.runner import generate
+    from lowvram.sampling.runner import generate
 
     result = generate(small_job(), plan=plan)
     side = json.loads(result.sidecar_path.read_text())
@@ -122,7 +124,7 @@ def test_generate_applies_plan_and_sidecar_records_it(small_job, plan):
 
 
 def test_i2v_with_cpu_vae_and_offloaded_transformer(small_job, image_file, demo_i2v_path):
-    from lowvram.runner import generate
+    from lowvram.sampling.runner import generate
 
     plan = cpu_plan(transformer=TP(kind="block_offload"), vae="cpu", text_encoder="offload")
     result = generate(small_job(model="tiny-random-i2v", image=str(image_file)), plan=plan)
@@ -130,7 +132,7 @@ def test_i2v_with_cpu_vae_and_offloaded_transformer(small_job, image_file, demo_
 
 
 def test_stage_targets_keep_stage_peaks_apart():
-    from lowvram.placement import _target
+    from lowvram.placement.apply import _target
 
     plan = Plan(device="cuda", text_encoder="gpu", vae="gpu")
     assert _target(plan, "text_encoder", "encode") == "cuda"
@@ -145,7 +147,7 @@ def test_stage_targets_keep_stage_peaks_apart():
 def test_offload_settings_per_kind():
     import torch
 
-    from lowvram.offload import settings_for
+    from lowvram.placement.offload import settings_for
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert settings_for(TP(kind="resident"), cuda) is None
@@ -161,8 +163,9 @@ def test_transformer_attention_is_torch_sdpa(monkeypatch, demo_t2v_path):
     import torch
     import torch.nn.functional as F
 
-    from lowvram import placement, runner
-    from lowvram.models import resolve_model
+    from lowvram import placement
+    from lowvram.models.names import resolve_model
+    from lowvram.sampling import runner
 
     plan = cpu_plan()
     loaded = runner.load_model(resolve_model("tiny-random"), plan)

@@ -12,7 +12,13 @@ from lowvram.errors import UserError
 from lowvram.job import Job
 from planner import constants as C
 from planner import memory as M
-from planner.choose import NoPlanFits, Preferences, TEXT_PLACEMENTS, make_plan, plan_for_job
+from planner.choose import (
+    TEXT_PLACEMENTS,
+    NoPlanFits,
+    Preferences,
+    make_plan,
+    plan_for_job,
+)
 from planner.estimate import predict
 from planner.plan import Plan, TransformerPlacement
 from planner.probe import GIB, TYPICAL_MACHINES, HardwareProbe, synthetic_probe

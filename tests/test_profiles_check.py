@@ -11,7 +11,14 @@ import pytest
 
 from lowvram.cli import main
 from lowvram.job import Job, TeaCacheSetting
-from lowvram.profiles import JobDefaults, MachineFingerprint, PlannerPrefs, Profile, load, save
+from lowvram.profiles import (
+    JobDefaults,
+    MachineFingerprint,
+    PlannerPrefs,
+    Profile,
+    load,
+    save,
+)
 from lowvram.profiles.apply import apply_profile, probe_like
 from lowvram.profiles.check import check_profile
 from planner.choose import Budget, Preferences, config_key

@@ -6,14 +6,21 @@ import tomllib
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_profiles_io import GOOD  # tests/ is on sys.path under pytest
 
 from lowvram.errors import UserError
 from lowvram.job import TeaCacheSetting
-from lowvram.profiles import JobDefaults, PlannerPrefs, Profile, ProfileError, dumps, loads
+from lowvram.profiles import (
+    JobDefaults,
+    PlannerPrefs,
+    Profile,
+    ProfileError,
+    dumps,
+    loads,
+)
 from lowvram.profiles.check import check_profile
-from planner.probe import GIB, synthetic_probe
 from lowvram.profiles.toml_io import dumps_data
-from test_profiles_io import GOOD  # tests/ is on sys.path under pytest
+from planner.probe import GIB, synthetic_probe
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,7 +10,17 @@ import pytest
 from lowvram.cli import main
 from lowvram.errors import UserError
 from lowvram.job import TeaCacheSetting
-from lowvram.profiles import JobDefaults, MachineFingerprint, PlannerPrefs, Profile, ProfileError, dumps, load, loads, save
+from lowvram.profiles import (
+    JobDefaults,
+    MachineFingerprint,
+    PlannerPrefs,
+    Profile,
+    ProfileError,
+    dumps,
+    load,
+    loads,
+    save,
+)
 from lowvram.profiles.toml_io import dumps_data, locate
 from planner.plan import Plan, StagePeak, TransformerPlacement
 

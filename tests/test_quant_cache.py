@@ -22,7 +22,7 @@ def cpu_plan(**changes) -> Plan:
 
 
 def drop_entries(folder, level="int8", dtype="float32"):
-    from lowvram import quant_cache
+    from lowvram.placement import quant_cache
 
     for component in ("transformer", "text_encoder"):
         shutil.rmtree(quant_cache.entry_path(folder, component, level, dtype), ignore_errors=True)
@@ -40,14 +40,14 @@ def test_int8_stays_within_stated_error_of_float(job):
     quantized, loaded = denoised(job, cpu_plan(transformer_quant="int8", text_encoder_quant="int8"))
     rel = ((quantized - reference).norm() / reference.norm()).item()
     assert 0 < rel < INT8_REL_ERROR_BOUND  # > 0: the weights really were quantized
-    from lowvram.quantize import quantized_level
+    from lowvram.placement.quantize import quantized_level
 
     assert quantized_level(loaded.pipe.transformer) == "int8"
     assert quantized_level(loaded.pipe.text_encoder) == "int8"
 
 
 def test_cache_round_trips_and_second_load_does_not_quantize(job, demo_t2v_path, monkeypatch):
-    from lowvram import quant_cache, quantize
+    from lowvram.placement import quant_cache, quantize
 
     drop_entries(demo_t2v_path)
     calls = []
@@ -77,9 +77,10 @@ def test_a_full_disk_while_caching_does_not_fail_the_run(demo_t2v_path, monkeypa
     import safetensors.torch
     from safetensors import SafetensorError
 
-    from lowvram import quant_cache, runner
-    from lowvram.models import resolve_model
-    from lowvram.quantize import quantized_level
+    from lowvram.models.names import resolve_model
+    from lowvram.placement import quant_cache
+    from lowvram.placement.quantize import quantized_level
+    from lowvram.sampling import runner
 
     def full_disk(*args, **kwargs):  # what safetensors raises when the disk is full
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
@@ -94,8 +95,8 @@ def test_a_full_disk_while_caching_does_not_fail_the_run(demo_t2v_path, monkeypa
 
 
 def test_tied_text_encoder_weights_stay_tied(demo_t2v_path):
-    from lowvram import quant_cache
-    from lowvram.quantize import quantize_weights
+    from lowvram.placement import quant_cache
+    from lowvram.placement.quantize import quantize_weights
 
     drop_entries(demo_t2v_path)
     from transformers import UMT5EncoderModel
@@ -111,7 +112,7 @@ def test_tied_text_encoder_weights_stay_tied(demo_t2v_path):
 
 
 def test_identity_follows_the_checkpoint_files(tmp_path):
-    from lowvram.quant_cache import checkpoint_identity
+    from lowvram.placement.quant_cache import checkpoint_identity
 
     (tmp_path / "transformer").mkdir()
     weights = tmp_path / "transformer" / "model.safetensors"
@@ -125,8 +126,8 @@ def test_identity_follows_the_checkpoint_files(tmp_path):
 def test_sharded_save_round_trips_and_leaves_no_temporary_folder(demo_t2v_path, monkeypatch):
     from diffusers import WanTransformer3DModel
 
-    from lowvram import quant_cache
-    from lowvram.quantize import quantize_weights
+    from lowvram.placement import quant_cache
+    from lowvram.placement.quantize import quantize_weights
 
     monkeypatch.setattr(quant_cache, "SHARD_BYTES", 4096)  # the demo transformer is ~100 KB: many shards
     module = WanTransformer3DModel.from_pretrained(demo_t2v_path / "transformer")
@@ -143,7 +144,7 @@ def test_sharded_save_round_trips_and_leaves_no_temporary_folder(demo_t2v_path, 
 
 
 def test_missing_or_stale_entry_reads_as_none(demo_t2v_path):
-    from lowvram import quant_cache
+    from lowvram.placement import quant_cache
 
     assert quant_cache.load(demo_t2v_path, "transformer", "fp8", "bfloat16") is None
 
@@ -152,7 +153,7 @@ def test_quantizing_lets_go_of_the_mapped_checkpoint(demo_t2v_path):
     """Unquantized leftovers are copied, so no tensor keeps the bf16 file mapping (and its pages) alive."""
     from diffusers import WanTransformer3DModel
 
-    from lowvram.quantize import quantize_weights
+    from lowvram.placement.quantize import quantize_weights
 
     module = WanTransformer3DModel.from_pretrained(demo_t2v_path / "transformer")
     loaded = {t.untyped_storage().data_ptr() for t in module.parameters()}
@@ -165,8 +166,8 @@ def test_damaged_entry_is_discarded_and_requantized(demo_t2v_path, caplog):
     """A truncated shard (a crash mid-copy, a bad disk) must not break every later run."""
     from diffusers import WanTransformer3DModel
 
-    from lowvram import quant_cache
-    from lowvram.quantize import quantize_weights
+    from lowvram.placement import quant_cache
+    from lowvram.placement.quantize import quantize_weights
 
     module = WanTransformer3DModel.from_pretrained(demo_t2v_path / "transformer")
     quantize_weights(module, "int8")

@@ -42,7 +42,7 @@ def quantized_toy(qtype: str, seed: int = 0) -> Toy:
 
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_move_takes_inner_tensors_along(qtype):
-    from lowvram.quanto_offload import leaf_tensors, move_
+    from lowvram.placement.quanto_offload import leaf_tensors, move_
 
     weight = quantized_toy(qtype).blocks[0][0].weight
     inner = [name for name, _ in leaf_tensors(weight)]
@@ -56,7 +56,7 @@ def test_move_takes_inner_tensors_along(qtype):
 def test_disk_offload_upstream_fails_ours_matches(tmp_path, qtype):
     from diffusers.hooks import apply_group_offloading as upstream_apply
 
-    from lowvram.quanto_offload import apply_group_offloading
+    from lowvram.placement.quanto_offload import apply_group_offloading
 
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -78,7 +78,7 @@ def test_disk_offload_upstream_fails_ours_matches(tmp_path, qtype):
 
 
 def test_disk_offload_reuses_files_of_an_earlier_run(tmp_path):
-    from lowvram.quanto_offload import apply_group_offloading
+    from lowvram.placement.quanto_offload import apply_group_offloading
 
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(4))
     kwargs = dict(onload_device="cpu", offload_type="block_level", num_blocks_per_group=1, offload_to_disk_path=str(tmp_path))
@@ -96,7 +96,7 @@ def test_disk_offload_reuses_files_of_an_earlier_run(tmp_path):
 def test_failed_disk_write_leaves_no_partial_file(tmp_path, monkeypatch):
     import safetensors.torch
 
-    from lowvram.quanto_offload import apply_group_offloading
+    from lowvram.placement.quanto_offload import apply_group_offloading
 
     def full_disk(tensors, filename, metadata=None):
         with open(filename, "wb") as fh:
@@ -112,7 +112,7 @@ def test_failed_disk_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
 def test_memory_offload_of_quantized_model_on_cpu(offload_type):
-    from lowvram.quanto_offload import apply_group_offloading
+    from lowvram.placement.quanto_offload import apply_group_offloading
 
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -125,7 +125,11 @@ def test_memory_offload_of_quantized_model_on_cpu(offload_type):
 def test_upstream_module_group_is_restored_after_apply():
     from diffusers.hooks import group_offloading
 
-    from lowvram.quanto_offload import QuantoModuleGroup, apply_group_offloading, group_hooks
+    from lowvram.placement.quanto_offload import (
+        QuantoModuleGroup,
+        apply_group_offloading,
+        group_hooks,
+    )
 
     before = group_offloading.ModuleGroup
     model = quantized_toy("qint8")
@@ -142,7 +146,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_cuda_quantized_offload_matches_resident(qtype, offload_type, use_stream):
-    from lowvram.quanto_offload import apply_group_offloading, leaf_tensors
+    from lowvram.placement.quanto_offload import apply_group_offloading, leaf_tensors
 
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -162,7 +166,11 @@ def test_cuda_quantized_offload_matches_resident(qtype, offload_type, use_stream
 
 def test_cpu_copy_of_a_quanto_weight_is_a_new_wrapper_without_a_copy():
     """What a streamed group keeps as the CPU copy (pinning itself needs CUDA: tested on the GPU)."""
-    from lowvram.quanto_offload import QuantoModuleGroup, _quanto_groups, leaf_tensors
+    from lowvram.placement.quanto_offload import (
+        QuantoModuleGroup,
+        _quanto_groups,
+        leaf_tensors,
+    )
 
     weight = quantized_toy("qint8").blocks[0][0].weight
     group = object.__new__(QuantoModuleGroup)

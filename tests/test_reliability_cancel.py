@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from lowvram.errors import CancelledError
-from lowvram.resume import load_resume_file
-from lowvram.runner import generate
+from lowvram.sampling.resume import load_resume_file
+from lowvram.sampling.runner import generate
 from lowvram.telemetry import RunCancelled, StageStarted, StepFinished
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_ctrl_c_or_sigterm_in_the_cli_keeps_the_latents(demo_t2v_path, tmp_path,
 def test_resume_through_the_cli(small_job, cpu_plan, tmp_path, capsys):
     """A cancelled run's file finishes through `lowvram generate --resume` (same placeholder plan as the CLI)."""
     from lowvram.cli import main
-    from lowvram.runner import placeholder_plan
+    from lowvram.sampling.runner import placeholder_plan
 
     job = small_job(steps=3)
     cancel = threading.Event()
@@ -136,7 +136,7 @@ WRITER = """
 import sys, numpy as np
 from pathlib import Path
 from lowvram.cli.interrupt import cancel_on_interrupt
-from lowvram.output import write_video_atomic
+from lowvram.io.output import write_video_atomic
 frames = np.random.default_rng(0).integers(0, 256, (4000, 128, 128, 3), dtype=np.uint8)  # noise: slow to encode
 with cancel_on_interrupt():
     write_video_atomic(frames, Path(sys.argv[1]), 16)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from lowvram.cli import main
 from lowvram.errors import UserError
-from lowvram.resume import FORMAT, load_resume_file
+from lowvram.sampling.resume import FORMAT, load_resume_file
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -113,7 +113,7 @@ def good_resume(tmp_path_factory):
 
     from lowvram.errors import CancelledError
     from lowvram.job import Job
-    from lowvram.runner import generate
+    from lowvram.sampling.runner import generate
     from lowvram.telemetry import StepFinished
     from planner.plan import Plan
 
@@ -210,7 +210,7 @@ def test_no_torch_load_without_weights_only():
 @given(data=st.binary(max_size=200), kind=st.sampled_from(["--image", "--profile"]))
 def test_user_files_of_random_bytes_fail_before_loading(data, kind, tmp_path_factory, capsys):
     """Every file the user gives is validated before any model loads (a bad one costs no loading time)."""
-    import lowvram.runner as runner
+    import lowvram.sampling.runner as runner
 
     folder = tmp_path_factory.mktemp("f")
     path = folder / ("x.png" if kind == "--image" else "x.toml")

@@ -25,7 +25,7 @@ def test_ten_runs_on_one_loaded_model_do_not_grow(small_job, cpu_plan, tmp_path)
 
 def test_runs_that_fall_back_every_time_do_not_grow(small_job, cpu_plan, tmp_path):
     """The OOM path: every run is re-placed per the plan, runs out of memory at step 1 and falls back."""
-    from lowvram.faults import FaultPlan
+    from lowvram.sampling.faults import FaultPlan
 
     report = leak_loop(small_job(frames=1), cpu_plan, runs=6, warmup=2, out_dir=tmp_path, faults=FaultPlan.parse("denoise:1"))
     detail = "\n".join(report.lines())

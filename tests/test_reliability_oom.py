@@ -1,5 +1,5 @@
 """OOM fallback with resume, on the CPU demo model: real torch.OutOfMemoryError instances injected by
-lowvram.faults at encode, denoise step k and decode; each run must finish on a leaner plan with the
+lowvram.sampling.faults at encode, denoise step k and decode; each run must finish on a leaner plan with the
 same latents as an uninterrupted run of that final plan."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from lowvram.errors import UserError
-from lowvram.faults import FaultPlan, OomAt, inject_oom
-from lowvram.recovery import OutOfMemoryExhausted
-from lowvram.resume import load_resume_file
-from lowvram.runner import generate
+from lowvram.sampling.faults import FaultPlan, OomAt, inject_oom
+from lowvram.sampling.recovery import OutOfMemoryExhausted
+from lowvram.sampling.resume import load_resume_file
+from lowvram.sampling.runner import generate
 from lowvram.telemetry import PlanSwitched, RunFailed
 from planner.fallback import ladder, leaner_plan
 from planner.plan import Plan, TransformerPlacement
@@ -27,8 +27,8 @@ def plan(cpu_plan):
 @pytest.fixture(scope="module")
 def loaded():
     """One demo pipeline for the module (the TUI's case: loaded once, many runs)."""
-    from lowvram.models import resolve_model
-    from lowvram.runner import load_model
+    from lowvram.models.names import resolve_model
+    from lowvram.sampling.runner import load_model
 
     return load_model(resolve_model("tiny-random"), Plan(device="cpu", dtype="float32", source="forced"))
 
@@ -133,8 +133,8 @@ def test_oom_at_denoise_step_k_resumes_with_history(run, clean_latents, small_jo
 
 def test_resuming_without_scheduler_history_would_differ(loaded, small_job, plan):
     """The control for the test above: dropping UniPC's history at step 2 changes the result."""
-    from lowvram.resume import make_checkpoint
-    from lowvram.runner import Clock, denoise, encode
+    from lowvram.sampling.resume import make_checkpoint
+    from lowvram.sampling.runner import Clock, denoise, encode
 
     job = small_job(steps=4)
     cond = encode(loaded, job, plan)
@@ -160,7 +160,7 @@ def test_oom_at_decode_retries_tiled(run, clean_latents, small_job, plan, tmp_pa
 
 
 def test_context_manager_installs_faults_and_env_var_is_read(run, small_job, plan, tmp_path, monkeypatch):
-    from lowvram.faults import resolve
+    from lowvram.sampling.faults import resolve
 
     with inject_oom("encode"):
         a = run(small_job(out=str(tmp_path / "a.mp4")), plan)
@@ -208,7 +208,7 @@ def test_leanest_plan_oom_keeps_latents_and_resume_finishes(clean_latents, small
 
 
 def test_recovery_treats_allocator_runtime_errors_as_oom_and_nothing_else(plan):
-    from lowvram.recovery import Recovery, is_oom
+    from lowvram.sampling.recovery import Recovery, is_oom
 
     assert is_oom(torch.OutOfMemoryError("x")) and is_oom(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
     assert not is_oom(RuntimeError("mat2 is on cpu")) and not is_oom(ValueError("out of memory"))
@@ -248,7 +248,7 @@ def test_a_sampler_state_that_cannot_be_copied_restarts_denoising_instead(plan):
     """Checkpointing must never break a run: without a checkpoint the retry starts denoising over."""
     import numpy as np
 
-    from lowvram.recovery import Recovery
+    from lowvram.sampling.recovery import Recovery
     from lowvram.telemetry import LogMessage
 
     class Odd:
@@ -267,7 +267,7 @@ def test_latents_that_cannot_be_written_are_reported_not_raised(plan, small_job,
     import safetensors.torch
     from safetensors import SafetensorError
 
-    from lowvram.recovery import Recovery
+    from lowvram.sampling.recovery import Recovery
     from lowvram.telemetry import LogMessage
 
     def full_disk(*args, **kwargs):

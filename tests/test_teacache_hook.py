@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowvram.teacache import (
+from lowvram.caching.teacache import (
     TEACACHE_BLOCK_HOOK,
     TEACACHE_HOOK,
     CallDecision,
@@ -16,7 +16,7 @@ from lowvram.teacache import (
     remove_teacache,
     reset_teacache,
 )
-from lowvram.transfer_meter import TransferMeter, group_bytes, offload_groups
+from lowvram.placement.transfer_meter import TransferMeter, group_bytes, offload_groups
 
 LAYERS = 3
 
@@ -24,7 +24,7 @@ LAYERS = 3
 def make_transformer():
     from diffusers import WanTransformer3DModel
 
-    from lowvram.demo import _TRANSFORMER
+    from lowvram.models.demo import _TRANSFORMER
 
     torch.manual_seed(0)
     config = dict(_TRANSFORMER, num_layers=LAYERS)
@@ -218,7 +218,7 @@ def test_apply_twice_is_refused_and_hooks_have_names():
 def test_transfer_meter_counts_quantized_weights_at_their_storage_size():
     from optimum.quanto import freeze, qint8, quantize
 
-    from lowvram.transfer_meter import tensor_bytes
+    from lowvram.placement.transfer_meter import tensor_bytes
 
     m = torch.nn.Sequential(torch.nn.Linear(64, 32))
     quantize(m, weights=qint8)
@@ -260,8 +260,8 @@ def test_disk_offloaded_time_embedder_is_read_from_the_checkpoint(demo_t2v_path,
     from diffusers import WanTransformer3DModel
     from diffusers.hooks import apply_group_offloading
 
-    from lowvram.teacache import TimeEmbedderWeights, rel_l1_series, time_signal
-    from lowvram.teacache.run import time_weights
+    from lowvram.caching.teacache import TimeEmbedderWeights, rel_l1_series, time_signal
+    from lowvram.caching.teacache.run import time_weights
 
     tr = WanTransformer3DModel.from_pretrained(demo_t2v_path, subfolder="transformer")
     t = torch.tensor([999.0, 900.0, 700.0])

@@ -7,12 +7,18 @@ import threading
 
 import pytest
 import torch
+from teacache_reference import reference_decisions
 
+from lowvram.caching.teacache import (
+    COEFFICIENTS,
+    TEACACHE_BLOCK_HOOK,
+    TimeEmbedderWeights,
+    get_teacache,
+    preview,
+)
 from lowvram.errors import CancelledError, UserError
 from lowvram.job import TeaCacheSetting
-from lowvram.teacache import COEFFICIENTS, TEACACHE_BLOCK_HOOK, TimeEmbedderWeights, get_teacache, preview
 from lowvram.telemetry import EventLog, StepFinished, TeaCacheScheduled, TransformerCall
-from teacache_reference import reference_decisions
 
 STEPS = 10
 
@@ -25,10 +31,9 @@ def smooth_demo(demo_t2v_path):
     all-compute or all-skip; damped, the relative changes are 1-4% as in real models, and schedules
     mix computed and skipped steps.
     """
+    from lowvram.models.names import resolve_model
+    from lowvram.sampling.runner import load_model
     from planner.plan import Plan
-
-    from lowvram.models import resolve_model
-    from lowvram.runner import load_model
 
     loaded = load_model(resolve_model("tiny-random"), Plan(device="cpu", dtype="float32", source="forced"))
     freq_index = torch.arange(256) % 128  # cos half then sin half; index 0 is the highest frequency
@@ -59,7 +64,7 @@ class LiveCapture:
 
 
 def run_job(loaded, job, cancel=None, on_event=None):
-    from lowvram.runner import generate
+    from lowvram.sampling.runner import generate
 
     log = EventLog(forward=on_event or (lambda e: None))
     live = LiveCapture(loaded.pipe.transformer)
@@ -150,7 +155,7 @@ def _args(*argv):
 
 
 def test_cli_flags_make_the_setting():
-    from lowvram.cli.generate import job_from_args
+    from lowvram.profiles.apply import job_from_args
 
     assert job_from_args(_args()).teacache == TeaCacheSetting()
     assert job_from_args(_args("--teacache", "0.08")).teacache == TeaCacheSetting(enabled=True, threshold=0.08)

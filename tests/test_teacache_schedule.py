@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from teacache_reference import reference_decisions
 
-from lowvram.errors import UserError
-from lowvram.job import Job, TeaCacheSetting
-from lowvram.teacache import (
+from lowvram.caching.teacache import (
     COEFFICIENTS,
     CoefficientChoice,
     TimeEmbedderWeights,
@@ -25,7 +24,8 @@ from lowvram.teacache import (
     search_threshold,
     time_signal,
 )
-from teacache_reference import reference_decisions
+from lowvram.errors import UserError
+from lowvram.job import Job, TeaCacheSetting
 
 THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.6)
 
@@ -130,7 +130,7 @@ def test_choose_coefficients_from_config_and_name():
 def _demo_transformer():
     from diffusers import WanTransformer3DModel
 
-    from lowvram.demo import _TRANSFORMER
+    from lowvram.models.demo import _TRANSFORMER
 
     torch.manual_seed(0)
     return WanTransformer3DModel(in_channels=16, **_TRANSFORMER).eval()
@@ -153,8 +153,8 @@ def test_signal_is_the_models_own_time_embedding_in_fp32():
 
 
 def test_preview_from_checkpoint_needs_no_model_load(demo_t2v_path):
-    from lowvram.loading import load_pipeline
-    from lowvram.models import resolve_model
+    from lowvram.models.loading import load_pipeline
+    from lowvram.models.names import resolve_model
 
     job = Job(prompt="x", steps=12, teacache=TeaCacheSetting(enabled=True, threshold=0.2, retention=False))
     lazy = preview_checkpoint(demo_t2v_path, job)
@@ -172,7 +172,7 @@ def test_missing_threshold_and_target_is_a_user_error(demo_t2v_path):
 
 
 def test_preview_for_job_before_anything_loads(demo_t2v_path):
-    from lowvram.teacache import preview_for_job
+    from lowvram.caching.teacache import preview_for_job
 
     on = Job(prompt="x", steps=6, teacache=TeaCacheSetting(enabled=True, threshold=0.1))
     got = preview_for_job(on)
@@ -184,7 +184,7 @@ def test_preview_for_job_before_anything_loads(demo_t2v_path):
 
 
 def test_fixed_schedule_for_benchmarks():
-    from lowvram.teacache import fixed_schedule
+    from lowvram.caching.teacache import fixed_schedule
 
     s = fixed_schedule([True, False, True, False], branches=("cond",))
     assert s.step_computed == (True, False, True, False) and s.predicted_speedup == 2.0

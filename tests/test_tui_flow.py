@@ -7,7 +7,7 @@ import threading
 from textual.widgets import Label
 from tui_support import cpu_app, fill_job, text_of, wait_for
 
-from lowvram.runner import generate
+from lowvram.sampling.runner import generate
 from lowvram.telemetry import StepFinished
 from tui.screens.done import DoneScreen
 from tui.screens.job import JobScreen
@@ -192,7 +192,7 @@ async def test_profile_save_and_load_from_the_form(tmp_path):
 
 
 async def test_out_of_memory_switches_plan_with_a_notification_and_finishes(tmp_path, demo_t2v_path):
-    from lowvram.faults import FaultPlan
+    from lowvram.sampling.faults import FaultPlan
 
     def generate_with_oom(job, plan, on_event, cancel, loaded=None):
         """The real runner with a real torch.OutOfMemoryError injected at denoising step 1."""
@@ -214,9 +214,8 @@ async def test_out_of_memory_switches_plan_with_a_notification_and_finishes(tmp_
 
 async def test_plan_screen_shows_the_planners_alternatives_for_a_small_gpu():
     """A real model planned for a fixed 8 GiB GPU (no weights needed): rejected options come with reasons."""
-    from planner.probe import synthetic_probe
-
     from lowvram.job import Job
+    from planner.probe import synthetic_probe
     from tui.app import create_app
     from tui.services import Services
 
@@ -235,8 +234,9 @@ async def test_plan_screen_shows_the_planners_alternatives_for_a_small_gpu():
 async def test_tui_profile_option_fills_the_form_and_model_option_wins(tmp_path):
     from pathlib import Path
 
-    from tui.app import create_app
     from tui_support import cpu_services
+
+    from tui.app import create_app
 
     shipped = sorted(Path(__file__).resolve().parent.parent.joinpath("profiles").glob("*.toml"))
     assert shipped, "the curated profiles ship in profiles/"

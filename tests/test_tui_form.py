@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from lowvram.job import Job, TeaCacheSetting
-from tui.form import FormErrors, default_job, job_from_values, preset_for, values_from_job
+from tui.form import (
+    FormErrors,
+    default_job,
+    job_from_values,
+    preset_for,
+    values_from_job,
+)
 
 
 def test_round_trip_keeps_every_setting(tmp_path, image_file):

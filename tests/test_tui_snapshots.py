@@ -9,8 +9,15 @@ from tui_support import cpu_services
 
 from lowvram.errors import CancelledError
 from lowvram.job import Job, TeaCacheSetting
-from lowvram.runner import RunResult
-from lowvram.telemetry import MemorySample, RunStarted, StageFinished, StageStarted, StepFinished, TransformerCall
+from lowvram.sampling.runner import RunResult
+from lowvram.telemetry import (
+    MemorySample,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+    StepFinished,
+    TransformerCall,
+)
 from planner.plan import Plan
 from tui.app import create_app
 from tui.screens.done import DoneScreen
@@ -26,7 +33,7 @@ class FakeLoaded:
     """Stands in for a LoadedModel: the scripted runtime below never touches it."""
 
     def __init__(self, name: str, plan: Plan):
-        from lowvram.models import ModelRef
+        from lowvram.models.names import ModelRef
 
         self.ref = ModelRef(name=name, kind="demo", location="/demo")
         self.plan = plan

@@ -10,15 +10,14 @@ from textual.binding import Binding
 from lowvram.errors import UserError
 from lowvram.job import Job
 from planner.plan import Plan
-
-from .form import default_job
-from .screens.confirm import ConfirmScreen
-from .screens.done import DoneScreen
-from .screens.job import JobScreen
-from .screens.plan import PlanScreen
-from .screens.run import RUNNING, RunScreen
-from .services import PlanView, Services
-from .state import RunSummary
+from tui.form import default_job
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.done import DoneScreen
+from tui.screens.job import JobScreen
+from tui.screens.plan import PlanScreen
+from tui.screens.run import RUNNING, RunScreen
+from tui.services import PlanView, Services
+from tui.state import RunSummary
 
 
 class LowvramApp(App):

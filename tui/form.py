@@ -10,7 +10,7 @@ from typing import Optional
 
 from lowvram.errors import UserError
 from lowvram.job import Job, TeaCacheSetting, validate_job
-from lowvram.models import DEMO_NAMES, SHORT_NAMES, resolve_model
+from lowvram.models.names import DEMO_NAMES, SHORT_NAMES, resolve_model
 
 # Presets as (width, height); Wan2.1 is trained at these two sizes.
 PRESETS: dict[str, tuple[int, int]] = {"480p": (832, 480), "720p": (1280, 720)}
@@ -31,10 +31,10 @@ class FormErrors(UserError):
 
 def default_job(model: Optional[str] = None) -> Job:
     """The form's first job: the same per-model defaults as `lowvram generate` (the demo's are tiny)."""
-    from lowvram.cli.generate import DEMO_DEFAULTS, REAL_DEFAULTS
+    from lowvram.models.defaults import DEFAULT_MODEL, job_defaults
 
-    model = model or "tiny-random"
-    sizes = DEMO_DEFAULTS if model in DEMO_NAMES else REAL_DEFAULTS
+    model = model or DEFAULT_MODEL
+    sizes = {k: v for k, v in job_defaults(model).items() if k in ("width", "height", "frames", "steps")}
     return Job(prompt="", model=model, **sizes)
 
 

@@ -8,7 +8,7 @@ from lowvram.telemetry import Event
 
 
 class RuntimeEvent(Message):
-    """A telemetry event from lowvram.runner, delivered on the UI thread."""
+    """A telemetry event from lowvram.sampling.runner, delivered on the UI thread."""
 
     def __init__(self, event: Event) -> None:
         super().__init__()

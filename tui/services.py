@@ -116,8 +116,8 @@ def teacache_preview(job: Job, plan: Plan) -> SkipPreview:
         return SkipPreview(total_steps=job.steps, computed_steps=job.steps, note="TeaCache off: every step computed")
     from pathlib import Path
 
-    from lowvram.models import resolve_model
-    from lowvram.teacache import preview_checkpoint
+    from lowvram.caching.teacache import preview_checkpoint
+    from lowvram.models.names import resolve_model
 
     ref = resolve_model(job.model)
     folder = Path(ref.location)
@@ -167,14 +167,14 @@ def save_profile(path: str, job: Job, plan: Optional[Plan], probe: Any = None, p
 
 
 def _generate(*args, **kwargs):
-    from lowvram.runner import generate
+    from lowvram.sampling.runner import generate
 
     return generate(*args, **kwargs)
 
 
 def _load_model(model: str, plan: Plan):
-    from lowvram.models import resolve_model
-    from lowvram.runner import load_model
+    from lowvram.models.names import resolve_model
+    from lowvram.sampling.runner import load_model
 
     return load_model(resolve_model(model), plan)
 

@@ -13,7 +13,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .shapes import TEXT_DIM, TEXT_TOKENS, TRANSFORMERS, UMT5_XXL, latent_shape
+from lowvram.bench.shapes import (
+    TEXT_DIM,
+    TEXT_TOKENS,
+    TRANSFORMERS,
+    UMT5_XXL,
+    latent_shape,
+)
 
 INIT_STD = 0.02  # small enough that 40 random blocks stay finite in bf16
 

@@ -10,9 +10,9 @@ from typing import Callable
 
 import torch
 
-from .build import build_umt5, build_vae, param_bytes
-from .measure import GIB, clean_cuda
-from .shapes import TEXT_TOKENS, latent_shape
+from lowvram.bench.build import build_umt5, build_vae, param_bytes
+from lowvram.bench.measure import GIB, clean_cuda
+from lowvram.bench.shapes import TEXT_TOKENS, latent_shape
 
 
 def h2d_bandwidth(size_bytes: int = 1 << 30, repeats: int = 5) -> dict:

@@ -1,6 +1,6 @@
 """End to end (text encode + N denoising steps + VAE decode) and TeaCache timing, on real-shape random weights.
 
-The denoising loop is lowvram's own (`lowvram.runner.denoise`: UniPC flow, classifier-free guidance, a
+The denoising loop is lowvram's own (`lowvram.sampling.runner.denoise`: UniPC flow, classifier-free guidance, a
 synchronize per step), fed by a pipeline-like object whose components are fresh modules over host copies.
 Stages are entered with `lowvram.placement.enter_stage`, so the time of moving components between stages
 counts, as in `lowvram generate`. Load-time work (quantizing, pinning) is reported apart.
@@ -18,10 +18,21 @@ from typing import Callable, Optional
 
 import torch
 
-from .build import HostCopy, build_transformer, build_umt5, build_vae, transformer_on_meta
-from .measure import GIB, clean_cuda, set_budget
-from .recipes import BenchPipe, bench_job, bench_probe, predicted_stage_vram
-from .shapes import RESOLUTIONS, TEXT_TOKENS, UMT5_XXL, latent_shape
+from lowvram.bench.build import (
+    HostCopy,
+    build_transformer,
+    build_umt5,
+    build_vae,
+    transformer_on_meta,
+)
+from lowvram.bench.measure import GIB, clean_cuda, set_budget
+from lowvram.bench.recipes import (
+    BenchPipe,
+    bench_job,
+    bench_probe,
+    predicted_stage_vram,
+)
+from lowvram.bench.shapes import RESOLUTIONS, TEXT_TOKENS, UMT5_XXL, latent_shape
 
 
 def scheduler():
@@ -107,8 +118,9 @@ def decode(pipe, latents):
 
 
 def denoise(pipe, plan, job, embeds, device: str, seed: int = 0):
-    from ..runner import Conditioning, LoadedModel, denoise as run_denoise
-    from ..telemetry import ignore
+    from lowvram.sampling.runner import Conditioning, LoadedModel
+    from lowvram.sampling.runner import denoise as run_denoise
+    from lowvram.telemetry import ignore
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     latents = torch.randn(latent_shape(job.height, job.width, job.frames), generator=gen).to(device)
@@ -181,8 +193,8 @@ def all_on_gpu(hosts: Hosts, model_key: str, resolution: str, steps: int, measur
 
 
 def planned(hosts: Hosts, model_key: str, resolution: str, budget_gib: float, ram_gib: float, steps: int, measured_steps: int, plan=None, log=print, job=None) -> dict:
-    from .. import placement
-    from .recipes import lowvram_plan
+    from lowvram import placement
+    from lowvram.bench.recipes import lowvram_plan
 
     clean_cuda()
     plan = plan or lowvram_plan(model_key, resolution, budget_gib, ram_gib)
@@ -250,7 +262,7 @@ def run_e2e(model_key: str, budget_gib: float, resolution: str = "480p", steps: 
 
 
 def run_teacache(model_key: str, plan_text: str, budget_gib: float, computed_steps: int, steps: int = 50, resolution: str = "480p", ram_gib: float = 64.0, log=print) -> dict:
-    from .recipes import forced_plan
+    from lowvram.bench.recipes import forced_plan
 
     hosts = Hosts(model_key, log, configs={"with_text_encoder": False})  # denoising only: random prompt embeddings
     plan = forced_plan(plan_text, model_key, resolution, budget_gib, ram_gib)
@@ -266,10 +278,14 @@ def run_teacache(model_key: str, plan_text: str, budget_gib: float, computed_ste
 def teacache_timing(hosts: Hosts, plan, job, computed_steps: int, log=print) -> dict:
     """Denoising wall time without TeaCache and with a fixed schedule computing `computed_steps` of the job's
     steps (spread evenly, first step computed), under one plan; block bytes moved on skipped calls."""
-    from .. import placement
-    from ..teacache import fixed_schedule
-    from ..teacache.hook import TeaCacheConfig, apply_teacache, remove_teacache
-    from ..transfer_meter import TransferMeter
+    from lowvram import placement
+    from lowvram.caching.teacache import fixed_schedule
+    from lowvram.caching.teacache.hook import (
+        TeaCacheConfig,
+        apply_teacache,
+        remove_teacache,
+    )
+    from lowvram.placement.transfer_meter import TransferMeter
 
     steps = job.steps
     pipe = hosts.pipe()

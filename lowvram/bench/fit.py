@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .shapes import MODEL_NAMES
+from lowvram.bench.shapes import MODEL_NAMES
 
 
 def _solve2(a11, a12, a21, a22, b1, b2) -> tuple[float, float]:

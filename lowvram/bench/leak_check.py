@@ -96,11 +96,11 @@ def _snapshot(run: int, seconds: float) -> LeakSample:
 def leak_loop(job, plan, runs: int = 10, warmup: int = 2, loaded=None, out_dir: Optional[Path] = None, log: Callable[[str], None] = lambda _: None, faults=None) -> LeakReport:
     """Run `job` `runs` times on one LoadedModel (loaded here unless given); one sample after each run.
 
-    `faults` (a lowvram.faults.FaultPlan) makes every run go through the OOM fallback: each run starts
+    `faults` (a lowvram.sampling.faults.FaultPlan) makes every run go through the OOM fallback: each run starts
     from `plan` again, so the pipeline is re-placed and falls back every time.
     """
-    from ..models import resolve_model
-    from ..runner import generate, load_model
+    from lowvram.models.names import resolve_model
+    from lowvram.sampling.runner import generate, load_model
 
     if not 1 <= warmup or runs < warmup + 3:
         raise ValueError(f"need warmup >= 1 and at least 3 runs after it, got warmup={warmup} runs={runs}")
@@ -118,8 +118,8 @@ def leak_loop(job, plan, runs: int = 10, warmup: int = 2, loaded=None, out_dir: 
 
 
 def main(argv=None) -> int:
-    from ..job import Job
-    from ..runner import placeholder_plan
+    from lowvram.job import Job
+    from lowvram.sampling.runner import placeholder_plan
 
     p = argparse.ArgumentParser(prog="python -m lowvram.bench.leak_check", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny-random")
@@ -130,12 +130,12 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=5)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the samples here")
-    p.add_argument("--inject", default=None, help="an OOM in every run (lowvram.faults syntax, e.g. denoise:1): the fallback path")
+    p.add_argument("--inject", default=None, help="an OOM in every run (lowvram.sampling.faults syntax, e.g. denoise:1): the fallback path")
     args = p.parse_args(argv)
     job = Job(prompt="a cat walks in the city", model=args.model, width=args.width, height=args.height, frames=args.frames, steps=args.steps, seed=3)
     plan = placeholder_plan()
     print(f"plan: {plan.device} {plan.dtype}: {plan.summary()}", flush=True)
-    from ..faults import FaultPlan
+    from lowvram.sampling.faults import FaultPlan
 
     faults = FaultPlan.parse(args.inject) if args.inject else None
     report = leak_loop(job, plan, runs=args.runs, warmup=args.warmup, log=lambda line: print(line, flush=True), faults=faults)

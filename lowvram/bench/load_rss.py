@@ -69,7 +69,7 @@ def build(shape: str, folder: Path) -> None:
     """Random real-shape weights saved like a checkpoint (transformer only: that is what is measured)."""
     import torch
 
-    from .build import build_transformer
+    from lowvram.bench.build import build_transformer
 
     if (folder / "transformer" / "config.json").is_file():
         return
@@ -95,7 +95,7 @@ def save_streamed(shape: str, folder: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from .build import init_random_, transformer_on_meta
+    from lowvram.bench.build import init_random_, transformer_on_meta
 
     meta = transformer_on_meta(shape)
     folder.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ def measure(how: str, folder: Path, level: str) -> dict:
 
     torch.set_grad_enabled(False)
     baseline, anon_baseline = rss_bytes(), rss_parts()["RssAnon"]
-    from lowvram.quanto_offload import leaf_tensors, storage_bytes
+    from lowvram.placement.quanto_offload import leaf_tensors, storage_bytes
 
     with AnonPeak() as anon:
         module = _load(how, folder, level)
@@ -159,8 +159,8 @@ def _load(how: str, folder: Path, level: str):
     import torch
     from diffusers import WanTransformer3DModel
 
-    from lowvram import quant_cache
-    from lowvram.quantize import quantize_weights
+    from lowvram.placement import quant_cache
+    from lowvram.placement.quantize import quantize_weights
 
     if how == "bf16":
         module = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=torch.bfloat16)

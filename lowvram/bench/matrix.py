@@ -16,10 +16,23 @@ from typing import Callable, Optional
 
 import torch
 
-from . import recipes as R
-from .build import HostCopy, build_transformer, param_bytes, param_count, transformer_inputs, transformer_on_meta
-from .measure import GIB, CaseResult, Recipe, clean_cuda, run_case
-from .shapes import ACTIVATION_SHAPES, RESOLUTIONS, TRANSFORMERS, BenchCase, tokens
+from lowvram.bench import recipes as R
+from lowvram.bench.build import (
+    HostCopy,
+    build_transformer,
+    param_bytes,
+    param_count,
+    transformer_inputs,
+    transformer_on_meta,
+)
+from lowvram.bench.measure import GIB, CaseResult, Recipe, clean_cuda, run_case
+from lowvram.bench.shapes import (
+    ACTIVATION_SHAPES,
+    RESOLUTIONS,
+    TRANSFORMERS,
+    BenchCase,
+    tokens,
+)
 
 
 def environment() -> dict:

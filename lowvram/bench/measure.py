@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..memory import MemorySampler
+from lowvram.telemetry.memory import MemorySampler
 
 GIB = 1024**3
 

@@ -2,7 +2,7 @@
 
 The 14B transformer (random bf16 weights, real shapes: lowvram.bench.build) is forced resident on the
 GPU while torch.cuda.set_per_process_memory_fraction caps the process below its 26.6 GiB of weights.
-Moving it onto the GPU (or the first forward) raises a real torch.OutOfMemoryError; lowvram.recovery
+Moving it onto the GPU (or the first forward) raises a real torch.OutOfMemoryError; lowvram.sampling.recovery
 frees, switches to the next leaner plan (planner.fallback) and continues. The script prints every
 plan switch and each stage's measured peak, and exits 0 only when the run finished with a video.
 
@@ -26,8 +26,8 @@ GIB = 1024**3
 
 
 def _text_encoder(vocab_size: int, device: str):
-    from .build import build_umt5
-    from .shapes import TEXT_DIM
+    from lowvram.bench.build import build_umt5
+    from lowvram.bench.shapes import TEXT_DIM
 
     config = dict(
         vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=64, d_ff=256, num_layers=1, num_heads=64,
@@ -41,12 +41,12 @@ def build_loaded(transformer_key: str, plan, build_device: str):
     """A LoadedModel: the demo pipeline with a real-shape random transformer and a 4096-wide text encoder."""
     import torch
 
-    from .. import placement
-    from ..loading import CheckpointInfo, load_pipeline
-    from ..models import ModelRef, resolve_model
-    from ..runner import LoadedModel
-    from .build import build_transformer
-    from .shapes import TRANSFORMERS, WAN_COMMON
+    from lowvram import placement
+    from lowvram.bench.build import build_transformer
+    from lowvram.bench.shapes import TRANSFORMERS, WAN_COMMON
+    from lowvram.models.loading import CheckpointInfo, load_pipeline
+    from lowvram.models.names import ModelRef, resolve_model
+    from lowvram.sampling.runner import LoadedModel
 
     configs = dict(TRANSFORMERS, tiny=dict(WAN_COMMON, num_attention_heads=2, ffn_dim=64, num_layers=4))
     pipe, _ = load_pipeline(resolve_model("tiny-random"), dtype="bfloat16")
@@ -70,14 +70,13 @@ def build_loaded(transformer_key: str, plan, build_device: str):
 def main(argv=None) -> int:
     import torch
 
+    from lowvram.cli.console import ConsoleReporter
+    from lowvram.job import Job
+    from lowvram.sampling.faults import FaultPlan
+    from lowvram.sampling.recovery import OutOfMemoryExhausted
+    from lowvram.sampling.runner import generate
+    from lowvram.telemetry import PlanSwitched, StageFinished
     from planner.plan import Plan, TransformerPlacement
-
-    from ..faults import FaultPlan
-    from ..job import Job
-    from ..recovery import OutOfMemoryExhausted
-    from ..runner import generate
-    from ..cli.console import ConsoleReporter
-    from ..telemetry import PlanSwitched, StageFinished
 
     p = argparse.ArgumentParser(prog="python -m lowvram.bench.oom_recovery", description=__doc__.splitlines()[0])
     p.add_argument("--transformer", choices=("14b", "1.3b", "tiny"), default="14b")
@@ -87,7 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--inject", default=None, help="also inject OOMs (lowvram.faults syntax), e.g. for a CPU smoke test")
+    p.add_argument("--inject", default=None, help="also inject OOMs (lowvram.sampling.faults syntax), e.g. for a CPU smoke test")
     p.add_argument("--out", default="oom_recovery.mp4")
     p.add_argument("--json", default=None, help="write the switches and peaks here")
     args = p.parse_args(argv)

@@ -16,8 +16,9 @@ LEVELS = ("int8", "fp8", "int4")
 
 def denoised_latents(job, plan):
     """Load, encode and denoise as the runner does (no decode); returns (latents, loaded model)."""
-    from lowvram import placement, runner
-    from lowvram.models import resolve_model
+    from lowvram import placement
+    from lowvram.models.names import resolve_model
+    from lowvram.sampling import runner
     from lowvram.telemetry import ignore
 
     loaded = runner.load_model(resolve_model(job.model), plan)

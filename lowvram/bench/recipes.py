@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .build import HostCopy, TransformerInputs
-from .measure import CaseResult, Recipe
+from lowvram.bench.build import HostCopy, TransformerInputs
+from lowvram.bench.measure import CaseResult, Recipe
 
 UPSTREAM = ("block_stream", "leaf_stream", "model_offload", "mmgp_p4")
 ALL_RECIPES = ("resident",) + UPSTREAM + ("lowvram",)
@@ -130,8 +130,8 @@ def mmgp_profile4(host: HostCopy, inputs: TransformerInputs, device: str = "cuda
 
 
 def bench_job(model: str, resolution: str, steps: int = 50):
-    from ..job import Job
-    from .shapes import MODEL_NAMES, RESOLUTIONS
+    from lowvram.bench.shapes import MODEL_NAMES, RESOLUTIONS
+    from lowvram.job import Job
 
     height, width, frames = RESOLUTIONS[resolution]
     return Job(prompt="benchmark", model=MODEL_NAMES[model], width=width, height=height, frames=frames, steps=steps)
@@ -161,12 +161,11 @@ def forced_plan(text: str, model: str, resolution: str, budget_gib: float, ram_g
     with the planner's predictions for it: to check each placement kind the runtime supports."""
     from dataclasses import replace
 
+    from lowvram.bench.shapes import MODEL_NAMES
     from planner.estimate import predict
     from planner.plan import Plan, TransformerPlacement
     from planner.spec import spec_for_model
     from planner.timing import throughput_for
-
-    from .shapes import MODEL_NAMES
 
     parts = text.split(":")
     if len(parts) not in (2, 3):
@@ -187,7 +186,7 @@ def predicted_stage_vram(plan, stage: str = "denoise") -> Optional[int]:
 
 
 def lowvram(host: HostCopy, inputs: TransformerInputs, model: str, resolution: str, budget_gib: float, ram_gib: float, plan=None) -> Recipe:
-    from .. import placement
+    from lowvram import placement
 
     h = _Holder()
 

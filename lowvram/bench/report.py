@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from .shapes import PREDICTION_TOLERANCE, TARGETS
+from lowvram.bench.shapes import PREDICTION_TOLERANCE, TARGETS
 
 GIB = 1024**3
 

@@ -49,7 +49,7 @@ def use_expandable_segments() -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..errors import CancelledError, UserError
+    from lowvram.errors import CancelledError, UserError
 
     parser = build_parser()
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -71,16 +70,16 @@ def register(sub) -> None:
 def _need_cuda() -> None:
     import torch
 
-    from ..errors import UserError
+    from lowvram.errors import UserError
 
     if not torch.cuda.is_available():
         raise UserError("lowvram bench needs a CUDA GPU (none found). Run it on a machine with an NVIDIA GPU and a CUDA build of torch.")
 
 
 def run_matrix(args) -> int:
-    from ..bench.matrix import run_matrix as run
-    from ..bench.recipes import ALL_RECIPES
-    from ..bench.shapes import cases_for
+    from lowvram.bench.matrix import run_matrix as run
+    from lowvram.bench.recipes import ALL_RECIPES
+    from lowvram.bench.shapes import cases_for
 
     _need_cuda()
     cases = cases_for(args.model, args.budgets, args.resolutions)
@@ -89,7 +88,7 @@ def run_matrix(args) -> int:
     data = run(args.model, cases, recipes, out_path=args.out, warmup=args.warmup, iters=iters, ram_gib=args.ram_gib, log=lambda s: print(s, flush=True), floor_resolutions=args.floor_resolutions, plans=args.plans, plans_budget=args.plans_budget, profile=args.profile, profile_dir=args.out.parent if args.out else None)
     data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
     _dump(data, args.out)
-    from ..bench.report import model_section
+    from lowvram.bench.report import model_section
 
     print(model_section(data))
     return 0
@@ -98,9 +97,9 @@ def run_matrix(args) -> int:
 def run_components(args) -> int:
     import torch
 
-    from ..bench import components as C
-    from ..bench.matrix import environment
-    from ..bench.report import components_section
+    from lowvram.bench import components as C
+    from lowvram.bench.matrix import environment
+    from lowvram.bench.report import components_section
 
     _need_cuda()
     data: dict = {"kind": "components", "environment": environment()}
@@ -124,9 +123,9 @@ def _dump(data: dict, out) -> None:
 
 
 def run_e2e(args) -> int:
-    from ..bench.e2e import run_e2e as run
-    from ..bench.matrix import environment
-    from ..bench.report import e2e_section
+    from lowvram.bench.e2e import run_e2e as run
+    from lowvram.bench.matrix import environment
+    from lowvram.bench.report import e2e_section
 
     _need_cuda()
     data = run(args.model, args.budget, args.resolution, args.steps, args.measured_steps, args.ram_gib, log=lambda s: print(s, flush=True))
@@ -137,9 +136,9 @@ def run_e2e(args) -> int:
 
 
 def run_teacache(args) -> int:
-    from ..bench.e2e import run_teacache as run
-    from ..bench.matrix import environment
-    from ..bench.report import teacache_section
+    from lowvram.bench.e2e import run_teacache as run
+    from lowvram.bench.matrix import environment
+    from lowvram.bench.report import teacache_section
 
     _need_cuda()
     data = run(args.model, args.plan, args.budget, args.computed, args.steps, log=lambda s: print(s, flush=True))
@@ -150,7 +149,7 @@ def run_teacache(args) -> int:
 
 
 def run_report(args) -> int:
-    from ..bench.report import render
+    from lowvram.bench.report import render
 
     datas = [json.loads(f.read_text()) for f in args.files]
     print(render(datas, args.command), end="")

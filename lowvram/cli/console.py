@@ -5,10 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from planner.choose import fmt_seconds
-from planner.choose import gib as fmt_bytes  # the planner's formatters: predictions and measurements read alike
-
-from ..telemetry import (
+from lowvram.telemetry import (
     Event,
     LogMessage,
     PlanSwitched,
@@ -19,6 +16,10 @@ from ..telemetry import (
     StageFinished,
     StageStarted,
     StepFinished,
+)
+from planner.choose import fmt_seconds
+from planner.choose import (
+    gib as fmt_bytes,  # the planner's formatters: predictions and measurements read alike
 )
 
 

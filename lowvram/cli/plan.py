@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
-PLAN_PROMPT = "(planning only)"  # the prompt does not change the plan
-
 
 def register(sub) -> None:
-    from ..profiles.apply import add_preference_arguments
-    from .generate import add_job_arguments, add_profile_argument
-    from .profile import add_machine_arguments
+    from lowvram.cli.options import (
+        PLAN_PROMPT,
+        add_job_arguments,
+        add_machine_arguments,
+        add_preference_arguments,
+        add_profile_argument,
+    )
 
     p = sub.add_parser(
         "plan",
@@ -29,10 +31,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from lowvram.cli.inputs import job_and_prefs_from_args, machine_from_args
     from planner.choose import plan_for_job
-
-    from .generate import job_and_prefs_from_args
-    from .profile import machine_from_args
 
     job, prefs = job_and_prefs_from_args(args)
     probe = machine_from_args(args)

@@ -8,9 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
+from lowvram.errors import UserError
 from planner.plan import Plan
-
-from ..errors import UserError
 
 
 def add_force_plan_argument(p: argparse.ArgumentParser) -> None:

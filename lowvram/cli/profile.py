@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 
 def register(sub) -> None:
-    from ..profiles.apply import add_preference_arguments
-    from .generate import add_generation_arguments, add_job_arguments, add_profile_argument
-    from .plan import PLAN_PROMPT
+    from lowvram.cli.options import (
+        PLAN_PROMPT,
+        add_generation_arguments,
+        add_job_arguments,
+        add_machine_arguments,
+        add_preference_arguments,
+        add_profile_argument,
+    )
 
     p = sub.add_parser(
         "profile",
@@ -55,60 +59,20 @@ def register(sub) -> None:
     check.set_defaults(func=run_check)
 
 
-def add_machine_arguments(p: argparse.ArgumentParser) -> None:
-    from ..profiles.apply import gib_amount
-
-    g = p.add_argument_group("what-if machine (instead of this one)")
-    g.add_argument("--vram", type=gib_amount, default=None, metavar="GiB", help="plan for a GPU with this much free VRAM (0: no GPU)")
-    g.add_argument("--ram", type=gib_amount, default=None, metavar="GiB", help="plan for this much available RAM")
-    g.add_argument("--gpu-name", default=None, help="name of the what-if GPU (for the record in the profile)")
-    g.add_argument("--compute-capability", default=None, metavar="X.Y", help="compute capability of the what-if GPU (8.9 and up: fast fp8)")
-    g.add_argument("--saved-machine", action="store_true", help="plan for the machine the profile was saved on ([saved_on]) instead of this one")
-
-
-def machine_from_args(args, profile=None):
-    """This machine's probe, with the what-if options on top (or the profile's saved machine)."""
-    from dataclasses import replace
-
-    from planner.probe import override_probe, probe_hardware, synthetic_probe
-
-    from ..errors import UserError
-    from ..profiles.apply import parse_compute_capability
-
-    if getattr(args, "saved_machine", False):
-        from ..profiles.apply import load_profile_file, probe_like
-
-        if profile is None:
-            profile = load_profile_file(getattr(args, "profile", None))  # `plan --profile FILE --saved-machine`
-
-        if any(v is not None for v in (args.vram, args.ram, args.gpu_name, args.compute_capability)):
-            raise UserError("--saved-machine plans for the profile's own machine: drop --vram/--ram/--gpu-name/--compute-capability.")
-        if profile is None or profile.saved_on is None:
-            raise UserError("--saved-machine needs a profile with a [saved_on] machine (with save, give it as --profile FILE).")
-        return probe_like(profile.saved_on)
-    cc = None
-    if args.compute_capability is not None:
-        cc = parse_compute_capability(args.compute_capability, "--compute-capability")
-    if args.ram == 0:  # gib_amount has refused negative and non-finite numbers
-        raise UserError(f"--ram {args.ram}: give a positive number of GiB")
-    if args.vram is not None and args.ram is not None:
-        probe = synthetic_probe(args.vram, args.ram, gpu_name=args.gpu_name or "what-if GPU", compute_capability=cc or (8, 6))
-    else:
-        probe = probe_hardware()
-        if args.vram is not None or args.ram is not None:
-            probe = override_probe(probe, vram_gib=args.vram, ram_gib=args.ram)
-    if probe.has_gpu and (args.gpu_name or cc):
-        probe = replace(probe, gpu_name=args.gpu_name or probe.gpu_name, compute_capability=cc or probe.compute_capability, source="synthetic")
-    return probe
-
-
 def run_save(args) -> int:
+    from lowvram.cli.inputs import machine_from_args
+    from lowvram.errors import UserError
+    from lowvram.job import validate_job
+    from lowvram.profiles import PlannerPrefs, save
+    from lowvram.profiles.apply import (
+        apply_profile,
+        job_from_sidecar,
+        load_profile_file,
+        prefs_with_args,
+        profile_from_job,
+        to_preferences,
+    )
     from planner.choose import NoPlanFits, plan_for_job
-
-    from ..errors import UserError
-    from ..job import validate_job
-    from ..profiles import PlannerPrefs, save
-    from ..profiles.apply import apply_profile, job_from_sidecar, load_profile_file, prefs_with_args, profile_from_job, to_preferences
 
     if args.profile and args.from_sidecar:
         raise UserError("give either --profile or --from-sidecar as the starting point, not both.")
@@ -139,9 +103,9 @@ def run_save(args) -> int:
 
 
 def run_show(args) -> int:
-    from ..profiles import load
-    from ..profiles.report import describe_profile
-    from ..profiles.toml_io import to_data
+    from lowvram.profiles import load
+    from lowvram.profiles.report import describe_profile
+    from lowvram.profiles.toml_io import to_data
 
     profile = load(args.file)
     if args.json:
@@ -152,10 +116,10 @@ def run_show(args) -> int:
 
 
 def run_check(args) -> int:
-    from ..profiles import load
-    from ..profiles.check import check_profile, describe_check
-
-    from ..errors import UserError
+    from lowvram.cli.inputs import machine_from_args
+    from lowvram.errors import UserError
+    from lowvram.profiles import load
+    from lowvram.profiles.check import check_profile, describe_check
 
     profile = load(args.file)
     probe = machine_from_args(args, profile)

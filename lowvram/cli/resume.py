@@ -7,18 +7,17 @@ without encoding again; the video goes to --out if given, else to the job's own 
 
 from __future__ import annotations
 
-
 # Options whose default is None, so giving them is detectable: the saved job fixes all of them.
 FIXED_BY_FILE = ("width", "height", "frames", "steps", "image", "profile", "teacache", "teacache_speedup")
 
 
 def run_resume(args) -> int:
-    from ..errors import UserError
-    from ..models import resolve_model
-    from ..resume import load_resume_file
-    from ..runner import generate
-    from .console import ConsoleReporter
-    from .interrupt import cancel_on_interrupt
+    from lowvram.cli.console import ConsoleReporter
+    from lowvram.cli.interrupt import cancel_on_interrupt
+    from lowvram.errors import UserError
+    from lowvram.models.names import resolve_model
+    from lowvram.sampling.resume import load_resume_file
+    from lowvram.sampling.runner import generate
 
     if getattr(args, "prompt", None):
         raise UserError("--resume continues the saved job with its own prompt; drop the prompt (or drop --resume to start anew).")

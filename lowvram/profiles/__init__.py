@@ -3,9 +3,15 @@
 Loading a profile never trusts the plan it carries: `check_profile` re-plans on this machine and says what changed.
 """
 
-from .schema import SCHEMA_VERSION, JobDefaults, MachineFingerprint, PlannerPrefs, Profile
-from .toml_io import dumps, load, loads, save
-from .validate import ProfileError
+from lowvram.profiles.schema import (
+    SCHEMA_VERSION,
+    JobDefaults,
+    MachineFingerprint,
+    PlannerPrefs,
+    Profile,
+)
+from lowvram.profiles.toml_io import dumps, load, loads, save
+from lowvram.profiles.validate import ProfileError
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -10,45 +10,26 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from planner.choose import QUANT_ORDER, Preferences
+from lowvram.errors import UserError
+from lowvram.job import Job, TeaCacheSetting
+from lowvram.profiles.schema import (
+    JobDefaults,
+    MachineFingerprint,
+    PlannerPrefs,
+    Profile,
+)
+from planner.choose import Preferences
 from planner.plan import Plan
 from planner.probe import GIB, HardwareProbe
-
-from ..errors import UserError
-from ..job import Job, TeaCacheSetting
-from .schema import JobDefaults, MachineFingerprint, PlannerPrefs, Profile
 
 JOB_FIELDS = tuple(f.name for f in fields(JobDefaults) if f.name != "teacache")
 # Command-line flags of the planner preferences (GiB on the command line and in the file, bytes in Preferences).
 PREF_FLAGS = {"min_precision": "min_precision", "prefer": "prefer", "vram_reserve": "vram_reserve_gib",
               "ram_reserve": "ram_reserve_gib", "vram_cap": "vram_cap_gib", "ram_cap": "ram_cap_gib"}
-
-
-def gib_amount(text: str) -> float:
-    """argparse type of the GiB options: a finite number >= 0 (nan or inf would fail later, in int())."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GiB >= 0; write it like 8 or 11.5")
-    return value
-
-
-def add_preference_arguments(p: argparse.ArgumentParser) -> None:
-    """Planner preference options (defaults None: an option not given leaves the profile's value)."""
-    g = p.add_argument_group("planner preferences")
-    g.add_argument("--min-precision", choices=QUANT_ORDER, default=None, help="lowest transformer precision the planner may use (default: int4, anything)")
-    g.add_argument("--prefer", choices=("speed", "quality"), default=None, help="what wins when plans are close in time (default: speed)")
-    g.add_argument("--vram-reserve", type=gib_amount, default=None, metavar="GiB", help="VRAM to leave free for other programs")
-    g.add_argument("--ram-reserve", type=gib_amount, default=None, metavar="GiB", help="RAM to leave free for other programs")
-    g.add_argument("--vram-cap", type=gib_amount, default=None, metavar="GiB", help="the most VRAM lowvram may use")
-    g.add_argument("--ram-cap", type=gib_amount, default=None, metavar="GiB", help="the most RAM lowvram may use")
 
 
 def to_preferences(prefs: PlannerPrefs) -> Preferences:
@@ -95,13 +76,39 @@ def merge_teacache(base: Optional[TeaCacheSetting], args: Any) -> Optional[TeaCa
     return tc
 
 
+def job_from_args(args: Any) -> Job:
+    """A Job from options given as attributes of `args` (None: not given, the model's default applies)."""
+    from lowvram.models.defaults import DEFAULT_MODEL, job_defaults
+
+    model = getattr(args, "model", None) or DEFAULT_MODEL
+    defaults = job_defaults(model)
+    pick = lambda name: getattr(args, name) if getattr(args, name, None) is not None else defaults[name]  # noqa: E731
+    return Job(
+        prompt=args.prompt,
+        model=model,
+        negative_prompt=pick("negative_prompt"),
+        image=getattr(args, "image", None),
+        width=pick("width"),
+        height=pick("height"),
+        frames=pick("frames"),
+        steps=pick("steps"),
+        guidance=pick("guidance"),
+        seed=getattr(args, "seed", 0),
+        fps=pick("fps"),
+        out=getattr(args, "out", None),
+        teacache=teacache_from_args(args),
+    )
+
+
+def teacache_from_args(args: Any) -> TeaCacheSetting:
+    return merge_teacache(None, args) or TeaCacheSetting()
+
+
 def apply_profile(source: Union[argparse.Namespace, Job], profile: Optional[Profile]) -> tuple[Job, Preferences]:
     """The Job and Preferences to plan and run with. Command-line options (or the Job's prompt/image/seed/out) win."""
     if isinstance(source, Job):
         job = source if profile is None else _job_over(source, profile)
         return job, to_preferences(profile.planner if profile else PlannerPrefs())
-    from ..cli.generate import job_from_args  # the one place that knows the per-model defaults
-
     args = copy.copy(source)
     if getattr(args, "prompt", None) is None:
         args.prompt = ""  # plan and profile commands have no prompt
@@ -133,7 +140,7 @@ def _job_over(job: Job, profile: Profile) -> Job:
 
 def load_profile_file(path: Optional[str]) -> Optional[Profile]:
     """The profile of a `--profile FILE` option, or None when the option was not given."""
-    from .toml_io import load
+    from lowvram.profiles.toml_io import load
 
     return load(path) if path else None
 

@@ -10,12 +10,18 @@ import argparse
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from planner.choose import NoPlanFits, PlanResult, config_key, fmt_seconds, gib, plan_for_job
+from lowvram.profiles.apply import JOB_FIELDS, apply_profile, fingerprint
+from lowvram.profiles.schema import MachineFingerprint, Profile
+from planner.choose import (
+    NoPlanFits,
+    PlanResult,
+    config_key,
+    fmt_seconds,
+    gib,
+    plan_for_job,
+)
 from planner.plan import Plan
 from planner.probe import HardwareProbe
-
-from .apply import JOB_FIELDS, apply_profile, fingerprint
-from .schema import MachineFingerprint, Profile
 
 Status = Literal["fits", "replanned", "planned", "impossible"]
 HEADLINES = {

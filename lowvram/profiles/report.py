@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
+from lowvram.profiles.schema import JobDefaults, PlannerPrefs, Profile
 from planner.choose import gib
-
-from .schema import JobDefaults, PlannerPrefs, Profile
 
 
 def describe_job(job: JobDefaults) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from lowvram.job import TeaCacheSetting
 from planner.plan import Plan
-from planner.plan import Quant as Precision  # the transformer quantizations the planner knows
-
-from ..job import TeaCacheSetting
+from planner.plan import (
+    Quant as Precision,  # the transformer quantizations the planner knows
+)
 
 SCHEMA_VERSION = 1
 

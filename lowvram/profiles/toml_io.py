@@ -15,8 +15,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from .schema import SCHEMA_VERSION, TOP_LEVEL_ORDER, Profile
-from .validate import KeyPath, ProfileError, Where, build, describe_value
+from lowvram.profiles.schema import SCHEMA_VERSION, TOP_LEVEL_ORDER, Profile
+from lowvram.profiles.validate import (
+    KeyPath,
+    ProfileError,
+    Where,
+    build,
+    describe_value,
+)
 
 MAX_BYTES = 1 << 20  # a profile is a few KiB; anything near this is not a profile
 
@@ -140,7 +146,7 @@ def dumps(profile: Profile) -> str:
 
 def save(profile: Profile, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write atomically (temp file + rename). Refuses to replace an existing file unless `overwrite`."""
-    from ..errors import UserError
+    from lowvram.errors import UserError
 
     path = Path(path).expanduser()
     if path.exists() and not overwrite:

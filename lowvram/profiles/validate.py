@@ -15,7 +15,7 @@ import typing
 from dataclasses import MISSING
 from typing import Any, Callable, Literal, Optional, Union
 
-from ..errors import UserError
+from lowvram.errors import UserError
 
 KeyPath = tuple  # of str (table keys) and int (array indices)
 

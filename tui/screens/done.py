@@ -12,9 +12,8 @@ from textual.widgets import Footer, Static
 
 from lowvram.cli.console import fmt_bytes, fmt_seconds
 from lowvram.job import Job
-
-from ..state import RunSummary
-from ..widgets.title_bar import TitleBar
+from tui.state import RunSummary
+from tui.widgets.title_bar import TitleBar
 
 
 def summary_table(summary: RunSummary) -> Table:

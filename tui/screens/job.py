@@ -14,10 +14,18 @@ from textual.widgets import Button, Footer, Input, Label, Select
 
 from lowvram.errors import UserError
 from lowvram.job import Job
-
-from ..form import CUSTOM, FIELDS, KNOWN_MODELS, PRESETS, FormErrors, job_from_values, preset_for, values_from_job
-from ..widgets.form_select import FormSelect
-from ..widgets.title_bar import TitleBar
+from tui.form import (
+    CUSTOM,
+    FIELDS,
+    KNOWN_MODELS,
+    PRESETS,
+    FormErrors,
+    job_from_values,
+    preset_for,
+    values_from_job,
+)
+from tui.widgets.form_select import FormSelect
+from tui.widgets.title_bar import TitleBar
 
 PRESET_OPTIONS = [(f"{name} {w}x{h}", name) for name, (w, h) in PRESETS.items()] + [("custom W x H", CUSTOM)]
 TEACACHE_OPTIONS = [("off", "off"), ("threshold", "threshold"), ("target speed-up", "speedup")]

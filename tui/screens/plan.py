@@ -20,11 +20,10 @@ from textual.worker import Worker, WorkerState
 from lowvram.cli.console import fmt_bytes, fmt_seconds
 from lowvram.errors import UserError
 from lowvram.job import Job
-
-from ..services import PlanView, split_explanation
-from ..state import BRANCHES, StepGrid
-from ..widgets.skip_map import render_grid
-from ..widgets.title_bar import TitleBar
+from tui.services import PlanView, split_explanation
+from tui.state import BRANCHES, StepGrid
+from tui.widgets.skip_map import render_grid
+from tui.widgets.title_bar import TitleBar
 
 
 def describe_job(job: Job) -> str:

@@ -19,17 +19,27 @@ from textual.worker import Worker, WorkerState
 from lowvram.cli.console import fmt_seconds
 from lowvram.errors import CancelledError, UserError
 from lowvram.job import Job
-from lowvram.telemetry import MemorySample, PlanSwitched, RunCancelled, RunFailed, RunFinished, RunStarted, StageStarted, StepFinished, TeaCacheScheduled, TransformerCall
-
-from ..messages import ModelLoading, ModelReady, RuntimeEvent
-from ..services import PlanView
-from ..state import RunSummary, StepGrid
-from ..widgets.event_log import EventLog
-from ..widgets.memory_graph import MemoryGraph
-from ..widgets.skip_map import SkipMap
-from ..widgets.step_progress import StepProgress
-from ..widgets.title_bar import TitleBar
-from .confirm import ConfirmScreen
+from lowvram.telemetry import (
+    MemorySample,
+    PlanSwitched,
+    RunCancelled,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    StageStarted,
+    StepFinished,
+    TeaCacheScheduled,
+    TransformerCall,
+)
+from tui.messages import ModelLoading, ModelReady, RuntimeEvent
+from tui.screens.confirm import ConfirmScreen
+from tui.services import PlanView
+from tui.state import RunSummary, StepGrid
+from tui.widgets.event_log import EventLog
+from tui.widgets.memory_graph import MemoryGraph
+from tui.widgets.skip_map import SkipMap
+from tui.widgets.step_progress import StepProgress
+from tui.widgets.title_bar import TitleBar
 
 RUNNING, CANCELLING, CANCELLED, FAILED, FINISHED = "running", "cancelling", "cancelled", "failed", "finished"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ..state import COMPUTED, PENDING, SKIPPED, StepGrid
+from tui.state import COMPUTED, PENDING, SKIPPED, StepGrid
 
 LABEL_WIDTH = 7
 CELLS = {COMPUTED: ("█", "green"), SKIPPED: ("░", "yellow"), PENDING: ("·", "dim")}

@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .quanto_offload import group_tensors, hooked_modules
-from .quanto_offload import storage_bytes as tensor_bytes  # QTensors count their inner (int8 ...) bytes
+from lowvram.placement.quanto_offload import group_tensors, hooked_modules
+from lowvram.placement.quanto_offload import (
+    storage_bytes as tensor_bytes,  # QTensors count their inner (int8 ...) bytes
+)
 
 GROUP_OFFLOADING_HOOK = "group_offloading"  # diffusers.hooks.group_offloading._GROUP_OFFLOADING
 

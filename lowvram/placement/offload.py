@@ -15,9 +15,13 @@ from typing import Optional
 
 import torch
 
+from lowvram.placement.quanto_offload import (
+    apply_group_offloading,
+    group_hooks,
+    group_tensors,
+    storage_device,
+)
 from planner.plan import TransformerPlacement
-
-from .quanto_offload import apply_group_offloading, group_hooks, group_tensors, storage_device
 
 DISK_COMPLETE_MARKER = "lowvram_complete"
 

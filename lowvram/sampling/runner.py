@@ -12,18 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from planner.plan import Plan
-
-from . import faults as fault_injection
-from . import placement
-from .errors import CancelledError, UserError
-from .job import Job, check_task, validate_job
-from .loading import CheckpointInfo, load_pipeline
-from .memory import MemorySampler
-from .models import ModelRef, resolve_model
-from .recovery import OutOfMemoryExhausted, Recovery, placement_differs
-from .resume import DenoiseCheckpoint, ResumeState, restore_scheduler
-from .telemetry import (
+from lowvram import placement
+from lowvram.errors import CancelledError
+from lowvram.job import Job, check_task, validate_job
+from lowvram.models.loading import CheckpointInfo, load_pipeline
+from lowvram.models.names import ModelRef, resolve_model
+from lowvram.sampling import faults as fault_injection
+from lowvram.sampling.recovery import OutOfMemoryExhausted, Recovery, placement_differs
+from lowvram.sampling.resume import DenoiseCheckpoint, ResumeState, restore_scheduler
+from lowvram.telemetry import (
     EventLog,
     EventSink,
     LogMessage,
@@ -36,6 +33,8 @@ from .telemetry import (
     StepFinished,
     ignore,
 )
+from lowvram.telemetry.memory import MemorySampler
+from planner.plan import Plan
 
 
 def placeholder_plan() -> Plan:
@@ -181,7 +180,7 @@ def denoise(
     tdtype = transformer.dtype
     cfg = cond.negative_embeds is not None
     step_seconds: list[float] = []
-    from .teacache.run import teacache_run
+    from lowvram.caching.teacache.run import teacache_run
 
     # TeaCache (off unless the job asks): its schedule is fixed here, before the first step.
     with torch.no_grad(), teacache_run(loaded, job, timesteps, on_event, clock) as teacache:
@@ -276,13 +275,13 @@ def generate(
 ) -> RunResult:
     """Run a whole job. Validates everything before loading; writes video + sidecar atomically.
 
-    On out-of-memory a stage is retried with the next leaner plan (lowvram.recovery), denoising from
+    On out-of-memory a stage is retried with the next leaner plan (lowvram.sampling.recovery), denoising from
     its last step. Cancelled or out of memory on the leanest plan: the latents are kept on disk and
-    `resume` (lowvram.resume.load_resume_file) finishes the run later, without encoding again.
-    `faults` injects OOMs for tests (lowvram.faults).
+    `resume` (lowvram.sampling.resume.load_resume_file) finishes the run later, without encoding again.
+    `faults` injects OOMs for tests (lowvram.sampling.faults).
     """
-    from .output import choose_output, sidecar_path, write_video_atomic
-    from .sidecar import build_sidecar, write_sidecar
+    from lowvram.io.output import choose_output, sidecar_path, write_video_atomic
+    from lowvram.io.sidecar import build_sidecar, write_sidecar
 
     validate_job(job)
     ref = loaded.ref if loaded is not None else resolve_model(job.model)
@@ -315,7 +314,7 @@ def generate(
                 )
             )
             if ref.is_demo:
-                from .demo import DEMO_LABEL
+                from lowvram.models.demo import DEMO_LABEL
 
                 log(LogMessage(t=clock(), level="warning", message=f"model: {DEMO_LABEL}"))
             _check_cancel(cancel)

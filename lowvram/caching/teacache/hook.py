@@ -28,9 +28,9 @@ from typing import Any, Optional
 import torch
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
-from ..quanto_offload import hooked_modules
-from ..transfer_meter import GROUP_OFFLOADING_HOOK, Moved, TransferMeter
-from .schedule import CallDecision, SkipSchedule
+from lowvram.caching.teacache.schedule import CallDecision, SkipSchedule
+from lowvram.placement.quanto_offload import hooked_modules
+from lowvram.placement.transfer_meter import GROUP_OFFLOADING_HOOK, Moved, TransferMeter
 
 TEACACHE_HOOK = "lowvram_teacache"
 TEACACHE_BLOCK_HOOK = "lowvram_teacache_block"
@@ -45,7 +45,7 @@ class TeaCacheConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.schedule, SkipSchedule):
             raise TypeError(
-                f"TeaCacheConfig.schedule must be a SkipSchedule (build one with lowvram.teacache.build_schedule), "
+                f"TeaCacheConfig.schedule must be a SkipSchedule (build one with lowvram.caching.teacache.build_schedule), "
                 f"got {type(self.schedule).__name__}"
             )
 

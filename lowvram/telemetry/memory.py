@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 import psutil
 
-from .telemetry import MemorySample
+from lowvram.telemetry import MemorySample
 
 
 def _cuda():

@@ -76,8 +76,12 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
     import torch
     from safetensors import SafetensorError
 
-    from . import offload, quant_cache
-    from .quantize import is_quantized, quantize_weights, quantized_level
+    from lowvram.placement import offload, quant_cache
+    from lowvram.placement.quantize import (
+        is_quantized,
+        quantize_weights,
+        quantized_level,
+    )
 
     if state(pipe) is not None:
         raise RuntimeError("placement.prepare() was already applied to this pipeline; load it again for a new plan")
@@ -134,8 +138,8 @@ def _disk_dir(transformer: Any, checkpoint: Optional[Path], plan: Plan) -> Path:
     import tempfile
     import weakref
 
-    from . import quant_cache
-    from .paths import cache_dir
+    from lowvram.paths import cache_dir
+    from lowvram.placement import quant_cache
 
     root = cache_dir() / "offload"
     if checkpoint is not None:
@@ -148,7 +152,7 @@ def _disk_dir(transformer: Any, checkpoint: Optional[Path], plan: Plan) -> Path:
 
 
 def _num_blocks(transformer: Any) -> int:
-    from .offload import _block_list_name
+    from lowvram.placement.offload import _block_list_name
 
     return len(getattr(transformer, _block_list_name(transformer)))
 
@@ -168,7 +172,7 @@ def _target(plan: Plan, name: str, stage: str) -> str:
 
 def enter_stage(pipe: Any, plan: Plan, stage: str) -> None:
     """Move the stage's components onto the compute device and everything else off it."""
-    from . import offload
+    from lowvram.placement import offload
 
     st = state(pipe) or PlacementState(plan=plan)
     left_gpu = False
@@ -197,7 +201,7 @@ def _release_cached_vram() -> None:
 
 
 def _on_cpu(module: Any) -> bool:
-    from .quanto_offload import storage_device
+    from lowvram.placement.quanto_offload import storage_device
 
     for t in list(module.parameters()) + list(module.buffers()):
         return storage_device(t).type == "cpu"
@@ -206,7 +210,7 @@ def _on_cpu(module: Any) -> bool:
 
 def _host_tensors(module: Any) -> list:
     """(owner, name, is_param, CPU tensor) for every tensor of a module on the CPU: references, no copies."""
-    from .quanto_offload import is_qtensor, rebuild
+    from lowvram.placement.quanto_offload import is_qtensor, rebuild
 
     saved = []
     for owner in module.modules():
@@ -222,7 +226,7 @@ def _host_tensors(module: Any) -> list:
 def _restore_host(saved: list) -> None:
     import torch
 
-    from .quanto_offload import put, rebuild
+    from lowvram.placement.quanto_offload import put, rebuild
 
     for owner, leaf, is_param, tensor in saved:
         if is_param:
@@ -258,7 +262,7 @@ def _move_whole(module: Any, name: str, target: str, st: PlacementState) -> bool
 
 
 def _move_blocks(transformer: Any, indices: list, device: str) -> None:
-    from .offload import _block_list_name
+    from lowvram.placement.offload import _block_list_name
 
     blocks = getattr(transformer, _block_list_name(transformer))
     for i in indices:
@@ -267,7 +271,7 @@ def _move_blocks(transformer: Any, indices: list, device: str) -> None:
 
 def leave_all(pipe: Any) -> None:
     """Move everything back to the CPU (end of run, failure, cancel)."""
-    from . import offload
+    from lowvram.placement import offload
 
     st = state(pipe)
     for name in COMPONENTS:
@@ -300,8 +304,8 @@ def use_sdpa(pipe: Any) -> None:
 
 def describe_device_state(pipe: Any) -> dict:
     """Where each component's (and each transformer block's) bytes are: plain data for benchmarks."""
-    from .offload import _block_list_name
-    from .quanto_offload import storage_bytes, storage_device
+    from lowvram.placement.offload import _block_list_name
+    from lowvram.placement.quanto_offload import storage_bytes, storage_device
 
     def by_device(module) -> dict:
         out: dict = {}
@@ -343,7 +347,7 @@ def describe_device_state(pipe: Any) -> dict:
 
 def load_cached_components(folder: Path, plan: Plan) -> dict:
     """Quantized components from the cache, built without bf16 weights; pass them to from_pretrained."""
-    from . import quant_cache
+    from lowvram.placement import quant_cache
 
     out = {}
     for name, level in _quant_levels(plan):
@@ -362,10 +366,10 @@ _OFFLOAD_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_
 def reset(pipe: Any) -> None:
     """Undo prepare(): remove offload hooks, turn VAE tiling off, everything on the CPU.
 
-    Used by the OOM fallback (lowvram.recovery) before a leaner plan is applied to the same pipeline.
+    Used by the OOM fallback (lowvram.sampling.recovery) before a leaner plan is applied to the same pipeline.
     Other hooks (TeaCache) stay. Quantized weights stay quantized: the ladder only goes leaner.
     """
-    from . import offload
+    from lowvram.placement import offload
 
     leave_all(pipe)
     for name in COMPONENTS:

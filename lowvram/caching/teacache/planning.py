@@ -14,9 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import UserError
-from .coefficients import choose_coefficients
-from .schedule import SkipSchedule, TimeEmbedderWeights, branches_for, build_schedule, scheduler_timesteps
+from lowvram.caching.teacache.coefficients import choose_coefficients
+from lowvram.caching.teacache.schedule import (
+    SkipSchedule,
+    TimeEmbedderWeights,
+    branches_for,
+    build_schedule,
+    scheduler_timesteps,
+)
+from lowvram.errors import UserError
 
 
 def preview(
@@ -57,7 +63,7 @@ def schedule_for_transformer(
 ) -> SkipSchedule:
     """The schedule for a loaded transformer and a scheduler: what apply_teacache takes.
     `folder` (the checkpoint) is needed only when the transformer is disk-offloaded."""
-    from .run import schedule_for_run
+    from lowvram.caching.teacache.run import schedule_for_run
 
     timesteps = scheduler_timesteps(scheduler, steps)
     return schedule_for_run(transformer, setting, dict(transformer.config), model_name, timesteps, branches_for(guidance), folder)
@@ -72,7 +78,7 @@ class Preview:
 def _local_folder(ref) -> Optional[Path]:
     """The checkpoint's folder if it is on this machine; never downloads."""
     if ref.is_demo or ref.kind == "local":
-        from ..loading import checkpoint_folder
+        from lowvram.models.loading import checkpoint_folder
 
         return checkpoint_folder(ref)  # builds the demo, or the folder itself
     try:
@@ -85,7 +91,7 @@ def _local_folder(ref) -> Optional[Path]:
 
 def preview_for_job(job) -> Preview:
     """The TeaCache line for a job before anything loads, or why it is not known yet."""
-    from ..models import resolve_model
+    from lowvram.models.names import resolve_model
 
     if not job.teacache.enabled:
         return Preview(None, "TeaCache: off")

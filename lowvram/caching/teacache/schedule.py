@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..errors import UserError
-from .coefficients import CoefficientChoice
+from lowvram.caching.teacache.coefficients import CoefficientChoice
+from lowvram.errors import UserError
 
 RETENTION_STEPS = 5  # with retention, the first 5 steps always compute (TeaCache4Wan2.1: ret_steps = 5*2 calls)
 MAX_THRESHOLD = 10.0  # the threshold search's upper end (TeaCacheSetting accepts 0..10)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from lowvram.errors import UserError
 
 DEMO_NAMES = ("tiny-random", "tiny-random-i2v")
 
@@ -34,7 +34,7 @@ class ModelRef:
 def resolve_model(name: str) -> ModelRef:
     """Map --model to a ModelRef without loading anything. Raises UserError when it cannot be found."""
     if name in DEMO_NAMES:
-        from .demo import demo_path
+        from lowvram.models.demo import demo_path
 
         return ModelRef(name=name, kind="demo", location=str(demo_path(name)))
     lowered = name.lower()

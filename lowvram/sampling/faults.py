@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
-from .errors import UserError
+from lowvram.errors import UserError
 
 ENV_VAR = "LOWVRAM_INJECT_OOM"
 STAGES = ("load", "encode", "denoise", "decode")
@@ -78,7 +78,7 @@ class Injector:
                     continue
                 self._fired.add(i)
                 where = stage if step is None else f"{stage} step {step}"
-                raise torch.OutOfMemoryError(f"CUDA out of memory (injected by lowvram.faults at {where}).")
+                raise torch.OutOfMemoryError(f"CUDA out of memory (injected by lowvram.sampling.faults at {where}).")
 
 
 _default: Optional[FaultPlan] = None  # set by inject_oom(): seen by every thread

@@ -13,13 +13,18 @@ import gc
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
+from lowvram import placement
+from lowvram.errors import UserError
+from lowvram.sampling import faults
+from lowvram.sampling.resume import (
+    DenoiseCheckpoint,
+    make_checkpoint,
+    resume_path_for,
+    save_resume_file,
+)
+from lowvram.telemetry import EventSink, LogMessage, PlanSwitched
 from planner.fallback import describe_change, leaner_plan
 from planner.plan import Plan
-
-from . import faults, placement
-from .errors import UserError
-from .resume import DenoiseCheckpoint, make_checkpoint, resume_path_for, save_resume_file
-from .telemetry import EventSink, LogMessage, PlanSwitched
 
 T = TypeVar("T")
 

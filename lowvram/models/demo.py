@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .paths import cache_dir
+from lowvram.paths import cache_dir
 
 DEMO_SEED = 1234
 DEMO_VERSION = 2  # bump when the demo's architecture changes, so old caches are rebuilt
@@ -54,7 +54,7 @@ def ensure_demo(name: str = "tiny-random") -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build into a temporary sibling and rename: an interrupted build leaves no half folder behind.
-    from .loading import quiet_library_logs
+    from lowvram.models.library_logs import quiet_library_logs
 
     quiet_library_logs()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))

@@ -4,8 +4,13 @@ The light parts (coefficients, schedule) import without torch; the hooks load on
 `lowvram.job` can validate a TeaCache setting without importing diffusers.
 """
 
-from .coefficients import COEFFICIENTS, CoefficientChoice, ModelCoefficients, choose_coefficients
-from .schedule import (
+from lowvram.caching.teacache.coefficients import (
+    COEFFICIENTS,
+    CoefficientChoice,
+    ModelCoefficients,
+    choose_coefficients,
+)
+from lowvram.caching.teacache.schedule import (
     CallDecision,
     SkipSchedule,
     TimeEmbedderWeights,

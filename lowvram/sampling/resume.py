@@ -22,11 +22,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from lowvram.errors import UserError
+from lowvram.io.output import replacing
+from lowvram.job import Job, validate_job
 from planner.plan import Plan, TransformerPlacement
-
-from .errors import UserError
-from .job import Job, validate_job
-from .output import replacing
 
 FORMAT = "lowvram-resume"
 VERSION = 1

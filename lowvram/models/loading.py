@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import UserError
-from .models import ModelRef
+from lowvram.errors import UserError
+from lowvram.models.library_logs import quiet_library_logs
+from lowvram.models.names import ModelRef
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 WEIGHT_COMPONENTS = ("transformer", "text_encoder", "vae", "image_encoder")
@@ -81,7 +82,7 @@ def refuse_pickle_only(folder: Path, components: tuple[str, ...]) -> None:
 def checkpoint_folder(ref: ModelRef) -> Path:
     """The local folder of a ModelRef: builds the demo, or downloads a hub id (safetensors and configs only)."""
     if ref.is_demo:
-        from .demo import ensure_demo
+        from lowvram.models.demo import ensure_demo
 
         return ensure_demo(ref.name)
     if ref.kind == "local":
@@ -128,16 +129,6 @@ def load_pipeline(
         raise UserError(f"--model {ref.name}: could not load the pipeline from {folder}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe, info
-
-
-def quiet_library_logs() -> None:
-    """lowvram reports loading itself; the libraries' own progress bars and notices only add noise."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for lib in (diffusers_logging, transformers_logging):
-        lib.disable_progress_bar()
-        lib.set_verbosity_error()
 
 
 @contextmanager

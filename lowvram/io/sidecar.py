@@ -7,8 +7,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .output import write_json_atomic
-from .telemetry import Event, MemorySample
+from lowvram.io.output import write_json_atomic
+from lowvram.telemetry import Event, MemorySample
 
 SIDECAR_VERSION = 1
 LIBRARIES = ("lowvram", "torch", "diffusers", "transformers", "accelerate", "optimum-quanto", "safetensors")
@@ -36,7 +36,7 @@ def model_identity(loaded: Any) -> dict[str, Any]:
         "transformer_config": {k: v for k, v in info.transformer_config.items() if not k.startswith("_")},
     }
     if ref.is_demo:
-        from .demo import DEMO_LABEL, DEMO_SEED, DEMO_VERSION
+        from lowvram.models.demo import DEMO_LABEL, DEMO_SEED, DEMO_VERSION
 
         identity.update(random_weights=True, label=DEMO_LABEL, demo_seed=DEMO_SEED, demo_version=DEMO_VERSION)
     return identity

@@ -24,7 +24,7 @@ import torch
 from diffusers.hooks import group_offloading as _go
 from optimum.quanto.tensor import QTensor
 
-from .output import replacing
+from lowvram.io.output import replacing
 
 _PATCH_LOCK = threading.RLock()
 

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 
-from .paths import cache_dir
+from lowvram.paths import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from ..errors import UserError
-from ..quanto_offload import group_tensors
-from ..telemetry import EventSink, LogMessage, TeaCacheScheduled, TransformerCall
-from ..transfer_meter import TransferMeter, offload_groups
-from .coefficients import choose_coefficients
-from .hook import TeaCacheConfig, TeaCacheHook, apply_teacache, get_teacache, remove_teacache
-from .schedule import SkipSchedule, TimeEmbedderWeights, build_schedule
+from lowvram.caching.teacache.coefficients import choose_coefficients
+from lowvram.caching.teacache.hook import (
+    TeaCacheConfig,
+    TeaCacheHook,
+    apply_teacache,
+    get_teacache,
+    remove_teacache,
+)
+from lowvram.caching.teacache.schedule import (
+    SkipSchedule,
+    TimeEmbedderWeights,
+    build_schedule,
+)
+from lowvram.errors import UserError
+from lowvram.placement.quanto_offload import group_tensors
+from lowvram.placement.transfer_meter import TransferMeter, offload_groups
+from lowvram.telemetry import EventSink, LogMessage, TeaCacheScheduled, TransformerCall
 
 
 def schedule_for_run(
@@ -129,7 +139,7 @@ class TeaCacheRun:
 
 def teacache_run(loaded: Any, job: Any, timesteps: Any, sink: EventSink, clock: Callable[[], float]) -> TeaCacheRun:
     """The TeaCache session for the runner's denoise(): a no-op when the job has TeaCache off."""
-    from .schedule import branches_for
+    from lowvram.caching.teacache.schedule import branches_for
 
     transformer = loaded.pipe.transformer
     branches = branches_for(job.guidance)

@@ -1,0 +1,1 @@
+"""Step skipping: TeaCache (and the caches that follow it)."""

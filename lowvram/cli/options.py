@@ -1,0 +1,75 @@
+"""The command line's shared options: job, TeaCache, profile, output, planner preferences, what-if machine.
+
+Defaults are None where a profile may fill the value (an option not given leaves the profile's)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from lowvram.models.defaults import DEFAULT_FPS, DEFAULT_GUIDANCE
+from planner.memory import QUANT_ORDER
+
+PLAN_PROMPT = "(planning only)"  # the prompt does not change the plan
+
+
+def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    """Job options shared by generate, plan and tui."""
+    p.add_argument("--model", default=None, help="local diffusers folder, hub id, short name (wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.1-i2v-14b-480p, wan2.1-i2v-14b-720p) or the demo model tiny-random / tiny-random-i2v (default: the profile's model, else tiny-random)")
+    p.add_argument("--width", type=int, default=None, help="video width, a multiple of 16 (default 832; 256 for the demo model)")
+    p.add_argument("--height", type=int, default=None, help="video height, a multiple of 16 (default 480; 144 for the demo model)")
+    p.add_argument("--frames", type=int, default=None, help="number of frames, 4k+1 (default 81; 17 for the demo model)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; 8 for the demo model)")
+    add_teacache_arguments(p)
+
+
+def add_teacache_arguments(p: argparse.ArgumentParser) -> None:
+    """TeaCache is off unless asked for: it changes the output, so it is a choice, not a default."""
+    g = p.add_argument_group("TeaCache (skip transformer steps whose timestep embedding barely changed)")
+    g.add_argument("--teacache", type=float, default=None, metavar="THRESHOLD", help="turn TeaCache on with this threshold (0.05 is near-lossless on T2V-1.3B; higher skips more)")
+    g.add_argument("--teacache-speedup", type=float, default=None, metavar="X", help="turn TeaCache on and search the threshold that computes at most steps/X steps")
+    g.add_argument("--teacache-retention", action=argparse.BooleanOptionalAction, default=None, help="always compute the first 5 steps, with the matching coefficients (default: on); --no-teacache-retention computes the first and last step instead")
+    g.add_argument("--teacache-coefficients", default=None, metavar="MODEL", help="use these coefficients instead of the ones detected from the checkpoint: t2v-1.3b, t2v-14b, i2v-14b-480p, i2v-14b-720p")
+    g.add_argument("--no-teacache", action="store_true", help="turn TeaCache off (overrides a profile that turns it on)")
+
+
+def add_profile_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default=None, metavar="FILE", help="profile TOML with job defaults and planner preferences; options given here override it")
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the output that a profile also keeps (defaults None: not given, so a profile may fill them)."""
+    p.add_argument("--negative-prompt", default=None, help="what to avoid (default: none)")
+    p.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale; <= 1 turns the second pass off (default {DEFAULT_GUIDANCE})")
+    p.add_argument("--fps", type=int, default=None, help=f"frames per second of the mp4 (default {DEFAULT_FPS})")
+
+
+def gib_amount(text: str) -> float:
+    """argparse type of the GiB options: a finite number >= 0 (nan or inf would fail later, in int())."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GiB >= 0; write it like 8 or 11.5")
+    return value
+
+
+def add_preference_arguments(p: argparse.ArgumentParser) -> None:
+    """Planner preference options (defaults None: an option not given leaves the profile's value)."""
+    g = p.add_argument_group("planner preferences")
+    g.add_argument("--min-precision", choices=QUANT_ORDER, default=None, help="lowest transformer precision the planner may use (default: int4, anything)")
+    g.add_argument("--prefer", choices=("speed", "quality"), default=None, help="what wins when plans are close in time (default: speed)")
+    g.add_argument("--vram-reserve", type=gib_amount, default=None, metavar="GiB", help="VRAM to leave free for other programs")
+    g.add_argument("--ram-reserve", type=gib_amount, default=None, metavar="GiB", help="RAM to leave free for other programs")
+    g.add_argument("--vram-cap", type=gib_amount, default=None, metavar="GiB", help="the most VRAM lowvram may use")
+    g.add_argument("--ram-cap", type=gib_amount, default=None, metavar="GiB", help="the most RAM lowvram may use")
+
+
+def add_machine_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what-if machine (instead of this one)")
+    g.add_argument("--vram", type=gib_amount, default=None, metavar="GiB", help="plan for a GPU with this much free VRAM (0: no GPU)")
+    g.add_argument("--ram", type=gib_amount, default=None, metavar="GiB", help="plan for this much available RAM")
+    g.add_argument("--gpu-name", default=None, help="name of the what-if GPU (for the record in the profile)")
+    g.add_argument("--compute-capability", default=None, metavar="X.Y", help="compute capability of the what-if GPU (8.9 and up: fast fp8)")
+    g.add_argument("--saved-machine", action="store_true", help="plan for the machine the profile was saved on ([saved_on]) instead of this one")

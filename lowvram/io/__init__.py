@@ -1,0 +1,1 @@
+"""Writing results: unique output names, atomic writes, the JSON sidecar."""

@@ -1,0 +1,11 @@
+"""Quiet the libraries' own progress bars and notices while lowvram reports what it does."""
+
+
+def quiet_library_logs() -> None:
+    """lowvram reports loading itself; the libraries' own progress bars and notices only add noise."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()

@@ -1,0 +1,26 @@
+"""Placement: how each component's weights are held (precision, streaming, which device, when).
+
+`apply` puts a Plan on a loaded pipeline and moves components between stages; one module per
+technique beside it (quantize, quant_cache, offload, quanto_offload, transfer_meter).
+"""
+
+from lowvram.placement.apply import (
+    PlacementState,
+    compute_device,
+    describe_device_state,
+    encode_device,
+    enter_stage,
+    leave_all,
+    load_cached_components,
+    prepare,
+    reapply,
+    reset,
+    state,
+    use_sdpa,
+    vae_device,
+)
+
+__all__ = [
+    "PlacementState", "compute_device", "describe_device_state", "encode_device", "enter_stage", "leave_all",
+    "load_cached_components", "prepare", "reapply", "reset", "state", "use_sdpa", "vae_device",
+]
