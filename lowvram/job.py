@@ -50,15 +50,8 @@ class Job:
     fps: int = 16
     out: Optional[str] = None
     teacache: TeaCacheSetting = TeaCacheSetting()
-
-    @property
-    def latent_frames(self) -> int:
-        return (self.frames - 1) // 4 + 1
-
-    @property
-    def tokens(self) -> int:
-        """Transformer sequence length: latent frames x (H/16) x (W/16)."""
-        return self.latent_frames * (self.height // 16) * (self.width // 16)
+    guidance_2: Optional[float] = None  # two-expert models: the low-noise expert's guidance (None: the model's)
+    shift: Optional[float] = None  # flow shift of the sampler (None: the model card's rule for this size)
 
     def with_(self, **changes) -> "Job":
         return replace(self, **changes)
@@ -83,6 +76,10 @@ def validate_job(job: Job) -> None:
         problems.append(f"--steps {job.steps} must be at least 1")
     if not job.guidance >= 0 or job.guidance == float("inf"):  # also catches nan
         problems.append(f"--guidance {job.guidance} must be a finite number >= 0 (1.0 or less turns guidance off)")
+    if job.guidance_2 is not None and (not job.guidance_2 >= 0 or job.guidance_2 == float("inf")):
+        problems.append(f"--guidance-2 {job.guidance_2} must be a finite number >= 0 (1.0 or less turns guidance off)")
+    if job.shift is not None and not (0 < job.shift <= 100):  # also catches nan
+        problems.append(f"--shift {job.shift} must be a number above 0 and at most 100 (Wan uses 3 to 12)")
     if job.fps < 1:
         problems.append(f"--fps {job.fps} must be at least 1")
     if job.seed < 0 or job.seed >= 2**64:  # torch seeds are unsigned 64-bit

@@ -139,8 +139,8 @@ def measure_transformer(config: dict, latent: tuple[int, int, int], device: str,
     tokens = frames * (h // 2) * (w // 2)
     dims = TransformerDims(c.num_attention_heads * c.attention_head_dim, c.ffn_dim, c.num_attention_heads,
                            c.num_layers, c.in_channels, c.text_dim, False)
-    spec = ModelSpec("calibration", "t2v", component_spec("transformer", model, model.blocks), None, None, None,
-                     dims, TextEncoderDims(0, 0, 0), 0)
+    spec = ModelSpec("calibration", "wan", "t2v", (component_spec("transformer", model, model.blocks),), dims,
+                     TextEncoderDims(0, 0, 0))
     return transformer_flops(spec, tokens) / seconds, seconds / c.num_layers, tokens
 
 
@@ -148,9 +148,9 @@ def measure_gpu(quick: bool = False) -> tuple[float, float, float, float, int]:
     """(bf16 FLOP/s over a forward, block seconds, pinned B/s, pageable B/s, tokens) on the current GPU."""
     import torch
 
-    from planner.spec import WAN_TRANSFORMER_CONFIGS
+    from planner.known_specs import WAN_1_3B
 
-    config = dict(WAN_TRANSFORMER_CONFIGS["wan2.1-t2v-1.3b"], num_layers=CALIBRATION_LAYERS)
+    config = dict(WAN_1_3B, num_layers=CALIBRATION_LAYERS)
     flops, block_s, tokens = measure_transformer(config, CALIBRATION_LATENT["quick" if quick else "full"], "cuda")
     torch.cuda.empty_cache()
     return flops, block_s, _h2d(True), _h2d(False), tokens

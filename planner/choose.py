@@ -1,9 +1,10 @@
 """Pick the fastest plan that fits, and say why: `make_plan(probe, spec, job, prefs) -> PlanResult`.
 
-Candidates are every combination of transformer quantization x placement, text encoder quantization x
-placement and VAE placement. Each is predicted stage by stage (planner.estimate); those whose peak VRAM
-and RAM fit the budgets (free minus a reserve) compete on predicted time, and higher precision wins
-near-ties. Pure: the probe and the calibration come in as data.
+Candidates combine, for each component the model has: the denoiser(s)' precision x placement (and for a
+two-expert model where the idle expert waits), the text encoder's precision x placement, the VAE's
+placement. Each is predicted stage by stage (planner.estimate); those whose peak VRAM and RAM fit the
+budgets (free minus a reserve) compete on predicted time, and higher precision wins near-ties. Pure: the
+probe and the calibration come in as data.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from lowvram.errors import UserError
 from lowvram.job import Job
 from planner import constants as C
 from planner import memory as M
-from planner.estimate import predict
-from planner.plan import Plan, TransformerPlacement
+from planner.estimate import guidance_for, phase_steps, predict, shift_for
+from planner.plan import PHASE_LABEL, PHASE_OF, ComponentPlan, Plan, StagePeak, config_key, plain
 from planner.probe import GIB, HardwareProbe, describe_probe
 from planner.spec import ModelSpec
 from planner.timing import Throughput, throughput_for
@@ -30,9 +31,13 @@ MAX_RUNNERS_UP = 3
 
 @dataclass(frozen=True)
 class Preferences:
-    """What the user allows and wants. Sizes in bytes; caps limit what the planner may use."""
+    """What the user allows and wants. Sizes in bytes; caps limit what the planner may use.
 
-    min_quant: str = "int4"  # the lowest precision allowed for the transformer
+    prefer="speed": the fastest plan, higher precision within a 3% tie. prefer="quality": float32 denoisers
+    become candidates and the most precise plan that fits wins, the fastest among equals.
+    """
+
+    min_quant: str = "int4"  # the lowest precision allowed for the denoisers
     vram_reserve: int = C.DEFAULT_VRAM_RESERVE
     ram_reserve: int = C.DEFAULT_RAM_RESERVE
     vram_cap: Optional[int] = None
@@ -55,6 +60,10 @@ class Preferences:
     @property
     def allowed_quants(self) -> tuple[str, ...]:
         return QUANT_ORDER[: QUANT_ORDER.index(self.min_quant) + 1]
+
+    @property
+    def denoiser_precisions(self) -> tuple[str, ...]:
+        return (("fp32",) if self.prefer == "quality" else ()) + QUANT_ORDER
 
 
 @dataclass(frozen=True)
@@ -114,61 +123,64 @@ def fmt_seconds(s: float) -> str:
 # --- Candidates ----------------------------------------------------------------------------------------
 
 
-def _with_prediction(plan: Plan, spec: ModelSpec, job: Job, tp: Throughput) -> Plan:
-    stages, seconds = predict(plan, spec, job, tp)
+def _with_prediction(plan: Plan, spec: ModelSpec, job: Job, tp: Throughput, budget: Optional[Budget] = None) -> Plan:
+    stages, seconds = predict(plan, spec, job, tp, budget.ram if budget else None)
     return replace(plan, predicted=stages, predicted_seconds=seconds)
 
 
-def partial_blocks(spec: ModelSpec, quant: str, tokens: int, vram_budget: int, dtype: str = "bfloat16") -> int:
-    """How many blocks can stay resident while the rest stream: the spare VRAM of block offload, in blocks."""
-    streaming = M.transformer_vram_bytes(spec, quant, "block_offload", tokens, dtype=dtype)
-    block = M.block_bytes(spec.transformer, quant, dtype)
-    if block <= 0:
-        return 0
-    k = (vram_budget - streaming) // block
-    return int(max(0, min(k, spec.transformer.num_blocks)))
-
-
-def _placements(spec: ModelSpec, quant: str, tokens: int, budget: Budget) -> list[TransformerPlacement]:
-    out = [TransformerPlacement("resident")]
-    k = partial_blocks(spec, quant, tokens, budget.vram)
+def _denoiser_placements(spec: ModelSpec, precision: str, tokens: int, budget: Budget) -> list[ComponentPlan]:
+    out = [ComponentPlan("transformer", precision, "resident")]
+    k = M.partial_blocks(spec, "transformer", precision, tokens, budget.vram)
     if 0 < k < spec.transformer.num_blocks:
-        out.append(TransformerPlacement("partial", resident_blocks=k))
-    out += [TransformerPlacement("block_offload"), TransformerPlacement("leaf_offload"), TransformerPlacement("disk_offload")]
+        out.append(ComponentPlan("transformer", precision, "partial", resident_blocks=k))
+    out += [ComponentPlan("transformer", precision, kind) for kind in ("block_offload", "leaf_offload", "disk_offload")]
+    return out
+
+
+def denoiser_options(spec: ModelSpec, job: Job, budget: Budget, prefs: Preferences) -> list[tuple[ComponentPlan, ...]]:
+    """Every denoiser setting to try: one component per denoiser. Two experts share precision and placement
+    (they have one shape) and differ in where each waits while the other runs."""
+    tokens = spec.tokens(job.width, job.height, job.frames)
+    out = []
+    for precision in prefs.denoiser_precisions:
+        for cp in _denoiser_placements(spec, precision, tokens, budget):
+            if not spec.two_experts:
+                out.append((cp,))
+                continue
+            for idle in ("pinned", "mmap"):
+                out.append((replace(cp, idle=idle), replace(cp, name="transformer_2", idle=idle)))
     return out
 
 
 def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Preferences, tp: Throughput,
                    budget: Budget) -> list[Candidate]:
     out = []
-    for quant in QUANT_ORDER:
-        for placement in _placements(spec, quant, job.tokens, budget):
-            for teq in TEXT_QUANTS:
-                for te in TEXT_PLACEMENTS:
-                    for vae in VAE_PLACEMENTS:
-                        plan = Plan(
-                            device="cuda", dtype="bfloat16", transformer_quant=quant, transformer=placement,
-                            text_encoder_quant=teq, text_encoder=te, vae=vae,
-                        )
-                        plan = _with_prediction(plan, spec, job, tp)
-                        out.append(_judge(plan, budget, _rule_out(plan, spec, prefs, probe, tp)))
+    image = (ComponentPlan("image_encoder", "fp32", "gpu"),) if spec.image_encoder is not None else ()
+    for denoisers in denoiser_options(spec, job, budget, prefs):
+        for teq in TEXT_QUANTS:
+            for te in TEXT_PLACEMENTS:
+                for vae in VAE_PLACEMENTS:
+                    components = (ComponentPlan("text_encoder", teq, te),) + image + denoisers + (
+                        ComponentPlan("vae", "fp32", vae),)
+                    plan = _with_prediction(Plan(device="cuda", components=plain(list(components))), spec, job, tp, budget)
+                    out.append(_judge(plan, budget, _rule_out(plan, spec, prefs, probe, tp)))
     return out
 
 
 def _rule_out(plan: Plan, spec: ModelSpec, prefs: Preferences, probe: HardwareProbe, tp: Throughput) -> str:
     """Reasons that are not about the budget."""
-    if plan.transformer_quant not in prefs.allowed_quants:
+    d = plan.denoisers[0]
+    if d.precision != "fp32" and d.precision not in prefs.allowed_quants:
         return f"below the lowest precision allowed ({prefs.min_quant})"
-    if plan.text_encoder_quant != "bf16" and prefs.min_quant == "bf16":
+    if plan.component("text_encoder").precision != "bf16" and prefs.min_quant == "bf16":
         return "text encoder int8 is below the lowest precision allowed (bf16)"
-    if plan.transformer_quant == "fp8" and not tp.fp8_fast:
+    if d.precision == "fp8" and not tp.fp8_fast:
         cc = ".".join(map(str, probe.compute_capability or ())) or "unknown"
         need = ".".join(map(str, C.FP8_MIN_COMPUTE_CAPABILITY))
         return f"fp8 needs compute capability >= {need} for fast matmul (this GPU: {cc})"
-    if plan.transformer.kind == "disk_offload":
-        _, _, on_disk = M.transformer_ram_split(spec, plan.transformer_quant, "disk_offload")
-        if on_disk > probe.disk_free:
-            return f"disk offload needs {gib(on_disk)} free in the cache folder, {gib(probe.disk_free)} free"
+    on_disk = sum(M.denoiser_split(spec, cp)[2] for cp in plan.denoisers)
+    if on_disk > probe.disk_free:
+        return f"disk offload needs {gib(on_disk)} free in the cache folder, {gib(probe.disk_free)} free"
     return ""
 
 
@@ -185,31 +197,37 @@ def over_budget(plan: Plan, budget: Budget) -> str:
     reasons = []
     if worst_v.vram_bytes > budget.vram:
         reasons.append(
-            f"over VRAM by {gib(worst_v.vram_bytes - budget.vram)} in {worst_v.stage} "
+            f"over VRAM by {gib(worst_v.vram_bytes - budget.vram)} in {worst_v.label} "
             f"(needs {gib(worst_v.vram_bytes)}, budget {gib(budget.vram)})"
         )
     if worst_r.ram_bytes > budget.ram:
         reasons.append(
-            f"over RAM by {gib(worst_r.ram_bytes - budget.ram)} in {worst_r.stage} "
+            f"over RAM by {gib(worst_r.ram_bytes - budget.ram)} in {worst_r.label} "
             f"(needs {gib(worst_r.ram_bytes)}, budget {gib(budget.ram)})"
         )
     return "; ".join(reasons)
 
 
-def _precision_key(plan: Plan) -> tuple:
-    """Lower is more precise: transformer quant, then text encoder quant, then untiled VAE."""
-    return (
-        QUANT_ORDER.index(plan.transformer_quant),
-        TEXT_QUANTS.index(plan.text_encoder_quant),
-        0 if plan.vae != "gpu_tiled" else 1,
-    )
+PRECISION_RANK = {p: i for i, p in enumerate(("fp32", "bf16", "fp8", "int8", "int4"))}
+
+
+def precision_key(plan: Plan) -> tuple:
+    """Lower is more precise: the denoisers' precision, then the text encoder's. (A tiled VAE decodes the
+    same numbers up to tile blending: not a precision matter.)"""
+    denoisers = max((PRECISION_RANK[c.precision] for c in plan.denoisers), default=0)
+    te = plan.get("text_encoder")
+    return (denoisers, PRECISION_RANK[te.precision] if te else 0)
 
 
 def pick(fitting: list[Candidate], prefer: str) -> Candidate:
-    """The fastest; within the tie tolerance of it, the most precise (then the fastest of those)."""
+    """speed: the fastest; within the tie tolerance of it, the most precise (then the fastest of those).
+    quality: the most precise that fits, the fastest of those (an untiled VAE on a tie)."""
+    if prefer == "quality":
+        return min(fitting, key=lambda c: (precision_key(c.plan), c.plan.predicted_seconds, c.plan.peak_ram_bytes))
     fastest = min(c.plan.predicted_seconds for c in fitting)
     near = [c for c in fitting if c.plan.predicted_seconds <= fastest * (1 + C.TIE_TOLERANCE[prefer])]
-    return min(near, key=lambda c: (_precision_key(c.plan), c.plan.predicted_seconds))
+    # equal time: the plan that holds less RAM (e.g. an idle expert in its file rather than pinned)
+    return min(near, key=lambda c: (precision_key(c.plan), round(c.plan.predicted_seconds, 6), c.plan.peak_ram_bytes))
 
 
 # --- The CPU ---------------------------------------------------------------------------------------------
@@ -218,17 +236,26 @@ def pick(fitting: list[Candidate], prefer: str) -> Candidate:
 def cpu_plan(spec: ModelSpec, job: Job, tp: Throughput) -> Plan:
     """Everything on the CPU. float32 for the demo (CPU bf16 matmuls are slow or missing on many CPUs, and
     the demo is tiny); bfloat16 for real models (float32 would double the RAM: 57 GB for the 14B transformer)."""
-    dtype = "float32" if spec.is_demo else "bfloat16"
+    precision = "fp32" if spec.is_demo else "bf16"
+    components = [ComponentPlan("text_encoder", precision, "cpu")]
+    if spec.image_encoder is not None:
+        components.append(ComponentPlan("image_encoder", "fp32", "cpu"))
+    components += [ComponentPlan(d.name, precision, "resident") for d in spec.denoisers]
+    components.append(ComponentPlan("vae", "fp32", "cpu"))
     plan = Plan(
-        device="cpu", dtype=dtype, transformer=TransformerPlacement("resident"),
-        text_encoder="cpu", vae="cpu",
+        device="cpu", components=plain(components),
         reasons=(
             "no CUDA GPU: everything runs on the CPU",
-            f"dtype {dtype}: " + ("the demo model is tiny and CPU float32 matmuls are the fast, safe path"
-                                  if spec.is_demo else "float32 would double the RAM of a real model"),
+            f"precision {precision}: " + ("the demo model is tiny and CPU float32 matmuls are the fast, safe path"
+                                          if spec.is_demo else "float32 would double the RAM of a real model"),
         ),
     )
-    return _with_prediction(plan, spec, job, tp)
+    plan = _with_prediction(plan, spec, job, tp)
+    # Every forward on the CPU reads all of a denoiser's weights: they must stay in RAM (page cache) to run at
+    # compute speed, so they count in the budget here.
+    weights = max(M.component_bytes(spec.component(c.name), c.precision) for c in plan.denoisers)
+    stages = tuple(replace(s, ram_bytes=s.ram_bytes + weights) if s.stage == "denoise" else s for s in plan.predicted)
+    return replace(plan, predicted=stages)
 
 
 # --- The choice -------------------------------------------------------------------------------------------
@@ -250,17 +277,44 @@ def make_plan(probe: HardwareProbe, spec: ModelSpec, job: Job, prefs: Preference
     if not fitting:
         raise _no_plan_fits(probe, spec, job, prefs, calibration, candidates, budget, suggest_smaller)
     chosen = pick(fitting, prefs.prefer).plan
-    chosen = replace(chosen, reasons=chosen.reasons + _choice_reasons(chosen, fitting, tp))
+    chosen = replace(chosen, reasons=chosen.reasons + _choice_reasons(chosen, fitting, tp, prefs)
+                     + idle_reasons(chosen, candidates, budget))
     lines = explain(probe, spec, job, budget, tp, chosen, candidates)
     return PlanResult(plan=chosen, candidates=tuple(candidates), explanation=tuple(lines))
 
 
-def _choice_reasons(chosen: Plan, fitting: list[Candidate], tp: Throughput) -> tuple[str, ...]:
+def _choice_reasons(chosen: Plan, fitting: list[Candidate], tp: Throughput, prefs: Preferences) -> tuple[str, ...]:
     fastest = min(c.plan.predicted_seconds for c in fitting)
-    reasons = [f"fastest predicted of {len(fitting)} plans that fit" if chosen.predicted_seconds <= fastest
-               else f"within {100 * (chosen.predicted_seconds / fastest - 1):.1f}% of the fastest, at higher precision"]
-    reasons.append(f"time model: {tp.source}")
-    return tuple(reasons)
+    if chosen.predicted_seconds <= fastest:
+        first = f"fastest predicted of {len(fitting)} plans that fit"
+    elif prefs.prefer == "quality":
+        first = (f"the most precise of {len(fitting)} plans that fit (--prefer quality), "
+                 f"{100 * (chosen.predicted_seconds / fastest - 1):.0f}% slower than the fastest")
+    else:
+        first = f"within {100 * (chosen.predicted_seconds / fastest - 1):.1f}% of the fastest, at higher precision"
+    return (first, f"time model: {tp.source}")
+
+
+def idle_reasons(chosen: Plan, candidates: list[Candidate], budget: Budget) -> tuple[str, ...]:
+    """Where the idle expert of a two-expert plan waits, and why (against the other choice, same plan otherwise)."""
+    if not chosen.two_experts or chosen.device != "cuda":
+        return ()
+    idle = chosen.denoisers[0].idle
+    other = "mmap" if idle == "pinned" else "pinned"
+    twin_key = (chosen.device, tuple(replace(c, idle=other) if c.role == "denoiser" else c for c in chosen.components))
+    twin = next((c for c in candidates if config_key(c.plan) == twin_key), None)
+    if idle == "pinned":
+        why = "both experts' streamed weights stay in page-locked RAM for the whole run, so the switch only copies"
+        if twin is not None:
+            why += (f" (waiting in the weights file instead saves {gib(chosen.peak_ram_bytes - twin.plan.peak_ram_bytes)}"
+                    f" of RAM but costs {fmt_seconds(twin.plan.predicted_seconds - chosen.predicted_seconds)} per run)")
+        return (f"idle expert waits in pinned RAM: {why}",)
+    why = "it waits memory-mapped in its weights file and is read and page-locked when its phase starts"
+    if twin is not None and not twin.fits:
+        why += f"; keeping both pinned is {twin.rejected_reason}"
+    elif twin is not None:
+        why += f" (pinned would be {fmt_seconds(chosen.predicted_seconds - twin.plan.predicted_seconds)} faster only)"
+    return (f"idle expert waits in its weights file: {why}",)
 
 
 def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Preferences = Preferences(),
@@ -279,10 +333,10 @@ def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Prefere
 
 
 def stage_table(plan: Plan) -> list[str]:
-    lines = [f"  {'stage':<8} {'VRAM':>10} {'RAM':>10} {'time':>9}"]
+    lines = [f"  {'stage':<26} {'VRAM':>10} {'RAM':>10} {'time':>9}"]
     for s in plan.predicted:
-        lines.append(f"  {s.stage:<8} {gib(s.vram_bytes):>10} {gib(s.ram_bytes):>10} {fmt_seconds(s.seconds):>9}")
-    lines.append(f"  {'peak':<8} {gib(plan.peak_vram_bytes):>10} {gib(plan.peak_ram_bytes):>10} {fmt_seconds(plan.predicted_seconds):>9}")
+        lines.append(f"  {s.label:<26} {gib(s.vram_bytes):>10} {gib(s.ram_bytes):>10} {fmt_seconds(s.seconds):>9}")
+    lines.append(f"  {'peak':<26} {gib(plan.peak_vram_bytes):>10} {gib(plan.peak_ram_bytes):>10} {fmt_seconds(plan.predicted_seconds):>9}")
     return lines
 
 
@@ -290,14 +344,29 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n:,}"
 
 
-def _transformer_label(plan: Plan) -> str:
-    return f"{plan.transformer_quant} {plan.transformer.describe()}"
+def _denoiser_label(plan: Plan) -> str:
+    d = plan.denoisers[0]
+    label = f"{d.precision} {d.describe_placement()}"
+    return label + (f", idle expert in {'pinned RAM' if d.idle == 'pinned' else 'its weights file'}" if d.idle else "")
 
 
-def config_key(plan: Plan) -> tuple:
-    """What a plan decides, without its predictions and reasons."""
-    return (plan.device, plan.dtype, plan.transformer_quant, plan.transformer, plan.text_encoder_quant,
-            plan.text_encoder, plan.vae)
+def _differences(plan: Plan, chosen: Plan) -> str:
+    """What a plan does differently from the chosen one, in words ('int8 text encoder, tiled VAE')."""
+    out = []
+    for c in plan.components:
+        mine = chosen.get(c.name)
+        if mine is None or mine == c:
+            continue
+        if c.role == "denoiser":
+            if c.name == "transformer":
+                out.append(f"{'experts' if plan.two_experts else 'transformer'} {_denoiser_label(plan)}")
+        elif c.role == "text_encoder":
+            out.append(f"text encoder {c.precision} {c.describe_placement()}")
+        elif c.role == "vae":
+            out.append(f"VAE {c.describe_placement()}")
+        else:
+            out.append(f"{c.name} {c.describe_placement()}")
+    return ", ".join(out)
 
 
 def _compare(plan: Plan, chosen: Plan) -> str:
@@ -305,7 +374,7 @@ def _compare(plan: Plan, chosen: Plan) -> str:
     pct = 100 * (plan.predicted_seconds / chosen.predicted_seconds - 1) if chosen.predicted_seconds else 0.0
     if pct >= 0.5:
         return f"slower by {pct:.0f}%"
-    if _precision_key(plan) > _precision_key(chosen):
+    if precision_key(plan) > precision_key(chosen):
         return f"lower precision, {'faster' if pct < 0 else 'slower'} by only {abs(pct):.1f}%"
     return f"{'faster' if pct < 0 else 'slower'} by {abs(pct):.1f}%"
 
@@ -326,43 +395,64 @@ def _by(cands: list[Candidate], key) -> dict:
     return groups
 
 
+def _denoiser_key(plan: Plan) -> tuple:
+    d = plan.denoisers[0]
+    return d.precision, d.placement, d.idle
+
+
+def _same_denoisers(a: Plan, b: Plan) -> bool:
+    return a.denoisers == b.denoisers
+
+
 def explain(probe: HardwareProbe, spec: ModelSpec, job: Job, budget: Budget, tp: Throughput, chosen: Plan,
             candidates: list[Candidate]) -> list[str]:
     lines = describe_probe(probe)
     lines.append(f"budget: VRAM {gib(budget.vram)}, RAM {gib(budget.ram)} (free/available minus the reserves)")
-    lines.append(
-        f"job: {spec.name} ({spec.task}, {_count(spec.transformer.params)} transformer params), "
-        f"{job.width}x{job.height}, {job.frames} frames, {job.steps} steps, {job.tokens:,} tokens"
-    )
+    tokens = spec.tokens(job.width, job.height, job.frames)
+    denoisers = spec.denoisers
+    size = (f"two experts of {_count(denoisers[0].params)} params" if spec.two_experts
+            else f"{_count(denoisers[0].params)} transformer params")
+    lines.append(f"job: {spec.name} ({spec.task}, {size}), {job.width}x{job.height}, {job.frames} frames, "
+                 f"{job.steps} steps, {tokens:,} tokens")
+    if spec.two_experts:
+        steps = phase_steps(spec, job)
+        lines.append(
+            f"experts: high-noise for {steps['transformer']} steps (guidance {guidance_for(spec, job, 'transformer'):g}), "
+            f"low-noise for {steps['transformer_2']} (guidance {guidance_for(spec, job, 'transformer_2'):g}); "
+            f"boundary {spec.boundary_ratio:g} x 1000, shift {shift_for(spec, job):g}"
+        )
     lines.append(f"time model: {tp.source}")
-    lines.append(f"chosen: {chosen.summary()} ({chosen.device}, {chosen.dtype})")
+    lines.append(f"chosen: {chosen.summary()} ({chosen.device})")
     lines += stage_table(chosen)
+    lines += [f"  why: {r}" for r in chosen.reasons if r.startswith(("idle expert", "the most precise"))]
     if not probe.has_gpu:
         return lines
     others = [c for c in candidates if config_key(c.plan) != config_key(chosen)]
-    transformer_options = _by(others, lambda p: (p.transformer_quant, p.transformer.kind))
-    transformer_options.pop((chosen.transformer_quant, chosen.transformer.kind), None)  # its variants come below
-    best_each = [_best(cs) for cs in transformer_options.values()]
+    options = _by(others, _denoiser_key)
+    options.pop(_denoiser_key(chosen), None)  # its variants come below
+    best_each = [_best(cs) for cs in options.values()]
     runners = sorted((c for c in best_each if c.fits), key=lambda c: c.plan.predicted_seconds)[:MAX_RUNNERS_UP]
     if runners:
         lines.append("runners-up:")
         for c in runners:
             lines.append(
-                f"  {c.plan.summary()}: {fmt_seconds(c.plan.predicted_seconds)}, peak VRAM "
+                f"  {_differences(c.plan, chosen) or c.plan.summary()}: {fmt_seconds(c.plan.predicted_seconds)}, peak VRAM "
                 f"{gib(c.plan.peak_vram_bytes)}, RAM {gib(c.plan.peak_ram_bytes)} ({_compare(c.plan, chosen)})"
             )
-    lines.append("rejected transformer options (each with its best text encoder / VAE setting):")
+    what = "expert" if spec.two_experts else "transformer"
+    lines.append(f"rejected {what} options (each with its best text encoder / VAE setting):")
     for c in best_each:
         if c not in runners:
-            lines.append(f"  {_transformer_label(c.plan)}: {_verdict(c, chosen)}")
-    same_t = [c for c in others if (c.plan.transformer_quant, c.plan.transformer) == (chosen.transformer_quant, chosen.transformer)]
-    lines.append("rejected text encoder options (with the chosen transformer):")
-    for (teq, te), cs in _by(same_t, lambda p: (p.text_encoder_quant, p.text_encoder)).items():
-        if (teq, te) != (chosen.text_encoder_quant, chosen.text_encoder):
+            lines.append(f"  {_denoiser_label(c.plan)}: {_verdict(c, chosen)}")
+    same_d = [c for c in others if _same_denoisers(c.plan, chosen)]
+    lines.append(f"rejected text encoder options (with the chosen {what}):")
+    chosen_te = chosen.component("text_encoder")
+    for (teq, te), cs in _by(same_d, lambda p: (p.component("text_encoder").precision, p.component("text_encoder").placement)).items():
+        if (teq, te) != (chosen_te.precision, chosen_te.placement):
             lines.append(f"  {teq} on {te}{' (no streams)' if te == 'offload' else ''}: {_verdict(_best(cs), chosen)}")
-    lines.append("rejected VAE options (with the chosen transformer):")
-    for vae, cs in _by(same_t, lambda p: p.vae).items():
-        if vae != chosen.vae:
+    lines.append(f"rejected VAE options (with the chosen {what}):")
+    for vae, cs in _by(same_d, lambda p: p.component("vae").placement).items():
+        if vae != chosen.component("vae").placement:
             lines.append(f"  {vae}: {_verdict(_best(cs), chosen)}")
     return lines
 
@@ -374,11 +464,12 @@ SHRINK_SIDES = (0.75, 0.5)
 SHRINK_FRAMES = (49, 33, 17)
 
 
-def _smaller_jobs(job: Job) -> list[Job]:
+def _smaller_jobs(spec: ModelSpec, job: Job) -> list[Job]:
     out = []
+    m = spec.spatial_multiple
     for scale in SHRINK_SIDES:
-        w = max(16, int(job.width * scale) // 16 * 16)
-        h = max(16, int(job.height * scale) // 16 * 16)
+        w = max(m, int(job.width * scale) // m * m)
+        h = max(m, int(job.height * scale) // m * m)
         out.append(job.with_(width=w, height=h))
     out += [job.with_(frames=f) for f in SHRINK_FRAMES if f < job.frames]
     return out
@@ -412,7 +503,7 @@ def _no_plan_fits(probe, spec, job, prefs, calibration, candidates, budget, sugg
             + f"at least {gib(ram_needed)} of available RAM"
         )
     smaller = None
-    for small in _smaller_jobs(job) if suggest_smaller else ():
+    for small in _smaller_jobs(spec, job) if suggest_smaller else ():
         try:
             make_plan(probe, spec, small, prefs, calibration, suggest_smaller=False)
         except NoPlanFits:
@@ -422,3 +513,10 @@ def _no_plan_fits(probe, spec, job, prefs, calibration, candidates, budget, sugg
         break
     lines.append("It would work with " + ", or ".join(fixes) + ".")
     return NoPlanFits("\n".join(lines), vram_needed=vram_needed, ram_needed=ram_needed, smaller_job=smaller)
+
+
+__all__ = [
+    "Budget", "Candidate", "NoPlanFits", "PlanResult", "Preferences", "QUANT_ORDER", "StagePeak", "TEXT_PLACEMENTS",
+    "cpu_plan", "explain", "fmt_seconds", "gib", "gpu_candidates", "make_plan", "over_budget", "pick",
+    "plan_for_job", "precision_key", "stage_table", "PHASE_LABEL", "PHASE_OF", "config_key",
+]

@@ -131,6 +131,9 @@ LEAF_HOOK_SECONDS = 4.46e-5
 # no stream, 14B: 20.3 s vs 2.89 s compute and 2.9 s of pageable copy = 5.9x the copy time (1.3B: 1.8x;
 # the larger factor is kept: it is the one that hurts).
 NO_STREAM_COPY_FACTOR = 5.9
+# Page-locking weights read from their (memory-mapped) files before streaming them: a host copy into
+# cudaHostAlloc'ed memory. Estimate (half the H200's pageable copy rate); refit from the Wan2.2 bench.
+PIN_BPS = 5.0 * GB
 # Disk offload reads the streamed weights from a file each forward. Estimate: a PCIe 3 NVMe SSD's
 # sequential read (2-3.5 GB/s); SATA SSDs are 4x slower.
 DISK_READ_BPS = 2.0 * GB
@@ -140,6 +143,11 @@ CPU_FLOPS = 2.0e11
 # quanto kernels: time of a forward relative to bf16 at the same placement. REFERENCE.md anchor (H200):
 # qint8 1.09, qfloat8 1.28, qint4 5.8 (all on GPU).
 QUANT_TIME_FACTOR: dict[str, float] = {"bf16": 1.0, "int8": 1.09, "fp8": 1.28, "int4": 5.8}
+# A float32 transformer (--prefer quality) runs its matmuls on the CUDA cores (torch leaves TF32 off for
+# matmuls): datasheet fp32 vs dense bf16 tensor rates. GeForce (Ampere/Ada): 35.6 vs 71 (RTX 3090), 82.6 vs
+# 165 (RTX 4090) TFLOPS: 2x. Data-centre Hopper: 67 vs 989: ~15x.
+FP32_TIME_FACTOR_CONSUMER = 2.0
+FP32_TIME_FACTOR_DATACENTER = 15.0
 # fp8 matmul needs compute capability 8.9 (Ada, Hopper); below, quanto falls back to slow paths.
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
 

@@ -1,162 +1,232 @@
 """Predict a plan's peaks (VRAM, RAM) and time per stage: load -> encode -> denoise -> decode.
 
 The stages run one after another and a component is on the GPU only during its stage (the text and
-image encoders and the I2V first-frame VAE encode during `encode`, the transformer during `denoise`,
-the VAE during `decode`), so a plan's peak is the largest stage peak. Everything not on the GPU is in
-RAM, except disk-offloaded weights. Checkpoints are memory-mapped: their pages are page cache the kernel
-can drop, so RAM here is heap (what the process holds), as docs/benchmarks.md measures it.
+image encoders and the first-frame VAE encode during `encode`, a denoiser during its denoise phase, the
+VAE during `decode`), so a plan's peak is the largest stage (or phase) peak. A two-expert model's denoise
+stage has two phases, one per expert: at the boundary the active expert leaves the GPU before the next
+one arrives, so each phase holds one expert.
 
-RAM while loading: what stays in RAM after loading (quantized weights at their quantized size, streamed
-weights pinned) plus a transient: one unquantized block in flight, or, when quantizing at load (first
-run), one quantized-cache shard being serialized. The bf16 pages read while quantizing are page cache.
+RAM is process memory that cannot be dropped (planner.memory): page-locked copies of streamed weights,
+activations of what runs on the CPU, the video, load transients. Weights otherwise sit memory-mapped in
+their files (page cache): when those files do not fit in RAM beside the process, reading them again costs
+disk time at each use instead of memory.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 from lowvram.job import Job
 from planner import constants as C
 from planner import memory as M
 from planner import timing as T
-from planner.plan import Plan, StagePeak
+from planner.families import default_shift
+from planner.plan import PHASE_OF, ComponentPlan, Plan, StagePeak
+from planner.schedule import expert_steps
 from planner.spec import ModelSpec
 
 
+def passes_for(guidance: float) -> int:
+    """Classifier-free guidance runs the transformer twice a step; <= 1 turns it off."""
+    return 2 if guidance > 1.0 else 1
+
+
 def cfg_passes(job: Job) -> int:
-    """Classifier-free guidance runs the transformer (and the text encoder) twice; <= 1 turns it off."""
-    return 2 if job.guidance > 1.0 else 1
+    return passes_for(job.guidance)
 
 
-def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput) -> tuple[tuple[StagePeak, ...], float]:
-    """The plan's predicted StagePeaks (load, encode, denoise, decode) and total seconds."""
+def shift_for(spec: ModelSpec, job: Job) -> float:
+    return job.shift if job.shift is not None else default_shift(spec, job.width, job.height)[0]
+
+
+def guidance_for(spec: ModelSpec, job: Job, denoiser: str) -> float:
+    """The guidance a denoiser runs with: the low-noise expert's is --guidance-2 (the job's defaults fill it from
+    the model card), else the same as the high-noise expert's (as diffusers does)."""
+    if denoiser != "transformer_2":
+        return job.guidance
+    if job.guidance_2 is not None:
+        return job.guidance_2
+    return job.guidance
+
+
+def phase_steps(spec: ModelSpec, job: Job) -> dict[str, int]:
+    """Steps each denoiser runs: {'transformer': n} or, for two experts, split at the boundary."""
+    if not spec.two_experts:
+        return {"transformer": job.steps}
+    high, low = expert_steps(job.steps, shift_for(spec, job), spec.boundary_ratio)
+    return {"transformer": high, "transformer_2": low}
+
+
+@dataclass(frozen=True)
+class _Held:
+    """What a plan keeps in process RAM at each point of the run (bytes)."""
+
+    always: int  # pinned copies kept for the whole run
+    per_phase: dict  # denoiser -> pinned bytes held only during its phase
+
+
+def _held(plan: Plan, spec: ModelSpec) -> _Held:
+    always, per_phase = 0, {}
+    for cp in plan.denoisers:
+        if plan.device != "cuda":
+            continue
+        pinned = M.pinned_bytes(spec, cp)
+        if cp.idle == "mmap":
+            per_phase[cp.name] = pinned
+        else:
+            always += pinned
+    return _Held(always, per_phase)
+
+
+def mapped_bytes(plan: Plan, spec: ModelSpec) -> int:
+    """Bytes of weights at the plan's precision, memory-mapped from their files (page cache when read)."""
+    return sum(M.component_bytes(spec.component(cp.name), cp.precision) for cp in plan.components if spec.get(cp.name))
+
+
+def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput,
+            ram_budget: Optional[int] = None) -> tuple[tuple[StagePeak, ...], float]:
+    """The plan's predicted StagePeaks (load, encode, denoise or its phases, decode) and total seconds.
+
+    `ram_budget`: the RAM the planner may use; when the memory-mapped weights do not fit beside the
+    process in it, they are read from disk again at each use (slower copies, same RAM).
+    """
     on_gpu = plan.device == "cuda"
-    dtype = plan.dtype
-    i2v = spec.task == "i2v" and spec.image_encoder is not None
-    tq, teq = plan.transformer_quant, plan.text_encoder_quant
-    tr = plan.transformer
     base_ram = C.PROCESS_RAM_BASE_CPU + (C.PROCESS_RAM_CUDA_EXTRA if on_gpu else 0)
-
-    # Weights, as they sit in memory after loading (quantized where the plan says).
-    te_bytes = M.component_bytes(spec.text_encoder, teq, dtype)
-    ie_bytes = M.component_bytes(spec.image_encoder, "bf16", dtype) if i2v else 0
-    vae_bytes = M.component_bytes(spec.vae, "bf16", dtype)
-    t_total = M.component_bytes(spec.transformer, tq, dtype)
-    if on_gpu:
-        t_resident, t_pinned, t_disk = M.transformer_ram_split(
-            spec, tq, tr.kind, tr.resident_blocks, tr.blocks_per_group, dtype
-        )
-    else:
-        t_resident, t_pinned, t_disk = 0, 0, 0
-    pinned = int(t_pinned * C.PINNED_RAM_PER_WEIGHT_BYTE)  # page-locked for the whole run
-    t_in_ram = t_resident + pinned if on_gpu else t_total  # outside denoise the resident part is parked on the CPU
-
-    te_gpu = on_gpu and plan.text_encoder == "gpu"
-    te_offload = on_gpu and plan.text_encoder == "offload"
-    vae_gpu = on_gpu and plan.vae in ("gpu", "gpu_tiled")
-    tiled = plan.vae == "gpu_tiled"
     h, w, f = job.height, job.width, job.frames
-    te_act = M.text_encoder_activation_bytes(spec.text_dims, dtype=dtype)
-    passes = cfg_passes(job)
+    tokens = spec.tokens(w, h, f)
+    held = _held(plan, spec)
+    te = plan.component("text_encoder")
+    vae = plan.component("vae")
+    ie = plan.get("image_encoder")
+    image_input = job.image is not None or spec.task == "i2v"
+    te_gpu = on_gpu and te.placement == "gpu"
+    te_offload = on_gpu and te.placement == "offload"
+    vae_gpu = on_gpu and vae.placement in ("gpu", "gpu_tiled")
+    tiled = vae.placement == "gpu_tiled"
+    te_bytes = M.component_bytes(spec.text_encoder, te.precision)
+    vae_bytes = M.component_bytes(spec.vae, vae.precision)
+    ie_bytes = M.component_bytes(spec.image_encoder, ie.precision) if ie is not None and spec.image_encoder else 0
+
+    # Copies from memory-mapped weights: page cache (pageable speed) when it all fits in RAM, else disk.
+    peak_heap_guess = base_ram + held.always + max(held.per_phase.values(), default=0) + 2 * M.video_bytes(h, w, f)
+    cached = ram_budget is None or mapped_bytes(plan, spec) + peak_heap_guess <= ram_budget
+    from_map = tp.h2d_pageable if cached else min(tp.h2d_pageable, tp.disk_read) if on_gpu else tp.disk_read
+    pin_rate = min(from_map, C.PIN_BPS)
 
     # --- load --------------------------------------------------------------------------------------
-    held = t_in_ram + te_bytes + ie_bytes + vae_bytes
-    quantizing = tq != "bf16" or teq != "bf16"
-    transient = max(M.staging_bytes(spec, dtype), C.QUANT_SAVE_SHARD_BYTES if quantizing else 0)
-    load_ram = base_ram + held + transient
-    read_bytes = sum(M.component_bytes(c, "bf16", dtype) for c in spec.components)
-    load_s = read_bytes / tp.disk_read + t_disk / tp.disk_read  # read the checkpoint; write offload files
-    load = StagePeak("load", 0, load_ram, load_s)
+    precisions = {cp.name: cp.precision for cp in plan.components}
+    quantized = [M.component_bytes(spec.component(cp.name), cp.precision) for cp in plan.components
+                 if cp.quantized and spec.get(cp.name)]
+    # first run: a component is quantized whole in RAM, then saved to the weights cache shard by shard
+    transient = max([M.staging_bytes(spec, precisions)] + [q + C.QUANT_SAVE_SHARD_BYTES for q in quantized])
+    load_ram = base_ram + held.always + transient
+    read_bytes = sum(M.component_bytes(c, "bf16") for c in spec.components)
+    disk_offload = sum(M.denoiser_split(spec, cp)[2] for cp in plan.denoisers) if on_gpu else 0
+    load_s = read_bytes / tp.disk_read + disk_offload / tp.disk_read  # read the checkpoint; write offload files
+    load_s += held.always / pin_rate if on_gpu else 0.0  # page-lock the weights streamed all run
+    stages = [StagePeak("load", 0, load_ram, load_s)]
 
     # --- encode ------------------------------------------------------------------------------------
-    enc_vram = 0
-    gpu_acts = [0]  # activations of what runs on the GPU in this stage, one computation at a time
-    te_flops = passes * T.text_encoder_flops(spec.text_encoder) * C.QUANT_TIME_FACTOR[teq]
+    te_passes = passes_for(max(job.guidance, guidance_for(spec, job, "transformer_2")))
+    te_act = M.text_encoder_activation_bytes(spec.text_dims, dtype=te.dtype)
+    te_flops = te_passes * T.text_encoder_flops(spec.text_encoder) * tp.time_factor(te.precision)
+    enc_vram, gpu_acts, cpu_acts = 0, [0], [0]
     if te_gpu:
         enc_vram += te_bytes
         gpu_acts.append(te_act)
-        encode_s = te_bytes / tp.h2d_pageable + te_flops / tp.gpu_flops
+        encode_s = te_bytes / from_map + te_flops / tp.gpu_flops
     elif te_offload:
         # group offload without streams: one block on the GPU at a time, the rest (embedding) as one group
-        enc_vram += M.rest_bytes(spec.text_encoder, teq, dtype) + M.block_bytes(spec.text_encoder, teq, dtype)
+        enc_vram += M.rest_bytes(spec.text_encoder, te.precision) + M.block_bytes(spec.text_encoder, te.precision)
         gpu_acts.append(te_act)
-        copy = passes * te_bytes / tp.h2d_pageable * C.NO_STREAM_COPY_FACTOR
-        encode_s = copy + te_flops / tp.gpu_flops
+        encode_s = te_passes * te_bytes / from_map * C.NO_STREAM_COPY_FACTOR + te_flops / tp.gpu_flops
     else:
+        cpu_acts.append(te_act)
         encode_s = te_flops / tp.cpu_flops
-    enc_ram = base_ram + t_in_ram + vae_bytes + ie_bytes + (0 if te_gpu else te_bytes)
-    cpu_acts = [0 if (te_gpu or te_offload) else te_act]
-    if i2v:
-        vae_enc = M.vae_peak_bytes(spec, h, w, f, tiled=tiled, encode=True)
-        ie_act = M.image_encoder_activation_bytes(spec.image_encoder)
-        flops = T.image_encoder_flops(spec.image_encoder)
-        flops += T.vae_flops(spec, h, w, f, encode=True) * (T.tiling_overhead() if tiled else 1.0)
-        if on_gpu:
-            enc_vram += ie_bytes + vae_bytes
-            enc_ram -= ie_bytes + vae_bytes
-            gpu_acts += [ie_act, vae_enc]
-            encode_s += (ie_bytes + vae_bytes) / tp.h2d_pageable + flops / tp.gpu_flops
+    if image_input:
+        # Wan2.1/2.2 I2V encode the first frame padded with zeros to the whole video; TI2V the first frame alone
+        enc_frames = 1 if spec.expand_timesteps else f
+        vae_enc = M.vae_peak_bytes(spec, h, w, enc_frames, tiled=tiled, encode=True)
+        flops = T.vae_flops(spec, h, w, enc_frames, encode=True) * (T.tiling_overhead() if tiled else 1.0)
+        acts = [vae_enc]
+        moved = vae_bytes
+        if ie is not None and spec.image_encoder is not None:
+            acts.append(M.image_encoder_activation_bytes(spec.image_encoder))
+            flops += T.image_encoder_flops(spec.image_encoder)
+            moved += ie_bytes
+        if vae_gpu:
+            enc_vram += moved
+            gpu_acts += acts
+            encode_s += moved / from_map + flops / tp.gpu_flops
         else:
-            cpu_acts += [ie_act, vae_enc]
+            cpu_acts += acts
             encode_s += flops / tp.cpu_flops
     enc_vram += max(gpu_acts)
-    enc_ram += max(cpu_acts)
-    encode = StagePeak("encode", enc_vram, enc_ram, encode_s)
+    stages.append(StagePeak("encode", enc_vram, base_ram + held.always + max(cpu_acts), encode_s))
 
-    # --- denoise -----------------------------------------------------------------------------------
-    tokens = job.tokens
-    forward_s = _forward_seconds(plan, spec, tokens, tp)
-    den_ram = base_ram + te_bytes + ie_bytes + vae_bytes + pinned
-    if on_gpu:
-        den_vram = M.transformer_vram_bytes(
-            spec, tq, tr.kind, tokens, tr.resident_blocks, tr.blocks_per_group, tr.use_stream, dtype
-        )
-        denoise_s = t_resident / tp.h2d_pageable + job.steps * passes * forward_s
-    else:
-        den_vram = 0
-        den_ram += M.transformer_activation_bytes(spec.dims, tokens, dtype)
-        denoise_s = job.steps * passes * forward_s
-    denoise = StagePeak("denoise", den_vram, den_ram, denoise_s)
+    # --- denoise (one phase per denoiser) ------------------------------------------------------------
+    steps = phase_steps(spec, job)
+    for cp in plan.denoisers:
+        n = steps.get(cp.name, 0)
+        passes = passes_for(guidance_for(spec, job, cp.name))
+        forward_s = forward_seconds(plan, cp, spec, tokens, tp)
+        ram = base_ram + held.always + held.per_phase.get(cp.name, 0)
+        if on_gpu:
+            vram = M.denoiser_vram_bytes(spec, cp, tokens)
+            resident, streamed, _ = M.denoiser_split(spec, cp)
+            switch = resident / from_map + (streamed / pin_rate if cp.idle == "mmap" else 0.0)
+            seconds = switch + n * passes * forward_s
+        else:
+            vram = 0
+            ram += M.transformer_activation_bytes(spec.dims, tokens, cp.dtype)
+            seconds = n * passes * forward_s
+        phase = PHASE_OF[cp.name] if plan.two_experts else ""
+        stages.append(StagePeak("denoise", vram, ram, seconds, phase))
 
     # --- decode ------------------------------------------------------------------------------------
     out = M.video_bytes(h, w, f)
     dec_act = M.vae_peak_bytes(spec, h, w, f, tiled=tiled and vae_gpu)
     dec_flops = T.vae_flops(spec, h, w, f) * (T.tiling_overhead() if tiled and vae_gpu else 1.0)
-    dec_ram = base_ram + t_in_ram + te_bytes + ie_bytes + 2 * out  # the video, then its uint8 frames
+    dec_ram = base_ram + held.always + 2 * out  # the video, then its uint8 frames
     if vae_gpu:
         dec_vram = vae_bytes + dec_act
-        decode_s = vae_bytes / tp.h2d_pageable + dec_flops / tp.gpu_flops
+        decode_s = vae_bytes / from_map + dec_flops / tp.gpu_flops
     else:
         dec_vram = 0
-        dec_ram += vae_bytes + dec_act
+        dec_ram += dec_act
         decode_s = dec_flops / tp.cpu_flops
-    decode = StagePeak("decode", dec_vram, dec_ram, decode_s)
-
-    stages = (load, encode, denoise, decode)
-    return stages, sum(s.seconds for s in stages)
+    stages.append(StagePeak("decode", dec_vram, dec_ram, decode_s))
+    return tuple(stages), sum(s.seconds for s in stages)
 
 
-def _forward_seconds(plan: Plan, spec: ModelSpec, tokens: int, tp: T.Throughput) -> float:
-    """One transformer forward under the plan's placement."""
+def forward_seconds(plan: Plan, cp: ComponentPlan, spec: ModelSpec, tokens: int, tp: T.Throughput) -> float:
+    """One forward of denoiser `cp` under its placement."""
     n = spec.dims.num_layers
     block_flops = T.transformer_block_flops(spec, tokens)
     if plan.device != "cuda":
         return n * block_flops / tp.cpu_flops
-    factor = C.QUANT_TIME_FACTOR[plan.transformer_quant]
+    factor = tp.time_factor(cp.precision)
     compute = block_flops / tp.gpu_flops * factor
-    tr = plan.transformer
-    block = M.block_bytes(spec.transformer, plan.transformer_quant, plan.dtype)
+    block = M.block_bytes(spec.component(cp.name), cp.precision)
     copy = block / tp.h2d_pinned
-    if tr.kind == "resident":
+    kind = cp.placement
+    if kind == "resident":
         return n * compute
-    if tr.kind == "partial":
-        streamed = n - tr.resident_blocks
-        return tr.resident_blocks * compute + streamed * T.streamed_seconds(compute, copy)
-    if tr.kind == "block_offload":
-        if not tr.use_stream:
+    if kind == "partial":
+        streamed = n - cp.resident_blocks
+        return cp.resident_blocks * compute + streamed * T.streamed_seconds(compute, copy)
+    if kind == "block_offload":
+        if not cp.use_stream:
             return n * (compute + copy / C.PAGEABLE_OVER_PINNED * C.NO_STREAM_COPY_FACTOR)
         return n * T.streamed_seconds(compute, copy)
-    if tr.kind == "leaf_offload":
-        leaves = spec.transformer.whole.leaves
+    if kind == "leaf_offload":
+        leaves = spec.component(cp.name).whole.leaves
         return n * T.streamed_seconds(compute, copy, C.LEAF_INTERFERENCE) + leaves * C.LEAF_HOOK_SECONDS
-    if tr.kind == "disk_offload":
+    if kind == "disk_offload":
         return n * T.streamed_seconds(compute, block / tp.disk_read)
-    raise ValueError(f"unknown transformer placement {tr.kind!r}")
+    raise ValueError(f"unknown denoiser placement {kind!r}")
+
+
+__all__ = ["cfg_passes", "forward_seconds", "guidance_for", "mapped_bytes", "passes_for",
+           "phase_steps", "predict", "shift_for"]

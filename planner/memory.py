@@ -1,70 +1,69 @@
-"""The memory model: bytes of weights, activations and buffers, as pure functions of a spec and a job.
+"""The memory model: bytes of weights, activations and buffers, as pure functions of a spec, a component
+plan and a job.
 
 Every fitted number comes from planner/constants.py. VRAM numbers are what torch allocates (the
 caching allocator's slack and the CUDA context are in the reserve, see Preferences).
+
+RAM is counted as process memory that cannot be dropped (heap and page-locked memory). Weights at the
+plan's precision are memory-mapped from the checkpoint or from lowvram's weights cache: their pages are
+page cache, which the kernel can drop and read again, so they cost time (planner.estimate), not RAM.
 """
 
 from __future__ import annotations
 
 from planner import constants as C
-from planner.spec import (
-    IMAGE_TOKENS,
-    TEXT_SEQ_LEN,
-    ComponentSpec,
-    ModelSpec,
-    Part,
-    TextEncoderDims,
-    TransformerDims,
-)
+from planner.plan import PRECISIONS, ComponentPlan, compute_dtype
+from planner.spec import IMAGE_TOKENS, TEXT_SEQ_LEN, ComponentSpec, ModelSpec, Part, TextEncoderDims, TransformerDims
 
-QUANT_ORDER: tuple[str, ...] = ("bf16", "fp8", "int8", "int4")  # highest precision first
+QUANT_ORDER: tuple[str, ...] = ("bf16", "fp8", "int8", "int4")  # the levels a denoiser may drop to, highest first
+PRECISION_ORDER: tuple[str, ...] = PRECISIONS
 
 
 def base_bytes(dtype: str) -> int:
-    """Bytes per parameter of the plan's dtype (bf16 weights; the CPU demo runs in float32)."""
+    """Bytes per parameter of a dtype name (float32, bfloat16)."""
     try:
         return C.DTYPE_BYTES[dtype]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(C.DTYPE_BYTES)}") from None
 
 
-def part_bytes(part: Part, quant: str, param_bytes: int) -> int:
-    """Weights of `part`: Linear weights at the quantization level, everything else at `param_bytes`."""
-    if quant == "bf16":
+def _param_bytes(component: ComponentSpec, precision: str) -> int:
+    return component.fixed_dtype_bytes or base_bytes(compute_dtype(precision))
+
+
+def part_bytes(part: Part, precision: str, param_bytes: int) -> int:
+    """Weights of `part`: Linear weights at a quantized level, everything else at `param_bytes`."""
+    if precision in ("fp32", "bf16"):
         return part.params * param_bytes
-    linear = part.linear_params * C.QUANT_BYTES_PER_LINEAR_PARAM[quant]
+    linear = part.linear_params * C.QUANT_BYTES_PER_LINEAR_PARAM[precision]
     return int(round((part.params - part.linear_params) * param_bytes + linear))
 
 
-def _param_bytes(component: ComponentSpec, dtype: str) -> int:
-    return component.fixed_dtype_bytes or base_bytes(dtype)
+def component_bytes(component: ComponentSpec, precision: str = "bf16") -> int:
+    return part_bytes(component.whole, precision, _param_bytes(component, precision))
 
 
-def component_bytes(component: ComponentSpec, quant: str = "bf16", dtype: str = "bfloat16") -> int:
-    return part_bytes(component.whole, quant, _param_bytes(component, dtype))
+def block_bytes(component: ComponentSpec, precision: str = "bf16") -> int:
+    return part_bytes(component.block, precision, _param_bytes(component, precision))
 
 
-def block_bytes(component: ComponentSpec, quant: str = "bf16", dtype: str = "bfloat16") -> int:
-    return part_bytes(component.block, quant, _param_bytes(component, dtype))
+def rest_bytes(component: ComponentSpec, precision: str = "bf16") -> int:
+    return part_bytes(component.rest, precision, _param_bytes(component, precision))
 
 
-def rest_bytes(component: ComponentSpec, quant: str = "bf16", dtype: str = "bfloat16") -> int:
-    return part_bytes(component.rest, quant, _param_bytes(component, dtype))
-
-
-def largest_leaf_bytes(component: ComponentSpec, quant: str = "bf16", dtype: str = "bfloat16") -> int:
+def largest_leaf_bytes(component: ComponentSpec, precision: str = "bf16") -> int:
     """The largest Linear weight of a block: leaf-level offload moves one leaf at a time, and the peak
-    activations are reached inside the blocks (the larger leaves outside them, e.g. the time projection,
-    run while activations are small)."""
-    per_param = C.QUANT_BYTES_PER_LINEAR_PARAM[quant] if quant != "bf16" else _param_bytes(component, dtype)
+    activations are reached inside the blocks (the larger leaves outside them run while activations are small)."""
+    per_param = C.QUANT_BYTES_PER_LINEAR_PARAM[precision] if precision not in ("fp32", "bf16") else _param_bytes(component, precision)
     return int(round(component.block.largest_linear * per_param))
 
 
-def staging_bytes(spec: ModelSpec, dtype: str = "bfloat16") -> int:
+def staging_bytes(spec: ModelSpec, precisions: dict[str, str]) -> int:
     """RAM for loading one unit at a time (shard by shard): the largest block or tensor, unquantized."""
     largest = 0
     for c in spec.components:
-        per = _param_bytes(c, dtype)
+        precision = precisions.get(c.name, "bf16")
+        per = _param_bytes(c, "fp32" if precision == "fp32" else "bf16")
         largest = max(largest, c.block.params * per, c.whole.largest_tensor * per)
     return largest
 
@@ -92,8 +91,13 @@ def image_encoder_activation_bytes(component: ComponentSpec) -> int:
     return hidden + heads * IMAGE_TOKENS * IMAGE_TOKENS * 4 * 3
 
 
-def _vae_scale(spec: ModelSpec) -> float:
-    return spec.vae_base_dim / C.VAE_REFERENCE_BASE_DIM
+def _vae_scale(spec: ModelSpec, encode: bool) -> float:
+    """Activation bytes per output pixel scale with the channel width at full resolution. A VAE that
+    patchifies (Wan2.2's: 16x compression = 2x2 patch x 8) runs its top level at a quarter of the pixels."""
+    v = spec.vae_dims
+    width = v.base_dim if encode else v.decoder_base_dim
+    patch_area = (v.scale_spatial // 8) ** 2
+    return width / C.VAE_REFERENCE_BASE_DIM / patch_area
 
 
 def _per_pixel(coeffs: tuple[float, float], frames: int) -> float:
@@ -102,7 +106,7 @@ def _per_pixel(coeffs: tuple[float, float], frames: int) -> float:
 
 
 def vae_peak_bytes(spec: ModelSpec, height: int, width: int, frames: int, tiled: bool, encode: bool = False) -> int:
-    """Peak activation bytes of a VAE decode (or, for I2V conditioning, encode) of the whole video.
+    """Peak activation bytes of a VAE decode (or, for image conditioning, encode) of the whole video.
 
     Untiled memory grows with H x W (the causal decoder runs latent frame by latent frame, so frames
     add little). Tiled decoding works one 256 px tile at a time, so below one tile it changes nothing
@@ -115,7 +119,7 @@ def vae_peak_bytes(spec: ModelSpec, height: int, width: int, frames: int, tiled:
         one_tile = _per_pixel(full, frames) * min(height, C.VAE_TILE) * min(width, C.VAE_TILE)
         tiled_peak = max(one_tile, _per_pixel(tile, frames) * height * width)
         untiled = min(untiled, tiled_peak)
-    return int(untiled * _vae_scale(spec))
+    return int(untiled * _vae_scale(spec, encode))
 
 
 def video_bytes(height: int, width: int, frames: int) -> int:
@@ -123,51 +127,69 @@ def video_bytes(height: int, width: int, frames: int) -> int:
     return 3 * frames * height * width * 4
 
 
-# --- Transformer placements ---------------------------------------------------------------------------
+# --- Denoiser placements ------------------------------------------------------------------------------
 
 
-def transformer_vram_bytes(spec: ModelSpec, quant: str, kind: str, tokens: int, resident_blocks: int = 0,
-                           blocks_per_group: int = 1, use_stream: bool = True, dtype: str = "bfloat16") -> int:
-    """Peak VRAM of the denoise stage's transformer for a placement (weights on the GPU + activations)."""
-    t = spec.transformer
-    act = transformer_activation_bytes(spec.dims, tokens, dtype)
-    block = block_bytes(t, quant, dtype)
-    rest = rest_bytes(t, quant, dtype)
-    buffers = C.STREAM_BUFFER_GROUPS if use_stream else 1
+def denoiser_vram_bytes(spec: ModelSpec, cp: ComponentPlan, tokens: int) -> int:
+    """Peak VRAM of a denoiser's phase (weights on the GPU + activations) for its placement."""
+    t = spec.component(cp.name)
+    q = cp.precision
+    act = transformer_activation_bytes(spec.dims, tokens, cp.dtype)
+    block = block_bytes(t, q)
+    rest = rest_bytes(t, q)
+    buffers = C.STREAM_BUFFER_GROUPS if cp.use_stream else 1
     # quanto dequantizes one weight at a time for its matmul: one bf16 copy of the largest Linear
-    dequant = t.whole.largest_linear * base_bytes(dtype) if quant != "bf16" else 0
+    dequant = t.whole.largest_linear * base_bytes(cp.dtype) if cp.quantized else 0
+    kind = cp.placement
     if kind == "resident":
         weights = rest + t.num_blocks * block
     elif kind == "partial":
-        weights = rest + resident_blocks * block + buffers * blocks_per_group * block
+        weights = rest + cp.resident_blocks * block + buffers * cp.blocks_per_group * block
     elif kind in ("block_offload", "disk_offload"):
-        weights = rest + buffers * blocks_per_group * block
+        weights = rest + buffers * cp.blocks_per_group * block
     elif kind == "leaf_offload":
-        weights = buffers * largest_leaf_bytes(t, quant, dtype)
+        weights = buffers * largest_leaf_bytes(t, q)
     else:
-        raise ValueError(f"unknown transformer placement {kind!r}")
+        raise ValueError(f"unknown denoiser placement {kind!r}")
     return weights + act + dequant
 
 
-def transformer_ram_split(spec: ModelSpec, quant: str, kind: str, resident_blocks: int = 0,
-                          blocks_per_group: int = 1, dtype: str = "bfloat16") -> tuple[int, int, int]:
-    """(GPU-resident bytes, pinned host bytes, bytes kept on disk) of the transformer's weights.
-
-    Streamed weights live in page-locked (pinned) RAM for the whole run: the H2D copies need it.
-    Disk offload pins only the groups in flight.
-    """
-    t = spec.transformer
-    block = block_bytes(t, quant, dtype)
-    rest = rest_bytes(t, quant, dtype)
+def denoiser_split(spec: ModelSpec, cp: ComponentPlan) -> tuple[int, int, int]:
+    """(bytes on the GPU for its whole phase, bytes streamed from pinned RAM, bytes streamed from disk)."""
+    t = spec.component(cp.name)
+    q = cp.precision
+    block = block_bytes(t, q)
+    rest = rest_bytes(t, q)
     total = rest + t.num_blocks * block
+    kind = cp.placement
     if kind == "resident":
         return total, 0, 0
     if kind == "partial":
         # the runtime streams the non-block modules too (diffusers groups them with the streamed blocks)
-        resident = resident_blocks * block
+        resident = cp.resident_blocks * block
         return resident, total - resident, 0
     if kind in ("block_offload", "leaf_offload"):
         return 0, total, 0
     if kind == "disk_offload":
-        return 0, C.STREAM_BUFFER_GROUPS * blocks_per_group * block, total
-    raise ValueError(f"unknown transformer placement {kind!r}")
+        return 0, 0, total
+    raise ValueError(f"unknown denoiser placement {kind!r}")
+
+
+def pinned_bytes(spec: ModelSpec, cp: ComponentPlan) -> int:
+    """Page-locked RAM a denoiser holds while its streaming hooks are on (torch rounds pinned blocks up)."""
+    _, streamed, on_disk = denoiser_split(spec, cp)
+    if on_disk:  # disk offload pins only the groups in flight
+        block = block_bytes(spec.component(cp.name), cp.precision)
+        streamed = C.STREAM_BUFFER_GROUPS * cp.blocks_per_group * block
+    return int(streamed * C.PINNED_RAM_PER_WEIGHT_BYTE)
+
+
+def partial_blocks(spec: ModelSpec, name: str, precision: str, tokens: int, vram_budget: int) -> int:
+    """How many blocks can stay resident while the rest stream: the spare VRAM of block offload, in blocks."""
+    t = spec.component(name)
+    streaming = denoiser_vram_bytes(spec, ComponentPlan(name, precision, "block_offload"), tokens)
+    block = block_bytes(t, precision)
+    if block <= 0:
+        return 0
+    k = (vram_budget - streaming) // block
+    return int(max(0, min(k, t.num_blocks)))

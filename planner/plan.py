@@ -1,85 +1,209 @@
-"""The Plan: what the planner decides and the runtime applies. Plain frozen data, no torch."""
+"""The Plan: what the planner decides and the runtime applies. Plain frozen data, no torch.
+
+A plan holds one `ComponentPlan` per component the model has (text encoder, image encoder, one or two
+denoisers, VAE), each with its own precision and placement. A two-expert Wan2.2 model has two
+denoisers: `transformer` (the high-noise expert) and `transformer_2` (the low-noise expert); each runs
+in its own phase of the denoise stage and says where it waits while the other one runs (`idle`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, replace
+from typing import Literal, Optional
 
-Quant = Literal["bf16", "fp8", "int8", "int4"]
-TextQuant = Literal["bf16", "int8"]
-TransformerPlacementKind = Literal["resident", "partial", "block_offload", "leaf_offload", "disk_offload"]
-TextEncoderPlacement = Literal["gpu", "offload", "cpu"]
-VaePlacement = Literal["gpu", "gpu_tiled", "cpu"]
-Stage = Literal["load", "encode", "denoise", "decode"]
+# Weight precisions, highest first. "fp32"/"bf16" are compute dtypes; "fp8"/"int8"/"int4" are quanto
+# weight-only storage levels (compute in bf16).
+Precision = Literal["fp32", "bf16", "fp8", "int8", "int4"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp8", "int8", "int4")
+Quant = Literal["bf16", "fp8", "int8", "int4"]  # the levels a user may set as the lowest allowed
+QUANT_LEVELS: tuple[str, ...] = ("fp8", "int8", "int4")
+
+DenoiserPlacement = Literal["resident", "partial", "block_offload", "leaf_offload", "disk_offload"]
+DENOISER_PLACEMENTS: tuple[str, ...] = ("resident", "partial", "block_offload", "leaf_offload", "disk_offload")
+PLACEMENTS: dict[str, tuple[str, ...]] = {
+    "denoiser": DENOISER_PLACEMENTS,
+    "text_encoder": ("gpu", "offload", "cpu"),  # "offload": block-level group offload WITHOUT streams
+    "image_encoder": ("gpu", "cpu"),
+    "vae": ("gpu", "gpu_tiled", "cpu"),
+}
+# Where an expert of a two-expert model waits while the other one runs:
+# "pinned": its streamed weights stay in page-locked RAM for the whole run (the fastest switch, the most RAM);
+# "mmap": it waits in its weights file (memory-mapped: page cache, no process RAM); its streamed part is
+#         pinned when its phase starts and released when it ends.
+IDLE_PLACES: tuple[str, ...] = ("pinned", "mmap")
 
 STAGES: tuple[str, ...] = ("load", "encode", "denoise", "decode")
+# The phases of the denoise stage of a two-expert model, and the denoiser that runs in each.
+PHASE_OF: dict[str, str] = {"transformer": "high", "transformer_2": "low"}
+PHASE_LABEL: dict[str, str] = {"high": "high-noise expert", "low": "low-noise expert"}
+
+
+def role_of(name: str) -> str:
+    """'denoiser' for transformer / transformer_2; otherwise the component's own name."""
+    return "denoiser" if name.startswith("transformer") else name
+
+
+def compute_dtype(precision: str) -> str:
+    """The torch dtype name a component of this precision computes (and, unquantized, is held) in."""
+    return "float32" if precision == "fp32" else "bfloat16"
 
 
 @dataclass(frozen=True)
-class TransformerPlacement:
-    """Where the transformer's weights live during denoising.
+class ComponentPlan:
+    """How one component is held and where it runs.
 
-    resident: all on the compute device. partial: the first `resident_blocks` blocks stay on the
-    device and the rest are streamed. block_offload / leaf_offload: diffusers-style group offload at
-    block (`blocks_per_group` blocks a group) or leaf granularity. disk_offload: streamed from disk.
+    Denoisers: `placement` is resident | partial (the first `resident_blocks` blocks stay on the GPU, the
+    rest are streamed) | block_offload (`blocks_per_group` blocks a group) | leaf_offload | disk_offload;
+    `use_stream` overlaps copies with compute. Text encoder: gpu | offload (no streams) | cpu. Image
+    encoder: gpu | cpu. VAE: gpu | gpu_tiled | cpu. `idle`: see IDLE_PLACES ("" for a single denoiser).
     """
 
-    kind: TransformerPlacementKind = "resident"
+    name: str
+    precision: str = "bf16"
+    placement: str = "gpu"
     resident_blocks: int = 0
     blocks_per_group: int = 1
     use_stream: bool = True
+    idle: str = ""
+    compute_dtype: str = ""  # "" follows the precision (float32 for fp32, else bfloat16); "float32" for CPU plans
 
     def __post_init__(self) -> None:
+        for name, kind in (("name", str), ("precision", str), ("placement", str), ("resident_blocks", int),
+                           ("blocks_per_group", int), ("use_stream", bool), ("idle", str), ("compute_dtype", str)):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise TypeError(f"component {self.name!r}: {name} must be a {kind.__name__}, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"{self.name}: precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        allowed = PLACEMENTS.get(self.role)
+        if allowed is None:
+            raise ValueError(f"unknown component {self.name!r}; expected one of transformer, transformer_2, "
+                             f"{', '.join(k for k in PLACEMENTS if k != 'denoiser')}")
+        if self.placement not in allowed:
+            raise ValueError(f"{self.name}: placement {self.placement!r} is not one of {', '.join(allowed)}")
         if self.resident_blocks < 0:
-            raise ValueError(f"resident_blocks must be >= 0, got {self.resident_blocks}")
+            raise ValueError(f"{self.name}: resident_blocks must be >= 0, got {self.resident_blocks}")
         if self.blocks_per_group < 1:
-            raise ValueError(f"blocks_per_group must be >= 1, got {self.blocks_per_group}")
-        if self.kind != "partial" and self.resident_blocks:
-            raise ValueError("resident_blocks is only meaningful for kind='partial'")
+            raise ValueError(f"{self.name}: blocks_per_group must be >= 1, got {self.blocks_per_group}")
+        if self.placement != "partial" and self.resident_blocks:
+            raise ValueError(f"{self.name}: resident_blocks is only meaningful for placement 'partial'")
+        if self.idle and self.idle not in IDLE_PLACES:
+            raise ValueError(f"{self.name}: idle {self.idle!r} is not one of {', '.join(IDLE_PLACES)}")
+        if self.compute_dtype not in ("", "float32", "bfloat16"):
+            raise ValueError(f"{self.name}: compute_dtype {self.compute_dtype!r} is not float32 or bfloat16")
+        if self.precision in QUANT_LEVELS and self.role not in ("denoiser", "text_encoder"):
+            raise ValueError(f"{self.name}: only the denoisers and the text encoder can be quantized")
 
-    def describe(self) -> str:
-        if self.kind == "resident":
+    @property
+    def role(self) -> str:
+        return role_of(self.name)
+
+    @property
+    def dtype(self) -> str:
+        """The torch dtype it computes in (and holds its unquantized weights in)."""
+        return self.compute_dtype or compute_dtype(self.precision)
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision in QUANT_LEVELS
+
+    @property
+    def streamed(self) -> bool:
+        """Some of its weights are copied in while it computes (group offload hooks)."""
+        return self.role == "denoiser" and self.placement != "resident" or self.placement == "offload"
+
+    def describe_placement(self) -> str:
+        p = self.placement
+        if self.role != "denoiser":
+            return {"gpu": "on the GPU", "gpu_tiled": "on the GPU, tiled", "cpu": "on the CPU",
+                    "offload": "offloaded block by block (no streams)"}[p]
+        if p == "resident":
             return "resident on the GPU"
         stream = "with streams" if self.use_stream else "without streams"
-        if self.kind == "partial":
-            return f"{self.resident_blocks} blocks resident, the rest streamed {stream}"
-        if self.kind == "block_offload":
-            return f"block-level group offload ({self.blocks_per_group} block/group) {stream}"
-        if self.kind == "leaf_offload":
+        if p == "partial":
+            blocks = "block" if self.resident_blocks == 1 else "blocks"
+            return f"{self.resident_blocks} {blocks} resident, the rest streamed {stream}"
+        if p == "block_offload":
+            per = "block" if self.blocks_per_group == 1 else "blocks"
+            return f"block-level group offload ({self.blocks_per_group} {per}/group) {stream}"
+        if p == "leaf_offload":
             return f"leaf-level group offload {stream}"
         return "streamed from disk"
+
+    def describe(self) -> str:
+        """'transformer bf16, 26 blocks resident, ...; waits in pinned RAM'."""
+        text = f"{self.precision} {self.describe_placement()}"
+        if self.idle:
+            text += "; waits " + ("in pinned RAM" if self.idle == "pinned" else "in its weights file (memory-mapped)")
+        return text
 
 
 @dataclass(frozen=True)
 class StagePeak:
-    """Predicted (or measured) peaks of one stage, in bytes; time in seconds."""
+    """Predicted (or measured) peaks of one stage (or one phase of the denoise stage), in bytes; time in seconds."""
 
     stage: str
     vram_bytes: int
     ram_bytes: int
     seconds: float = 0.0
+    phase: str = ""  # "high" / "low" for the denoise phases of a two-expert model
+
+    @property
+    def key(self) -> str:
+        """'denoise:high' for a phase, else the stage name: the key of the measured peaks too."""
+        return f"{self.stage}:{self.phase}" if self.phase else self.stage
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage} ({PHASE_LABEL.get(self.phase, self.phase)})" if self.phase else self.stage
 
 
 @dataclass(frozen=True)
 class Plan:
     """A complete placement decision for one job on one machine.
 
-    `device` is "cuda" or "cpu"; on "cpu" every placement collapses to the CPU.
-    `predicted` holds one StagePeak per stage; the plan's peak is the max over stages because
-    stages run one after another and components leave the GPU when their stage ends.
+    `device` is "cuda" or "cpu"; on "cpu" every component runs on the CPU. `predicted` holds one
+    StagePeak per stage (and per denoise phase); the plan's peak is the max over them because stages
+    run one after another and components leave the GPU when their stage (or phase) ends.
     """
 
     device: str = "cpu"
-    dtype: str = "bfloat16"
-    transformer_quant: Quant = "bf16"
-    transformer: TransformerPlacement = field(default_factory=TransformerPlacement)
-    text_encoder_quant: TextQuant = "bf16"
-    text_encoder: TextEncoderPlacement = "gpu"
-    vae: VaePlacement = "gpu"
+    components: tuple[ComponentPlan, ...] = ()
     predicted: tuple[StagePeak, ...] = ()
     predicted_seconds: float = 0.0
     reasons: tuple[str, ...] = ()
-    source: str = "planner"  # "planner", "placeholder", "forced", "profile"
+    source: str = "planner"  # "planner", "placeholder", "forced", "profile", "fallback"
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.components]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a plan names each component once, got {names}")
+
+    # --- access -------------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Optional[ComponentPlan]:
+        return next((c for c in self.components if c.name == name), None)
+
+    def component(self, name: str) -> ComponentPlan:
+        found = self.get(name)
+        if found is None:
+            raise KeyError(f"the plan has no {name!r} (it has {', '.join(c.name for c in self.components) or 'nothing'})")
+        return found
+
+    @property
+    def denoisers(self) -> tuple[ComponentPlan, ...]:
+        return tuple(c for c in self.components if c.role == "denoiser")
+
+    @property
+    def two_experts(self) -> bool:
+        return len(self.denoisers) > 1
+
+    def with_component(self, new: ComponentPlan) -> "Plan":
+        """The plan with one component replaced (matched by name)."""
+        self.component(new.name)
+        return replace(self, components=tuple(new if c.name == new.name else c for c in self.components))
+
+    # --- peaks --------------------------------------------------------------------------------------
 
     @property
     def peak_vram_bytes(self) -> int:
@@ -89,21 +213,139 @@ class Plan:
     def peak_ram_bytes(self) -> int:
         return max((s.ram_bytes for s in self.predicted), default=0)
 
+    def stage_seconds(self, stage: str) -> float:
+        return sum(s.seconds for s in self.predicted if s.stage == stage)
+
+    # --- words --------------------------------------------------------------------------------------
+
     def summary(self) -> str:
         if self.device == "cpu":
-            return f"everything on the CPU ({self.dtype})"
-        return (
-            f"transformer {self.transformer_quant}, {self.transformer.describe()}; "
-            f"text encoder {self.text_encoder_quant} on {self.text_encoder}; VAE {self.vae}"
-        )
+            precisions = sorted({c.precision for c in self.components}) or ["fp32"]
+            return f"everything on the CPU ({'/'.join(precisions)})"
+        parts = []
+        for c in self.components:
+            if c.role == "denoiser":
+                label = {"transformer": "transformer" if not self.two_experts else "high-noise expert",
+                         "transformer_2": "low-noise expert"}[c.name]
+                parts.append(f"{label} {c.describe()}")
+            elif c.role == "text_encoder":
+                parts.append(f"text encoder {c.precision} {c.describe_placement()}")
+            elif c.role == "image_encoder":
+                parts.append(f"image encoder {c.describe_placement()}")
+            else:
+                parts.append(f"VAE {c.describe_placement()}")
+        return "; ".join(parts)
+
+    # --- serialisation ------------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
+        """A Plan from to_dict()'s output. Raises TypeError/ValueError naming what is wrong."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a plan is an object, got a {type(data).__name__}")
         data = dict(data)
-        data["transformer"] = TransformerPlacement(**data.get("transformer", {}))
+        if "transformer_quant" in data or "text_encoder_quant" in data:
+            raise ValueError("this plan was written by lowvram before plans had one entry per component; "
+                             "write it again with `lowvram plan --json`")
+        components = data.get("components", ())
+        if not isinstance(components, (list, tuple)) or not all(isinstance(c, dict) for c in components):
+            raise TypeError("'components' must be a list of objects")
+        data["components"] = tuple(ComponentPlan(**c) for c in components)
         data["predicted"] = tuple(StagePeak(**s) for s in data.get("predicted", ()))
         data["reasons"] = tuple(data.get("reasons", ()))
         return cls(**data)
+
+
+def config_key(plan: Plan) -> tuple:
+    """What a plan decides, without its predictions and reasons."""
+    return (plan.device, plan.components)
+
+
+def describe_change(old: Plan, new: Plan) -> str:
+    """What differs between two plans, in words: 'VAE gpu -> gpu_tiled'."""
+    names = {"transformer": "high-noise expert" if old.two_experts else "transformer",
+             "transformer_2": "low-noise expert", "text_encoder": "text encoder", "image_encoder": "image encoder",
+             "vae": "VAE"}
+    changes = []
+    if old.device != new.device:
+        changes.append(f"device {old.device} -> {new.device}")
+    for c in new.components:
+        before = old.get(c.name)
+        if before is None or before == c:
+            continue
+        label = names.get(c.name, c.name)
+        if before.precision != c.precision:
+            changes.append(f"{label} weights {before.precision} -> {c.precision}")
+        if (before.placement, before.resident_blocks, before.blocks_per_group, before.use_stream) != (
+                c.placement, c.resident_blocks, c.blocks_per_group, c.use_stream):
+            if c.role == "denoiser":
+                changes.append(f"{label} {before.describe_placement()} -> {c.describe_placement()}")
+            else:
+                changes.append(f"{label} {before.placement} -> {c.placement}")
+        if before.idle != c.idle:
+            changes.append(f"{label} waits {before.idle or '-'} -> {c.idle or '-'}")
+    return "; ".join(changes) or "no change"
+
+
+def simple_plan(device: str = "cuda", precision: str = "bf16", placement: str = "resident", *, resident_blocks: int = 0,
+                blocks_per_group: int = 1, use_stream: bool = True, text_encoder: str = "",
+                text_encoder_precision: str = "", vae: str = "", source: str = "forced",
+                reasons: tuple[str, ...] = (), components: tuple[str, ...] = ("text_encoder", "transformer", "vae")) -> Plan:
+    """A plan from a few settings (benchmarks, tests, forced plans): every denoiser alike, the encoders and VAE
+    as given (by default "gpu": the compute device, which on a CPU plan is the CPU: the same code paths run
+    there as on a GPU). Fit it to a model with `fit_to`."""
+    cpu = device == "cpu"
+    text_encoder = text_encoder or "gpu"
+    vae = vae or "gpu"
+    out = []
+    for name in components:
+        role = role_of(name)
+        compute = "float32" if cpu else ""  # CPU plans compute in float32, quantized weights included
+        if role == "denoiser":
+            out.append(ComponentPlan(name, precision, placement, resident_blocks, blocks_per_group, use_stream,
+                                     compute_dtype=compute))
+        elif role == "text_encoder":
+            te_precision = text_encoder_precision or (precision if precision in ("fp32", "bf16") else "bf16")
+            out.append(ComponentPlan(name, te_precision, text_encoder, compute_dtype=compute))
+        elif role == "vae":
+            out.append(ComponentPlan(name, "fp32", vae))
+        else:
+            out.append(ComponentPlan(name, "fp32", "gpu"))
+    return Plan(device=device, components=plain(out), source=source, reasons=reasons)
+
+
+def fit_to(plan: Plan, names: tuple[str, ...]) -> Plan:
+    """The plan with exactly the components `names` (a model's): missing ones follow the plan (a second
+    expert like the first, encoders and VAE on the plan's device), extra ones are dropped. Lets a plan
+    written for one model (a forced plan, a resume file, a test's CPU plan) run another of its kind."""
+    have = {c.name: c for c in plan.components}
+    first = plan.denoisers[0] if plan.denoisers else ComponentPlan("transformer", "bf16", "resident")
+    on = "cpu" if plan.device == "cpu" else "gpu"
+    out = []
+    for name in names:
+        if name in have:
+            out.append(have[name])
+        elif role_of(name) == "denoiser":
+            out.append(replace(first, name=name))
+        elif name == "text_encoder":
+            out.append(ComponentPlan(name, first.precision if first.precision in ("fp32", "bf16") else "bf16", on))
+        else:
+            out.append(ComponentPlan(name, "fp32", on))
+    components = plain(out)
+    return plan if components == plan.components else replace(plan, components=components)
+
+
+def plain(components: list[ComponentPlan]) -> tuple[ComponentPlan, ...]:
+    """Components in pipeline order: encoders, denoisers, VAE (how plans print and compare)."""
+    order = {"text_encoder": 0, "image_encoder": 1, "transformer": 2, "transformer_2": 3, "vae": 4}
+    return tuple(sorted(components, key=lambda c: order.get(c.name, 9)))
+
+
+__all__ = [
+    "ComponentPlan", "DENOISER_PLACEMENTS", "IDLE_PLACES", "PHASE_LABEL", "PHASE_OF", "PLACEMENTS", "PRECISIONS",
+    "Plan", "QUANT_LEVELS", "Quant", "STAGES", "StagePeak", "compute_dtype", "config_key", "describe_change", "plain",
+    "role_of", "fit_to", "simple_plan",
+]

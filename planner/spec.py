@@ -1,59 +1,35 @@
-"""What a model is made of, in parameters, derived from its configs (never hand-typed sizes).
+"""What a model is made of, in parameters and shapes, read from its configs (never hand-typed sizes).
 
-Each component is built on the meta device from its config (no memory, no weights) and its
-parameters are counted by kind: repeated blocks vs the rest, nn.Linear weights (what quanto
-quantizes) vs everything else. The four Wan2.1 checkpoints are known by config, so planning works
-before anything is downloaded; local folders and the demo model are read from their config files.
+A `ModelSpec` holds one `ComponentSpec` per component (text encoder, image encoder, one or two
+denoisers, VAE), each split into its repeated blocks and the rest and counted by kind (nn.Linear weights,
+what quanto quantizes, vs everything else), plus what the sampler needs to know before loading: the
+task (t2v / i2v / ti2v), the expert boundary of a two-expert Wan2.2 model, expand_timesteps, the VAE's
+compression and the patch size.
+
+Where the numbers come from, fastest first, with no diffusers import and no module built:
+- the known checkpoints (short names and their hub ids): `planner/known_specs.json`, generated from their
+  configs by `python -m planner.known_specs` (which builds them on the meta device) and checked by a test;
+- a local diffusers folder (the demo models too): its config files for shapes and its safetensors
+  headers for the parameter counts;
+- a folder with configs but no weights yet: its configs, built on the meta device (imports diffusers).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import json
-from dataclasses import dataclass
+import re
+import struct
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
 from lowvram.errors import UserError
 
-# --- Known configs (REFERENCE.md shapes; the checkpoints' config.json files say the same) ---------
-
-WAN_COMMON = dict(
-    patch_size=(1, 2, 2),
-    attention_head_dim=128,
-    text_dim=4096,
-    freq_dim=256,
-    out_channels=16,
-    qk_norm="rms_norm_across_heads",
-    cross_attn_norm=True,
-    eps=1e-6,
-)
-_WAN_14B = dict(WAN_COMMON, num_layers=40, num_attention_heads=40, ffn_dim=13824, in_channels=16)
-_WAN_I2V_14B = dict(_WAN_14B, in_channels=36, image_dim=1280, added_kv_proj_dim=5120)  # 480p and 720p: one shape
-WAN_TRANSFORMER_CONFIGS: dict[str, dict] = {
-    "wan2.1-t2v-1.3b": dict(WAN_COMMON, num_layers=30, num_attention_heads=12, ffn_dim=8960, in_channels=16),
-    "wan2.1-t2v-14b": dict(_WAN_14B),
-    "wan2.1-i2v-14b-480p": dict(_WAN_I2V_14B),
-    "wan2.1-i2v-14b-720p": dict(_WAN_I2V_14B),
-}
-# google/umt5-xxl, encoder only (what Wan2.1 uses as its text encoder).
-UMT5_XXL_CONFIG = dict(
-    vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
-)
-# open-clip ViT-H/14 vision tower, the I2V image encoder (257 = 16 x 16 patches + class token).
-CLIP_VIT_H_CONFIG = dict(
-    hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-    patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu",
-)
-# AutoencoderKLWan as shipped with every Wan2.1 checkpoint (diffusers' defaults).
-WAN_VAE_CONFIG = dict(
-    base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-    temperal_downsample=[False, True, True],
-)
 TEXT_SEQ_LEN = 512  # Wan pipelines pad prompts to 512 tokens (max_sequence_length)
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 at 224 px
+NUM_TRAIN_TIMESTEPS = 1000
+DENOISERS = ("transformer", "transformer_2")
 
 
 @dataclass(frozen=True)
@@ -83,10 +59,20 @@ class Part:
 
 
 @dataclass(frozen=True)
+class StoredWeights:
+    """A component's weights as a file stores them (a GGUF or fp8 single file): real bytes, not a level's formula."""
+
+    label: str  # e.g. "Q5_K_M GGUF", "fp8_e4m3fn"
+    block_bytes: int  # one repeated block as stored
+    rest_bytes: int  # everything else as stored
+    dequant_bytes_per_param: float = 0.0  # compute-time transient per weight while it is upcast
+
+
+@dataclass(frozen=True)
 class ComponentSpec:
     """One pipeline component: `num_blocks` repeated `block`s plus the `rest`.
 
-    `fixed_dtype_bytes`: bytes per parameter when the component is always loaded in one dtype
+    `fixed_dtype_bytes`: bytes per parameter when the component is always held in one dtype
     (lowvram.models.loading keeps the VAE and the CLIP image encoder in float32); None follows the plan.
     """
 
@@ -95,6 +81,7 @@ class ComponentSpec:
     num_blocks: int
     rest: Part
     fixed_dtype_bytes: Optional[int] = None
+    stored: Optional[StoredWeights] = None
 
     @functools.cached_property
     def whole(self) -> Part:
@@ -114,6 +101,7 @@ class TransformerDims:
     in_channels: int
     text_dim: int
     has_image_branch: bool
+    out_channels: int = 16
 
 
 @dataclass(frozen=True)
@@ -124,25 +112,143 @@ class TextEncoderDims:
 
 
 @dataclass(frozen=True)
+class VaeDims:
+    base_dim: int = 96
+    decoder_base_dim: int = 96
+    z_dim: int = 16
+    scale_spatial: int = 8
+    scale_temporal: int = 4
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
-    task: str  # "t2v" | "i2v"
-    transformer: ComponentSpec
-    text_encoder: ComponentSpec
-    vae: ComponentSpec
-    image_encoder: Optional[ComponentSpec]
+    family: str  # see FAMILIES: what the configs say this model is
+    task: str  # "t2v" (no image), "i2v" (image required), "ti2v" (image optional)
+    components: tuple[ComponentSpec, ...]
     dims: TransformerDims
     text_dims: TextEncoderDims
-    vae_base_dim: int
+    vae_dims: VaeDims = VaeDims()
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    boundary_ratio: Optional[float] = None  # two-expert models: transformer runs while t >= ratio * 1000
+    expand_timesteps: bool = False  # Wan2.2 TI2V: a timestep per token
+    flow_shift: float = 3.0  # the checkpoint's scheduler setting
     is_demo: bool = False
 
+    # --- components ---------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Optional[ComponentSpec]:
+        return next((c for c in self.components if c.name == name), None)
+
+    def component(self, name: str) -> ComponentSpec:
+        found = self.get(name)
+        if found is None:
+            raise KeyError(f"{self.name} has no {name}")
+        return found
+
     @property
-    def components(self) -> tuple[ComponentSpec, ...]:
-        extra = (self.image_encoder,) if self.image_encoder is not None else ()
-        return (self.transformer, self.text_encoder, self.vae) + extra
+    def denoisers(self) -> tuple[ComponentSpec, ...]:
+        return tuple(c for c in self.components if c.name in DENOISERS)
+
+    @property
+    def transformer(self) -> ComponentSpec:
+        return self.component("transformer")
+
+    @property
+    def text_encoder(self) -> ComponentSpec:
+        return self.component("text_encoder")
+
+    @property
+    def vae(self) -> ComponentSpec:
+        return self.component("vae")
+
+    @property
+    def image_encoder(self) -> Optional[ComponentSpec]:
+        return self.get("image_encoder")
+
+    @property
+    def two_experts(self) -> bool:
+        return len(self.denoisers) > 1
+
+    # --- geometry -----------------------------------------------------------------------------------
+
+    @property
+    def spatial_multiple(self) -> int:
+        """Width and height must be multiples of this: VAE compression x patch size (16, or 32 for TI2V-5B)."""
+        return self.vae_dims.scale_spatial * self.patch_size[1]
+
+    @property
+    def frame_multiple(self) -> int:
+        return self.vae_dims.scale_temporal
+
+    def latent_frames(self, frames: int) -> int:
+        return (frames - 1) // self.vae_dims.scale_temporal + 1
+
+    def tokens(self, width: int, height: int, frames: int) -> int:
+        """Transformer sequence length of a job."""
+        return (self.latent_frames(frames) // self.patch_size[0]) * (height // self.spatial_multiple) * (
+            width // self.spatial_multiple)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        def part(d):
+            return Part(**d)
+
+        def comp(d):
+            d = dict(d)
+            d["block"], d["rest"] = part(d["block"]), part(d["rest"])
+            d["stored"] = StoredWeights(**d["stored"]) if d.get("stored") else None
+            return ComponentSpec(**d)
+
+        data = dict(data)
+        data["components"] = tuple(comp(c) for c in data["components"])
+        data["dims"] = TransformerDims(**data["dims"])
+        data["text_dims"] = TextEncoderDims(**data["text_dims"])
+        data["vae_dims"] = VaeDims(**data["vae_dims"])
+        data["patch_size"] = tuple(data["patch_size"])
+        return cls(**data)
 
 
-# --- Counting --------------------------------------------------------------------------------------
+# --- Families: what a checkpoint is, from its configs ------------------------------------------------
+
+FAMILIES = (
+    "wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b",
+    "wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b", "wan",
+)
+
+
+def detect_family(transformer: dict, index: dict, vae: dict, has_second_expert: bool) -> str:
+    """The model family from its configs alone (never from a name or a path). 'wan' when the shapes are unknown."""
+    in_channels = transformer.get("in_channels", 16)
+    dim = transformer.get("num_attention_heads", 0) * transformer.get("attention_head_dim", 128)
+    if has_second_expert or index.get("boundary_ratio") is not None:
+        return "wan2.2-i2v-a14b" if in_channels == 36 else "wan2.2-t2v-a14b"
+    if index.get("expand_timesteps") or vae.get("z_dim") == 48 or vae.get("is_residual"):
+        return "wan2.2-ti2v-5b"
+    if transformer.get("image_dim") is not None or in_channels == 36:
+        return "wan2.1-i2v-14b" if dim == 5120 else "wan"
+    if dim == 1536:
+        return "wan2.1-t2v-1.3b"
+    if dim == 5120:
+        return "wan2.1-t2v-14b"
+    return "wan"
+
+
+def detect_task(index: dict, transformer: dict) -> str:
+    """t2v, i2v (image required) or ti2v (Wan2.2 TI2V-5B: a text-to-video model that also takes a first frame)."""
+    if index.get("expand_timesteps"):
+        return "ti2v"
+    if "ImageToVideo" in str(index.get("_class_name", "")):
+        return "i2v"
+    if transformer.get("image_dim") or transformer.get("in_channels") == 36:
+        return "i2v"
+    return "t2v"
+
+
+# --- Counting modules (the meta-device path) ---------------------------------------------------------
 
 
 def measure_part(modules, seen: Optional[set] = None) -> Part:
@@ -190,55 +296,11 @@ def _own_part(sub: Any, seen: set) -> Part:
     )
 
 
-# --- Building on the meta device -------------------------------------------------------------------
-
-
 def _on_meta(build):
     import torch
 
     with torch.device("meta"):
         return build()
-
-
-def transformer_from_config(config: dict) -> tuple[ComponentSpec, TransformerDims]:
-    from diffusers import WanTransformer3DModel
-
-    model = _on_meta(lambda: WanTransformer3DModel.from_config(_clean(config)))
-    c = model.config
-    dims = TransformerDims(
-        dim=c.num_attention_heads * c.attention_head_dim,
-        ffn_dim=c.ffn_dim,
-        heads=c.num_attention_heads,
-        num_layers=c.num_layers,
-        in_channels=c.in_channels,
-        text_dim=c.text_dim,
-        has_image_branch=c.image_dim is not None,
-    )
-    return component_spec("transformer", model, model.blocks), dims
-
-
-def text_encoder_from_config(config: dict, class_name: str = "UMT5EncoderModel") -> tuple[ComponentSpec, TextEncoderDims]:
-    cls = getattr(importlib.import_module("transformers"), class_name)
-    cfg = cls.config_class(**_clean(config))
-    model = _on_meta(lambda: cls(cfg))
-    blocks = model.encoder.block if hasattr(model, "encoder") and hasattr(model.encoder, "block") else None
-    dims = TextEncoderDims(d_model=cfg.d_model, d_ff=cfg.d_ff, heads=cfg.num_heads)
-    return component_spec("text_encoder", model, blocks), dims
-
-
-def image_encoder_from_config(config: dict, class_name: str = "CLIPVisionModel") -> ComponentSpec:
-    cls = getattr(importlib.import_module("transformers"), class_name)
-    cfg = cls.config_class(**_clean(config))
-    model = _on_meta(lambda: cls(cfg))
-    inner = getattr(model, "vision_model", model)  # CLIPVisionModelWithProjection nests it
-    return component_spec("image_encoder", model, inner.encoder.layers, fixed_dtype_bytes=4)
-
-
-def vae_from_config(config: dict) -> tuple[ComponentSpec, int]:
-    from diffusers import AutoencoderKLWan
-
-    model = _on_meta(lambda: AutoencoderKLWan.from_config(_clean(config)))
-    return component_spec("vae", model, fixed_dtype_bytes=4), int(model.config.base_dim)
 
 
 def _clean(config: dict) -> dict:
@@ -247,92 +309,231 @@ def _clean(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_") and k not in drop}
 
 
-# --- Resolving a model name ------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=None)
-def known_spec(short_name: str) -> ModelSpec:
-    """The spec of one of the four Wan2.1 checkpoints, from configs alone (no download)."""
-    key = short_name.lower()
-    if key not in WAN_TRANSFORMER_CONFIGS:
-        raise KeyError(short_name)
-    transformer = transformer_from_config(WAN_TRANSFORMER_CONFIGS[key])
-    image_encoder = _known_image_encoder() if transformer[1].has_image_branch else None
-    return _assemble(key, transformer[1].has_image_branch, transformer, _known_text_encoder(), _known_vae(), image_encoder)
-
-
-def _assemble(name, i2v, transformer, text_encoder, vae, image_encoder, is_demo=False) -> ModelSpec:
-    """A ModelSpec from the (spec, dims) pairs the *_from_config builders return."""
-    return ModelSpec(
-        name=name,
-        task="i2v" if i2v else "t2v",
-        transformer=transformer[0],
-        text_encoder=text_encoder[0],
-        vae=vae[0],
-        image_encoder=image_encoder,
-        dims=transformer[1],
-        text_dims=text_encoder[1],
-        vae_base_dim=vae[1],
-        is_demo=is_demo,
+def transformer_dims(c: dict) -> TransformerDims:
+    heads, head_dim = int(c.get("num_attention_heads", 40)), int(c.get("attention_head_dim", 128))
+    return TransformerDims(
+        dim=heads * head_dim, ffn_dim=int(c.get("ffn_dim", 13824)), heads=heads, num_layers=int(c.get("num_layers", 40)),
+        in_channels=int(c.get("in_channels", 16)), text_dim=int(c.get("text_dim", 4096)),
+        has_image_branch=c.get("image_dim") is not None, out_channels=int(c.get("out_channels") or 16),
     )
 
 
-@functools.lru_cache(maxsize=None)
-def _known_text_encoder():
-    return text_encoder_from_config(UMT5_XXL_CONFIG)
+def text_dims(c: dict) -> TextEncoderDims:
+    return TextEncoderDims(d_model=int(c.get("d_model", 4096)), d_ff=int(c.get("d_ff", 10240)), heads=int(c.get("num_heads", 64)))
+
+
+def vae_dims(c: dict) -> VaeDims:
+    base = int(c.get("base_dim", 96))
+    return VaeDims(base_dim=base, decoder_base_dim=int(c.get("decoder_base_dim") or base), z_dim=int(c.get("z_dim", 16)),
+                   scale_spatial=int(c.get("scale_factor_spatial") or 8), scale_temporal=int(c.get("scale_factor_temporal") or 4))
+
+
+def transformer_on_meta(name: str, config: dict) -> ComponentSpec:
+    from diffusers import WanTransformer3DModel
+
+    model = _on_meta(lambda: WanTransformer3DModel.from_config(_clean(config)))
+    return component_spec(name, model, model.blocks)
+
+
+def text_encoder_on_meta(config: dict, class_name: str = "UMT5EncoderModel") -> ComponentSpec:
+    import importlib
+
+    cls = getattr(importlib.import_module("transformers"), class_name)
+    model = _on_meta(lambda: cls(cls.config_class(**_clean(config))))
+    blocks = model.encoder.block if hasattr(model, "encoder") and hasattr(model.encoder, "block") else None
+    return component_spec("text_encoder", model, blocks)
+
+
+def image_encoder_on_meta(config: dict, class_name: str = "CLIPVisionModel") -> ComponentSpec:
+    import importlib
+
+    cls = getattr(importlib.import_module("transformers"), class_name)
+    model = _on_meta(lambda: cls(cls.config_class(**_clean(config))))
+    inner = getattr(model, "vision_model", model)  # CLIPVisionModelWithProjection nests it
+    return component_spec("image_encoder", model, inner.encoder.layers, fixed_dtype_bytes=4)
+
+
+def vae_on_meta(config: dict) -> ComponentSpec:
+    from diffusers import AutoencoderKLWan
+
+    model = _on_meta(lambda: AutoencoderKLWan.from_config(_clean(config)))
+    return component_spec("vae", model, fixed_dtype_bytes=4)
+
+
+# --- Counting safetensors headers (the fast path for folders) ----------------------------------------
+
+# The repeated block lists, as they appear in the weight names of each component.
+BLOCK_PREFIXES = {
+    "transformer": "blocks.", "transformer_2": "blocks.",
+    "text_encoder": "encoder.block.",
+    "image_encoder": "vision_model.encoder.layers.",
+}
+# 2-D weights that are embeddings, not nn.Linear (quanto leaves them alone).
+_NOT_LINEAR = re.compile(r"(embed|shared|relative_attention_bias|position)")
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+                "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """{tensor name: {"dtype", "shape", ...}} of a .safetensors file, read from its header only."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("too short for a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100 * 1024 * 1024:
+            raise ValueError(f"header of {n} bytes is not plausible")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+
+
+def _header_part(entries: list[tuple[str, list[int]]]) -> Part:
+    total = Part()
+    modules: set[str] = set()
+    for name, shape in entries:
+        numel = 1
+        for s in shape:
+            numel *= int(s)
+        linear = len(shape) == 2 and name.endswith(".weight") and not _NOT_LINEAR.search(name)
+        total = total + Part(numel, numel if linear else 0, numel if linear else 0, numel, 0)
+        modules.add(name.rpartition(".")[0])
+    return replace(total, leaves=len(modules))
+
+
+def component_from_headers(name: str, folder: Path, num_blocks: int, fixed_dtype_bytes: Optional[int] = None) -> Optional[ComponentSpec]:
+    """Count a component from its safetensors headers; None when the folder holds no weights."""
+    files = _weight_files(folder)
+    if not files:
+        return None
+    entries: list[tuple[str, list[int]]] = []
+    for f in files:
+        for key, info in read_safetensors_header(f).items():
+            entries.append((key, list(info.get("shape", ()))))
+    prefix = BLOCK_PREFIXES.get(name)
+    block0, rest = [], []
+    in_blocks = 0
+    for key, shape in entries:
+        if prefix and key.startswith(prefix):
+            in_blocks += 1
+            if key.startswith(f"{prefix}0."):
+                block0.append((key, shape))
+        else:
+            rest.append((key, shape))
+    n = num_blocks if block0 else 0
+    return ComponentSpec(name=name, block=_header_part(block0), num_blocks=n, rest=_header_part(rest),
+                         fixed_dtype_bytes=fixed_dtype_bytes)
+
+
+# --- Known checkpoints ------------------------------------------------------------------------------------
+
+KNOWN_SPECS_FILE = Path(__file__).with_name("known_specs.json")
 
 
 @functools.lru_cache(maxsize=None)
-def _known_vae():
-    return vae_from_config(WAN_VAE_CONFIG)
+def _known_table() -> dict:
+    return json.loads(KNOWN_SPECS_FILE.read_text())
 
 
-@functools.lru_cache(maxsize=None)
-def _known_image_encoder():
-    return image_encoder_from_config(CLIP_VIT_H_CONFIG)
+def known_spec(short_name: str) -> ModelSpec:
+    """The spec of a known checkpoint (by short name), from the generated table: no download, no diffusers."""
+    table = _known_table()
+    key = short_name.lower()
+    if key not in table:
+        raise KeyError(short_name)
+    return ModelSpec.from_dict(table[key])
 
 
-def spec_from_folder(folder: Path, name: Optional[str] = None, is_demo: bool = False) -> ModelSpec:
-    """Read a diffusers pipeline folder's configs (model_index.json + */config.json) and count on meta."""
-    folder = Path(folder)
-    index = _read_json(folder / "model_index.json")
-
-    def entry(component: str) -> Optional[tuple[str, dict]]:
-        value = index.get(component)
-        if not (isinstance(value, list) and value and value[0]):
-            return None
-        return value[1], _read_json(folder / component / "config.json")
-
-    t = entry("transformer")
-    te = entry("text_encoder")
-    v = entry("vae")
-    missing = [n for n, e in (("transformer", t), ("text_encoder", te), ("vae", v)) if e is None]
-    if missing:
-        raise UserError(f"{folder}: model_index.json lists no {', '.join(missing)}; a Wan2.1 pipeline needs them.")
-    try:
-        transformer = transformer_from_config(t[1])
-        text_encoder = text_encoder_from_config(te[1], te[0])
-        vae = vae_from_config(v[1])
-        ie = entry("image_encoder")
-        image_encoder = image_encoder_from_config(ie[1], ie[0]) if ie is not None else None
-    except (TypeError, ValueError, AttributeError, KeyError, ImportError) as exc:
-        raise UserError(
-            f"{folder}: its component configs do not describe a Wan2.1 pipeline the planner knows "
-            f"({type(exc).__name__}: {exc}). Use a Wan2.1 diffusers checkpoint folder."
-        ) from exc
-    dims = transformer[1]
-    i2v = "ImageToVideo" in str(index.get("_class_name", "")) or dims.in_channels == 36 or dims.has_image_branch
-    return _assemble(name or folder.name, i2v, transformer, text_encoder, vae, image_encoder, is_demo)
+# --- Folders ----------------------------------------------------------------------------------------------
 
 
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot read it as JSON ({exc}). Is this a diffusers Wan2.1 pipeline folder?") from exc
+        raise UserError(f"{path}: cannot read it as JSON ({exc}). Is this a diffusers Wan pipeline folder?") from exc
     if not isinstance(data, dict):
-        raise UserError(f"{path}: a JSON {type(data).__name__}, not an object of settings. Is this a diffusers Wan2.1 pipeline folder?")
+        raise UserError(f"{path}: a JSON {type(data).__name__}, not an object of settings. Is this a diffusers Wan pipeline folder?")
     return data
+
+
+def _entry(folder: Path, index: dict, component: str) -> Optional[tuple[str, dict]]:
+    value = index.get(component)
+    if not (isinstance(value, list) and len(value) == 2 and value[0] and value[1]):
+        return None
+    return str(value[1]), _read_json(folder / component / "config.json")
+
+
+def spec_from_folder(folder: Path, name: Optional[str] = None, is_demo: bool = False) -> ModelSpec:
+    """Read a diffusers pipeline folder's configs (model_index.json + */config.json) and weight headers."""
+    folder = Path(folder)
+    index = _read_json(folder / "model_index.json")
+    entries = {c: _entry(folder, index, c) for c in ("text_encoder", "image_encoder", "transformer", "transformer_2", "vae")}
+    missing = [c for c in ("text_encoder", "vae") if entries[c] is None]
+    if entries["transformer"] is None and entries["transformer_2"] is None:
+        missing.insert(0, "transformer")
+    if missing:
+        raise UserError(f"{folder}: model_index.json lists no {', '.join(missing)}; a Wan pipeline needs them.")
+    if index.get("boundary_ratio") is not None and (entries["transformer"] is None or entries["transformer_2"] is None):
+        have = "transformer" if entries["transformer"] is not None else "transformer_2"
+        raise UserError(
+            f"{folder}: a two-expert Wan2.2 pipeline (boundary_ratio {index['boundary_ratio']}) needs both experts, "
+            f"but only {have} is there. Download the whole checkpoint (both transformer/ and transformer_2/)."
+        )
+    try:
+        spec = _assemble_from_configs(folder, index, entries, name or folder.name, is_demo)
+    except (TypeError, ValueError, AttributeError, KeyError, ImportError) as exc:
+        raise UserError(
+            f"{folder}: its component configs do not describe a Wan pipeline the planner knows "
+            f"({type(exc).__name__}: {exc}). Use a Wan2.1 / Wan2.2 diffusers checkpoint folder."
+        ) from exc
+    return spec
+
+
+def _assemble_from_configs(folder: Path, index: dict, entries: dict, name: str, is_demo: bool) -> ModelSpec:
+    t_cfg = (entries["transformer"] or entries["transformer_2"])[1]
+    te_class, te_cfg = entries["text_encoder"]
+    _, vae_cfg = entries["vae"]
+    components = []
+    te = component_from_headers("text_encoder", folder / "text_encoder", int(te_cfg.get("num_layers", 24)))
+    components.append(te or text_encoder_on_meta(te_cfg, te_class))
+    if entries["image_encoder"] is not None:
+        ie_class, ie_cfg = entries["image_encoder"]
+        ie = component_from_headers("image_encoder", folder / "image_encoder", int(ie_cfg.get("num_hidden_layers", 32)), 4)
+        components.append(ie or image_encoder_on_meta(ie_cfg, ie_class))
+    for denoiser in DENOISERS:
+        if entries[denoiser] is None:
+            continue
+        cfg = entries[denoiser][1]
+        spec = component_from_headers(denoiser, folder / denoiser, int(cfg.get("num_layers", 40)))
+        components.append(spec or transformer_on_meta(denoiser, cfg))
+    vae = component_from_headers("vae", folder / "vae", 0, 4)
+    components.append(vae or vae_on_meta(vae_cfg))
+    scheduler = {}
+    if (folder / "scheduler" / "scheduler_config.json").is_file():
+        scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
+    two = entries["transformer"] is not None and entries["transformer_2"] is not None
+    return ModelSpec(
+        name=name,
+        family=detect_family(t_cfg, index, vae_cfg, two),
+        task=detect_task(index, t_cfg),
+        components=tuple(components),
+        dims=transformer_dims(t_cfg),
+        text_dims=text_dims(te_cfg),
+        vae_dims=vae_dims(vae_cfg),
+        patch_size=tuple(int(x) for x in t_cfg.get("patch_size", (1, 2, 2))),
+        boundary_ratio=index.get("boundary_ratio"),
+        expand_timesteps=bool(index.get("expand_timesteps", False)),
+        flow_shift=float(scheduler.get("flow_shift") or 3.0),
+        is_demo=is_demo,
+    )
+
+
+# --- Resolving a model name ------------------------------------------------------------------------------
 
 
 def spec_for_model(name: str) -> ModelSpec:
@@ -349,10 +550,10 @@ def spec_for_model(name: str) -> ModelSpec:
         return spec_from_folder(ensure_demo(name), name=name, is_demo=True)
     lowered = name.lower()
     if lowered in SHORT_NAMES:
-        return known_spec(lowered)
+        return replace(known_spec(lowered), name=name)
     by_hub_id = {hub.lower(): short for short, hub in SHORT_NAMES.items()}
     if lowered in by_hub_id:
-        return known_spec(by_hub_id[lowered])
+        return replace(known_spec(by_hub_id[lowered]), name=name)
     ref = resolve_model(name)
     if ref.kind == "local":
         return spec_from_folder(Path(ref.location), name=name)
@@ -374,3 +575,11 @@ def _hub_cache_folder(repo_id: str) -> Optional[Path]:
     except Exception:  # not cached, offline, bad id: the caller says what to do
         return None
     return folder if (folder / "model_index.json").is_file() else None
+
+
+__all__ = [
+    "ComponentSpec", "DENOISERS", "FAMILIES", "IMAGE_TOKENS", "ModelSpec", "NUM_TRAIN_TIMESTEPS", "Part",
+    "StoredWeights", "TEXT_SEQ_LEN", "TextEncoderDims", "TransformerDims", "VaeDims", "component_from_headers",
+    "component_spec", "detect_family", "detect_task", "known_spec", "measure_part", "read_safetensors_header",
+    "spec_for_model", "spec_from_folder",
+]

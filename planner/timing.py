@@ -21,6 +21,11 @@ class Throughput:
     cpu_flops: float
     fp8_fast: bool
     source: str  # "calibrated <date>" | "defaults for <gpu class>" | "cpu"
+    fp32_factor: float = C.FP32_TIME_FACTOR_CONSUMER  # a float32 forward's time over a bf16 one on this GPU
+
+    def time_factor(self, precision: str) -> float:
+        """A forward's time at `precision` relative to bf16 at the same placement."""
+        return self.fp32_factor if precision == "fp32" else C.QUANT_TIME_FACTOR[precision]
 
 
 def gpu_datasheet_tflops(gpu_name: Optional[str]) -> tuple[float, str]:
@@ -41,6 +46,10 @@ def _fp8_fast(probe: HardwareProbe) -> bool:
     return probe.compute_capability is not None and tuple(probe.compute_capability) >= C.FP8_MIN_COMPUTE_CAPABILITY
 
 
+def _datacenter(probe: HardwareProbe) -> bool:
+    return any(_squash(m) in _squash(probe.gpu_name) for m in C.DATACENTER_GPU_MARKERS)
+
+
 def throughput_for(probe: HardwareProbe, calibration=None) -> Throughput:
     """Throughputs for this probe: a calibration of the same GPU wins over the defaults by GPU class."""
     if not probe.has_gpu:
@@ -56,9 +65,10 @@ def throughput_for(probe: HardwareProbe, calibration=None) -> Throughput:
             cpu_flops=calibration.cpu_flops or C.CPU_FLOPS,
             fp8_fast=_fp8_fast(probe),
             source=f"calibrated on {calibration.created}",
+            fp32_factor=C.FP32_TIME_FACTOR_DATACENTER if _datacenter(probe) else C.FP32_TIME_FACTOR_CONSUMER,
         )
     tflops, klass = gpu_datasheet_tflops(probe.gpu_name)
-    datacenter = any(_squash(m) in _squash(probe.gpu_name) for m in C.DATACENTER_GPU_MARKERS)
+    datacenter = _datacenter(probe)
     pinned = C.H2D_PINNED_DATACENTER if datacenter else C.H2D_PINNED_CONSUMER
     return Throughput(
         gpu_flops=tflops * 1e12 * C.MATMUL_EFFICIENCY,
@@ -68,6 +78,7 @@ def throughput_for(probe: HardwareProbe, calibration=None) -> Throughput:
         cpu_flops=C.CPU_FLOPS,
         fp8_fast=_fp8_fast(probe),
         source=f"defaults for {klass} (run `lowvram calibrate` to measure this GPU)",
+        fp32_factor=C.FP32_TIME_FACTOR_DATACENTER if datacenter else C.FP32_TIME_FACTOR_CONSUMER,
     )
 
 
@@ -103,7 +114,10 @@ def image_encoder_flops(component: ComponentSpec) -> float:
 
 def vae_flops(spec: ModelSpec, height: int, width: int, frames: int, encode: bool = False) -> float:
     per_pixel = C.VAE_ENCODE_FLOPS_PER_PIXEL if encode else C.VAE_DECODE_FLOPS_PER_PIXEL
-    scale = (spec.vae_base_dim / C.VAE_REFERENCE_BASE_DIM) ** 2  # conv FLOPs grow with channels squared
+    v = spec.vae_dims
+    width_ = v.base_dim if encode else v.decoder_base_dim
+    # conv FLOPs grow with channels squared; a patchifying VAE (Wan2.2: 16x) runs at a quarter of the pixels
+    scale = (width_ / C.VAE_REFERENCE_BASE_DIM) ** 2 / (v.scale_spatial // 8) ** 2
     return per_pixel * height * width * frames * scale
 
 

@@ -66,6 +66,7 @@ def image_file(tmp_path):
 
 @pytest.fixture
 def cpu_plan():
-    from planner.plan import Plan
+    """Everything on the CPU in float32 (the runner fits it to each model's components)."""
+    from plans import plan_with
 
-    return Plan(device="cpu", dtype="float32", source="forced")
+    return plan_with("cpu")

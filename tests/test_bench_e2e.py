@@ -24,15 +24,17 @@ def hosts():
 
 def test_all_on_gpu_and_planned_run_every_stage(hosts, small_job):
     from lowvram.bench.e2e import all_on_gpu, planned
-    from planner.plan import Plan, StagePeak, TransformerPlacement
+    import dataclasses
+
+    from planner.plan import StagePeak, simple_plan
 
     job = small_job(steps=3)
     base = all_on_gpu(hosts, "tiny", "480p", steps=5, measured_steps=3, device="cpu", job=job, log=lambda s: None)
     assert set(base["stages"]) == {"encode", "denoise", "decode"}
     assert base["measured_steps"] == 3 and "composed" in base and base["e2e_seconds"] > 0
 
-    plan = Plan(device="cpu", dtype="float32", transformer=TransformerPlacement("block_offload"), text_encoder="offload",
-                predicted=(StagePeak("denoise", 123, 0),), source="forced")
+    plan = dataclasses.replace(simple_plan("cpu", "fp32", "block_offload", text_encoder="offload"),
+                               predicted=(StagePeak("denoise", 123, 0),))
     mine = planned(hosts, "tiny", "480p", 8, 64, steps=3, measured_steps=3, plan=plan, job=job, log=lambda s: None)
     assert set(mine["stages"]) == {"load", "encode", "denoise", "decode"}
     assert "composed" not in mine and mine["e2e_seconds"] > 0
@@ -52,11 +54,11 @@ def test_summary_composes_unmeasured_steps():
 
 def test_teacache_timing_counts_calls_and_moved_bytes(small_job):
     from lowvram.bench.e2e import Hosts, teacache_timing
-    from planner.plan import Plan, TransformerPlacement
+    from planner.plan import simple_plan
 
     denoise_only = Hosts("tiny", log=lambda s: None, device="cpu", configs=dict(CONFIGS, with_text_encoder=False))
     assert denoise_only.pipe().text_encoder is None
-    plan = Plan(device="cpu", dtype="float32", transformer=TransformerPlacement("block_offload", use_stream=False), source="forced")
+    plan = simple_plan("cpu", "fp32", "block_offload", use_stream=False)
     out = teacache_timing(denoise_only, plan, small_job(steps=6), computed_steps=3, log=lambda s: None)
     assert out["computed_steps_actual"] == 3 and out["computed_calls"] == 6 and out["skipped_calls"] == 6
     assert out["block_bytes_moved_on_skipped_calls"] == 0
@@ -66,11 +68,11 @@ def test_teacache_timing_counts_calls_and_moved_bytes(small_job):
 def test_e2e_and_teacache_sections_render(hosts, small_job):
     from lowvram.bench.e2e import all_on_gpu, planned
     from lowvram.bench.report import render
-    from planner.plan import Plan, TransformerPlacement
+    from planner.plan import simple_plan
 
     job = small_job(steps=2)
     base = all_on_gpu(hosts, "tiny", "480p", steps=2, measured_steps=2, device="cpu", job=job, log=lambda s: None)
-    plan = Plan(device="cpu", dtype="float32", transformer=TransformerPlacement("leaf_offload"), source="forced")
+    plan = simple_plan("cpu", "fp32", "leaf_offload")
     mine = planned(hosts, "tiny", "480p", 8, 64, steps=2, measured_steps=2, plan=plan, job=job, log=lambda s: None)
     mine["ratio"] = mine["e2e_seconds"] / base["e2e_seconds"]
     data = dict(kind="e2e", model="1.3b", resolution="480p", budget_gib=8, steps=2, all_on_gpu=base, lowvram=mine)

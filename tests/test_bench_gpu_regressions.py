@@ -64,11 +64,11 @@ def test_block_offload_keeps_the_non_block_group_on_the_compute_device():
         offload_groups,
     )
     from lowvram.placement.quanto_offload import group_hooks
-    from planner.plan import TransformerPlacement
+    from planner.plan import ComponentPlan
 
     cfg = dict(WAN_COMMON, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=3, text_dim=16, freq_dim=8)
     t = WanTransformer3DModel(**cfg).eval()
-    apply_transformer(t, TransformerPlacement("block_offload", use_stream=False), torch.device("cpu"))
+    apply_transformer(t, ComponentPlan("transformer", "bf16", "block_offload", use_stream=False), torch.device("cpu"))
     root = t._diffusers_hook.get_hook("group_offloading").group
     assert getattr(root, ROOT_HOME_ATTR) == torch.device("cpu") and root.offload_device == root.onload_device
     assert all(not hasattr(h.group, ROOT_HOME_ATTR) for h in group_hooks(t.blocks))  # blocks still stream

@@ -150,11 +150,11 @@ def test_matrix_table_rows():
 @pytest.mark.parametrize("placement", [("resident", 0), ("block_offload", 0), ("leaf_offload", 0), ("partial", 1)])
 def test_lowvram_recipe_applies_a_plan_through_placement(placement):
     from lowvram.bench.recipes import lowvram
-    from planner.plan import Plan, TransformerPlacement
+    from planner.plan import simple_plan
 
     kind, k = placement
     host, inputs, ref = _tiny_host()
-    plan = Plan(device="cpu", dtype="float32", transformer=TransformerPlacement(kind, resident_blocks=k), source="forced")
+    plan = simple_plan("cpu", "fp32", kind, resident_blocks=k)
     recipe = lowvram(host, inputs, "1.3b", "480p", 8, 64, plan=plan)
     r = run_case(CaseResult("tiny", "tiny", None, "lowvram", 10), recipe, warmup=1, iters=1, cuda=False, log=lambda s: None)
     assert r.error is None, r.extra.get("traceback")
@@ -165,7 +165,8 @@ def test_forced_plan_carries_the_planners_prediction():
     from lowvram.bench.recipes import forced_plan
 
     plan = forced_plan("int8:block_offload", "14b", "480p", 24, 64, device="cuda")
-    assert plan.transformer_quant == "int8" and plan.transformer.kind == "block_offload"
+    t = plan.component("transformer")
+    assert t.precision == "int8" and t.placement == "block_offload"
     denoise = next(s for s in plan.predicted if s.stage == "denoise")
     assert 0 < denoise.vram_bytes < 24 * GIB
     with pytest.raises(ValueError, match="QUANT:KIND"):

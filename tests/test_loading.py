@@ -18,7 +18,7 @@ def test_load_saved_checkpoint_from_folder(demo_t2v_path, tmp_path):
     shutil.copytree(demo_t2v_path, folder)
     ref = resolve_model(str(folder))
     assert ref.kind == "local"
-    pipe, info = load_pipeline(ref, dtype="float32")
+    pipe, info = load_pipeline(ref, dtypes={"default": "float32"})
     assert type(pipe).__name__ == "WanPipeline"
     assert info.task == "t2v"
     assert pipe.transformer.config.num_layers == 2

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from planner.plan import Plan, TransformerPlacement
+from planner.plan import Plan
+from plans import TP, plan_with
 
 SMALL = ["--width", "64", "--height", "64", "--frames", "5", "--steps", "2"]
 
@@ -25,14 +26,8 @@ def test_generate_runs_the_planners_plan(tmp_path, capsys, demo_t2v_path):
 def test_force_plan_file_is_run_as_given(tmp_path, demo_t2v_path):
     from lowvram.cli import main
 
-    forced = Plan(
-        device="cpu",
-        dtype="float32",
-        transformer_quant="int8",
-        transformer=TransformerPlacement(kind="block_offload", use_stream=False),
-        text_encoder="offload",
-        vae="gpu_tiled",
-    )
+    forced = plan_with("cpu", precision="int8", transformer=TP("block_offload", use_stream=False),
+                       text_encoder="offload", vae="gpu_tiled")
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps({"plan": forced.to_dict()}))  # the shape `lowvram plan --json` prints
     out = tmp_path / "forced.mp4"
@@ -40,7 +35,8 @@ def test_force_plan_file_is_run_as_given(tmp_path, demo_t2v_path):
     side = json.loads(out.with_suffix(".json").read_text())
     recorded = Plan.from_dict(side["plan"])
     assert recorded.source == "forced"
-    assert recorded.transformer == forced.transformer and recorded.transformer_quant == "int8"
+    assert recorded.component("transformer") == forced.component("transformer")
+    assert recorded.component("transformer").precision == "int8"
 
 
 def test_bad_force_plan_is_a_user_error(tmp_path, capsys):

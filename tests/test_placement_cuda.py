@@ -10,17 +10,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from planner.plan import Plan, TransformerPlacement
+from planner.plan import Plan
+from plans import TP, plan_with
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
 
-TP = TransformerPlacement
 KINDS = {
-    "partial": dict(transformer=TP(kind="partial", resident_blocks=1)),
-    "block_stream": dict(transformer=TP(kind="block_offload", use_stream=True)),
-    "block_x2_no_stream": dict(transformer=TP(kind="block_offload", blocks_per_group=2, use_stream=False)),
-    "leaf_stream": dict(transformer=TP(kind="leaf_offload", use_stream=True)),
-    "disk_stream": dict(transformer=TP(kind="disk_offload", use_stream=True)),
+    "partial": dict(transformer=TP("partial", resident_blocks=1)),
+    "block_stream": dict(transformer=TP("block_offload", use_stream=True)),
+    "block_x2_no_stream": dict(transformer=TP("block_offload", blocks_per_group=2, use_stream=False)),
+    "leaf_stream": dict(transformer=TP("leaf_offload", use_stream=True)),
+    "disk_stream": dict(transformer=TP("disk_offload", use_stream=True)),
     "text_encoder_offload": dict(text_encoder="offload"),
     "vae_tiled": dict(vae="gpu_tiled"),
     "vae_cpu": dict(vae="cpu"),
@@ -28,7 +28,7 @@ KINDS = {
 
 
 def cuda_plan(quant: str, **changes) -> Plan:
-    return Plan(device="cuda", dtype="bfloat16", transformer_quant=quant, source="forced", **changes)
+    return plan_with("cuda", precision=quant, **changes)
 
 
 def gpu_bytes(state: dict, component: str) -> int:

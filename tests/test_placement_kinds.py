@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from planner.plan import Plan, TransformerPlacement
-
-TP = TransformerPlacement
+from planner.plan import Plan, fit_to
+from plans import TP, plan_with
 
 
 def cpu_plan(**changes) -> Plan:
-    return Plan(device="cpu", dtype="float32", source="forced", **changes)
+    return plan_with("cpu", **changes)
 
 
 OFFLOAD_ONLY = {
@@ -108,8 +107,8 @@ def test_partial_keeps_first_blocks_unhooked(reference):
     "plan",
     [
         cpu_plan(transformer=TP(kind="block_offload"), text_encoder="offload", vae="gpu_tiled"),
-        cpu_plan(transformer_quant="int8", transformer=TP(kind="disk_offload"), text_encoder="cpu", vae="cpu"),
-        cpu_plan(transformer_quant="int8", text_encoder_quant="int8", transformer=TP(kind="partial", resident_blocks=1)),
+        cpu_plan(precision="int8", transformer=TP(kind="disk_offload"), text_encoder="cpu", vae="cpu"),
+        cpu_plan(precision="int8", text_encoder_precision="int8", transformer=TP(kind="partial", resident_blocks=1)),
     ],
     ids=["offload", "int8-disk", "int8-partial"],
 )
@@ -119,7 +118,7 @@ def test_generate_applies_plan_and_sidecar_records_it(small_job, plan):
     result = generate(small_job(), plan=plan)
     side = json.loads(result.sidecar_path.read_text())
     assert result.video_path.stat().st_size > 0
-    assert Plan.from_dict(side["plan"]) == plan
+    assert Plan.from_dict(side["plan"]) == fit_to(plan, ("text_encoder", "transformer", "vae"))
     assert set(side["measured"]["stages"]) >= {"load", "encode", "denoise", "decode"}
 
 
@@ -134,12 +133,12 @@ def test_i2v_with_cpu_vae_and_offloaded_transformer(small_job, image_file, demo_
 def test_stage_targets_keep_stage_peaks_apart():
     from lowvram.placement.apply import _target
 
-    plan = Plan(device="cuda", text_encoder="gpu", vae="gpu")
+    plan = plan_with("cuda", text_encoder="gpu", vae="gpu")
     assert _target(plan, "text_encoder", "encode") == "cuda"
     assert _target(plan, "text_encoder", "denoise") == "cpu"  # leaves before denoising
     assert _target(plan, "transformer", "decode") == "cpu"  # leaves before decoding
     assert _target(plan, "vae", "decode") == "cuda"
-    cpu_side = Plan(device="cuda", text_encoder="cpu", vae="cpu")
+    cpu_side = plan_with("cuda", text_encoder="cpu", vae="cpu")
     assert _target(cpu_side, "text_encoder", "encode") == "cpu"
     assert _target(cpu_side, "vae", "decode") == "cpu"
 
@@ -148,6 +147,11 @@ def test_offload_settings_per_kind():
     import torch
 
     from lowvram.placement.offload import settings_for
+
+    from planner.plan import ComponentPlan
+
+    def TP(kind, **kw):  # noqa: N802 - a denoiser's plan
+        return ComponentPlan("transformer", "bf16", kind, **kw)
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert settings_for(TP(kind="resident"), cuda) is None

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from lowvram.errors import UserError
 from lowvram.job import Job
-from planner import constants as C
 from planner import memory as M
 from planner.choose import (
     TEXT_PLACEMENTS,
@@ -20,12 +19,14 @@ from planner.choose import (
     plan_for_job,
 )
 from planner.estimate import predict
-from planner.plan import Plan, TransformerPlacement
+from planner.plan import Plan
+from plans import plan_with
 from planner.probe import GIB, TYPICAL_MACHINES, HardwareProbe, synthetic_probe
 from planner.spec import known_spec
 from planner.timing import throughput_for
 
-MODELS = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p")
+MODELS = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p",
+          "wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b")
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720)}
 PREFS = Preferences()
 
@@ -51,18 +52,19 @@ def test_chosen_plan_fits_with_its_reserve(machine, model, res):
     if result is None:
         return  # checked by the expectations below: which combinations must plan
     plan = result.plan
-    assert [s.stage for s in plan.predicted] == ["load", "encode", "denoise", "decode"]
+    spec = known_spec(model)
+    expected = ["load", "encode"] + ["denoise"] * len(spec.denoisers) + ["decode"]
+    assert [s.stage for s in plan.predicted] == expected
     assert plan.peak_vram_bytes <= max(0, probe.vram_free - PREFS.vram_reserve)
     assert plan.peak_ram_bytes <= probe.ram_available - PREFS.ram_reserve
     assert plan.predicted_seconds == pytest.approx(sum(s.seconds for s in plan.predicted))
-    # pinned host memory of streamed weights never exceeds the RAM there is
-    pinned = M.transformer_ram_split(known_spec(model), plan.transformer_quant, plan.transformer.kind,
-                                     plan.transformer.resident_blocks)[1] if plan.device == "cuda" else 0
-    assert pinned * C.PINNED_RAM_PER_WEIGHT_BYTE <= probe.ram_available - PREFS.ram_reserve
-    denoise = {s.stage: s for s in plan.predicted}["denoise"]
-    assert denoise.ram_bytes >= pinned * C.PINNED_RAM_PER_WEIGHT_BYTE
+    # pinned host memory of streamed weights never exceeds the RAM there is, and each phase counts its own
+    for d, phase in zip(plan.denoisers, [s for s in plan.predicted if s.stage == "denoise"]):
+        pinned = M.pinned_bytes(spec, d) if plan.device == "cuda" else 0
+        assert pinned <= probe.ram_available - PREFS.ram_reserve
+        assert phase.ram_bytes >= pinned
     # text encoders never use streams: the only placements are gpu, offload (no streams) and cpu
-    assert all(c.plan.text_encoder in TEXT_PLACEMENTS for c in result.candidates)
+    assert all(c.plan.component("text_encoder").placement in TEXT_PLACEMENTS for c in result.candidates)
     assert plan.device == ("cuda" if probe.has_gpu else "cpu")
 
 
@@ -79,18 +81,20 @@ def test_these_machines_can_plan(machine, model, res):
 def test_1_3b_at_480p_on_24_gb_is_fully_resident_bf16():
     for machine in ("rtx4090-64g", "rtx3090-32g"):
         plan = plan_or_none(machine, "wan2.1-t2v-1.3b", "480p").plan
-        assert plan.transformer_quant == "bf16" and plan.transformer.kind == "resident"
-        assert plan.text_encoder_quant == "bf16" and plan.vae == "gpu"
+        t, te = plan.component("transformer"), plan.component("text_encoder")
+        assert t.precision == "bf16" and t.placement == "resident"
+        assert te.precision == "bf16" and plan.component("vae").placement == "gpu"
 
 
 def test_14b_on_4090_streams_bf16_at_near_compute_speed():
     result = plan_or_none("rtx4090-64g", "wan2.1-t2v-14b", "480p")
     plan = result.plan
-    assert plan.transformer_quant == "bf16" and plan.transformer.kind in ("partial", "block_offload", "leaf_offload")
-    assert plan.transformer.use_stream
+    t = plan.component("transformer")
+    assert t.precision == "bf16" and t.placement in ("partial", "block_offload", "leaf_offload")
+    assert t.use_stream
     # the copies hide behind compute: within 3% of a (hypothetical) resident bf16 run's denoise time
     tp = throughput_for(TYPICAL_MACHINES["rtx4090-64g"])
-    resident = dataclasses.replace(plan, transformer=TransformerPlacement("resident"))
+    resident = plan.with_component(dataclasses.replace(t, placement="resident", resident_blocks=0))
     denoise = {s.stage: s.seconds for s in plan.predicted}["denoise"]
     floor = {s.stage: s.seconds for s in predict(resident, known_spec("wan2.1-t2v-14b"), job_for("wan2.1-t2v-14b"), tp)[0]}["denoise"]
     assert floor < denoise < 1.03 * floor
@@ -98,17 +102,18 @@ def test_14b_on_4090_streams_bf16_at_near_compute_speed():
 
 def test_fp8_is_refused_below_compute_capability_8_9():
     result = plan_or_none("rtx3090-32g", "wan2.1-t2v-14b", "480p")
-    fp8 = [c for c in result.candidates if c.plan.transformer_quant == "fp8"]
+    fp8 = [c for c in result.candidates if c.plan.component("transformer").precision == "fp8"]
     assert fp8 and all(not c.fits and "compute capability >= 8.9" in c.rejected_reason for c in fp8)
     on_ada = plan_or_none("rtx4070-32g", "wan2.1-t2v-14b", "480p")
-    assert any(c.fits for c in on_ada.candidates if c.plan.transformer_quant == "fp8")
+    assert any(c.fits for c in on_ada.candidates if c.plan.component("transformer").precision == "fp8")
 
 
 def test_int4_is_slow_in_the_time_model():
     result = plan_or_none("rtx4090-64g", "wan2.1-t2v-1.3b", "480p")
-    times = {c.plan.transformer_quant: c.plan.predicted_seconds for c in result.candidates
-             if c.plan.transformer.kind == "resident" and c.plan.text_encoder == "gpu" and c.plan.vae == "gpu"
-             and c.plan.text_encoder_quant == "bf16"}
+    times = {c.plan.component("transformer").precision: c.plan.predicted_seconds for c in result.candidates
+             if c.plan.component("transformer").placement == "resident"
+             and c.plan.component("text_encoder") == dataclasses.replace(c.plan.component("text_encoder"), precision="bf16", placement="gpu")
+             and c.plan.component("vae").placement == "gpu"}
     assert times["int4"] > 4 * times["bf16"]
 
 
@@ -116,9 +121,11 @@ def test_ram_short_machine_gets_no_streams_that_it_cannot_pin():
     # 14B bf16 weights (26.6 GiB) cannot be pinned in 16 GB: streamed placements are rejected for RAM
     result = plan_or_none("rtx3060-16g", "wan2.1-t2v-14b", "480p")
     for c in result.candidates:
-        if c.plan.transformer_quant == "bf16" and c.plan.transformer.kind in ("block_offload", "leaf_offload", "partial"):
+        t = c.plan.component("transformer")
+        if t.precision == "bf16" and t.placement in ("block_offload", "leaf_offload", "partial"):
             assert not c.fits and "over RAM" in c.rejected_reason
-    assert result.plan.transformer.kind == "disk_offload" or result.plan.transformer_quant != "bf16"
+    t = result.plan.component("transformer")
+    assert t.placement == "disk_offload" or t.precision != "bf16"
 
 
 def test_explanation_lists_rejected_options_with_reasons():
@@ -155,16 +162,18 @@ def test_smaller_job_is_suggested_when_resolution_is_the_problem():
     with pytest.raises(NoPlanFits) as info:
         make_plan(probe, known_spec("wan2.1-t2v-1.3b"), job, tight)
     small = info.value.smaller_job
-    assert small is not None and small.tokens < job.tokens
+    spec = known_spec("wan2.1-t2v-1.3b")
+    assert small is not None and spec.tokens(small.width, small.height, small.frames) < spec.tokens(job.width, job.height, job.frames)
     make_plan(probe, known_spec("wan2.1-t2v-1.3b"), small, tight)
 
 
 def test_cpu_only_plans_without_crashing(small_job):
     probe = TYPICAL_MACHINES["cpu-only-32g"]
     demo = plan_for_job(small_job(), probe=probe).plan
-    assert demo.device == "cpu" and demo.dtype == "float32" and demo.summary() == "everything on the CPU (float32)"
+    assert demo.device == "cpu" and demo.component("transformer").dtype == "float32"
+    assert demo.summary() == "everything on the CPU (fp32)"
     real = make_plan(probe, known_spec("wan2.1-t2v-1.3b"), job_for("wan2.1-t2v-1.3b")).plan
-    assert real.device == "cpu" and real.dtype == "bfloat16" and real.peak_vram_bytes == 0
+    assert real.device == "cpu" and real.component("transformer").dtype == "bfloat16" and real.peak_vram_bytes == 0
     with pytest.raises(NoPlanFits, match="RAM"):
         make_plan(probe, known_spec("wan2.1-t2v-14b"), job_for("wan2.1-t2v-14b"))
 
@@ -181,9 +190,11 @@ def test_precision_wins_near_ties():
     probe = TYPICAL_MACHINES["rtx3090-32g"]
     speed = make_plan(probe, spec, job, Preferences(prefer="speed")).plan
     quality = make_plan(probe, spec, job, Preferences(prefer="quality")).plan
-    assert M.QUANT_ORDER.index(quality.transformer_quant) <= M.QUANT_ORDER.index(speed.transformer_quant)
+    rank = ("fp32",) + M.QUANT_ORDER
+    assert rank.index(quality.component("transformer").precision) <= rank.index(speed.component("transformer").precision)
     only_bf16 = make_plan(probe, spec, job, Preferences(min_quant="bf16")).plan
-    assert only_bf16.transformer_quant == "bf16" and only_bf16.text_encoder_quant == "bf16"
+    assert only_bf16.component("transformer").precision == "bf16"
+    assert only_bf16.component("text_encoder").precision == "bf16"
 
 
 def test_preferences_are_validated():
@@ -200,9 +211,9 @@ def test_plan_round_trips_through_dict():
 def test_predict_is_pure_and_consistent():
     spec, job = known_spec("wan2.1-t2v-1.3b"), job_for("wan2.1-t2v-1.3b")
     tp = throughput_for(TYPICAL_MACHINES["rtx4090-64g"])
-    plan = Plan(device="cuda")
+    plan = plan_with("cuda")
     assert predict(plan, spec, job, tp) == predict(plan, spec, job, tp)
-    offloaded = dataclasses.replace(plan, text_encoder="cpu", vae="gpu_tiled")
+    offloaded = plan_with("cuda", text_encoder="cpu", vae="gpu_tiled")
     stages = {s.stage: s for s in predict(offloaded, spec, job, tp)[0]}
     assert stages["encode"].vram_bytes == 0 and stages["decode"].vram_bytes < 3 * GIB
 
@@ -239,4 +250,4 @@ def test_any_machine_gets_a_fitting_plan_or_a_clear_error(vram, ram, cc, model, 
         return
     assert plan.peak_vram_bytes <= max(0, probe.vram_free - PREFS.vram_reserve)
     assert plan.peak_ram_bytes <= probe.ram_available - PREFS.ram_reserve
-    assert plan.transformer_quant != "fp8" or cc >= (8, 9)
+    assert plan.component("transformer").precision != "fp8" or cc >= (8, 9)

@@ -30,7 +30,7 @@ def test_plan_what_if_14b_on_a_24_gb_card(capsys):
                  "--compute-capability", "8.9"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "chosen: transformer bf16" in out and "rejected" in out and "over VRAM by" in out
+    assert "chosen: text encoder" in out and "transformer bf16" in out and "rejected" in out and "over VRAM by" in out
     assert "32,760 tokens" in out and "what-if" in out
 
 
@@ -39,7 +39,8 @@ def test_plan_json(capsys):
     data = json.loads(capsys.readouterr().out)
     assert code == 0
     plan = data["plan"]
-    assert plan["device"] == "cuda" and plan["transformer"]["kind"] == "resident" and plan["transformer_quant"] == "bf16"
+    (transformer,) = [c for c in plan["components"] if c["name"] == "transformer"]
+    assert plan["device"] == "cuda" and transformer["placement"] == "resident" and transformer["precision"] == "bf16"
     assert [s["stage"] for s in plan["predicted"]] == ["load", "encode", "denoise", "decode"]
     assert data["probe"]["vram_total"] == 24 * GIB and data["explanation"]
 
@@ -59,7 +60,7 @@ def test_plan_impossible_budget_exits_2_with_the_shortfall(capsys):
 
 def test_plan_demo_model_on_the_cpu(capsys):
     assert main(["plan", "--model", "tiny-random", "--vram", "0", "--ram", "8"]) == 0
-    assert "everything on the CPU (float32)" in capsys.readouterr().out
+    assert "everything on the CPU (fp32)" in capsys.readouterr().out
 
 
 def test_plan_unknown_model_exits_2(capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 import tomllib
 
@@ -22,7 +24,8 @@ from lowvram.profiles import (
     save,
 )
 from lowvram.profiles.toml_io import dumps_data, locate
-from planner.plan import Plan, StagePeak, TransformerPlacement
+from planner.plan import StagePeak
+from plans import TP, plan_with
 
 
 def full_profile() -> Profile:
@@ -34,12 +37,9 @@ def full_profile() -> Profile:
                         teacache=TeaCacheSetting(enabled=True, threshold=0.2, retention=True)),
         planner=PlannerPrefs(min_precision="int8", prefer="speed", vram_reserve_gib=1.0, ram_reserve_gib=4.0, vram_cap_gib=20.0),
         saved_on=MachineFingerprint(gpu="NVIDIA GeForce RTX 4090", vram_gib=23.99, ram_gib=62.7, compute_capability="8.9"),
-        saved_plan=Plan(
-            device="cuda",
-            transformer_quant="fp8",
-            transformer=TransformerPlacement(kind="partial", resident_blocks=12, use_stream=True),
-            text_encoder="cpu",
-            vae="gpu_tiled",
+        saved_plan=dataclasses.replace(
+            plan_with("cuda", precision="fp8", transformer=TP("partial", resident_blocks=12, use_stream=True),
+                      text_encoder="cpu", vae="gpu_tiled", source="planner"),
             predicted=(StagePeak("load", 1 << 30, 3 << 30, 1.5), StagePeak("denoise", 20 << 30, 40 << 30, 600.25)),
             predicted_seconds=612.5,
             reasons=("fits with 1.0 GiB reserve", "fp8 is fast at compute 8.9"),
@@ -52,7 +52,8 @@ def test_round_trip_save_load_equal(tmp_path):
     path = save(profile, tmp_path / "p.toml")
     assert load(path) == profile
     # the text is what tomllib reads, and saving what was loaded gives the same bytes
-    assert tomllib.loads(path.read_text())["saved_plan"]["transformer"]["resident_blocks"] == 12
+    components = tomllib.loads(path.read_text())["saved_plan"]["components"]
+    assert [c["resident_blocks"] for c in components if c["name"] == "transformer"] == [12]
     assert dumps(load(path)) == path.read_text()
 
 
@@ -99,13 +100,13 @@ BAD_FILES = [
     ("unknown top-level key", GOOD.replace("model = ", "modle = "), "modle", ["unknown key 'modle'", "did you mean 'model'"]),
     ("unknown table", GOOD.replace("[planner]", "[planer]"), "[planer]", ["unknown key 'planer'", "did you mean 'planner'"]),
     ("wrong type", GOOD.replace("steps = 30", 'steps = "30"'), 'steps = "30"', ["key 'job.steps'", "whole number", "a string ('30')"]),
-    ("wrong type bool", GOOD.replace("use_stream = true", "use_stream = 1"), "use_stream = 1", ["saved_plan.transformer.use_stream", "true or false"]),
+    ("wrong type bool", GOOD.replace("use_stream = true", "use_stream = 1", 1), "use_stream = 1", ["saved_plan.components[0].use_stream", "true or false"]),
     ("wrong table type", GOOD.replace("[job.teacache]", "[job.teacache.x]"), None, ["unknown key 'x'"]),
     ("out of range", GOOD.replace("steps = 30", "steps = 0"), "steps = 0", ["out of range", "between 1 and 1000", "got 0"]),
     ("not a multiple of 16", GOOD.replace("width = 832", "width = 830"), "width = 830", ["multiple of 16", "use 816 or 832"]),
     ("frames form", GOOD.replace("frames = 81", "frames = 80"), "frames = 80", ["4k+1", "use 77 or 81"]),
     ("bad choice", GOOD.replace('min_precision = "int8"', 'min_precision = "int9"'), "int9", ["'bf16', 'fp8', 'int8', 'int4'", "did you mean 'int8'"]),
-    ("bad plan literal", GOOD.replace('vae = "gpu_tiled"', 'vae = "tiled"'), 'vae = "tiled"', ["saved_plan.vae", "'gpu_tiled'"]),
+    ("bad plan choice", GOOD.replace('placement = "gpu_tiled"', 'placement = "tiled"'), None, ["saved_plan.components", "vae: placement 'tiled'", "gpu_tiled"]),
     ("cross-field", GOOD.replace("threshold = 0.2", "threshold = 0.2\nspeedup = 2.0"), "[job.teacache]", ["job.teacache", "either a threshold or a target speed-up"]),
     ("nan", GOOD.replace("guidance = 5.0", "guidance = nan"), "guidance = nan", ["finite number"]),
     ("newer schema", GOOD.replace("schema_version = 1", "schema_version = 2\nnew_thing = 1"), "schema_version = 2", ["newer lowvram", "upgrade"]),

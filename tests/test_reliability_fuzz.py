@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from lowvram.cli import main
 from lowvram.errors import UserError
 from lowvram.sampling.resume import FORMAT, load_resume_file
+from plans import plan_with
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -115,13 +116,12 @@ def good_resume(tmp_path_factory):
     from lowvram.job import Job
     from lowvram.sampling.runner import generate
     from lowvram.telemetry import StepFinished
-    from planner.plan import Plan
 
     folder = tmp_path_factory.mktemp("good")
     job = Job(prompt="a cat", width=64, height=64, frames=5, steps=3, seed=1, out=str(folder / "g.mp4"))
     cancel = threading.Event()
     with pytest.raises(CancelledError):
-        generate(job, Plan(device="cpu", dtype="float32"), on_event=lambda e: isinstance(e, StepFinished) and cancel.set(), cancel=cancel)
+        generate(job, plan_with("cpu"), on_event=lambda e: isinstance(e, StepFinished) and cancel.set(), cancel=cancel)
     path = folder / "g.latents.safetensors"
     from safetensors import safe_open
 

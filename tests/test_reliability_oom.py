@@ -4,6 +4,7 @@ same latents as an uninterrupted run of that final plan."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -16,7 +17,8 @@ from lowvram.sampling.resume import load_resume_file
 from lowvram.sampling.runner import generate
 from lowvram.telemetry import PlanSwitched, RunFailed
 from planner.fallback import ladder, leaner_plan
-from planner.plan import Plan, TransformerPlacement
+from planner.plan import Plan
+from plans import TP, plan_with
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def loaded():
     from lowvram.models.names import resolve_model
     from lowvram.sampling.runner import load_model
 
-    return load_model(resolve_model("tiny-random"), Plan(device="cpu", dtype="float32", source="forced"))
+    return load_model(resolve_model("tiny-random"), plan_with("cpu"))
 
 
 @pytest.fixture
@@ -66,15 +68,16 @@ def switches(result):
 
 
 def test_decode_ladder_leans_the_vae_first():
-    p = Plan(device="cuda")
-    assert [q.vae for q in ladder(p, "decode")[:2]] == ["gpu_tiled", "cpu"]
+    p = plan_with("cuda")
+    assert [q.component("vae").placement for q in ladder(p, "decode")[:2]] == ["gpu_tiled", "cpu"]
     assert leaner_plan(p, "decode").source == "fallback"
     assert "VAE gpu -> gpu_tiled" in leaner_plan(p, "decode").reasons[-1]
 
 
 def test_denoise_ladder_for_a_40_block_transformer():
-    steps = ladder(Plan(device="cuda"), "denoise", num_blocks=40)
-    kinds = [(q.transformer.kind, q.transformer.resident_blocks, q.transformer_quant) for q in steps[:9]]
+    steps = ladder(plan_with("cuda"), "denoise", num_blocks=40)
+    t = [q.component("transformer") for q in steps[:9]]
+    kinds = [(c.placement, c.resident_blocks, c.precision) for c in t]
     assert kinds == [
         ("partial", 20, "bf16"),
         ("partial", 10, "bf16"),
@@ -86,18 +89,19 @@ def test_denoise_ladder_for_a_40_block_transformer():
         ("leaf_offload", 0, "int8"),
         ("leaf_offload", 0, "int8"),  # then the text encoder leans
     ]
-    assert steps[8].text_encoder == "offload"
+    assert steps[8].component("text_encoder").placement == "offload"
     last = steps[-1]
-    assert (last.text_encoder, last.vae, last.transformer_quant) == ("cpu", "cpu", "int8")
+    assert (last.component("text_encoder").placement, last.component("vae").placement,
+            last.component("transformer").precision) == ("cpu", "cpu", "int8")
     assert leaner_plan(last, "denoise", 40) is None
 
 
 def test_ladder_drops_stale_predictions_and_keeps_reasons():
     from planner.plan import StagePeak
 
-    p = Plan(device="cuda", predicted=(StagePeak("denoise", 10, 10),), reasons=("chosen",))
+    p = dataclasses.replace(plan_with("cuda"), predicted=(StagePeak("denoise", 10, 10),), reasons=("chosen",))
     q = leaner_plan(p, "encode")
-    assert q.predicted == () and q.reasons[0] == "chosen" and q.text_encoder == "offload"
+    assert q.predicted == () and q.reasons[0] == "chosen" and q.component("text_encoder").placement == "offload"
 
 
 def test_fault_plan_parsing():
@@ -115,7 +119,7 @@ def test_oom_at_encode_switches_text_encoder_and_matches(run, clean_latents, sma
     hit = run(job, plan, faults=FaultPlan.parse("encode"))
     (sw,) = switches(hit)
     assert sw.stage == "encode" and "text encoder gpu -> offload" in sw.reason
-    assert hit.plan.text_encoder == "offload" and hit.video_path.is_file()
+    assert hit.plan.component("text_encoder").placement == "offload" and hit.video_path.is_file()
     assert torch.equal(hit.latents, clean_latents(job, hit.plan))
 
 
@@ -125,7 +129,7 @@ def test_oom_at_denoise_step_k_resumes_with_history(run, clean_latents, small_jo
     job = small_job(steps=4)
     hit = run(job, plan, faults=FaultPlan.parse(f"denoise:{k}"))
     (sw,) = switches(hit)
-    assert sw.stage == "denoise" and hit.plan.transformer.kind != "resident"
+    assert sw.stage == "denoise" and hit.plan.component("transformer").placement != "resident"
     steps_run = [e.step for e in hit.events if type(e).__name__ == "StepFinished"]
     assert steps_run == [0, 1, 2, 3]  # step k ran once, after the switch; no step ran twice
     assert torch.equal(hit.latents, clean_latents(job, hit.plan))
@@ -154,8 +158,9 @@ def test_oom_at_decode_retries_tiled(run, clean_latents, small_job, plan, tmp_pa
     job = small_job()
     hit = run(job, plan, faults=FaultPlan.parse("decode"))
     (sw,) = switches(hit)
-    assert sw.stage == "decode" and hit.plan.vae == "gpu_tiled" and hit.video_path.is_file()
-    assert json.loads(hit.sidecar_path.read_text())["plan"]["vae"] == "gpu_tiled"  # the sidecar has the plan used
+    assert sw.stage == "decode" and hit.plan.component("vae").placement == "gpu_tiled" and hit.video_path.is_file()
+    recorded = Plan.from_dict(json.loads(hit.sidecar_path.read_text())["plan"])  # the sidecar has the plan used
+    assert recorded.component("vae").placement == "gpu_tiled"
     assert torch.equal(hit.latents, clean_latents(job, hit.plan))
 
 
@@ -172,15 +177,7 @@ def test_context_manager_installs_faults_and_env_var_is_read(run, small_job, pla
 
 # ---------------------------------------------------------------- leanest plan fails: keep latents, resume later
 
-LEANEST = Plan(
-    device="cpu",
-    dtype="float32",
-    transformer=TransformerPlacement("leaf_offload"),
-    transformer_quant="int8",
-    text_encoder="cpu",
-    vae="cpu",
-    source="forced",
-)
+LEANEST = plan_with("cpu", precision="int8", transformer=TP("leaf_offload"), text_encoder="cpu", vae="cpu")
 
 
 @pytest.mark.parametrize("where, stage, step", [("denoise:2", "denoise", 2), ("decode", "decode", 4)])
@@ -222,7 +219,7 @@ def test_recovery_treats_allocator_runtime_errors_as_oom_and_nothing_else(plan):
 
     rec = Recovery(plan, events.append, lambda: 0.0)
     assert rec.run("decode", attempt) == "done"
-    assert [c.vae for c in calls] == ["gpu", "gpu_tiled"] and len(events) == 1
+    assert [c.component("vae").placement for c in calls] == ["gpu", "gpu_tiled"] and len(events) == 1
     with pytest.raises(RuntimeError, match="mat2"):
         rec.run("decode", lambda p: (_ for _ in ()).throw(RuntimeError("mat2 is on cpu")))
 

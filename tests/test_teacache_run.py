@@ -19,6 +19,7 @@ from lowvram.caching.teacache import (
 from lowvram.errors import CancelledError, UserError
 from lowvram.job import TeaCacheSetting
 from lowvram.telemetry import EventLog, StepFinished, TeaCacheScheduled, TransformerCall
+from plans import plan_with
 
 STEPS = 10
 
@@ -33,9 +34,8 @@ def smooth_demo(demo_t2v_path):
     """
     from lowvram.models.names import resolve_model
     from lowvram.sampling.runner import load_model
-    from planner.plan import Plan
 
-    loaded = load_model(resolve_model("tiny-random"), Plan(device="cpu", dtype="float32", source="forced"))
+    loaded = load_model(resolve_model("tiny-random"), plan_with("cpu"))
     freq_index = torch.arange(256) % 128  # cos half then sin half; index 0 is the highest frequency
     with torch.no_grad():
         loaded.pipe.transformer.condition_embedder.time_embedder.linear_1.weight[:, freq_index < 96] = 0

@@ -158,7 +158,7 @@ def test_preview_from_checkpoint_needs_no_model_load(demo_t2v_path):
 
     job = Job(prompt="x", steps=12, teacache=TeaCacheSetting(enabled=True, threshold=0.2, retention=False))
     lazy = preview_checkpoint(demo_t2v_path, job)
-    pipe, info = load_pipeline(resolve_model("tiny-random"), dtype="float32")
+    pipe, info = load_pipeline(resolve_model("tiny-random"), dtypes={"default": "float32"})
     loaded = preview(info.transformer_config, job, pipe.scheduler, TimeEmbedderWeights.from_transformer(pipe.transformer))
     assert lazy == loaded
     assert lazy.total_steps == 12 and lazy.branches == ("cond", "uncond")

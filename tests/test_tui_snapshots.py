@@ -117,13 +117,16 @@ def test_job_screen_with_errors(snap_compare):
 def fixed_plan_view(job, probe, prefs=None):
     """A planner answer with fixed numbers: the screen is under test here, not the planner (its own tests
     and test_tui_flow cover the real one), so planner tuning does not move this picture."""
-    from planner.plan import StagePeak, TransformerPlacement
+    import dataclasses
+
+    from planner.plan import StagePeak, simple_plan
     from tui.services import Alternative, PlanView
 
-    plan = Plan(device="cuda", dtype="bfloat16", transformer_quant="int8", transformer=TransformerPlacement("partial", resident_blocks=17),
-                text_encoder="offload", vae="gpu_tiled", predicted_seconds=412.0, reasons=("fastest predicted of 3 plans that fit",),
-                predicted=tuple(StagePeak(st, int(v * GIB), int(r * GIB), sec) for st, v, r, sec in
-                                (("load", 0, 9.5, 20), ("encode", 2.5, 12, 6), ("denoise", 10.5, 14, 380), ("decode", 6, 9, 6))))
+    plan = dataclasses.replace(
+        simple_plan("cuda", "int8", "partial", resident_blocks=17, text_encoder="offload", vae="gpu_tiled", source="planner"),
+        predicted_seconds=412.0, reasons=("fastest predicted of 3 plans that fit",),
+        predicted=tuple(StagePeak(st, int(v * GIB), int(r * GIB), sec) for st, v, r, sec in
+                        (("load", 0, 9.5, 20), ("encode", 2.5, 12, 6), ("denoise", 10.5, 14, 380), ("decode", 6, 9, 6))))
     return PlanView(
         plan=plan,
         hardware=("GPU: RTX 4070 (compute capability 8.9), VRAM 12.0 GiB free of 12.0 GiB", "RAM: 32.0 GiB available of 32.0 GiB"),

@@ -169,14 +169,14 @@ def _cap(budget_gib: Optional[float]) -> None:
 
 
 def all_on_gpu(hosts: Hosts, model_key: str, resolution: str, steps: int, measured_steps: int, log=print, device: str = "cuda", job=None) -> dict:
-    from planner.plan import Plan
+    from planner.plan import simple_plan
 
     clean_cuda()
     _cap(None)
     pipe = hosts.pipe()
     for name in ("transformer", "text_encoder", "vae"):
         getattr(pipe, name).to(device)
-    plan = Plan(device=device, dtype="bfloat16", source="forced", reasons=("bench: everything resident",))
+    plan = simple_plan(device, "bf16", reasons=("bench: everything resident",))
     job = job or bench_job(model_key, resolution, steps=measured_steps)
     stages: dict = {}
     with _Stage("encode", stages):

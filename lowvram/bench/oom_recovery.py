@@ -49,7 +49,7 @@ def build_loaded(transformer_key: str, plan, build_device: str):
     from lowvram.sampling.runner import LoadedModel
 
     configs = dict(TRANSFORMERS, tiny=dict(WAN_COMMON, num_attention_heads=2, ffn_dim=64, num_layers=4))
-    pipe, _ = load_pipeline(resolve_model("tiny-random"), dtype="bfloat16")
+    pipe, _ = load_pipeline(resolve_model("tiny-random"), dtypes={"default": "bfloat16"})
     # Not the demo any more: keep placement from caching these random weights as the demo's quantized ones.
     pipe.register_to_config(_name_or_path="random-weights")
     started = time.perf_counter()
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     from lowvram.sampling.recovery import OutOfMemoryExhausted
     from lowvram.sampling.runner import generate
     from lowvram.telemetry import PlanSwitched, StageFinished
-    from planner.plan import Plan, TransformerPlacement
+    from planner.plan import simple_plan
 
     p = argparse.ArgumentParser(prog="python -m lowvram.bench.oom_recovery", description=__doc__.splitlines()[0])
     p.add_argument("--transformer", choices=("14b", "1.3b", "tiny"), default="14b")
@@ -94,9 +94,8 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU: run with --device cpu --transformer tiny --inject denoise:1 for a smoke test", file=sys.stderr)
         return 2
-    dtype = "bfloat16" if args.device == "cuda" else "float32"
-    plan = Plan(device=args.device, dtype=dtype, transformer=TransformerPlacement("resident"), text_encoder="gpu", vae="gpu",
-                source="forced", reasons=("deliberately too aggressive: everything resident, bf16",))
+    precision = "bf16" if args.device == "cuda" else "fp32"
+    plan = simple_plan(args.device, precision, reasons=("deliberately too aggressive: everything resident, bf16",))
     loaded = build_loaded(args.transformer, plan, build_device=args.device)
     if args.device == "cuda":
         total = torch.cuda.get_device_properties(0).total_memory

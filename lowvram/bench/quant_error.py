@@ -34,17 +34,17 @@ def denoised_latents(job, plan):
 
 def main(argv=None) -> int:
     from lowvram.job import Job
-    from planner.plan import Plan
+    from planner.plan import simple_plan
 
     p = argparse.ArgumentParser(prog="python -m lowvram.bench.quant_error", description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5])
     args = p.parse_args(argv)
     for seed in args.seeds:
         job = Job(prompt="a cat walks in the city", model="tiny-random", width=64, height=64, frames=5, steps=2, seed=seed)
-        ref, _ = denoised_latents(job, Plan(device="cpu", dtype="float32"))
+        ref, _ = denoised_latents(job, simple_plan("cpu", "fp32"))
         errors = []
         for level in LEVELS:
-            plan = Plan(device="cpu", dtype="float32", transformer_quant=level, text_encoder_quant="int8")
+            plan = simple_plan("cpu", level, text_encoder_precision="int8")
             q, _ = denoised_latents(job, plan)
             errors.append(f"{level} {float((q - ref).norm() / ref.norm()):.2e}")
         print(f"seed {seed}: " + ", ".join(errors))

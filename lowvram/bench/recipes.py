@@ -12,7 +12,8 @@ lowvram's recipe asks the planner for a plan at the budget and applies it with `
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 import torch
@@ -29,12 +30,15 @@ BUDGET_INDEPENDENT = ("block_stream", "leaf_stream")
 
 @dataclass
 class BenchPipe:
-    """Just enough of a pipeline for `lowvram.placement`: the components it places, by name."""
+    """Just enough of a pipeline for `lowvram.placement` and the runner's loop: the components, by name, and
+    the pipeline settings the loop reads (one denoiser, no expert boundary, one timestep per frame)."""
 
     transformer: Any = None
     text_encoder: Any = None
     image_encoder: Any = None
     vae: Any = None
+    transformer_2: Any = None
+    config: Any = field(default_factory=lambda: SimpleNamespace(boundary_ratio=None, expand_timesteps=False))
 
 
 class _Holder:
@@ -163,7 +167,7 @@ def forced_plan(text: str, model: str, resolution: str, budget_gib: float, ram_g
 
     from lowvram.bench.shapes import MODEL_NAMES
     from planner.estimate import predict
-    from planner.plan import Plan, TransformerPlacement
+    from planner.plan import simple_plan
     from planner.spec import spec_for_model
     from planner.timing import throughput_for
 
@@ -172,7 +176,7 @@ def forced_plan(text: str, model: str, resolution: str, budget_gib: float, ram_g
         raise ValueError(f"plan {text!r}: write QUANT:KIND or bf16:partial:K (e.g. int8:block_offload)")
     quant, kind = parts[0], parts[1]
     resident_blocks = int(parts[2]) if len(parts) == 3 else 0
-    plan = Plan(device=device, dtype="bfloat16", transformer_quant=quant, transformer=TransformerPlacement(kind, resident_blocks=resident_blocks), text_encoder="gpu", vae="gpu", source="forced", reasons=(f"bench: forced {text}",))
+    plan = simple_plan(device, quant, kind, resident_blocks=resident_blocks, reasons=(f"bench: forced {text}",))
     job = bench_job(model, resolution)
     stages, seconds = predict(plan, spec_for_model(MODEL_NAMES[model]), job, throughput_for(bench_probe(budget_gib, ram_gib)))
     return replace(plan, predicted=stages, predicted_seconds=seconds)

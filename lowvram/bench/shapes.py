@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.spec import UMT5_XXL_CONFIG, WAN_COMMON, WAN_TRANSFORMER_CONFIGS
+from planner.known_specs import UMT5_XXL as UMT5_XXL_CONFIG
+from planner.known_specs import WAN_1_3B, WAN_14B, WAN_COMMON, WAN22_TI2V_5B  # noqa: F401  (WAN_COMMON: tests' tiny shapes)
 
 # The planner's known configs are the one source of the real shapes.
 TRANSFORMERS = {
-    "1.3b": WAN_TRANSFORMER_CONFIGS["wan2.1-t2v-1.3b"],
-    "14b": WAN_TRANSFORMER_CONFIGS["wan2.1-t2v-14b"],
+    "1.3b": WAN_1_3B,
+    "14b": WAN_14B,
+    "5b": WAN22_TI2V_5B,
 }
 
 # lowvram's model names, so the planner sees the same job a user would give.
-MODEL_NAMES = {"1.3b": "wan2.1-t2v-1.3b", "14b": "wan2.1-t2v-14b"}
+MODEL_NAMES = {"1.3b": "wan2.1-t2v-1.3b", "14b": "wan2.1-t2v-14b", "5b": "wan2.2-ti2v-5b"}
 
 # google/umt5-xxl encoder, as Wan2.1 ships it (~5.7 B params); no dropout at inference.
 UMT5_XXL = dict(UMT5_XXL_CONFIG, dropout_rate=0.0, tie_word_embeddings=False)

@@ -15,11 +15,11 @@ PLAN_PROMPT = "(planning only)"  # the prompt does not change the plan
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
     """Job options shared by generate, plan and tui."""
-    p.add_argument("--model", default=None, help="local diffusers folder, hub id, short name (wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.1-i2v-14b-480p, wan2.1-i2v-14b-720p) or the demo model tiny-random / tiny-random-i2v (default: the profile's model, else tiny-random)")
-    p.add_argument("--width", type=int, default=None, help="video width, a multiple of 16 (default 832; 256 for the demo model)")
-    p.add_argument("--height", type=int, default=None, help="video height, a multiple of 16 (default 480; 144 for the demo model)")
-    p.add_argument("--frames", type=int, default=None, help="number of frames, 4k+1 (default 81; 17 for the demo model)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; 8 for the demo model)")
+    p.add_argument("--model", default=None, help="local diffusers folder, hub id, short name (wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.1-i2v-14b-480p, wan2.1-i2v-14b-720p, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b) or a demo model (tiny-random, tiny-random-i2v, tiny-random-a14b, tiny-random-a14b-i2v, tiny-random-ti2v) (default: the profile's model, else tiny-random)")
+    p.add_argument("--width", type=int, default=None, help="video width, a multiple of 16 (32 for TI2V-5B) (default: the model card's, e.g. 832; 256 for the demo models)")
+    p.add_argument("--height", type=int, default=None, help="video height, a multiple of 16 (32 for TI2V-5B) (default: the model card's, e.g. 480; 144 for the demo models)")
+    p.add_argument("--frames", type=int, default=None, help="number of frames, 4k+1 (default: the model card's, 81 or 121; 17 for the demo models)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model card's, 40 or 50; 8 for the demo models)")
     add_teacache_arguments(p)
 
 
@@ -42,6 +42,8 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", default=None, help="what to avoid (default: none)")
     p.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale; <= 1 turns the second pass off (default {DEFAULT_GUIDANCE})")
     p.add_argument("--fps", type=int, default=None, help=f"frames per second of the mp4 (default {DEFAULT_FPS})")
+    p.add_argument("--guidance-2", type=float, default=None, help="two-expert Wan2.2 models: the low-noise expert's guidance scale (default: the model card's)")
+    p.add_argument("--shift", type=float, default=None, help="the sampler's flow shift (default: the model card's: Wan2.1 3.0 at 480p and 5.0 at 720p, Wan2.2 T2V-A14B 12.0, I2V-A14B and TI2V-5B 5.0)")
 
 
 def gib_amount(text: str) -> float:

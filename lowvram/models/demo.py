@@ -1,4 +1,8 @@
-"""The built-in demo model: a tiny random-weight Wan2.1 pipeline (T2V and I2V).
+"""The built-in demo models: tiny random-weight Wan pipelines of every kind lowvram runs.
+
+tiny-random (Wan2.1 T2V), tiny-random-i2v (Wan2.1 I2V, with a CLIP image encoder), tiny-random-a14b and
+tiny-random-a14b-i2v (Wan2.2 A14B: two experts split at a boundary), tiny-random-ti2v (Wan2.2 TI2V-5B: the
+Wan2.2 VAE with 16x compression, a timestep per token, an optional first frame).
 
 Built deterministically from a seed, saved with `save_pretrained` (safetensors) into the user cache
 on first use, then loaded through the same loading path as any real checkpoint. Its weights are
@@ -19,6 +23,14 @@ from lowvram.paths import cache_dir
 DEMO_SEED = 1234
 DEMO_VERSION = 2  # bump when the demo's architecture changes, so old caches are rebuilt
 DEMO_LABEL = "tiny-random demo model (random weights: its output is noise)"
+# name -> (kind, boundary_ratio); the kinds build_demo_pipeline knows.
+DEMO_KINDS = {
+    "tiny-random": ("t2v", None),
+    "tiny-random-i2v": ("i2v", None),
+    "tiny-random-a14b": ("t2v", 0.875),
+    "tiny-random-a14b-i2v": ("i2v-a14b", 0.9),
+    "tiny-random-ti2v": ("ti2v", None),
+}
 
 # The tiny text encoder's vocabulary: common prompt words, the rest map to <unk>.
 _WORDS = (
@@ -59,7 +71,8 @@ def ensure_demo(name: str = "tiny-random") -> Path:
     quiet_library_logs()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        pipe = build_demo_pipeline(i2v=name.endswith("i2v"))
+        kind, boundary = DEMO_KINDS[name]
+        pipe = build_demo_pipeline(kind, boundary)
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "lowvram_demo.json").write_text(
             json.dumps({"name": name, "version": DEMO_VERSION, "seed": DEMO_SEED, "label": DEMO_LABEL}, indent=2)
@@ -90,44 +103,71 @@ def _tokenizer():
     )
 
 
-def build_demo_pipeline(i2v: bool = False):
-    """Build the tiny pipeline in memory (float32, CPU), deterministically from DEMO_SEED."""
-    import torch
-    from diffusers import (
-        AutoencoderKLWan,
-        UniPCMultistepScheduler,
-        WanImageToVideoPipeline,
-        WanPipeline,
-        WanTransformer3DModel,
-    )
+def _text_encoder():
     from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(_WORDS) + 3,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    )
+
+
+def _scheduler():
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+
+
+def build_demo_pipeline(kind: str = "t2v", boundary_ratio: float | None = None):
+    """Build a tiny pipeline in memory (float32, CPU), deterministically from DEMO_SEED.
+
+    kind: "t2v" / "i2v" (Wan2.1 shapes, the I2V one with a CLIP image encoder), "i2v-a14b" (Wan2.2 I2V:
+    36 input channels, no image encoder), "ti2v" (Wan2.2 TI2V: the 16x VAE, expand_timesteps). With a
+    `boundary_ratio` there are two experts (transformer, transformer_2) with different weights.
+    """
+    import torch
+    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(DEMO_SEED)
         tokenizer = _tokenizer()
-        text_encoder = UMT5EncoderModel(
-            UMT5Config(
-                vocab_size=len(_WORDS) + 3,
-                d_model=32,
-                d_kv=8,
-                d_ff=64,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                relative_attention_max_distance=16,
-                pad_token_id=0,
-                eos_token_id=1,
-                decoder_start_token_id=0,
+        text_encoder = _text_encoder()
+        if kind == "ti2v":
+            z = 8
+            vae = AutoencoderKLWan(
+                base_dim=8, decoder_base_dim=8, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
+                patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
+                latents_mean=[0.0] * z, latents_std=[1.0] * z,
             )
-        )
+            transformer = WanTransformer3DModel(**dict(_TRANSFORMER, in_channels=z, out_channels=z))
+            return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=_scheduler(),
+                               transformer=transformer, expand_timesteps=True)
         vae = AutoencoderKLWan(
             base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
         )
-        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-        if not i2v:
-            transformer = WanTransformer3DModel(in_channels=16, **_TRANSFORMER)
+        if kind == "t2v":
+            experts = [WanTransformer3DModel(in_channels=16, **_TRANSFORMER) for _ in range(2 if boundary_ratio else 1)]
             return WanPipeline(
-                tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
+                tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=_scheduler(), transformer=experts[0],
+                transformer_2=experts[1] if boundary_ratio else None, boundary_ratio=boundary_ratio,
+            )
+        if kind == "i2v-a14b":  # Wan2.2 I2V conditions on the first frame's latents only: no image encoder
+            experts = [WanTransformer3DModel(in_channels=36, **_TRANSFORMER) for _ in range(2)]
+            return WanImageToVideoPipeline(
+                tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=_scheduler(), transformer=experts[0],
+                transformer_2=experts[1], boundary_ratio=boundary_ratio, image_encoder=None, image_processor=None,
             )
         from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
@@ -148,7 +188,7 @@ def build_demo_pipeline(i2v: bool = False):
             tokenizer=tokenizer,
             text_encoder=text_encoder,
             vae=vae,
-            scheduler=scheduler,
+            scheduler=_scheduler(),
             transformer=transformer,
             image_encoder=image_encoder,
             image_processor=image_processor,

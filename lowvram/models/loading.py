@@ -13,7 +13,7 @@ from lowvram.models.library_logs import quiet_library_logs
 from lowvram.models.names import ModelRef
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-WEIGHT_COMPONENTS = ("transformer", "text_encoder", "vae", "image_encoder")
+WEIGHT_COMPONENTS = ("transformer", "transformer_2", "text_encoder", "vae", "image_encoder")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class CheckpointInfo:
 
     location: str
     pipeline_class: str
-    task: str  # "t2v" or "i2v"
+    task: str  # "t2v", "i2v" or "ti2v" (image optional)
     components: tuple[str, ...]
     transformer_config: dict
 
@@ -32,9 +32,11 @@ def read_checkpoint_info(folder: Path) -> CheckpointInfo:
     index = _read_json(folder / "model_index.json", "Is this a diffusers pipeline folder?")
     components = tuple(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0])
     transformer_config: dict = {}
-    tconf = folder / "transformer" / "config.json"
-    if tconf.is_file():
-        transformer_config = _read_json(tconf, "The checkpoint looks damaged: download or save it again.")
+    for denoiser in ("transformer", "transformer_2"):
+        tconf = folder / denoiser / "config.json"
+        if tconf.is_file():
+            transformer_config = _read_json(tconf, "The checkpoint looks damaged: download or save it again.")
+            break
     refuse_pickle_only(folder, components)
     return CheckpointInfo(
         location=str(folder),
@@ -53,13 +55,10 @@ def _read_json(path: Path, hint: str) -> dict:
 
 
 def detect_task(model_index: dict, transformer_config: dict) -> str:
-    """Image-to-video when the pipeline class or the transformer's inputs say so."""
-    cls = str(model_index.get("_class_name", ""))
-    if "ImageToVideo" in cls:
-        return "i2v"
-    if transformer_config.get("image_dim") or transformer_config.get("in_channels") == 36:
-        return "i2v"
-    return "t2v"
+    """t2v, i2v (the pipeline class or the transformer's inputs say so) or ti2v (Wan2.2 TI2V-5B)."""
+    from planner.spec import detect_task as from_configs
+
+    return from_configs(model_index, transformer_config)
 
 
 def refuse_pickle_only(folder: Path, components: tuple[str, ...]) -> None:
@@ -104,12 +103,13 @@ def checkpoint_folder(ref: ModelRef) -> Path:
 
 
 def load_pipeline(
-    ref: ModelRef, dtype: str = "bfloat16", vae_dtype: str = "float32", preload: Optional[Callable[[Path], dict]] = None
+    ref: ModelRef, dtypes: Optional[dict[str, str]] = None, preload: Optional[Callable[[Path], dict]] = None
 ) -> tuple[Any, CheckpointInfo]:
     """Load the pipeline on the CPU through diffusers' from_pretrained, safetensors only.
 
-    `preload(folder)` may return ready components (e.g. cached quantized ones); they are passed to
-    from_pretrained, which then does not load those components' weights at all.
+    `dtypes`: torch dtype name per component (the plan's); components not named load in bfloat16, the VAE
+    and the image encoder always in float32. `preload(folder)` may return ready components (e.g. cached
+    quantized ones); they are passed to from_pretrained, which then does not load those components' weights.
     """
     import torch
     from diffusers import DiffusionPipeline
@@ -117,14 +117,16 @@ def load_pipeline(
     quiet_library_logs()
     folder = checkpoint_folder(ref)
     info = read_checkpoint_info(folder)
-    torch_dtype = getattr(torch, dtype)
-    dtypes: dict[str, Any] = {"default": torch_dtype, "vae": getattr(torch, vae_dtype)}
+    wanted = dict(dtypes or {})
+    torch_dtypes: dict[str, Any] = {"default": getattr(torch, wanted.pop("default", "bfloat16"))}
+    torch_dtypes.update({name: getattr(torch, d) for name, d in wanted.items() if name in info.components})
+    torch_dtypes["vae"] = torch.float32
     if "image_encoder" in info.components:
-        dtypes["image_encoder"] = torch.float32
+        torch_dtypes["image_encoder"] = torch.float32
     try:
         components = preload(folder) if preload is not None else {}
         with _preloaded(components):
-            pipe = DiffusionPipeline.from_pretrained(str(folder), use_safetensors=True, dtype=dtypes)
+            pipe = DiffusionPipeline.from_pretrained(str(folder), use_safetensors=True, dtype=torch_dtypes)
     except (OSError, EnvironmentError, ValueError) as exc:
         raise UserError(f"--model {ref.name}: could not load the pipeline from {folder}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)

@@ -10,6 +10,7 @@ from lowvram.placement.apply import (
     describe_device_state,
     encode_device,
     enter_stage,
+    image_encoder_device,
     leave_all,
     load_cached_components,
     prepare,
@@ -21,6 +22,6 @@ from lowvram.placement.apply import (
 )
 
 __all__ = [
-    "PlacementState", "compute_device", "describe_device_state", "encode_device", "enter_stage", "leave_all",
+    "PlacementState", "compute_device", "describe_device_state", "encode_device", "enter_stage", "image_encoder_device", "leave_all",
     "load_cached_components", "prepare", "reapply", "reset", "state", "use_sdpa", "vae_device",
 ]

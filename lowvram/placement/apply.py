@@ -2,9 +2,14 @@
 
 `prepare` runs once after loading, in a fixed order: attention (SDPA) -> quantize (and cache the
 quantized weights) -> VAE tiling -> offload hooks. `enter_stage` then puts the stage's components on
-the compute device and takes the others off it, so stage peaks do not add up: the text encoder
-leaves before denoising, the transformer before decoding. Components under offload hooks are never
-moved with `.to()`: their hooks move each group on demand.
+the compute device and takes the others off it, so stage peaks do not add up: the text encoder leaves
+before denoising, the denoiser before decoding, and at a two-expert model's boundary the active expert
+leaves before the next one arrives. Components under offload hooks are never moved with `.to()`: their
+hooks move each group on demand.
+
+An expert that waits in its weights file (`idle="mmap"`) gets its offload hooks (and so its page-locked
+copies) only for its own phase: on leaving, the hooks go and its tensors point at the memory-mapped
+checkpoint again, so the pinned RAM is freed.
 """
 
 from __future__ import annotations
@@ -14,17 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from planner.plan import Plan
+from planner.plan import ComponentPlan, Plan
 
 log = logging.getLogger(__name__)
 
-STAGE_COMPONENTS = {
-    "encode": ("text_encoder", "image_encoder"),
-    "denoise": ("transformer",),
-    "decode": ("vae",),
-}
-COMPONENTS = ("text_encoder", "image_encoder", "transformer", "vae")
+DENOISERS = ("transformer", "transformer_2")
+COMPONENTS = ("text_encoder", "image_encoder", "transformer", "transformer_2", "vae")
 STATE_ATTR = "_lowvram_placement"
+# Hook names diffusers' group offloading registers (diffusers/hooks/group_offloading.py).
+_OFFLOAD_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
 
 
 @dataclass
@@ -32,26 +35,46 @@ class PlacementState:
     """What prepare() did to a pipeline; read by enter_stage / leave_all / describe_device_state."""
 
     plan: Plan
-    offloaded: set = field(default_factory=set)  # component names under group-offload hooks
-    resident_blocks: list = field(default_factory=list)  # transformer blocks moved per stage (partial)
+    offloaded: set = field(default_factory=set)  # component names under group-offload hooks now
+    resident_blocks: dict = field(default_factory=dict)  # denoiser -> indices of blocks moved whole per phase
+    deferred: set = field(default_factory=set)  # denoisers whose hooks are attached only for their phase
     quantized: dict = field(default_factory=dict)  # component -> level
     quantized_from_cache: set = field(default_factory=set)
-    disk_dir: Optional[str] = None
-    # component -> its CPU tensors while it sits on the GPU (moved whole): leaving is then a pointer swap
+    disk_dirs: dict = field(default_factory=dict)  # denoiser -> its disk-offload folder
+    checkpoint: Optional[Path] = None
+    # component (or "name.blocks.i") -> its CPU tensors while it sits on the GPU (moved whole): leaving is
+    # then a pointer swap, not a copy back
     host: dict = field(default_factory=dict)
+    # deferred denoiser -> its CPU tensors before its hooks pinned copies of them
+    unpinned: dict = field(default_factory=dict)
+
+    @property
+    def disk_dir(self) -> Optional[str]:
+        return next(iter(self.disk_dirs.values()), None)
 
 
 def compute_device(plan: Plan) -> str:
     return plan.device
 
 
+def _device_of(plan: Plan, name: str) -> str:
+    cp = plan.get(name)
+    if plan.device == "cpu" or cp is None or cp.placement == "cpu":
+        return "cpu"
+    return plan.device
+
+
 def encode_device(plan: Plan) -> str:
-    """Where the text encoder runs: the CPU for text_encoder="cpu", else the compute device."""
-    return "cpu" if plan.text_encoder == "cpu" or plan.device == "cpu" else plan.device
+    """Where the text encoder runs: the CPU for placement "cpu", else the compute device."""
+    return _device_of(plan, "text_encoder")
+
+
+def image_encoder_device(plan: Plan) -> str:
+    return _device_of(plan, "image_encoder")
 
 
 def vae_device(plan: Plan) -> str:
-    return "cpu" if plan.vae == "cpu" or plan.device == "cpu" else plan.device
+    return _device_of(plan, "vae")
 
 
 def state(pipe: Any) -> Optional[PlacementState]:
@@ -66,32 +89,33 @@ def checkpoint_folder_of(pipe: Any) -> Optional[Path]:
     return None
 
 
-def _quant_levels(plan: Plan) -> tuple[tuple[str, str], ...]:
-    """(component, level) for the components a plan may quantize."""
-    return (("transformer", plan.transformer_quant), ("text_encoder", plan.text_encoder_quant))
+def quant_levels(plan: Plan) -> tuple[tuple[str, str], ...]:
+    """(component, level) for the components the plan quantizes."""
+    return tuple((c.name, c.precision) for c in plan.components if c.quantized)
+
+
+def _blocks(module: Any) -> Any:
+    from lowvram.placement.offload import _block_list_name
+
+    return getattr(module, _block_list_name(module))
 
 
 def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> PlacementState:
     """Called once after loading, with every component on the CPU."""
-    import torch
     from safetensors import SafetensorError
 
     from lowvram.placement import offload, quant_cache
-    from lowvram.placement.quantize import (
-        is_quantized,
-        quantize_weights,
-        quantized_level,
-    )
+    from lowvram.placement.quantize import is_quantized, quantize_weights, quantized_level
 
     if state(pipe) is not None:
         raise RuntimeError("placement.prepare() was already applied to this pipeline; load it again for a new plan")
     checkpoint = checkpoint or checkpoint_folder_of(pipe)
-    st = PlacementState(plan=plan)
+    st = PlacementState(plan=plan, checkpoint=checkpoint)
     use_sdpa(pipe)
 
-    for name, level in _quant_levels(plan):
+    for name, level in quant_levels(plan):
         module = getattr(pipe, name, None)
-        if module is None or level == "bf16":
+        if module is None:
             continue
         if is_quantized(module):  # from the quantized cache, or kept through reset() (levels only go leaner)
             have = quantized_level(module)
@@ -102,36 +126,77 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
             continue
         if quantize_weights(module, level) and checkpoint is not None:
             try:
-                quant_cache.save(module, checkpoint, name, level, plan.dtype)
+                quant_cache.save(module, checkpoint, name, level, plan.component(name).dtype)
             # A full disk must not fail the run: next start quantizes again. safetensors reports its
             # I/O errors (full disk included) as SafetensorError, not OSError.
             except (OSError, SafetensorError) as exc:
                 log.warning("could not cache the quantized %s: %s", name, exc)
         st.quantized[name] = level
 
-    if plan.vae == "gpu_tiled" and getattr(pipe, "vae", None) is not None:
+    vae_plan = plan.get("vae")
+    if vae_plan is not None and vae_plan.placement == "gpu_tiled" and getattr(pipe, "vae", None) is not None:
         pipe.vae.enable_tiling()
 
-    device = torch.device(plan.device)
-    transformer = getattr(pipe, "transformer", None)
-    if transformer is not None:
-        disk_dir = None
-        if plan.transformer.kind == "disk_offload":
-            disk_dir = _disk_dir(transformer, checkpoint, plan)
-            st.disk_dir = str(disk_dir)
-        st.resident_blocks = offload.apply_transformer(transformer, plan.transformer, device, disk_dir)
-        if offload.settings_for(plan.transformer, device) is not None and len(st.resident_blocks) < _num_blocks(transformer):
-            st.offloaded.add("transformer")
+    import torch
+
+    for cp in plan.denoisers:
+        module = getattr(pipe, cp.name, None)
+        if module is None:
+            continue
+        streamed = offload.settings_for(cp, torch.device(plan.device)) is not None
+        if plan.two_experts and cp.idle == "mmap" and streamed:
+            st.deferred.add(cp.name)  # hooked (pinned) when its phase starts, unhooked when it ends
+        else:
+            _attach(pipe, cp, st)
     text_encoder = getattr(pipe, "text_encoder", None)
-    if text_encoder is not None and plan.text_encoder == "offload":
+    te = plan.get("text_encoder")
+    if text_encoder is not None and te is not None and te.placement == "offload":
         # On a CPU plan the hooks still run (onload = offload = CPU): the same code path as on a GPU.
-        offload.apply_text_encoder(text_encoder, device)
+        offload.apply_text_encoder(text_encoder, torch.device(plan.device))
         st.offloaded.add("text_encoder")
     setattr(pipe, STATE_ATTR, st)
     return st
 
 
-def _disk_dir(transformer: Any, checkpoint: Optional[Path], plan: Plan) -> Path:
+def _attach(pipe: Any, cp: ComponentPlan, st: PlacementState) -> None:
+    """Attach a denoiser's offload hooks per its placement (pinning its streamed weights)."""
+    import torch
+
+    from lowvram.placement import offload
+
+    module = getattr(pipe, cp.name)
+    device = torch.device(st.plan.device)
+    disk_dir = None
+    if cp.placement == "disk_offload":
+        disk_dir = _disk_dir(module, st.checkpoint, cp)
+        st.disk_dirs[cp.name] = str(disk_dir)
+    if cp.name in st.deferred:
+        st.unpinned[cp.name] = _host_tensors(module)  # the memory-mapped tensors, to point back at on leaving
+    st.resident_blocks[cp.name] = offload.apply_transformer(module, cp, device, disk_dir)
+    if offload.settings_for(cp, device) is not None and len(st.resident_blocks[cp.name]) < len(_blocks(module)):
+        st.offloaded.add(cp.name)
+
+
+def _detach(pipe: Any, name: str, st: PlacementState) -> None:
+    """Remove a deferred denoiser's hooks and point it back at its memory-mapped tensors (frees the pinned copies)."""
+    from lowvram.placement import offload
+
+    module = getattr(pipe, name)
+    offload.offload_groups(module)
+    _move_blocks(module, name, st.resident_blocks.get(name, []), "cpu", st)
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is not None:
+        offload.materialize_on_cpu(module)
+        for hook in _OFFLOAD_HOOKS:
+            registry.remove_hook(hook, recurse=True)
+    saved = st.unpinned.pop(name, None)
+    if saved is not None:
+        _restore_host(saved)
+    st.offloaded.discard(name)
+    st.resident_blocks.pop(name, None)
+
+
+def _disk_dir(module: Any, checkpoint: Optional[Path], cp: ComponentPlan) -> Path:
     """Offloaded weights of a known checkpoint are kept for the next run (keyed like the quantized
     cache); without a checkpoint identity a private folder is used and removed with the module."""
     import shutil
@@ -143,51 +208,71 @@ def _disk_dir(transformer: Any, checkpoint: Optional[Path], plan: Plan) -> Path:
 
     root = cache_dir() / "offload"
     if checkpoint is not None:
-        ident = quant_cache.checkpoint_identity(checkpoint, "transformer")
-        return root / f"{ident}-transformer-{plan.transformer_quant}-{plan.dtype}"
+        ident = quant_cache.checkpoint_identity(checkpoint, cp.name)
+        return root / f"{ident}-{cp.name}-{cp.precision}-{cp.dtype}"
     root.mkdir(parents=True, exist_ok=True)
     private = Path(tempfile.mkdtemp(prefix="unkeyed-", dir=root))
-    weakref.finalize(transformer, shutil.rmtree, private, True)
+    weakref.finalize(module, shutil.rmtree, private, True)
     return private
 
 
-def _num_blocks(transformer: Any) -> int:
-    from lowvram.placement.offload import _block_list_name
-
-    return len(getattr(transformer, _block_list_name(transformer)))
-
-
-def _target(plan: Plan, name: str, stage: str) -> str:
-    wanted = STAGE_COMPONENTS.get(stage, ())
+def _targets(plan: Plan, stage: str, phase: Optional[str]) -> dict[str, str]:
+    """Where each component should be for a stage: its device when the stage uses it, else the CPU."""
+    wanted: tuple[str, ...] = ()
     if stage == "encode":
-        wanted += ("vae",)  # I2V encodes the first frame with the VAE
-    if name not in wanted:
-        return "cpu"
-    if name == "text_encoder":
-        return encode_device(plan)
-    if name == "vae":
-        return vae_device(plan)
-    return plan.device
+        wanted = ("text_encoder", "image_encoder", "vae")  # image conditioning encodes the first frame with the VAE
+    elif stage == "denoise":
+        wanted = (phase,) if phase else tuple(c.name for c in plan.denoisers[:1])
+    elif stage == "decode":
+        wanted = ("vae",)
+    return {name: (_device_of(plan, name) if name in wanted else "cpu") for name in COMPONENTS}
 
 
-def enter_stage(pipe: Any, plan: Plan, stage: str) -> None:
-    """Move the stage's components onto the compute device and everything else off it."""
+def _target(plan: Plan, name: str, stage: str, phase: Optional[str] = None) -> str:
+    return _targets(plan, stage, phase)[name]
+
+
+def enter_stage(pipe: Any, plan: Plan, stage: str, phase: Optional[str] = None) -> None:
+    """Move the stage's components onto the compute device and everything else off it.
+
+    `phase`: for the denoise stage of a two-expert model, the denoiser that runs now ("transformer" or
+    "transformer_2"); the other one leaves first.
+    """
     from lowvram.placement import offload
 
     st = state(pipe) or PlacementState(plan=plan)
+    targets = _targets(plan, stage, phase)
     left_gpu = False
-    for name in COMPONENTS:
-        module = getattr(pipe, name, None)
-        if module is None:
-            continue
-        target = _target(plan, name, stage)
-        if name in st.offloaded:
-            if target == "cpu":
-                offload.offload_groups(module)
-            if name == "transformer":
-                _move_blocks(module, st.resident_blocks, target)
-            continue
-        left_gpu |= _move_whole(module, name, target, st)
+    # Leave before arriving: free the GPU (and pinned RAM) of what goes, then bring what comes.
+    for arriving in (False, True):
+        for name in COMPONENTS:
+            module = getattr(pipe, name, None)
+            if module is None:
+                continue
+            target = targets[name]
+            if (target != "cpu") != arriving:
+                continue
+            if name in st.deferred:
+                if target == "cpu":
+                    if name in st.unpinned:
+                        _detach(pipe, name, st)
+                        left_gpu = True
+                    continue
+                if name not in st.unpinned:
+                    if left_gpu:
+                        _release_cached_vram()
+                        left_gpu = False
+                    _attach(pipe, plan.component(name), st)
+            if name in st.offloaded:
+                if target == "cpu":
+                    offload.offload_groups(module)
+                if name in DENOISERS:
+                    left_gpu |= _move_blocks(module, name, st.resident_blocks.get(name, []), target, st)
+                continue
+            left_gpu |= _move_whole(module, name, target, st)
+        if left_gpu and not arriving:
+            _release_cached_vram()
+            left_gpu = False
     if left_gpu:
         _release_cached_vram()
 
@@ -240,10 +325,10 @@ def _restore_host(saved: list) -> None:
 
 
 def _move_whole(module: Any, name: str, target: str, st: PlacementState) -> bool:
-    """Move a component that has no offload hooks. Its CPU tensors are kept while it is on the GPU (weights
+    """Move a module that has no offload hooks. Its CPU tensors are kept while it is on the GPU (weights
     are read-only), so leaving the GPU drops the GPU copy instead of copying it back: a device-to-pageable
     copy runs at ~2 GB/s (bench run 1), 2.7 s for an int8 UMT5 at every stage change. Returns True when
-    the component left the GPU."""
+    the module left the GPU."""
     on_cpu = _on_cpu(module)
     if target == "cpu":
         if on_cpu:
@@ -261,12 +346,13 @@ def _move_whole(module: Any, name: str, target: str, st: PlacementState) -> bool
     return False
 
 
-def _move_blocks(transformer: Any, indices: list, device: str) -> None:
-    from lowvram.placement.offload import _block_list_name
-
-    blocks = getattr(transformer, _block_list_name(transformer))
+def _move_blocks(module: Any, name: str, indices: list, device: str, st: PlacementState) -> bool:
+    """Move a partially resident denoiser's resident blocks (whole, keeping their CPU tensors)."""
+    blocks = _blocks(module)
+    left = False
     for i in indices:
-        blocks[i].to(device)
+        left |= _move_whole(blocks[i], f"{name}.blocks.{i}", device, st)
+    return left
 
 
 def leave_all(pipe: Any) -> None:
@@ -278,10 +364,12 @@ def leave_all(pipe: Any) -> None:
         module = getattr(pipe, name, None)
         if module is None:
             continue
-        if st is not None and name in st.offloaded:
+        if st is not None and name in st.deferred and name in st.unpinned:
+            _detach(pipe, name, st)
+        elif st is not None and name in st.offloaded:
             offload.offload_groups(module)
-            if name == "transformer":
-                _move_blocks(module, st.resident_blocks, "cpu")
+            if name in DENOISERS:
+                _move_blocks(module, name, st.resident_blocks.get(name, []), "cpu", st)
         elif st is not None:
             _move_whole(module, name, "cpu", st)
         else:
@@ -291,9 +379,10 @@ def leave_all(pipe: Any) -> None:
 
 def use_sdpa(pipe: Any) -> None:
     """Torch's fused scaled_dot_product_attention everywhere, whatever DIFFUSERS_ATTN_BACKEND says."""
-    transformer = getattr(pipe, "transformer", None)
-    if transformer is not None and hasattr(transformer, "set_attention_backend"):
-        transformer.set_attention_backend("native")
+    for name in DENOISERS:
+        transformer = getattr(pipe, name, None)
+        if transformer is not None and hasattr(transformer, "set_attention_backend"):
+            transformer.set_attention_backend("native")
     for name in ("text_encoder", "image_encoder"):
         module = getattr(pipe, name, None)
         config = getattr(module, "config", None)
@@ -303,8 +392,7 @@ def use_sdpa(pipe: Any) -> None:
 
 
 def describe_device_state(pipe: Any) -> dict:
-    """Where each component's (and each transformer block's) bytes are: plain data for benchmarks."""
-    from lowvram.placement.offload import _block_list_name
+    """Where each component's (and each denoiser block's) bytes are: plain data for benchmarks."""
     from lowvram.placement.quanto_offload import storage_bytes, storage_device
 
     def by_device(module) -> dict:
@@ -331,9 +419,8 @@ def describe_device_state(pipe: Any) -> dict:
     result = {"components": components, "gpu_bytes": gpu_bytes}
     transformer = getattr(pipe, "transformer", None)
     if transformer is not None:
-        blocks = getattr(transformer, _block_list_name(transformer))
-        result["transformer_blocks"] = [sorted(by_device(b)) for b in blocks]
-        result["resident_blocks"] = list(st.resident_blocks) if st else []
+        result["transformer_blocks"] = [sorted(by_device(b)) for b in _blocks(transformer)]
+        result["resident_blocks"] = list(st.resident_blocks.get("transformer", [])) if st else []
     try:
         import torch
 
@@ -350,17 +437,13 @@ def load_cached_components(folder: Path, plan: Plan) -> dict:
     from lowvram.placement import quant_cache
 
     out = {}
-    for name, level in _quant_levels(plan):
-        if level == "bf16" or not (Path(folder) / name).is_dir():
+    for name, level in quant_levels(plan):
+        if not (Path(folder) / name).is_dir():
             continue
-        module = quant_cache.load(folder, name, level, plan.dtype)
+        module = quant_cache.load(folder, name, level, plan.component(name).dtype)
         if module is not None:
             out[name] = module
     return out
-
-
-# Hook names diffusers' group offloading registers (diffusers/hooks/group_offloading.py).
-_OFFLOAD_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
 
 
 def reset(pipe: Any) -> None:

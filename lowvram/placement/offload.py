@@ -21,7 +21,7 @@ from lowvram.placement.quanto_offload import (
     group_tensors,
     storage_device,
 )
-from planner.plan import TransformerPlacement
+from planner.plan import ComponentPlan
 
 DISK_COMPLETE_MARKER = "lowvram_complete"
 
@@ -36,14 +36,14 @@ class OffloadSettings:
     disk: bool
 
 
-def settings_for(placement: TransformerPlacement, device: torch.device) -> Optional[OffloadSettings]:
+def settings_for(placement: ComponentPlan, device: torch.device) -> Optional[OffloadSettings]:
     """None when nothing is streamed (resident, or partial with every block resident)."""
     streams = placement.use_stream and device.type == "cuda"
-    if placement.kind == "resident":
+    if placement.placement == "resident":
         return None
-    if placement.kind == "leaf_offload":
+    if placement.placement == "leaf_offload":
         return OffloadSettings("leaf_level", None, streams, disk=False)
-    if placement.kind == "disk_offload":
+    if placement.placement == "disk_offload":
         return OffloadSettings("block_level", 1, streams, disk=True)
     # block_offload and partial: diffusers supports streams only with one block per group.
     per_group = 1 if streams else placement.blocks_per_group
@@ -59,7 +59,7 @@ def _block_list_name(module: torch.nn.Module) -> str:
 
 def apply_transformer(
     transformer: torch.nn.Module,
-    placement: TransformerPlacement,
+    placement: ComponentPlan,
     device: torch.device,
     disk_dir: Optional[Path] = None,
 ) -> list[int]:
@@ -70,7 +70,7 @@ def apply_transformer(
     blocks = getattr(transformer, name)
     if settings is None:
         return list(range(len(blocks)))
-    resident = list(range(min(placement.resident_blocks, len(blocks)))) if placement.kind == "partial" else []
+    resident = list(range(min(placement.resident_blocks, len(blocks)))) if placement.placement == "partial" else []
     if len(resident) == len(blocks):
         return resident
     kwargs = dict(

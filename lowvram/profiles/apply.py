@@ -97,6 +97,8 @@ def job_from_args(args: Any) -> Job:
         fps=pick("fps"),
         out=getattr(args, "out", None),
         teacache=teacache_from_args(args),
+        guidance_2=pick("guidance_2"),
+        shift=pick("shift"),
     )
 
 

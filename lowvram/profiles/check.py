@@ -7,7 +7,7 @@ machine's probe, so a profile from a bigger GPU cannot make lowvram exceed this 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
 from lowvram.profiles.apply import JOB_FIELDS, apply_profile, fingerprint
@@ -20,7 +20,7 @@ from planner.choose import (
     gib,
     plan_for_job,
 )
-from planner.plan import Plan
+from planner.plan import Plan, describe_change
 from planner.probe import HardwareProbe
 
 Status = Literal["fits", "replanned", "planned", "impossible"]
@@ -55,18 +55,8 @@ class CheckResult:
 
 def plan_changes(old: Plan, new: Plan) -> list[str]:
     """Each decision that differs between two plans, in words."""
-    out = []
-    if (old.device, old.dtype) != (new.device, new.dtype):
-        out.append(f"device: {old.device} ({old.dtype}) -> {new.device} ({new.dtype})")
-    if old.transformer_quant != new.transformer_quant:
-        out.append(f"transformer weights: {old.transformer_quant} -> {new.transformer_quant}")
-    if old.transformer != new.transformer:
-        out.append(f"transformer placement: {old.transformer.describe()} -> {new.transformer.describe()}")
-    if (old.text_encoder_quant, old.text_encoder) != (new.text_encoder_quant, new.text_encoder):
-        out.append(f"text encoder: {old.text_encoder_quant} on {old.text_encoder} -> {new.text_encoder_quant} on {new.text_encoder}")
-    if old.vae != new.vae:
-        out.append(f"VAE: {old.vae} -> {new.vae}")
-    return out
+    change = describe_change(old, new)
+    return [] if change == "no change" else change.split("; ")
 
 
 def _numbers(old: Plan, new: Plan) -> list[str]:
@@ -89,6 +79,11 @@ def _verdict(candidate, new: Plan) -> str:
     return f"would fit here too ({here} predicted here); the new plan is about as fast at higher precision"
 
 
+def _without_resident_blocks(plan: Plan) -> tuple:
+    """A plan's decisions with the denoisers' resident block counts left out."""
+    return (plan.device, tuple(replace(c, resident_blocks=0) if c.role == "denoiser" else c for c in plan.components))
+
+
 def _why(saved: Plan, result: PlanResult) -> list[str]:
     """Why the planner did not keep the saved plan here, from its own verdict on the same placement."""
     lines = [line for line in result.explanation if line.startswith("budget:")]
@@ -96,16 +91,17 @@ def _why(saved: Plan, result: PlanResult) -> list[str]:
     same = [c for c in result.candidates if config_key(c.plan) == key]
     if same:
         return [f"the saved plan {_verdict(same[0], result.plan)}"] + lines
-    if saved.transformer.kind == "partial":
+    saved_d = saved.denoisers[0] if saved.denoisers else None
+    if saved_d is not None and saved_d.placement == "partial":
         # The number of resident blocks is sized to each machine's budget: compare with this machine's size.
-        drop = lambda k: k[:3] + k[4:]  # noqa: E731 - the key without the transformer placement
-        here = [c for c in result.candidates if c.plan.transformer.kind == "partial" and drop(config_key(c.plan)) == drop(key)]
-        kept = saved.transformer.resident_blocks
+        drop = lambda plan: _without_resident_blocks(plan)  # noqa: E731
+        here = [c for c in result.candidates if c.plan.denoisers[0].placement == "partial" and drop(c.plan) == drop(saved)]
+        kept = saved_d.resident_blocks
         if here:
-            k = here[0].plan.transformer.resident_blocks
+            k = here[0].plan.denoisers[0].resident_blocks
             return [f"the saved plan keeps {kept} blocks resident; here {k} fit the VRAM budget, and that plan "
                     f"{_verdict(here[0], result.plan)}"] + lines
-        if result.plan.transformer.kind == "resident":
+        if result.plan.denoisers[0].placement == "resident":
             return [f"the saved plan keeps {kept} blocks resident; here the whole transformer fits on the GPU"] + lines
         return [f"the saved plan keeps {kept} blocks resident; here not one block fits beside the streamed ones"] + lines
     if saved.device != result.plan.device:

@@ -39,6 +39,8 @@ class JobDefaults:
     frames: Optional[int] = field(default=None, metadata=limits("a number of frames of the form 4k+1 (17, 33, 81...)", 1, 1001, step_form=(4, 1)))
     steps: Optional[int] = field(default=None, metadata=limits("a number of denoising steps", 1, 1000))
     guidance: Optional[float] = field(default=None, metadata=limits("a guidance scale (<= 1 turns guidance off)", 0.0, 50.0))
+    guidance_2: Optional[float] = field(default=None, metadata=limits("the low-noise expert's guidance scale (two-expert models)", 0.0, 50.0))
+    shift: Optional[float] = field(default=None, metadata=limits("the sampler's flow shift (Wan uses 3 to 12)", 0.01, 100.0))
     negative_prompt: Optional[str] = field(default=None, metadata=limits("text describing what to avoid", max_len=20000))
     fps: Optional[int] = field(default=None, metadata=limits("frames per second of the mp4", 1, 240))
     teacache: Optional[TeaCacheSetting] = None

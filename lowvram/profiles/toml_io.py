@@ -237,6 +237,11 @@ def loads(text: str, source: str = "<text>") -> Profile:
         raise _toml_error(source, text, exc) from None
     where = Where(source, lambda path: locate(text, path))
     check_version(data, where)
+    saved = data.get("saved_plan")
+    if isinstance(saved, dict) and "transformer_quant" in saved:
+        # A plan from lowvram before plans had one entry per component. It is information only (every load
+        # re-plans), so an old profile still loads; saving it again writes the current form.
+        del data["saved_plan"]
     return build(Profile, data, where)
 
 

@@ -24,7 +24,7 @@ from lowvram.sampling.resume import (
 )
 from lowvram.telemetry import EventSink, LogMessage, PlanSwitched
 from planner.fallback import describe_change, leaner_plan
-from planner.plan import Plan
+from planner.plan import Plan, config_key
 
 T = TypeVar("T")
 
@@ -65,12 +65,9 @@ def free_memory(pipe: Any) -> None:
         torch.cuda.empty_cache()
 
 
-# Fields of a Plan that change where weights live; the rest (predictions, reasons, source) do not.
-PLACEMENT_FIELDS = ("device", "dtype", "transformer_quant", "transformer", "text_encoder_quant", "text_encoder", "vae")
-
-
 def placement_differs(a: Plan, b: Plan) -> bool:
-    return any(getattr(a, f) != getattr(b, f) for f in PLACEMENT_FIELDS)
+    """Whether two plans hold the weights differently (predictions, reasons and source do not count)."""
+    return config_key(a) != config_key(b)
 
 
 # Allocation failures that some kernels raise as a plain RuntimeError (cuBLAS/cuDNN workspaces).
@@ -105,16 +102,17 @@ class Recovery:
 
     @property
     def num_blocks(self) -> Optional[int]:
-        transformer = getattr(self.pipe, "transformer", None)
+        transformer = getattr(self.pipe, "transformer", None) or getattr(self.pipe, "transformer_2", None)
         return getattr(getattr(transformer, "config", None), "num_layers", None)
 
-    def run(self, stage: str, attempt: Callable[[Plan], T]) -> T:
-        """Enter `stage` under the current plan and run `attempt(plan)`; on OOM, lean and retry."""
+    def run(self, stage: str, attempt: Callable[[Plan], T], enter: bool = True) -> T:
+        """Enter `stage` under the current plan and run `attempt(plan)`; on OOM, lean and retry.
+        `enter=False`: the attempt places the components itself (the denoise loop, phase by phase)."""
         while True:
             try:
                 if stage != "denoise":  # denoise checks per step, inside the loop
                     faults.check(stage)
-                if self.pipe is not None:
+                if self.pipe is not None and enter:
                     placement.enter_stage(self.pipe, self.plan, stage)
                 return attempt(self.plan)
             except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError

@@ -25,12 +25,12 @@ from typing import Any, Optional
 from lowvram.errors import UserError
 from lowvram.io.output import replacing
 from lowvram.job import Job, validate_job
-from planner.plan import Plan, TransformerPlacement
+from planner.plan import Plan
 
 FORMAT = "lowvram-resume"
 VERSION = 1
 SUFFIX = ".latents.safetensors"
-COND_TENSORS = ("prompt_embeds", "negative_embeds", "image_embeds", "condition")
+COND_TENSORS = ("prompt_embeds", "negative_embeds", "image_embeds", "condition", "first_frame_mask")
 SCALARS = (int, float, bool, str, type(None))
 
 
@@ -219,19 +219,13 @@ def _job_from_dict(data: Any) -> Job:
 
 
 def _plan_from_dict(data: Any) -> Plan:
-    if not isinstance(data, dict) or not isinstance(data.get("transformer", {}), dict):
+    if not isinstance(data, dict):
         raise ValueError("the plan is not an object")
-    plan = Plan.from_dict(data)
-    hints = typing.get_type_hints(Plan)
-    for name in ("transformer_quant", "text_encoder_quant", "text_encoder", "vae"):
-        if getattr(plan, name) not in typing.get_args(hints[name]):
-            raise ValueError(f"plan field {name}={getattr(plan, name)!r} is not one of {typing.get_args(hints[name])}")
-    if plan.transformer.kind not in typing.get_args(typing.get_type_hints(TransformerPlacement)["kind"]):
-        raise ValueError(f"unknown transformer placement {plan.transformer.kind!r}")
+    plan = Plan.from_dict(data)  # ComponentPlan checks each component's precision and placement
     if not isinstance(plan.device, str) or not re.fullmatch(r"cpu|cuda(:[0-9]{1,2})?", plan.device):
         raise ValueError(f"unknown device {plan.device!r}")
-    if plan.dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"unknown dtype {plan.dtype!r}")
+    if not plan.denoisers:
+        raise ValueError("the plan has no transformer")
     return plan
 
 
@@ -290,8 +284,11 @@ def _check_tensors(job: Job, tensors: dict) -> None:
     latents = tensors.get("latents")
     if latents is None:
         raise ValueError("no latents tensor")
-    want = (job.latent_frames, job.height // 8, job.width // 8)
-    if latents.dim() != 5 or latents.shape[0] != 1 or tuple(latents.shape[2:]) != want or not latents.is_floating_point():
+    # the VAE compresses 4x in time and 8x (Wan2.1, Wan2.2 A14B) or 16x (Wan2.2 TI2V-5B) in space
+    frames = (job.frames - 1) // 4 + 1
+    wants = [(frames, job.height // s, job.width // s) for s in (8, 16)]
+    if latents.dim() != 5 or latents.shape[0] != 1 or tuple(latents.shape[2:]) not in wants or not latents.is_floating_point():
+        want = wants[0]
         raise ValueError(f"latents of shape {tuple(latents.shape)} do not fit the job (1, C, {want[0]}, {want[1]}, {want[2]})")
     prompt = tensors.get("cond.prompt_embeds")
     if prompt is None or prompt.dim() != 3 or prompt.shape[0] != 1 or not prompt.is_floating_point():

@@ -6,6 +6,8 @@ one stage with a leaner plan, and the TUI can run the whole thing in a worker th
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from lowvram.telemetry import (
     EventLog,
     EventSink,
     LogMessage,
+    PhaseStarted,
     RunCancelled,
     RunFailed,
     RunFinished,
@@ -34,16 +37,31 @@ from lowvram.telemetry import (
     ignore,
 )
 from lowvram.telemetry.memory import MemorySampler
-from planner.plan import Plan
+from planner.plan import PHASE_OF, ComponentPlan, Plan, fit_to, plain, role_of
 
 
-def placeholder_plan() -> Plan:
+def placeholder_plan(components: tuple[str, ...] = ("text_encoder", "transformer", "vae")) -> Plan:
     """Everything on one device: the GPU when there is one. Used until a planner plan is given."""
     import torch
 
-    if torch.cuda.is_available():
-        return Plan(device="cuda", dtype="bfloat16", source="placeholder", reasons=("no planner plan given",))
-    return Plan(device="cpu", dtype="float32", source="placeholder", reasons=("no GPU: everything on the CPU",))
+    gpu = torch.cuda.is_available()
+    plan = uniform_plan("cuda" if gpu else "cpu", "bf16" if gpu else "fp32", components)
+    reason = "no planner plan given" if gpu else "no GPU: everything on the CPU"
+    return dataclasses.replace(plan, source="placeholder", reasons=(reason,))
+
+
+def uniform_plan(device: str, precision: str, components: tuple[str, ...]) -> Plan:
+    """Every component resident on `device` at `precision` (VAE and image encoder in float32)."""
+    out = []
+    for name in components:
+        role = role_of(name)
+        if role == "denoiser":
+            out.append(ComponentPlan(name, precision, "resident"))
+        elif role == "text_encoder":
+            out.append(ComponentPlan(name, precision, "cpu" if device == "cpu" else "gpu"))
+        else:
+            out.append(ComponentPlan(name, "fp32", "cpu" if device == "cpu" else "gpu"))
+    return Plan(device=device, components=plain(out))
 
 
 @dataclass
@@ -57,6 +75,23 @@ class LoadedModel:
     def task(self) -> str:
         return self.info.task
 
+    @functools.cached_property
+    def spec(self) -> Any:
+        """The planner's ModelSpec of the loaded checkpoint (its configs and weight headers: cheap)."""
+        from planner.spec import spec_from_folder
+
+        if self.info is None:  # built in memory (benchmarks): no configs on disk to read
+            return None
+        return spec_from_folder(Path(self.info.location), name=self.ref.name, is_demo=self.ref.is_demo)
+
+    @property
+    def two_experts(self) -> bool:
+        return getattr(self.pipe, "transformer_2", None) is not None and getattr(self.pipe, "transformer", None) is not None
+
+    @property
+    def denoiser_names(self) -> tuple[str, ...]:
+        return tuple(n for n in ("transformer", "transformer_2") if getattr(self.pipe, n, None) is not None)
+
 
 @dataclass
 class Conditioning:
@@ -66,7 +101,9 @@ class Conditioning:
     negative_embeds: Any
     image_embeds: Any
     latents: Any
-    condition: Any  # I2V: first-frame latents and mask, concatenated to the input each step
+    condition: Any  # image conditioning: Wan I2V's first-frame latents and mask (concatenated to the input),
+    # or TI2V's first-frame latents (blended in by first_frame_mask)
+    first_frame_mask: Any = None  # TI2V image-to-video: 0 on the conditioning frame's tokens, 1 elsewhere
 
 
 @dataclass
@@ -91,7 +128,8 @@ class Clock:
 
 def _resumed_conditioning(resume: ResumeState) -> "Conditioning":
     c = resume.cond
-    return Conditioning(c["prompt_embeds"], c["negative_embeds"], c["image_embeds"], resume.checkpoint.latents, c["condition"])
+    return Conditioning(c["prompt_embeds"], c["negative_embeds"], c["image_embeds"], resume.checkpoint.latents,
+                        c["condition"], c.get("first_frame_mask"))
 
 
 def _check_cancel(cancel: Optional[threading.Event]) -> None:
@@ -99,19 +137,41 @@ def _check_cancel(cancel: Optional[threading.Event]) -> None:
         raise CancelledError("cancelled")
 
 
+def model_components(ref: ModelRef) -> tuple[str, ...]:
+    """The weight components a checkpoint has (its model_index.json), fetching it first for a hub id."""
+    from lowvram.models.loading import checkpoint_folder, read_checkpoint_info
+
+    info = read_checkpoint_info(checkpoint_folder(ref))
+    return tuple(c for c in ("text_encoder", "image_encoder", "transformer", "transformer_2", "vae") if c in info.components)
+
+
+def loaded_components(loaded: LoadedModel) -> tuple[str, ...]:
+    return tuple(c for c in ("text_encoder", "image_encoder", "transformer", "transformer_2", "vae")
+                 if getattr(loaded.pipe, c, None) is not None)
+
+
 def load_model(ref: ModelRef, plan: Plan) -> LoadedModel:
     # Quantized components come from the quantized cache when present (no bf16 copy is ever built).
-    pipe, info = load_pipeline(ref, dtype=plan.dtype, preload=lambda folder: placement.load_cached_components(folder, plan))
+    dtypes = {c.name: c.dtype for c in plan.components}
+    pipe, info = load_pipeline(ref, dtypes=dtypes, preload=lambda folder: placement.load_cached_components(folder, plan))
     placement.prepare(pipe, plan)
     return LoadedModel(ref=ref, pipe=pipe, info=info, plan=plan)
 
 
+def _denoiser(pipe: Any) -> Any:
+    """The first denoiser (dtype and config are the same for both experts)."""
+    return pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.transformer_2
+
+
 def encode(loaded: LoadedModel, job: Job, plan: Plan) -> Conditioning:
+    """Prompt embeddings, the initial noise and the image conditioning, as diffusers' Wan pipelines make them."""
     import torch
+    from diffusers import WanImageToVideoPipeline
 
     pipe = loaded.pipe
     device = torch.device(placement.compute_device(plan))
-    cfg = job.guidance > 1.0
+    cfg = job.guidance > 1.0  # as diffusers: guidance_scale (the high-noise expert's) turns CFG on
+    transformer = _denoiser(pipe)
     with torch.no_grad():
         prompt_embeds, negative_embeds = pipe.encode_prompt(
             prompt=job.prompt,
@@ -121,29 +181,57 @@ def encode(loaded: LoadedModel, job: Job, plan: Plan) -> Conditioning:
             max_sequence_length=512,
             device=torch.device(placement.encode_device(plan)),  # the CPU when the text encoder runs there
         )
-        tdtype = pipe.transformer.dtype
+        tdtype = transformer.dtype
         prompt_embeds = prompt_embeds.to(device, tdtype)
         if negative_embeds is not None:
             negative_embeds = negative_embeds.to(device, tdtype)
         generator = torch.Generator(device="cpu").manual_seed(job.seed)
-        image_embeds = condition = None
-        if loaded.task == "i2v":
-            from PIL import Image
-
-            with Image.open(Path(job.image).expanduser()) as source:  # closed here, also for multi-frame files
-                image = source.convert("RGB")
-            if pipe.transformer.config.image_dim is not None:
-                image_embeds = pipe.encode_image(image, device).to(tdtype)
-            vae_device = torch.device(placement.vae_device(plan))  # denoise() moves the results to `device`
-            pixels = pipe.video_processor.preprocess(image, height=job.height, width=job.width).to(vae_device, torch.float32)
-            latents, condition = pipe.prepare_latents(
-                pixels, 1, pipe.vae.config.z_dim, job.height, job.width, job.frames, torch.float32, vae_device, generator
-            )
-        else:
+        image_embeds = condition = mask = None
+        if job.image is None:
             latents = pipe.prepare_latents(
-                1, pipe.transformer.config.in_channels, job.height, job.width, job.frames, torch.float32, device, generator
+                1, transformer.config.in_channels, job.height, job.width, job.frames, torch.float32, device, generator
             )
-    return Conditioning(prompt_embeds, negative_embeds, image_embeds, latents, condition)
+            return Conditioning(prompt_embeds, negative_embeds, None, latents, None)
+        from PIL import Image
+
+        with Image.open(Path(job.image).expanduser()) as source:  # closed here, also for multi-frame files
+            image = source.convert("RGB")
+        if transformer.config.image_dim is not None:  # Wan2.1 I2V: CLIP image embeddings
+            image_embeds = pipe.encode_image(image, torch.device(placement.image_encoder_device(plan)))
+            image_embeds = image_embeds.to(device, tdtype)
+        vae_device = torch.device(placement.vae_device(plan))  # denoise() moves the results to `device`
+        pixels = pipe.video_processor.preprocess(image, height=job.height, width=job.width).to(vae_device, torch.float32)
+        # diffusers' own image-to-video latent preparation, also for TI2V-5B (a WanPipeline checkpoint whose
+        # image mode diffusers runs with WanImageToVideoPipeline): one code path, the same numbers.
+        out = WanImageToVideoPipeline.prepare_latents(
+            pipe, pixels, 1, pipe.vae.config.z_dim, job.height, job.width, job.frames, torch.float32, vae_device, generator
+        )
+        latents, condition = out[0], out[1]
+        mask = out[2] if len(out) > 2 else None
+    return Conditioning(prompt_embeds, negative_embeds, image_embeds, latents, condition, mask)
+
+
+def boundary_timestep(pipe: Any) -> Optional[float]:
+    """t at and above which the high-noise expert runs (two-expert models); None for one denoiser."""
+    ratio = getattr(pipe.config, "boundary_ratio", None)
+    if ratio is None or getattr(pipe, "transformer_2", None) is None:
+        return None
+    return ratio * pipe.scheduler.config.num_train_timesteps
+
+
+def expert_for(t: float, boundary: Optional[float]) -> str:
+    return "transformer" if boundary is None or t >= boundary else "transformer_2"
+
+
+def set_timesteps(pipe: Any, job: Job, spec_shift: float, device: Any) -> Any:
+    """The scheduler's timesteps for the job, with its flow shift (diffusers sets the shift in the config)."""
+    scheduler = pipe.scheduler
+    if getattr(scheduler.config, "flow_shift", None) != spec_shift:
+        scheduler = type(scheduler).from_config(scheduler.config, flow_shift=spec_shift)
+        pipe.scheduler = scheduler
+    scheduler.set_timesteps(job.steps, device=device)
+    scheduler.set_begin_index(0)
+    return scheduler.timesteps
 
 
 def denoise(
@@ -156,30 +244,39 @@ def denoise(
     cancel: Optional[threading.Event] = None,
     resume: Optional[DenoiseCheckpoint] = None,
     on_checkpoint: Optional[Callable[[int, Any, Any], None]] = None,
+    on_phase: Optional[Callable[[str, int], None]] = None,
 ) -> tuple[Any, list[float]]:
-    """The sampling loop (as diffusers' Wan pipelines run it), one StepFinished event per step.
+    """The sampling loop as diffusers' Wan pipelines run it, one StepFinished event per step.
 
+    A two-expert model runs `transformer` while t >= boundary and `transformer_2` after, with guidance
+    `job.guidance` / `job.guidance_2`; at the switch the active expert leaves the GPU first
+    (placement.enter_stage with the phase). TI2V-5B gets one timestep per token (expand_timesteps).
     `resume` starts at its step with its latents and scheduler history (after an OOM or from a file);
-    `on_checkpoint(steps_done, latents, scheduler)` is called after every step.
+    `on_checkpoint(steps_done, latents, scheduler)` is called after every step; `on_phase(name, step)`
+    when an expert becomes active.
     """
     import torch
 
     pipe = loaded.pipe
-    transformer = pipe.transformer
     device = torch.device(placement.compute_device(plan))
+    timesteps = set_timesteps(pipe, job, job_shift(loaded, job), device)
     scheduler = pipe.scheduler
-    scheduler.set_timesteps(job.steps, device=device)
-    scheduler.set_begin_index(0)
-    timesteps = scheduler.timesteps
     latents = cond.latents.to(device)
     start = 0
     if resume is not None:
         start, latents = resume.step, resume.latents.to(device, copy=True)
         restore_scheduler(scheduler, resume.scheduler, resume.tensors, device)
     condition = cond.condition.to(device) if cond.condition is not None else None
-    tdtype = transformer.dtype
+    mask = cond.first_frame_mask.to(device) if cond.first_frame_mask is not None else None
+    expand = bool(getattr(pipe.config, "expand_timesteps", False))
+    if expand and mask is None:
+        mask = torch.ones((1, 1) + tuple(latents.shape[2:]), dtype=torch.float32, device=device)
+    boundary = boundary_timestep(pipe)
+    guidance_2 = job.guidance_2 if job.guidance_2 is not None else job.guidance
+    tdtype = _denoiser(pipe).dtype
     cfg = cond.negative_embeds is not None
     step_seconds: list[float] = []
+    active: Optional[str] = None
     from lowvram.caching.teacache.run import teacache_run
 
     # TeaCache (off unless the job asks): its schedule is fixed here, before the first step.
@@ -189,10 +286,28 @@ def denoise(
                 continue
             _check_cancel(cancel)
             fault_injection.check("denoise", i)
+            name = expert_for(float(t), boundary)
+            if name != active:
+                placement.enter_stage(pipe, plan, "denoise", phase=name)  # the other expert leaves first
+                active = name
+                if on_phase is not None:
+                    on_phase(name, i)
+            transformer = getattr(pipe, name)
+            guidance = job.guidance if name == "transformer" else guidance_2
             started = time.perf_counter()
-            model_in = latents if condition is None else torch.cat([latents, condition], dim=1)
+            if expand and condition is not None:
+                model_in = (1 - mask) * condition + mask * latents
+            elif condition is not None:
+                model_in = torch.cat([latents, condition], dim=1)
+            else:
+                model_in = latents
             model_in = model_in.to(tdtype)
-            timestep = t.expand(latents.shape[0])
+            if expand:
+                # one timestep per token: 0 on the conditioning frame (TI2V image-to-video), t elsewhere
+                p_h, p_w = transformer.config.patch_size[1], transformer.config.patch_size[2]
+                timestep = (mask[0][0][:, ::p_h, ::p_w] * t).flatten().unsqueeze(0).expand(latents.shape[0], -1)
+            else:
+                timestep = t.expand(latents.shape[0])
             kwargs = dict(hidden_states=model_in, timestep=timestep, attention_kwargs=None, return_dict=False)
             if cond.image_embeds is not None:
                 kwargs["encoder_hidden_states_image"] = cond.image_embeds
@@ -201,7 +316,7 @@ def denoise(
             if cfg:
                 with transformer.cache_context("uncond", step_index=i):
                     noise_uncond = transformer(encoder_hidden_states=cond.negative_embeds, **kwargs)[0]
-                noise_pred = noise_uncond + job.guidance * (noise_pred - noise_uncond)
+                noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
             if on_checkpoint is not None:
                 on_checkpoint(i + 1, latents, scheduler)
@@ -221,9 +336,23 @@ def denoise(
                     eta_seconds=mean * remaining,
                     computed_calls=computed,
                     skipped_calls=skipped,
+                    expert=name if boundary is not None else "",
                 )
             )
+    if expand and condition is not None:
+        latents = (1 - mask) * condition + mask * latents  # the conditioning frame, exactly
     return latents, step_seconds
+
+
+def job_shift(loaded: LoadedModel, job: Job) -> float:
+    """The flow shift this job samples with: --shift, else the model card's rule (planner.families)."""
+    if job.shift is not None:
+        return job.shift
+    from planner.families import default_shift
+
+    if loaded.spec is None:
+        return float(loaded.pipe.scheduler.config.flow_shift)
+    return default_shift(loaded.spec, job.width, job.height)[0]
 
 
 def decode(loaded: LoadedModel, plan: Plan, latents: Any):
@@ -244,10 +373,14 @@ def decode(loaded: LoadedModel, plan: Plan, latents: Any):
 
 
 class _Stage:
-    """Context manager: StageStarted/StageFinished with measured peaks."""
+    """Context manager: StageStarted/StageFinished with measured peaks; for a two-expert model's denoise
+    stage also one peak window per phase (`phase(name, step)` at each expert switch), kept as
+    peaks["denoise:high"] / peaks["denoise:low"]."""
 
     def __init__(self, name: str, sink: EventSink, clock: Clock, sampler: MemorySampler, peaks: dict):
         self.name, self.sink, self.clock, self.sampler, self.peaks = name, sink, clock, sampler, peaks
+        self.current: Optional[tuple[str, float]] = None  # (phase key, started)
+        self.folded = (0, 0)  # peaks of the finished phases
 
     def __enter__(self):
         self.started = time.perf_counter()
@@ -255,9 +388,27 @@ class _Stage:
         self.sink(StageStarted(t=self.clock(), stage=self.name))
         return self
 
+    def _close_phase(self) -> tuple[int, int]:
+        vram, ram = self.sampler.window_peaks()
+        if self.current is not None:
+            key, started = self.current
+            self.peaks[key] = {"vram_bytes": vram, "ram_bytes": ram, "seconds": time.perf_counter() - started}
+        vram, ram = max(vram, self.folded[0]), max(ram, self.folded[1])
+        self.folded = (vram, ram)
+        return vram, ram
+
+    def phase(self, component: str, step: int) -> None:
+        """An expert became active at `step` (two-expert models): close the last phase's window, open one."""
+        phase = PHASE_OF.get(component, component)
+        if self.current is not None:
+            self._close_phase()
+            self.sampler.start_window()
+        self.current = (f"{self.name}:{phase}", time.perf_counter())
+        self.sink(PhaseStarted(t=self.clock(), stage=self.name, phase=phase, component=component, step=step))
+
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            vram, ram = self.sampler.window_peaks()
+            vram, ram = self._close_phase()
             seconds = time.perf_counter() - self.started
             self.peaks[self.name] = {"vram_bytes": vram, "ram_bytes": ram, "seconds": seconds}
             self.sink(StageFinished(t=self.clock(), stage=self.name, seconds=seconds, peak_vram_bytes=vram, peak_ram_bytes=ram))
@@ -285,7 +436,8 @@ def generate(
 
     validate_job(job)
     ref = loaded.ref if loaded is not None else resolve_model(job.model)
-    plan = plan or (loaded.plan if loaded is not None else placeholder_plan())
+    names = loaded_components(loaded) if loaded is not None else model_components(ref)
+    plan = fit_to(plan or (loaded.plan if loaded is not None else placeholder_plan(names)), names)
     video_path, note = choose_output(job.out, job.prompt, job.seed)
     log = EventLog(forward=on_event)
     clock = Clock()
@@ -327,13 +479,16 @@ def generate(
             _check_cancel(cancel)
             step_seconds: list[float] = []
 
-            def denoise_from_checkpoint(p: Plan) -> Any:
-                out, seconds = denoise(loaded, job, p, cond, log, clock, cancel, rec.checkpoint, rec.keep)
-                step_seconds.extend(seconds)
-                return out
+            with _Stage("denoise", log, clock, sampler, peaks) as stage:
 
-            with _Stage("denoise", log, clock, sampler, peaks):
-                latents = rec.run("denoise", denoise_from_checkpoint)
+                def denoise_from_checkpoint(p: Plan) -> Any:
+                    out, seconds = denoise(loaded, job, p, cond, log, clock, cancel, rec.checkpoint, rec.keep,
+                                           on_phase=stage.phase if loaded.two_experts else None)
+                    step_seconds.extend(seconds)
+                    return out
+
+                # the loop enters each expert's phase itself (the other expert leaves the GPU first)
+                latents = rec.run("denoise", denoise_from_checkpoint, enter=False)
             _check_cancel(cancel)
             with _Stage("decode", log, clock, sampler, peaks):
                 frames = rec.run("decode", lambda p: decode(loaded, p, latents))

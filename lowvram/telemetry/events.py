@@ -55,6 +55,17 @@ class StepFinished(Event):
     eta_seconds: float = 0.0
     computed_calls: int = 0  # transformer calls of this step that ran the blocks
     skipped_calls: int = 0  # transformer calls of this step served from the TeaCache
+    expert: str = ""  # two-expert models: the denoiser that ran this step (transformer / transformer_2)
+
+
+@dataclass(frozen=True)
+class PhaseStarted(Event):
+    """A two-expert model's expert became active (the other one has left the GPU)."""
+
+    stage: str = "denoise"
+    phase: str = ""  # "high" / "low"
+    component: str = ""  # "transformer" / "transformer_2"
+    step: int = 0  # the first step it runs
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,13 @@ def plan_renderable(job: Job, view: PlanView, width: int = 78) -> Group:
     if view.preferences:
         parts.append(Text(f"profile preferences: {view.preferences}", style="cyan"))
     where = "every component on the CPU" if plan.device == "cpu" else plan.summary()
-    parts.append(Text(f"{plan.device}, {plan.dtype}: {where}"))
+    parts.append(Text(f"{plan.device}: {where}"))
     if plan.predicted:
         table = Table(box=None, padding=(0, 2), show_edge=False)
         for col in ("stage", "peak VRAM", "peak RAM", "time"):
             table.add_column(col, justify="left" if col == "stage" else "right")
         for s in plan.predicted:
-            table.add_row(s.stage, fmt_bytes(s.vram_bytes), fmt_bytes(s.ram_bytes), fmt_seconds(s.seconds) if s.seconds else "-")
+            table.add_row(s.label, fmt_bytes(s.vram_bytes), fmt_bytes(s.ram_bytes), fmt_seconds(s.seconds) if s.seconds else "-")
         table.add_row(Text("peak", style="bold"), fmt_bytes(plan.peak_vram_bytes), fmt_bytes(plan.peak_ram_bytes), fmt_seconds(plan.predicted_seconds) if plan.predicted_seconds else "-")
         parts.append(table)
     else:
