@@ -272,7 +272,7 @@ def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Prefere
 
     probe = probe if probe is not None else probe_hardware()
     calibration = calibration if calibration is not None else load_calibration()
-    return make_plan(probe, spec_for_model(job.model), job, prefs, calibration)
+    return make_plan(probe, spec_for_model(job.model, job.base), job, prefs, calibration)
 
 
 # --- Explanation --------------------------------------------------------------------------------------------

@@ -335,34 +335,37 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def spec_for_model(name: str) -> ModelSpec:
-    """--model as the user wrote it (short name, hub id, local folder, demo name) -> ModelSpec.
+def spec_for_model(name: str, base: Optional[str] = None) -> ModelSpec:
+    """--model as the user wrote it (short name, hub id, local folder, demo name, weight file(s) with --base) -> ModelSpec.
 
-    Known checkpoints need no download. An unknown hub id must be downloaded first (its configs are
-    not known here): the error says so.
+    Known checkpoints need no download. An unknown hub id is read from its config files, fetched
+    first if they are not cached (small *.json files, no weights).
     """
     from lowvram.models.names import DEMO_NAMES, SHORT_NAMES, resolve_model
 
-    if name in DEMO_NAMES:
+    if base is None and name in DEMO_NAMES:
         from lowvram.models.demo import ensure_demo
 
         return spec_from_folder(ensure_demo(name), name=name, is_demo=True)
     lowered = name.lower()
-    if lowered in SHORT_NAMES:
+    if base is None and lowered in SHORT_NAMES:
         return known_spec(lowered)
     by_hub_id = {hub.lower(): short for short, hub in SHORT_NAMES.items()}
-    if lowered in by_hub_id:
+    if base is None and lowered in by_hub_id:
         return known_spec(by_hub_id[lowered])
-    ref = resolve_model(name)
+    ref = resolve_model(name, base)
+    if ref.files:  # single-file transformer(s): the base's spec, with the files' stored sizes
+        from lowvram.models.single_file import with_stored_weights
+
+        return with_stored_weights(spec_for_model(ref.base), ref)
     if ref.kind == "local":
         return spec_from_folder(Path(ref.location), name=name)
     cached = _hub_cache_folder(ref.location)
     if cached is not None:
         return spec_from_folder(cached, name=name)
-    raise UserError(
-        f"--model {name}: its configs are not known to the planner without downloading it. "
-        f"Download it and pass the local folder, or use one of: {', '.join(SHORT_NAMES)}."
-    )
+    from lowvram.models.hub import fetch_configs
+
+    return spec_from_folder(fetch_configs(ref.location), name=name)
 
 
 def _hub_cache_folder(repo_id: str) -> Optional[Path]:

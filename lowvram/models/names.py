@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from lowvram.errors import UserError
 
@@ -25,14 +26,27 @@ class ModelRef:
     name: str  # as the user wrote it
     kind: str
     location: str  # folder path (demo/local) or hub id
+    # Single-file transformer(s) replacing the pipeline's (a high,low pair for Wan2.2 A14B); the rest of the
+    # pipeline comes from `location`, the base (named `base`). See lowvram.models.single_file.
+    files: tuple[str, ...] = ()
+    base: Optional[str] = None
 
     @property
     def is_demo(self) -> bool:
         return self.kind == "demo"
 
 
-def resolve_model(name: str) -> ModelRef:
-    """Map --model to a ModelRef without loading anything. Raises UserError when it cannot be found."""
+def resolve_model(name: str, base: Optional[str] = None) -> ModelRef:
+    """Map --model (and --base) to a ModelRef without loading anything. Raises UserError when it cannot be found.
+
+    A weight file (or a high,low pair of them) is read by its header only; see lowvram.models.single_file."""
+    from lowvram.models.single_file import model_files, resolve_files
+
+    files = model_files(name)
+    if files is not None:
+        return resolve_files(name, files, base)
+    if base:
+        raise UserError(f"--base {base}: only for a single-file --model (a .safetensors or .gguf transformer); --model {name} is a whole pipeline.")
     if name in DEMO_NAMES:
         from lowvram.models.demo import demo_path
 
@@ -42,8 +56,6 @@ def resolve_model(name: str) -> ModelRef:
         return ModelRef(name=name, kind="hub", location=SHORT_NAMES[lowered])
     path = Path(os.path.expanduser(name))
     if path.exists():
-        if not path.is_dir():
-            raise UserError(f"--model {name}: is a file; give the folder of a diffusers checkpoint (with model_index.json).")
         if not (path / "model_index.json").is_file():
             raise UserError(
                 f"--model {name}: no model_index.json in that folder; it is not a diffusers pipeline folder. "

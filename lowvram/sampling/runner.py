@@ -284,7 +284,7 @@ def generate(
     from lowvram.io.sidecar import build_sidecar, write_sidecar
 
     validate_job(job)
-    ref = loaded.ref if loaded is not None else resolve_model(job.model)
+    ref = loaded.ref if loaded is not None else resolve_model(job.model, job.base)
     plan = plan or (loaded.plan if loaded is not None else placeholder_plan())
     video_path, note = choose_output(job.out, job.prompt, job.seed)
     log = EventLog(forward=on_event)
