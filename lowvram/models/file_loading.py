@@ -1,12 +1,13 @@
 """Load a single-file Wan transformer into diffusers' WanTransformer3DModel, keeping how it is stored.
 
-- bf16/fp16/fp32 files: diffusers' `from_single_file` (its Wan key converter), in the run's dtype.
-- GGUF files: the same, with diffusers' `GGUFQuantizationConfig`: the weights stay quantized and each
-  layer dequantizes when it computes.
-- fp8 files (fp8_e4m3fn, fp8_e5m2, "fp8 scaled"): the keys go through the same diffusers converter,
-  the model is built on the meta device and the tensors are assigned as stored, so the fp8 weights
-  never exist in a wider dtype; each layer is upcast when it computes (lowvram.models.fp8_layers).
-  (`from_single_file` would cast every weight to the run's dtype first: twice the RAM of the file.)
+- GGUF files: diffusers' `from_single_file` (its Wan key converter) with its `GGUFQuantizationConfig`:
+  the weights stay quantized and each layer dequantizes when it computes.
+- safetensors files (bf16/fp16/fp32, fp8_e4m3fn/e5m2, "fp8 scaled"): the keys go through the same
+  diffusers converter, the model is built on the meta device and the tensors are assigned in the run's
+  dtype, except fp8 weights, which stay fp8 and are upcast one layer at a time when it computes
+  (lowvram.models.fp8_layers), and the modules diffusers keeps in float32 (`_keep_in_fp32_modules`),
+  as `from_pretrained` does for a folder. (`from_single_file` would cast every fp8 weight to the run's
+  dtype first, twice the RAM of the file, and keeps float32 modules only for fp16.)
 
 The config comes from the base pipeline's folder (`<base>/transformer/config.json`); the file's shapes
 were checked against it already (lowvram.models.single_file.resolve_files).
@@ -37,10 +38,8 @@ def load_transformer_file(path: Path, base_folder: Path, subfolder: str, dtype: 
     try:
         if tf.is_gguf:
             model = _load_gguf(tf, base_folder, subfolder, dtype)
-        elif tf.is_fp8:
-            model = _load_fp8(tf, base_folder, subfolder, dtype)
         else:
-            model = _load_plain(tf, base_folder, subfolder, dtype)
+            model = _load_safetensors(tf, base_folder, subfolder, dtype)
     except (ValueError, RuntimeError, KeyError, OSError) as exc:
         raise UserError(f"{tf.path}: could not load it as the {subfolder} of {base_folder} ({type(exc).__name__}: {exc}).") from exc
     setattr(model, SOURCE_FILE_ATTR, str(tf.path))
@@ -76,14 +75,6 @@ def _check_complete(tf: TransformerFile, base_folder: Path, subfolder: str) -> N
         log.warning("%s: %d tensors the transformer does not use (e.g. %s)", tf.path, len(extra), ", ".join(extra[:3]))
 
 
-def _load_plain(tf: TransformerFile, base_folder: Path, subfolder: str, dtype: Any):
-    from diffusers import WanTransformer3DModel
-    from safetensors.torch import load_file
-
-    state = load_file(str(tf.path))
-    return WanTransformer3DModel.from_single_file(state, config=str(base_folder), subfolder=subfolder, torch_dtype=dtype, local_files_only=True)
-
-
 def _load_gguf(tf: TransformerFile, base_folder: Path, subfolder: str, dtype: Any):
     from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
     from diffusers.models.model_loading_utils import load_gguf_checkpoint
@@ -95,7 +86,7 @@ def _load_gguf(tf: TransformerFile, base_folder: Path, subfolder: str, dtype: An
     )
 
 
-def _load_fp8(tf: TransformerFile, base_folder: Path, subfolder: str, dtype: Any):
+def _load_safetensors(tf: TransformerFile, base_folder: Path, subfolder: str, dtype: Any):
     import torch
     from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
     from safetensors.torch import load_file
@@ -120,9 +111,13 @@ def _load_fp8(tf: TransformerFile, base_folder: Path, subfolder: str, dtype: Any
 
     model = _meta_model(base_folder, subfolder)
     modules = dict(model.named_modules())
+    keep_fp32 = tuple(model._keep_in_fp32_modules or ())
     scales = {}
     for key, tensor in list(state.items()):
         layer, _, leaf = key.rpartition(".")
+        if any(m in key.split(".") for m in keep_fp32):  # as from_pretrained keeps them (time embedder, norms, modulation)
+            state[key] = tensor.to(torch.float32)
+            continue
         keep_fp8 = tensor.dtype in FP8_DTYPES and leaf == "weight" and isinstance(modules.get(layer), (torch.nn.Linear, torch.nn.Conv3d))
         if not keep_fp8:
             state[key] = tensor.to(dtype)  # biases, norms, embeddings: small, upcast once (exact for fp8 values)
