@@ -7,7 +7,8 @@ tools share the files and `--model NAME` finds them. A download:
 3. downloads with a progress line (bytes, speed, time left) that lowvram prints itself, so it shows
    even while the libraries' own progress bars are off,
 4. keeps every finished file: an interrupted download, run again, fetches only what is missing
-   (a dropped connection inside a run resumes where it stopped; a file cut off by Ctrl-C restarts).
+   (a dropped connection inside a run resumes from the last 10 MB huggingface_hub wrote; a file cut
+   off by Ctrl-C restarts, and its partial copy is removed).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +106,7 @@ def fetch_configs(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json"]))
+        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json"], tqdm_class=_Silent.make()))
     except Exception as exc:  # network, auth, missing repo, offline mode: all user-fixable
         raise _hub_error(repo_id, exc) from exc
     if not (folder / "model_index.json").is_file():
@@ -152,7 +152,8 @@ def plan_download(repo_id: str, skip: tuple[str, ...] = ()) -> DownloadPlan:
     from huggingface_hub import snapshot_download
 
     try:
-        infos = snapshot_download(repo_id, allow_patterns=PIPELINE_PATTERNS, ignore_patterns=ignore_patterns(skip), dry_run=True)
+        infos = snapshot_download(repo_id, allow_patterns=PIPELINE_PATTERNS, ignore_patterns=ignore_patterns(skip), dry_run=True,
+                                  tqdm_class=_Silent.make())
     except Exception as exc:
         raise _hub_error(repo_id, exc) from exc
     if not any(i.filename == "model_index.json" for i in infos):
@@ -254,44 +255,63 @@ def _remove_incomplete(folder: Path, before: set[str]) -> None:
                 p.unlink(missing_ok=True)
 
 
-def download(repo_id: str, skip: tuple[str, ...] = (), say: Callable[[str], None] = print, stream=None) -> Path:
+# The download itself runs in a child process: huggingface_hub downloads in a thread pool that Python joins
+# at exit, so after Ctrl-C a download in this process would go on (or hang on a stalled connection) until it
+# ends. A child can be stopped at once; lowvram then removes the partial file it leaves.
+_CHILD = """
+import json, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+from huggingface_hub import snapshot_download
+a = json.loads(sys.argv[1])
+print(snapshot_download(a["repo"], allow_patterns=a["allow"], ignore_patterns=a["ignore"]))
+"""
+
+
+def download(repo_id: str, skip: tuple[str, ...] = (), say: Callable[[str], None] = print, stream=None,
+             plan: Optional[DownloadPlan] = None) -> Path:
     """Download a pipeline (without the weights of `skip` components) into the hub cache; its snapshot folder."""
-    plan = plan_download(repo_id, skip)
+    import os
+    import subprocess
+    import tempfile
+
+    plan = plan or plan_download(repo_id, skip)
     check_disk(plan)
     if not plan.files:
         say(f"{repo_id}: already downloaded ({gib(plan.total_bytes)})")
         return _snapshot_folder(repo_id, skip)
     say(f"downloading {plan.describe()}")
-    from huggingface_hub import snapshot_download
-
     folder = repo_cache_folder(repo_id)
     start = _blob_bytes(folder)
     before = {p.name for p in (folder / "blobs").glob("*.incomplete")} if (folder / "blobs").is_dir() else set()
-    result: dict = {}
-
-    def work() -> None:
-        try:
-            result["path"] = snapshot_download(
-                repo_id, allow_patterns=PIPELINE_PATTERNS, ignore_patterns=ignore_patterns(skip), tqdm_class=_Silent.make()
-            )
-        except BaseException as exc:  # handed to the waiting thread
-            result["error"] = exc
-
+    args = json.dumps({"repo": repo_id, "allow": PIPELINE_PATTERNS, "ignore": ignore_patterns(skip)})
+    env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1")
     progress = ProgressLine(plan.download_bytes, stream)
-    worker = threading.Thread(target=work, name="lowvram-download", daemon=True)
-    worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(timeout=0.25)
-            progress(max(0, _blob_bytes(folder) - start))
-    except BaseException:  # Ctrl-C: the worker dies with the process; leave no partial file behind
-        _remove_incomplete(folder, before)
-        raise
-    if "error" in result:
-        _remove_incomplete(folder, before)
-        raise _hub_error(repo_id, result["error"]) from result["error"]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, args], stdout=out, stderr=err, text=True, env=env)
+        try:
+            while child.poll() is None:
+                try:
+                    child.wait(timeout=0.25)
+                except subprocess.TimeoutExpired:
+                    pass
+                progress(max(0, _blob_bytes(folder) - start))
+        except BaseException:  # Ctrl-C (or any error here): stop the download now, leave no partial file behind
+            child.kill()
+            child.wait()
+            _remove_incomplete(folder, before)
+            raise
+        out.seek(0)
+        err.seek(0)
+        if child.returncode != 0:
+            _remove_incomplete(folder, before)
+            lines = [ln for ln in err.read().strip().splitlines() if ln.strip()]
+            raise UserError(
+                f"{repo_id}: the download stopped ({lines[-1] if lines else f'exit code {child.returncode}'}). "
+                "Run the command again to continue: finished files are kept."
+            )
+        path = Path(out.read().strip().splitlines()[-1])
     progress(plan.download_bytes, final=True)
-    return Path(result["path"])
+    return path
 
 
 def _snapshot_folder(repo_id: str, skip: tuple[str, ...]) -> Path:
