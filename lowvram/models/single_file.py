@@ -376,3 +376,13 @@ def with_stored_weights(spec, ref):
         if component is not None and any(f.name == "stored" for f in dataclasses.fields(component)):
             changes[attr] = dataclasses.replace(component, stored=sw)
     return dataclasses.replace(spec, name=ref.name, **changes) if changes else dataclasses.replace(spec, name=ref.name)
+
+
+def file_model(tf: TransformerFile) -> Optional[str]:
+    """The known model a transformer file belongs to, by shape (and, for Wan2.2 A14B experts, a name with
+    high_noise/low_noise in it, as the published files have); None when no known model has its shape."""
+    two = any(w in tf.path.name.lower() for w in ("high_noise", "low_noise", "high-noise", "low-noise"))
+    try:
+        return infer_base((tf, tf) if two else (tf,))
+    except UserError:
+        return None
