@@ -17,26 +17,9 @@ from typing import Any, Optional
 
 from lowvram.errors import UserError
 
-# --- Known configs (REFERENCE.md shapes; the checkpoints' config.json files say the same) ---------
+# The known transformer configs live with the model names (lowvram.models.known_configs); re-exported here.
+from lowvram.models.known_configs import WAN_COMMON, WAN_TRANSFORMER_CONFIGS  # noqa: E402,F401
 
-WAN_COMMON = dict(
-    patch_size=(1, 2, 2),
-    attention_head_dim=128,
-    text_dim=4096,
-    freq_dim=256,
-    out_channels=16,
-    qk_norm="rms_norm_across_heads",
-    cross_attn_norm=True,
-    eps=1e-6,
-)
-_WAN_14B = dict(WAN_COMMON, num_layers=40, num_attention_heads=40, ffn_dim=13824, in_channels=16)
-_WAN_I2V_14B = dict(_WAN_14B, in_channels=36, image_dim=1280, added_kv_proj_dim=5120)  # 480p and 720p: one shape
-WAN_TRANSFORMER_CONFIGS: dict[str, dict] = {
-    "wan2.1-t2v-1.3b": dict(WAN_COMMON, num_layers=30, num_attention_heads=12, ffn_dim=8960, in_channels=16),
-    "wan2.1-t2v-14b": dict(_WAN_14B),
-    "wan2.1-i2v-14b-480p": dict(_WAN_I2V_14B),
-    "wan2.1-i2v-14b-720p": dict(_WAN_I2V_14B),
-}
 # google/umt5-xxl, encoder only (what Wan2.1 uses as its text encoder).
 UMT5_XXL_CONFIG = dict(
     vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
@@ -355,9 +338,7 @@ def spec_for_model(name: str, base: Optional[str] = None) -> ModelSpec:
         return known_spec(by_hub_id[lowered])
     ref = resolve_model(name, base)
     if ref.files:  # single-file transformer(s): the base's spec, with the files' stored sizes
-        from lowvram.models.single_file import with_stored_weights
-
-        return with_stored_weights(spec_for_model(ref.base), ref)
+        return _with_stored(spec_for_model(ref.base), ref)
     if ref.kind == "local":
         return spec_from_folder(Path(ref.location), name=name)
     cached = _hub_cache_folder(ref.location)
@@ -366,6 +347,19 @@ def spec_for_model(name: str, base: Optional[str] = None) -> ModelSpec:
     from lowvram.models.hub import fetch_configs
 
     return spec_from_folder(fetch_configs(ref.location), name=name)
+
+
+def _with_stored(spec: ModelSpec, ref) -> ModelSpec:
+    """The base's spec for a single-file model: its name, and the files' StoredWeights on the transformer spec(s)
+    where ComponentSpec has the `stored` field (the "stored" precision level)."""
+    import dataclasses
+
+    changes = {}
+    for attr, stored in zip(("transformer", "transformer_2"), ref.stored):
+        component = getattr(spec, attr, None)
+        if component is not None and any(f.name == "stored" for f in dataclasses.fields(component)):
+            changes[attr] = dataclasses.replace(component, stored=stored)
+    return dataclasses.replace(spec, name=ref.name, **changes)
 
 
 def _hub_cache_folder(repo_id: str) -> Optional[Path]:

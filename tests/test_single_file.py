@@ -272,3 +272,16 @@ def test_base_only_with_a_file(files, tmp_path, capsys):
 def test_missing_file(tmp_path, capsys):
     assert _generate(tmp_path, "--model", str(tmp_path / "nope.gguf")) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_profile_keeps_the_base(files, tmp_path, capsys):
+    from lowvram.profiles.apply import apply_profile, load_profile_file
+
+    path = tmp_path / "p.toml"
+    assert main(["profile", "save", str(path), "--model", str(files["q8"]), "--base", str(files["folder"]), "--vram", "8", "--ram", "16"]) == 0
+    profile = load_profile_file(str(path))
+    assert (profile.model, profile.base) == (str(files["q8"]), str(files["folder"]))
+    from lowvram.job import Job
+
+    job, _ = apply_profile(Job(prompt="a cat"), profile)
+    assert (job.model, job.base) == (str(files["q8"]), str(files["folder"]))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from lowvram.errors import UserError
+from lowvram.models.ref import ModelRef
+from lowvram.models.single_file import files_ref, infer_base, inspect_files, model_files
 
 DEMO_NAMES = ("tiny-random", "tiny-random-i2v")
 
@@ -19,32 +20,18 @@ SHORT_NAMES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """What the user asked for, resolved. `kind` is 'demo', 'local' or 'hub'."""
-
-    name: str  # as the user wrote it
-    kind: str
-    location: str  # folder path (demo/local) or hub id
-    # Single-file transformer(s) replacing the pipeline's (a high,low pair for Wan2.2 A14B); the rest of the
-    # pipeline comes from `location`, the base (named `base`). See lowvram.models.single_file.
-    files: tuple[str, ...] = ()
-    base: Optional[str] = None
-
-    @property
-    def is_demo(self) -> bool:
-        return self.kind == "demo"
-
-
 def resolve_model(name: str, base: Optional[str] = None) -> ModelRef:
     """Map --model (and --base) to a ModelRef without loading anything. Raises UserError when it cannot be found.
 
     A weight file (or a high,low pair of them) is read by its header only; see lowvram.models.single_file."""
-    from lowvram.models.single_file import model_files, resolve_files
-
     files = model_files(name)
     if files is not None:
-        return resolve_files(name, files, base)
+        inspected = inspect_files(name, files)
+        base_ref = resolve_model(base or infer_base(inspected))
+        if base_ref.files:
+            raise UserError(f"--base {base}: give a diffusers folder, hub id or short name, not weight files.")
+        short = {hub.lower(): s for s, hub in SHORT_NAMES.items()}.get(base_ref.location.lower()) if base_ref.kind == "hub" else None
+        return files_ref(name, inspected, base_ref, short)
     if base:
         raise UserError(f"--base {base}: only for a single-file --model (a .safetensors or .gguf transformer); --model {name} is a whole pipeline.")
     if name in DEMO_NAMES:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from lowvram.errors import UserError
+from lowvram.models.ref import ModelRef
 from lowvram.models.weights_header import (
     SCALE_SUFFIXES,
     FileHeader,
@@ -231,7 +232,7 @@ def file_shape_key(shape: WanShape) -> tuple:
 def known_transformer_configs() -> dict[str, dict]:
     """Short name -> transformer config of every model lowvram knows without a download (demo ones included)."""
     from lowvram.models import demo
-    from planner.spec import WAN_TRANSFORMER_CONFIGS
+    from lowvram.models.known_configs import WAN_TRANSFORMER_CONFIGS
 
     configs = dict(WAN_TRANSFORMER_CONFIGS)
     inner = demo._TRANSFORMER["num_attention_heads"] * demo._TRANSFORMER["attention_head_dim"]
@@ -290,23 +291,19 @@ def model_files(name: str) -> Optional[tuple[Path, ...]]:
     return tuple(p.resolve() for p in paths)
 
 
-def base_transformer_configs(base_ref) -> tuple[dict, ...]:
-    """The transformer config(s) of a base pipeline, without loading weights (a hub id: its configs only)."""
+def base_transformer_configs(base_ref: ModelRef, short: Optional[str]) -> tuple[dict, ...]:
+    """The transformer config(s) of a base pipeline, without loading weights (a hub id: its configs only).
+    `short`: the base's short name when it is a known hub id."""
     configs = known_transformer_configs()
     if base_ref.kind == "demo":
         return (configs[base_ref.name],)
-    from lowvram.models.names import SHORT_NAMES
-
-    short = {hub.lower(): s for s, hub in SHORT_NAMES.items()}.get(base_ref.location.lower())
-    if base_ref.kind == "hub" and short in configs:
+    if short in configs:
         return (configs[short],) * (2 if is_two_expert(short) else 1)
     if base_ref.kind == "local":
-        folder = Path(base_ref.location)
-    else:
-        from lowvram.models.hub import fetch_configs
+        return folder_transformer_configs(Path(base_ref.location))
+    from lowvram.models.hub import fetch_configs
 
-        folder = fetch_configs(base_ref.location)
-    return folder_transformer_configs(folder)
+    return folder_transformer_configs(fetch_configs(base_ref.location))
 
 
 def folder_transformer_configs(folder: Path) -> tuple[dict, ...]:
@@ -323,28 +320,26 @@ def folder_transformer_configs(folder: Path) -> tuple[dict, ...]:
     return tuple(out)
 
 
-def resolve_files(name: str, files: tuple[Path, ...], base: Optional[str]):
-    """--model FILE[,FILE] [--base B] -> a ModelRef whose pipeline is the base and whose transformer(s) are the files."""
-    from lowvram.models.names import ModelRef, resolve_model
-
+def inspect_files(name: str, files: tuple[Path, ...]) -> tuple[TransformerFile, ...]:
     inspected = tuple(inspect_file(p) for p in files)
     if len(inspected) == 2 and file_shape_key(inspected[0].shape) != file_shape_key(inspected[1].shape):
         raise UserError(
             f"--model {name}: the two files are different models ({inspected[0].shape.describe()} vs "
             f"{inspected[1].shape.describe()}); a pair is the high-noise and low-noise expert of one Wan2.2 A14B model."
         )
-    base_name = base or infer_base(inspected)
-    base_ref = resolve_model(base_name)
-    if base_ref.files:
-        raise UserError(f"--base {base}: give a diffusers folder, hub id or short name, not weight files.")
-    expected = base_transformer_configs(base_ref)
+    return inspected
+
+
+def files_ref(name: str, inspected: tuple[TransformerFile, ...], base_ref: ModelRef, short: Optional[str]) -> ModelRef:
+    """The ModelRef of --model FILE[,FILE] over a resolved base, once the files fit the base's transformer(s)."""
+    expected = base_transformer_configs(base_ref, short)
     if len(expected) != len(inspected):
         if len(expected) == 2:
-            hint = f"--model HIGH,LOW: the high-noise expert's file, a comma, then the low-noise expert's file"
+            hint = "--model HIGH,LOW: the high-noise expert's file, a comma, then the low-noise expert's file"
         else:
             hint = "one file, or a Wan2.2 A14B base (--base wan2.2-t2v-a14b / wan2.2-i2v-a14b) for a pair"
         raise UserError(
-            f"--model {name}: {base_name} has {len(expected)} transformer(s) and {len(inspected)} file(s) were given. Give {hint}."
+            f"--model {name}: {base_ref.name} has {len(expected)} transformer(s) and {len(inspected)} file(s) were given. Give {hint}."
         )
     for tf, config in zip(inspected, expected):
         if config_shape(config) != file_shape_key(tf.shape):
@@ -353,29 +348,11 @@ def resolve_files(name: str, files: tuple[Path, ...], base: Optional[str]):
             except UserError:
                 fits = ""
             raise UserError(
-                f"{tf.path}: {tf.shape.describe()}, but the base {base_name} has a different transformer "
+                f"{tf.path}: {tf.shape.describe()}, but the base {base_ref.name} has a different transformer "
                 f"(width {config_shape(config)[0]}, {config_shape(config)[2]} blocks, {config_shape(config)[1]} input channels).{fits}"
             )
-    return ModelRef(name=name, kind=base_ref.kind, location=base_ref.location, files=tuple(str(p) for p in files), base=base_ref.name)
-
-
-def stored_weights_of(ref) -> tuple[StoredWeights, ...]:
-    """The stored sizes of a single-file ModelRef's transformer file(s), from their headers."""
-    return tuple(inspect_file(Path(p)).stored for p in ref.files)
-
-
-def with_stored_weights(spec, ref):
-    """The base's ModelSpec with the files' StoredWeights on its transformer spec(s), where the spec has the field
-    (planner.spec.ComponentSpec.stored, the planner's "stored" precision level)."""
-    import dataclasses
-
-    stored = stored_weights_of(ref)
-    changes = {}
-    for attr, sw in zip(("transformer", "transformer_2"), stored):
-        component = getattr(spec, attr, None)
-        if component is not None and any(f.name == "stored" for f in dataclasses.fields(component)):
-            changes[attr] = dataclasses.replace(component, stored=sw)
-    return dataclasses.replace(spec, name=ref.name, **changes) if changes else dataclasses.replace(spec, name=ref.name)
+    return ModelRef(name=name, kind=base_ref.kind, location=base_ref.location, files=tuple(str(tf.path) for tf in inspected),
+                    base=base_ref.name, stored=tuple(tf.stored for tf in inspected))
 
 
 def file_model(tf: TransformerFile) -> Optional[str]:
