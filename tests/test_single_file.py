@@ -285,3 +285,35 @@ def test_profile_keeps_the_base(files, tmp_path, capsys):
 
     job, _ = apply_profile(Job(prompt="a cat"), profile)
     assert (job.model, job.base) == (str(files["q8"]), str(files["folder"]))
+
+
+def test_two_expert_pair_loads_one_file_per_expert(demo_t2v_path, tmp_path):
+    """Wan2.2 A14B layout (transformer = high noise, transformer_2 = low noise) on the demo: --model HIGH,LOW."""
+    import json
+    import shutil
+
+    from diffusers import WanTransformer3DModel
+
+    from lowvram.models.loading import load_pipeline
+
+    base = tmp_path / "two-experts"
+    shutil.copytree(demo_t2v_path, base)
+    shutil.copytree(base / "transformer", base / "transformer_2")
+    index = json.loads((base / "model_index.json").read_text())
+    index.update(transformer_2=["diffusers", "WanTransformer3DModel"], boundary_ratio=0.875)
+    (base / "model_index.json").write_text(json.dumps(index))
+    experts = []
+    for i, name in enumerate(("high_noise", "low_noise")):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(i)
+            model = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(base / "transformer"))
+        experts.append(model)
+        W.write_safetensors(W.official_state_dict(model), tmp_path / f"{name}.safetensors")
+    pair = f"{tmp_path / 'high_noise.safetensors'},{tmp_path / 'low_noise.safetensors'}"
+    ref = resolve_model(pair, str(base))
+    assert len(ref.files) == 2 and [s.label for s in ref.stored] == ["fp32", "fp32"]
+    pipe, _ = load_pipeline(ref, dtype="float32")
+    for loaded, want in zip((pipe.transformer, pipe.transformer_2), experts):
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), want.state_dict().values()))
+    with pytest.raises(UserError, match="has 2 transformer.* and 1 file"):
+        resolve_model(str(tmp_path / "high_noise.safetensors"), str(base))
