@@ -39,6 +39,7 @@ class TeaCacheSetting:
 class Job:
     prompt: str
     model: str = "tiny-random"
+    base: Optional[str] = None  # the pipeline a single-file --model takes its other components from
     negative_prompt: str = DEFAULT_NEGATIVE
     image: Optional[str] = None
     width: int = 832

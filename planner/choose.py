@@ -142,7 +142,10 @@ def denoiser_options(spec: ModelSpec, job: Job, budget: Budget, prefs: Preferenc
     (they have one shape) and differ in where each waits while the other runs."""
     tokens = spec.tokens(job.width, job.height, job.frames)
     out = []
-    for precision in prefs.denoiser_precisions:
+    stored = spec.denoisers[0].stored
+    # an fp8 / GGUF single file runs as stored (its bf16 weights are not there to quantize otherwise)
+    precisions = ("stored",) if stored is not None and stored.dequant_bytes_per_param > 0 else prefs.denoiser_precisions
+    for precision in precisions:
         for cp in _denoiser_placements(spec, precision, tokens, budget):
             if not spec.two_experts:
                 out.append((cp,))
@@ -170,7 +173,7 @@ def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Prefe
 def _rule_out(plan: Plan, spec: ModelSpec, prefs: Preferences, probe: HardwareProbe, tp: Throughput) -> str:
     """Reasons that are not about the budget."""
     d = plan.denoisers[0]
-    if d.precision != "fp32" and d.precision not in prefs.allowed_quants:
+    if d.precision not in ("fp32", "stored") and d.precision not in prefs.allowed_quants:
         return f"below the lowest precision allowed ({prefs.min_quant})"
     if plan.component("text_encoder").precision != "bf16" and prefs.min_quant == "bf16":
         return "text encoder int8 is below the lowest precision allowed (bf16)"
@@ -208,7 +211,7 @@ def over_budget(plan: Plan, budget: Budget) -> str:
     return "; ".join(reasons)
 
 
-PRECISION_RANK = {p: i for i, p in enumerate(("fp32", "bf16", "fp8", "int8", "int4"))}
+PRECISION_RANK = {p: i for i, p in enumerate(("fp32", "bf16", "stored", "fp8", "int8", "int4"))}
 
 
 def precision_key(plan: Plan) -> tuple:
@@ -322,11 +325,11 @@ def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Prefere
     """What generate and the TUI call: probe this machine (unless given), read the model's spec, plan."""
     from planner.calibration import load_calibration
     from planner.probe import probe_hardware
-    from planner.spec import spec_for_model
+    from lowvram.models.specs import spec_for_model
 
     probe = probe if probe is not None else probe_hardware()
     calibration = calibration if calibration is not None else load_calibration()
-    return make_plan(probe, spec_for_model(job.model), job, prefs, calibration)
+    return make_plan(probe, spec_for_model(job.model, job.base), job, prefs, calibration)
 
 
 # --- Explanation --------------------------------------------------------------------------------------------

@@ -142,7 +142,10 @@ DISK_READ_BPS = 2.0 * GB
 CPU_FLOPS = 2.0e11
 # quanto kernels: time of a forward relative to bf16 at the same placement. REFERENCE.md anchor (H200):
 # qint8 1.09, qfloat8 1.28, qint4 5.8 (all on GPU).
-QUANT_TIME_FACTOR: dict[str, float] = {"bf16": 1.0, "int8": 1.09, "fp8": 1.28, "int4": 5.8}
+QUANT_TIME_FACTOR: dict[str, float] = {"bf16": 1.0, "int8": 1.09, "fp8": 1.28, "int4": 5.8,
+                                       # a single file kept as stored (fp8 / GGUF, upcast per layer): estimate,
+                                       # between quanto's int8 and fp8; not measured yet
+                                       "stored": 1.2}
 # A float32 transformer (--prefer quality) runs its matmuls on the CUDA cores (torch leaves TF32 off for
 # matmuls): datasheet fp32 vs dense bf16 tensor rates. GeForce (Ampere/Ada): 35.6 vs 71 (RTX 3090), 82.6 vs
 # 165 (RTX 4090) TFLOPS: 2x. Data-centre Hopper: 67 vs 989: ~15x.

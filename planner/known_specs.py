@@ -2,7 +2,8 @@
 planner/known_specs.json (it builds every component on the meta device, so it needs diffusers and
 transformers; planning itself then needs neither). tests/test_planner_spec.py checks the file is current.
 
-The configs are the checkpoints' own (REFERENCE.md shapes; Wan-AI/*-Diffusers config.json files).
+The configs are the checkpoints' own (lowvram.models.known_configs: REFERENCE.md shapes, the Wan-AI/*-Diffusers
+config.json files).
 """
 
 from __future__ import annotations
@@ -11,6 +12,17 @@ import json
 import sys
 from dataclasses import replace
 
+from lowvram.models.known_configs import (
+    CLIP_VIT_H,
+    UMT5_XXL,
+    WAN21_VAE,
+    WAN22_I2V_A14B,
+    WAN22_TI2V_5B,
+    WAN22_VAE,
+    WAN_1_3B,
+    WAN_14B,
+    WAN_I2V_14B,
+)
 from planner.spec import (
     ModelSpec,
     detect_family,
@@ -23,31 +35,6 @@ from planner.spec import (
     vae_dims,
     vae_on_meta,
 )
-
-WAN_COMMON = dict(
-    patch_size=[1, 2, 2], attention_head_dim=128, text_dim=4096, freq_dim=256, out_channels=16,
-    qk_norm="rms_norm_across_heads", cross_attn_norm=True, eps=1e-6,
-)
-WAN_1_3B = dict(WAN_COMMON, num_layers=30, num_attention_heads=12, ffn_dim=8960, in_channels=16)
-WAN_14B = dict(WAN_COMMON, num_layers=40, num_attention_heads=40, ffn_dim=13824, in_channels=16)
-WAN_I2V_14B = dict(WAN_14B, in_channels=36, image_dim=1280, added_kv_proj_dim=5120)
-WAN22_I2V_A14B = dict(WAN_14B, in_channels=36)  # Wan2.2 I2V conditions on the VAE latents only: no CLIP branch
-WAN22_TI2V_5B = dict(WAN_COMMON, num_layers=30, num_attention_heads=24, ffn_dim=14336, in_channels=48, out_channels=48)
-# google/umt5-xxl, encoder only (the text encoder of every Wan model).
-UMT5_XXL = dict(
-    vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
-)
-# open-clip ViT-H/14 vision tower, the Wan2.1 I2V image encoder (257 = 16 x 16 patches + class token).
-CLIP_VIT_H = dict(
-    hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-    patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu",
-)
-WAN21_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                 temperal_downsample=[False, True, True])
-WAN22_VAE = dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                 temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
-                 patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4)
 
 # name -> (model_index.json essentials, transformer config, second expert?, VAE config, image encoder?, scheduler flow_shift)
 KNOWN = {

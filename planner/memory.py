@@ -39,22 +39,45 @@ def part_bytes(part: Part, precision: str, param_bytes: int) -> int:
     return int(round((part.params - part.linear_params) * param_bytes + linear))
 
 
+def _stored(component: ComponentSpec, precision: str):
+    """The file's real sizes for precision "stored" (a single-file fp8 / GGUF checkpoint)."""
+    if precision != "stored":
+        return None
+    if component.stored is None:
+        raise ValueError(f"{component.name} has no stored weights file: precision 'stored' needs one")
+    return component.stored
+
+
 def component_bytes(component: ComponentSpec, precision: str = "bf16") -> int:
+    stored = _stored(component, precision)
+    if stored is not None:
+        return stored.rest_bytes + component.num_blocks * stored.block_bytes
     return part_bytes(component.whole, precision, _param_bytes(component, precision))
 
 
 def block_bytes(component: ComponentSpec, precision: str = "bf16") -> int:
+    stored = _stored(component, precision)
+    if stored is not None:
+        return stored.block_bytes
     return part_bytes(component.block, precision, _param_bytes(component, precision))
 
 
 def rest_bytes(component: ComponentSpec, precision: str = "bf16") -> int:
+    stored = _stored(component, precision)
+    if stored is not None:
+        return stored.rest_bytes
     return part_bytes(component.rest, precision, _param_bytes(component, precision))
 
 
 def largest_leaf_bytes(component: ComponentSpec, precision: str = "bf16") -> int:
     """The largest Linear weight of a block: leaf-level offload moves one leaf at a time, and the peak
     activations are reached inside the blocks (the larger leaves outside them run while activations are small)."""
-    per_param = C.QUANT_BYTES_PER_LINEAR_PARAM[precision] if precision not in ("fp32", "bf16") else _param_bytes(component, precision)
+    if precision == "stored":
+        per_param = block_bytes(component, precision) / max(1, component.block.params)
+    elif precision in ("fp32", "bf16"):
+        per_param = _param_bytes(component, precision)
+    else:
+        per_param = C.QUANT_BYTES_PER_LINEAR_PARAM[precision]
     return int(round(component.block.largest_linear * per_param))
 
 
@@ -138,8 +161,10 @@ def denoiser_vram_bytes(spec: ModelSpec, cp: ComponentPlan, tokens: int) -> int:
     block = block_bytes(t, q)
     rest = rest_bytes(t, q)
     buffers = C.STREAM_BUFFER_GROUPS if cp.use_stream else 1
-    # quanto dequantizes one weight at a time for its matmul: one bf16 copy of the largest Linear
+    # quanto (and an fp8 / GGUF file) dequantizes one weight at a time for its matmul: a copy of the largest Linear
     dequant = t.whole.largest_linear * base_bytes(cp.dtype) if cp.quantized else 0
+    if cp.precision == "stored":
+        dequant = int(t.whole.largest_linear * _stored(t, "stored").dequant_bytes_per_param)
     kind = cp.placement
     if kind == "resident":
         weights = rest + t.num_blocks * block

@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Literal, Optional
 
 # Weight precisions, highest first. "fp32"/"bf16" are compute dtypes; "fp8"/"int8"/"int4" are quanto
-# weight-only storage levels (compute in bf16).
-Precision = Literal["fp32", "bf16", "fp8", "int8", "int4"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp8", "int8", "int4")
+# weight-only storage levels (compute in bf16); "stored" keeps a single-file checkpoint's own format
+# (fp8, GGUF: upcast layer by layer while computing).
+Precision = Literal["fp32", "bf16", "stored", "fp8", "int8", "int4"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "stored", "fp8", "int8", "int4")
 Quant = Literal["bf16", "fp8", "int8", "int4"]  # the levels a user may set as the lowest allowed
 QUANT_LEVELS: tuple[str, ...] = ("fp8", "int8", "int4")
 

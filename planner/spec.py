@@ -533,53 +533,9 @@ def _assemble_from_configs(folder: Path, index: dict, entries: dict, name: str, 
     )
 
 
-# --- Resolving a model name ------------------------------------------------------------------------------
-
-
-def spec_for_model(name: str) -> ModelSpec:
-    """--model as the user wrote it (short name, hub id, local folder, demo name) -> ModelSpec.
-
-    Known checkpoints need no download. An unknown hub id must be downloaded first (its configs are
-    not known here): the error says so.
-    """
-    from lowvram.models.names import DEMO_NAMES, SHORT_NAMES, resolve_model
-
-    if name in DEMO_NAMES:
-        from lowvram.models.demo import ensure_demo
-
-        return spec_from_folder(ensure_demo(name), name=name, is_demo=True)
-    lowered = name.lower()
-    if lowered in SHORT_NAMES:
-        return replace(known_spec(lowered), name=name)
-    by_hub_id = {hub.lower(): short for short, hub in SHORT_NAMES.items()}
-    if lowered in by_hub_id:
-        return replace(known_spec(by_hub_id[lowered]), name=name)
-    ref = resolve_model(name)
-    if ref.kind == "local":
-        return spec_from_folder(Path(ref.location), name=name)
-    cached = _hub_cache_folder(ref.location)
-    if cached is not None:
-        return spec_from_folder(cached, name=name)
-    raise UserError(
-        f"--model {name}: its configs are not known to the planner without downloading it. "
-        f"Download it and pass the local folder, or use one of: {', '.join(SHORT_NAMES)}."
-    )
-
-
-def _hub_cache_folder(repo_id: str) -> Optional[Path]:
-    """The snapshot folder of a hub model already in the local Hugging Face cache (never downloads)."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=["*.json"]))
-    except Exception:  # not cached, offline, bad id: the caller says what to do
-        return None
-    return folder if (folder / "model_index.json").is_file() else None
-
-
 __all__ = [
     "ComponentSpec", "DENOISERS", "FAMILIES", "IMAGE_TOKENS", "ModelSpec", "NUM_TRAIN_TIMESTEPS", "Part",
     "StoredWeights", "TEXT_SEQ_LEN", "TextEncoderDims", "TransformerDims", "VaeDims", "component_from_headers",
     "component_spec", "detect_family", "detect_task", "known_spec", "measure_part", "read_safetensors_header",
-    "spec_for_model", "spec_from_folder",
+    "spec_from_folder",
 ]

@@ -61,7 +61,7 @@ def fit(models: dict[str, dict], components: Optional[dict]) -> dict:
     from planner import constants as C
     from planner import memory as M
     from planner import timing as T
-    from planner.spec import spec_for_model
+    from lowvram.models.specs import spec_for_model
 
     out: dict = {"evidence": {}}
     pinned = components["h2d"]["pinned"] if components and "h2d" in components else C.H2D_PINNED_DATACENTER

@@ -168,7 +168,7 @@ def forced_plan(text: str, model: str, resolution: str, budget_gib: float, ram_g
     from lowvram.bench.shapes import MODEL_NAMES
     from planner.estimate import predict
     from planner.plan import simple_plan
-    from planner.spec import spec_for_model
+    from lowvram.models.specs import spec_for_model
     from planner.timing import throughput_for
 
     parts = text.split(":")

@@ -41,7 +41,7 @@ def run(args) -> int:
     from lowvram.cli.plan_choice import choose_plan
 
     job, prefs = job_and_prefs_from_args(args)  # validated: fail fast, before any model loads
-    resolve_model(job.model)
+    resolve_model(job.model, job.base)
     plan = choose_plan(job, prefs, getattr(args, "force_plan", None), say=(lambda _line: None) if args.quiet else print)
     with cancel_on_interrupt() as cancel:  # Ctrl-C: stop at the next step boundary, keep the latents
         result = generate(job, plan=plan, on_event=ConsoleReporter(quiet=args.quiet), cancel=cancel)

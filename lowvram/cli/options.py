@@ -15,7 +15,8 @@ PLAN_PROMPT = "(planning only)"  # the prompt does not change the plan
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
     """Job options shared by generate, plan and tui."""
-    p.add_argument("--model", default=None, help="local diffusers folder, hub id, short name (wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.1-i2v-14b-480p, wan2.1-i2v-14b-720p, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b) or a demo model (tiny-random, tiny-random-i2v, tiny-random-a14b, tiny-random-a14b-i2v, tiny-random-ti2v) (default: the profile's model, else tiny-random)")
+    p.add_argument("--model", default=None, help="local diffusers folder, hub id, short name (wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.1-i2v-14b-480p, wan2.1-i2v-14b-720p, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b), a demo model (tiny-random, tiny-random-i2v, tiny-random-a14b, tiny-random-a14b-i2v, tiny-random-ti2v), or a single-file transformer (.safetensors: bf16/fp16/fp32/fp8/fp8 scaled; .gguf), a HIGH,LOW pair for Wan2.2 A14B (default: the profile's model, else tiny-random)")
+    p.add_argument("--base", default=None, metavar="PIPELINE", help="for a single-file --model (.safetensors or .gguf transformer; HIGH,LOW for Wan2.2 A14B): the diffusers folder, hub id or short name its text encoder, VAE and tokenizer come from (default: the known model of the file's shape)")
     p.add_argument("--width", type=int, default=None, help="video width, a multiple of 16 (32 for TI2V-5B) (default: the model card's, e.g. 832; 256 for the demo models)")
     p.add_argument("--height", type=int, default=None, help="video height, a multiple of 16 (32 for TI2V-5B) (default: the model card's, e.g. 480; 144 for the demo models)")
     p.add_argument("--frames", type=int, default=None, help="number of frames, 4k+1 (default: the model card's, 81 or 121; 17 for the demo models)")

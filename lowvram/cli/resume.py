@@ -26,7 +26,7 @@ def run_resume(args) -> int:
         raise UserError(f"--resume continues the saved job as it was; {', '.join(fixed)} cannot change it. Drop {'them' if len(fixed) > 1 else 'it'} (only --out and --quiet apply).")
     state = load_resume_file(args.resume, out=getattr(args, "out", None))
     job = state.job
-    resolve_model(job.model)
+    resolve_model(job.model, job.base)
     plan = state.plan
     if plan.device.startswith("cuda"):
         import torch

@@ -16,7 +16,7 @@ DEFAULT_GUIDANCE, DEFAULT_FPS = FAMILY_DEFAULTS["wan"].guidance, FAMILY_DEFAULTS
 def model_family_defaults(model: str) -> FamilyDefaults:
     """The card defaults for `model`; the generic Wan ones when its configs cannot be read without downloading."""
     from lowvram.errors import UserError
-    from planner.spec import spec_for_model
+    from lowvram.models.specs import spec_for_model
 
     try:
         return family_defaults(spec_for_model(model))

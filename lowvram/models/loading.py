@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,27 +80,18 @@ def refuse_pickle_only(folder: Path, components: tuple[str, ...]) -> None:
 
 
 def checkpoint_folder(ref: ModelRef) -> Path:
-    """The local folder of a ModelRef: builds the demo, or downloads a hub id (safetensors and configs only)."""
+    """The local folder of a ModelRef: builds the demo, or downloads a hub id (safetensors and configs only,
+    with a progress line; a single-file model's base without its transformer weights)."""
     if ref.is_demo:
         from lowvram.models.demo import ensure_demo
 
-        return ensure_demo(ref.name)
+        return ensure_demo(ref.base if ref.files else ref.name)  # a file over a demo base: that demo's folder
     if ref.kind == "local":
         return Path(ref.location)
-    try:
-        from huggingface_hub import snapshot_download
+    from lowvram.models.hub import ensure_pipeline
 
-        return Path(
-            snapshot_download(
-                ref.location,
-                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "spiece*"],
-            )
-        )
-    except Exception as exc:  # network, auth, missing repo: all user-fixable
-        raise UserError(
-            f"--model {ref.name}: could not fetch {ref.location} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            "Check the name and your network, or download it yourself and pass the local folder."
-        ) from exc
+    skip = ("transformer", "transformer_2") if ref.files else ()
+    return ensure_pipeline(ref.location, skip=skip, say=lambda line: print(line, file=sys.stderr))
 
 
 def load_pipeline(
@@ -114,8 +106,8 @@ def load_pipeline(
     import torch
     from diffusers import DiffusionPipeline
 
+    folder = checkpoint_folder(ref)  # first: a download shows its own progress
     quiet_library_logs()
-    folder = checkpoint_folder(ref)
     info = read_checkpoint_info(folder)
     wanted = dict(dtypes or {})
     torch_dtypes: dict[str, Any] = {"default": getattr(torch, wanted.pop("default", "bfloat16"))}
@@ -125,12 +117,23 @@ def load_pipeline(
         torch_dtypes["image_encoder"] = torch.float32
     try:
         components = preload(folder) if preload is not None else {}
+        if ref.files:
+            # the file's transformer(s) compute in the plan's dtype (bf16 unless a CPU plan's float32)
+            components.update(single_file_transformers(ref, folder, torch_dtypes.get("transformer", torch_dtypes["default"])))
         with _preloaded(components):
             pipe = DiffusionPipeline.from_pretrained(str(folder), use_safetensors=True, dtype=torch_dtypes)
     except (OSError, EnvironmentError, ValueError) as exc:
         raise UserError(f"--model {ref.name}: could not load the pipeline from {folder}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe, info
+
+
+def single_file_transformers(ref: ModelRef, folder: Path, dtype: Any) -> dict:
+    """The transformer(s) of a single-file model (--model FILE[,FILE]), loaded as stored; replaces any preloaded ones."""
+    from lowvram.models.file_loading import load_transformer_file
+
+    names = ("transformer", "transformer_2")[: len(ref.files)]
+    return {name: load_transformer_file(Path(path), folder, name, dtype) for name, path in zip(names, ref.files)}
 
 
 @contextmanager

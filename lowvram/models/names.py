@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from lowvram.errors import UserError
+from lowvram.models.ref import ModelRef
+from lowvram.models.single_file import files_ref, infer_base, inspect_files, model_files
 
 DEMO_NAMES = ("tiny-random", "tiny-random-i2v", "tiny-random-a14b", "tiny-random-a14b-i2v", "tiny-random-ti2v")
 
@@ -21,21 +23,20 @@ SHORT_NAMES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """What the user asked for, resolved. `kind` is 'demo', 'local' or 'hub'."""
+def resolve_model(name: str, base: Optional[str] = None) -> ModelRef:
+    """Map --model (and --base) to a ModelRef without loading anything. Raises UserError when it cannot be found.
 
-    name: str  # as the user wrote it
-    kind: str
-    location: str  # folder path (demo/local) or hub id
-
-    @property
-    def is_demo(self) -> bool:
-        return self.kind == "demo"
-
-
-def resolve_model(name: str) -> ModelRef:
-    """Map --model to a ModelRef without loading anything. Raises UserError when it cannot be found."""
+    A weight file (or a high,low pair of them) is read by its header only; see lowvram.models.single_file."""
+    files = model_files(name)
+    if files is not None:
+        inspected = inspect_files(name, files)
+        base_ref = resolve_model(base or infer_base(inspected))
+        if base_ref.files:
+            raise UserError(f"--base {base}: give a diffusers folder, hub id or short name, not weight files.")
+        short = {hub.lower(): s for s, hub in SHORT_NAMES.items()}.get(base_ref.location.lower()) if base_ref.kind == "hub" else None
+        return files_ref(name, inspected, base_ref, short)
+    if base:
+        raise UserError(f"--base {base}: only for a single-file --model (a .safetensors or .gguf transformer); --model {name} is a whole pipeline.")
     if name in DEMO_NAMES:
         from lowvram.models.demo import demo_path
 
@@ -45,8 +46,6 @@ def resolve_model(name: str) -> ModelRef:
         return ModelRef(name=name, kind="hub", location=SHORT_NAMES[lowered])
     path = Path(os.path.expanduser(name))
     if path.exists():
-        if not path.is_dir():
-            raise UserError(f"--model {name}: is a file; give the folder of a diffusers checkpoint (with model_index.json).")
         if not (path / "model_index.json").is_file():
             raise UserError(
                 f"--model {name}: no model_index.json in that folder; it is not a diffusers pipeline folder. "

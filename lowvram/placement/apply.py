@@ -117,6 +117,9 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
         module = getattr(pipe, name, None)
         if module is None:
             continue
+        if getattr(module, "_lowvram_stored", None) is not None:  # fp8/GGUF file: kept as stored (models/file_loading.py)
+            log.info("%s is stored as %s; not quantized again", name, module._lowvram_stored.label)
+            continue
         if is_quantized(module):  # from the quantized cache, or kept through reset() (levels only go leaner)
             have = quantized_level(module)
             if have != level:
@@ -124,7 +127,8 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
             st.quantized_from_cache.add(name)
             st.quantized[name] = have
             continue
-        if quantize_weights(module, level) and checkpoint is not None:
+        # a single-file transformer is not the checkpoint folder's: the cache would key it by the wrong files
+        if quantize_weights(module, level) and checkpoint is not None and not hasattr(module, "_lowvram_source_file"):
             try:
                 quant_cache.save(module, checkpoint, name, level, plan.component(name).dtype)
             # A full disk must not fail the run: next start quantizes again. safetensors reports its

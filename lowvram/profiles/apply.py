@@ -86,6 +86,7 @@ def job_from_args(args: Any) -> Job:
     return Job(
         prompt=args.prompt,
         model=model,
+        base=getattr(args, "base", None),
         negative_prompt=pick("negative_prompt"),
         image=getattr(args, "image", None),
         width=pick("width"),
@@ -117,6 +118,8 @@ def apply_profile(source: Union[argparse.Namespace, Job], profile: Optional[Prof
     if profile is not None:
         if getattr(args, "model", None) is None:
             args.model = profile.model
+            if getattr(args, "base", None) is None:
+                args.base = profile.base
         for name in JOB_FIELDS:
             value = getattr(profile.job, name)
             if getattr(args, name, None) is None and value is not None:
@@ -130,7 +133,7 @@ def apply_profile(source: Union[argparse.Namespace, Job], profile: Optional[Prof
 
 
 def _job_over(job: Job, profile: Profile) -> Job:
-    changes: dict[str, Any] = {"model": profile.model}
+    changes: dict[str, Any] = {"model": profile.model, "base": profile.base}
     for name in JOB_FIELDS:
         value = getattr(profile.job, name)
         if value is not None:
@@ -193,6 +196,7 @@ def profile_from_job(job: Job, prefs: PlannerPrefs = PlannerPrefs(), name: str =
     return Profile(
         name=name or f"{job.model} {job.width}x{job.height} {job.frames} frames",
         model=job.model,
+        base=job.base,
         description=description,
         job=job_defaults(job),
         planner=prefs,

@@ -76,14 +76,16 @@ class MachineFingerprint:
 @dataclass(frozen=True)
 class Profile:
     name: str = field(metadata=limits("a short name for the profile", max_len=200))
-    model: str = field(metadata=limits("a model name (e.g. wan2.1-t2v-14b), hub id or folder", max_len=1000))
+    model: str = field(metadata=limits("a model name (e.g. wan2.1-t2v-14b), hub id, folder or transformer file(s)", max_len=1000))
     description: str = field(default="", metadata=limits("a description for people", max_len=20000))
     schema_version: int = field(default=SCHEMA_VERSION, metadata=limits("the profile schema version", 1, SCHEMA_VERSION))
     job: JobDefaults = field(default_factory=JobDefaults)
     planner: PlannerPrefs = field(default_factory=PlannerPrefs)
     saved_on: Optional[MachineFingerprint] = None
     saved_plan: Optional[Plan] = None  # information only; re-planned on every load
+    # the pipeline a single-file `model` takes its text encoder, VAE... from (lowvram.models.single_file)
+    base: Optional[str] = field(default=None, metadata=limits("a diffusers folder, hub id or model name", max_len=1000))
 
 
 # Order of the top-level keys in a written file (tables after plain keys, as TOML requires).
-TOP_LEVEL_ORDER = ("schema_version", "name", "description", "model", "job", "planner", "saved_on", "saved_plan")
+TOP_LEVEL_ORDER = ("schema_version", "name", "description", "model", "base", "job", "planner", "saved_on", "saved_plan")

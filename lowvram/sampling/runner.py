@@ -435,7 +435,7 @@ def generate(
     from lowvram.io.sidecar import build_sidecar, write_sidecar
 
     validate_job(job)
-    ref = loaded.ref if loaded is not None else resolve_model(job.model)
+    ref = loaded.ref if loaded is not None else resolve_model(job.model, job.base)
     names = loaded_components(loaded) if loaded is not None else model_components(ref)
     plan = fit_to(plan or (loaded.plan if loaded is not None else placeholder_plan(names)), names)
     video_path, note = choose_output(job.out, job.prompt, job.seed)

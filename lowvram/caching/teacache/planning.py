@@ -95,7 +95,7 @@ def preview_for_job(job) -> Preview:
 
     if not job.teacache.enabled:
         return Preview(None, "TeaCache: off")
-    ref = resolve_model(job.model)
+    ref = resolve_model(job.model, job.base)
     folder = _local_folder(ref)
     if folder is None:
         return Preview(None, "TeaCache: the schedule is shown when the run starts (the model is not downloaded yet)")
