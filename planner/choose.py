@@ -114,8 +114,8 @@ def fmt_seconds(s: float) -> str:
 # --- Candidates ----------------------------------------------------------------------------------------
 
 
-def _with_prediction(plan: Plan, spec: ModelSpec, job: Job, tp: Throughput) -> Plan:
-    stages, seconds = predict(plan, spec, job, tp)
+def _with_prediction(plan: Plan, spec: ModelSpec, job: Job, tp: Throughput, cache=None) -> Plan:
+    stages, seconds = predict(plan, spec, job, tp, cache)
     return replace(plan, predicted=stages, predicted_seconds=seconds)
 
 
@@ -139,7 +139,7 @@ def _placements(spec: ModelSpec, quant: str, tokens: int, budget: Budget) -> lis
 
 
 def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Preferences, tp: Throughput,
-                   budget: Budget) -> list[Candidate]:
+                   budget: Budget, cache=None) -> list[Candidate]:
     out = []
     for quant in QUANT_ORDER:
         for placement in _placements(spec, quant, job.tokens, budget):
@@ -150,7 +150,7 @@ def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Prefe
                             device="cuda", dtype="bfloat16", transformer_quant=quant, transformer=placement,
                             text_encoder_quant=teq, text_encoder=te, vae=vae,
                         )
-                        plan = _with_prediction(plan, spec, job, tp)
+                        plan = _with_prediction(plan, spec, job, tp, cache)
                         out.append(_judge(plan, budget, _rule_out(plan, spec, prefs, probe, tp)))
     return out
 
@@ -215,7 +215,7 @@ def pick(fitting: list[Candidate], prefer: str) -> Candidate:
 # --- The CPU ---------------------------------------------------------------------------------------------
 
 
-def cpu_plan(spec: ModelSpec, job: Job, tp: Throughput) -> Plan:
+def cpu_plan(spec: ModelSpec, job: Job, tp: Throughput, cache=None) -> Plan:
     """Everything on the CPU. float32 for the demo (CPU bf16 matmuls are slow or missing on many CPUs, and
     the demo is tiny); bfloat16 for real models (float32 would double the RAM: 57 GB for the 14B transformer)."""
     dtype = "float32" if spec.is_demo else "bfloat16"
@@ -228,24 +228,25 @@ def cpu_plan(spec: ModelSpec, job: Job, tp: Throughput) -> Plan:
                                   if spec.is_demo else "float32 would double the RAM of a real model"),
         ),
     )
-    return _with_prediction(plan, spec, job, tp)
+    return _with_prediction(plan, spec, job, tp, cache)
 
 
 # --- The choice -------------------------------------------------------------------------------------------
 
 
 def make_plan(probe: HardwareProbe, spec: ModelSpec, job: Job, prefs: Preferences = Preferences(),
-              calibration=None, suggest_smaller: bool = True) -> PlanResult:
-    """The fastest plan that fits this machine, with every candidate and an explanation.
+              calibration=None, suggest_smaller: bool = True, cache=None) -> PlanResult:
+    """The fastest plan that fits this machine, with every candidate and an explanation. `cache`: the calls
+    the job's step cache computes (lowvram.caching CallCounts), when known: time counts only those.
 
     Raises NoPlanFits naming what is short and what would fit (with `suggest_smaller`, a smaller job too).
     """
     tp = throughput_for(probe, calibration)
     budget = Budget.of(probe, prefs)
     if probe.has_gpu:
-        candidates = gpu_candidates(spec, job, probe, prefs, tp, budget)
+        candidates = gpu_candidates(spec, job, probe, prefs, tp, budget, cache)
     else:
-        candidates = [_judge(cpu_plan(spec, job, tp), budget)]
+        candidates = [_judge(cpu_plan(spec, job, tp, cache), budget)]
     fitting = [c for c in candidates if c.fits]
     if not fitting:
         raise _no_plan_fits(probe, spec, job, prefs, calibration, candidates, budget, suggest_smaller)
@@ -264,7 +265,7 @@ def _choice_reasons(chosen: Plan, fitting: list[Candidate], tp: Throughput) -> t
 
 
 def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Preferences = Preferences(),
-                 calibration=None) -> PlanResult:
+                 calibration=None, cache=None) -> PlanResult:
     """What generate and the TUI call: probe this machine (unless given), read the model's spec, plan."""
     from planner.calibration import load_calibration
     from planner.probe import probe_hardware
@@ -272,7 +273,7 @@ def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Prefere
 
     probe = probe if probe is not None else probe_hardware()
     calibration = calibration if calibration is not None else load_calibration()
-    return make_plan(probe, spec_for_model(job.model), job, prefs, calibration)
+    return make_plan(probe, spec_for_model(job.model), job, prefs, calibration, cache=cache)
 
 
 # --- Explanation --------------------------------------------------------------------------------------------

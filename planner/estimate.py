@@ -13,6 +13,9 @@ run), one quantized-cache shard being serialized. The bf16 pages read while quan
 
 from __future__ import annotations
 
+from typing import Optional
+
+from lowvram.caching.estimate import CallCounts, denoise_calls
 from lowvram.job import Job
 from planner import constants as C
 from planner import memory as M
@@ -26,8 +29,9 @@ def cfg_passes(job: Job) -> int:
     return 2 if job.guidance > 1.0 else 1
 
 
-def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput) -> tuple[tuple[StagePeak, ...], float]:
-    """The plan's predicted StagePeaks (load, encode, denoise, decode) and total seconds."""
+def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, cache: Optional[CallCounts] = None) -> tuple[tuple[StagePeak, ...], float]:
+    """The plan's predicted StagePeaks (load, encode, denoise, decode) and total seconds. `cache`: the calls
+    the job's step cache computes (lowvram.caching), when known; a skipped call is counted as free."""
     on_gpu = plan.device == "cuda"
     dtype = plan.dtype
     i2v = spec.task == "i2v" and spec.image_encoder is not None
@@ -109,11 +113,11 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput) -> tuple[tu
         den_vram = M.transformer_vram_bytes(
             spec, tq, tr.kind, tokens, tr.resident_blocks, tr.blocks_per_group, tr.use_stream, dtype
         )
-        denoise_s = t_resident / tp.h2d_pageable + job.steps * passes * forward_s
+        denoise_s = t_resident / tp.h2d_pageable + denoise_calls(job.steps, passes, cache) * forward_s
     else:
         den_vram = 0
         den_ram += M.transformer_activation_bytes(spec.dims, tokens, dtype)
-        denoise_s = job.steps * passes * forward_s
+        denoise_s = denoise_calls(job.steps, passes, cache) * forward_s
     denoise = StagePeak("denoise", den_vram, den_ram, denoise_s)
 
     # --- decode ------------------------------------------------------------------------------------

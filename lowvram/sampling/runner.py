@@ -180,10 +180,11 @@ def denoise(
     tdtype = transformer.dtype
     cfg = cond.negative_embeds is not None
     step_seconds: list[float] = []
-    from lowvram.caching.teacache.run import teacache_run
+    from lowvram.caching.session import cache_session
 
-    # TeaCache (off unless the job asks): its schedule is fixed here, before the first step.
-    with torch.no_grad(), teacache_run(loaded, job, timesteps, on_event, clock) as teacache:
+    # Step skipping (off unless the job asks): its schedule is fixed here, before the first step.
+    with torch.no_grad(), cache_session(loaded, job, timesteps, on_event, clock) as cache:
+        transformer = cache.attach("transformer", transformer)
         for i, t in enumerate(timesteps):
             if i < start:
                 continue
@@ -211,7 +212,7 @@ def denoise(
             step_seconds.append(elapsed)
             remaining = len(timesteps) - i - 1
             mean = sum(step_seconds) / len(step_seconds)
-            computed, skipped = teacache.step_done(i)
+            calls = cache.step_done(i)
             on_event(
                 StepFinished(
                     t=clock(),
@@ -219,8 +220,10 @@ def denoise(
                     total=len(timesteps),
                     seconds=elapsed,
                     eta_seconds=mean * remaining,
-                    computed_calls=computed,
-                    skipped_calls=skipped,
+                    computed_calls=calls.computed,
+                    skipped_calls=calls.skipped,
+                    remaining_calls=calls.remaining_calls,
+                    remaining_computed_calls=calls.remaining_computed_calls,
                 )
             )
     return latents, step_seconds

@@ -1,6 +1,7 @@
 """Telemetry: the events the runtime emits (events.py) and the memory sampler that feeds them (memory.py)."""
 
 from lowvram.telemetry.events import (
+    CacheScheduled,
     Event,
     EventLog,
     EventSink,
@@ -14,7 +15,6 @@ from lowvram.telemetry.events import (
     StageFinished,
     StageStarted,
     StepFinished,
-    TeaCacheScheduled,
     TransformerCall,
     ignore,
 )
@@ -26,7 +26,7 @@ __all__ = [
     "StageFinished",
     "StepFinished",
     "TransformerCall",
-    "TeaCacheScheduled",
+    "CacheScheduled",
     "MemorySample",
     "PlanSwitched",
     "LogMessage",
