@@ -86,7 +86,7 @@ def _number(values: dict[str, str], key: str, kind: type, errors: dict[str, str]
 def job_from_values(values: dict[str, str], base: Optional[Job] = None) -> Job:
     """Parse and validate the form. Raises FormErrors naming each bad field (and the fix).
 
-    Settings the form does not show (fps, TeaCache retention and coefficients) come from `base`,
+    Settings the form does not show (fps, the cache method and its other settings) come from `base`,
     the job the form was filled from (defaults, a profile, or the previous run)."""
     base = base or Job(prompt="")
     errors: dict[str, str] = {}
@@ -107,7 +107,7 @@ def job_from_values(values: dict[str, str], base: Optional[Job] = None) -> Job:
             try:
                 # The method (TeaCache unless the base job, e.g. a profile, says MagCache) and its other settings from `base`.
                 method = base.cache.method if base.cache.enabled and not base.cache.calibrate else "teacache"
-                cache = replace(base.cache, method=method, threshold=None, speedup=None, calibrate=False, **{mode: value})
+                cache = replace(base.cache, method=method, calibrate=False, **{"threshold": None, "speedup": None, mode: value})
             except UserError as exc:
                 errors["teacache_value"] = str(exc)
     if model and "model" not in errors:

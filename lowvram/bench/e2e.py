@@ -279,12 +279,8 @@ def teacache_timing(hosts: Hosts, plan, job, computed_steps: int, log=print) -> 
     """Denoising wall time without TeaCache and with a fixed schedule computing `computed_steps` of the job's
     steps (spread evenly, first step computed), under one plan; block bytes moved on skipped calls."""
     from lowvram import placement
-    from lowvram.caching.teacache import fixed_schedule
-    from lowvram.caching.teacache.hook import (
-        TeaCacheConfig,
-        apply_teacache,
-        remove_teacache,
-    )
+    from lowvram.caching.hook import CacheConfig, apply_cache, remove_cache
+    from lowvram.caching.schedule import fixed_schedule
     from lowvram.placement.transfer_meter import TransferMeter
 
     steps = job.steps
@@ -305,7 +301,7 @@ def teacache_timing(hosts: Hosts, plan, job, computed_steps: int, log=print) -> 
             every = steps / computed_steps
             wanted = {min(steps - 1, round(i * every)) for i in range(computed_steps)}
             schedule = fixed_schedule([s in wanted for s in range(steps)], branches=("cond", "uncond"))
-            hook = apply_teacache(t, TeaCacheConfig(schedule))
+            hook = apply_cache(t, CacheConfig(schedule))
             hook.meter = meter
             try:
                 _sync()
@@ -314,7 +310,7 @@ def teacache_timing(hosts: Hosts, plan, job, computed_steps: int, log=print) -> 
                 out["cached_seconds"] = time.perf_counter() - t0
                 records = hook.drain()
             finally:
-                remove_teacache(t)
+                remove_cache(t)
     finally:
         placement.leave_all(pipe)
     computed = [r for r in records if r.computed]

@@ -17,6 +17,11 @@ from lowvram.caching.setting import MAX_THRESHOLD
 _ITERATIONS = 60
 
 
+def reachable(speedup: float) -> str:
+    """A reachable speed-up for a message, rounded down (asking for it must succeed): 2.777 -> '2.77x'."""
+    return f"{math.floor(speedup * 100 + 1e-9) / 100:.2f}x"
+
+
 @dataclass(frozen=True)
 class Found:
     threshold: Optional[float]  # None: the target cannot be reached

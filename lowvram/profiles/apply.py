@@ -102,8 +102,9 @@ def merge_cache(base: Optional[CacheSetting], args: Any) -> Optional[CacheSettin
     return replace(current, **changes)
 
 
-def job_from_args(args: Any) -> Job:
-    """A Job from options given as attributes of `args` (None: not given, the model's default applies)."""
+def job_from_args(args: Any, cache: Optional[CacheSetting] = None) -> Job:
+    """A Job from options given as attributes of `args` (None: not given, the model's default applies);
+    `cache` when the cache options were already merged over a profile's."""
     from lowvram.models.defaults import DEFAULT_MODEL, job_defaults
 
     model = getattr(args, "model", None) or DEFAULT_MODEL
@@ -122,7 +123,7 @@ def job_from_args(args: Any) -> Job:
         seed=getattr(args, "seed", 0),
         fps=pick("fps"),
         out=getattr(args, "out", None),
-        cache=merge_cache(None, args) or CacheSetting(),
+        cache=cache if cache is not None else merge_cache(None, args) or CacheSetting(),
     )
 
 
@@ -141,10 +142,8 @@ def apply_profile(source: Union[argparse.Namespace, Job], profile: Optional[Prof
             value = getattr(profile.job, name)
             if getattr(args, name, None) is None and value is not None:
                 setattr(args, name, value)
-    job = job_from_args(args)  # no --model and no profile: its default model
     cache = merge_cache(profile.job.cache if profile else None, source)
-    if cache is not None:
-        job = job.with_(cache=cache)
+    job = job_from_args(args, cache)  # no --model and no profile: its default model
     prefs = prefs_with_args(profile.planner if profile else PlannerPrefs(), source)
     return job, to_preferences(prefs)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from lowvram.caching.schedule import CallDecision, SkipSchedule, force_first_calls
-from lowvram.caching.search import search_threshold
+from lowvram.caching.search import reachable, search_threshold
 from lowvram.caching.setting import MAX_THRESHOLD
 from lowvram.errors import UserError
 
@@ -136,8 +136,7 @@ def build_schedules(
                 f"MagCache cannot reach {speedup:g}x here: even the largest threshold ({MAX_THRESHOLD:g}) computes "
                 f"{found.computed} of {len(ratios)} calls (K={params.max_skips} skips in a row at most, the first "
                 f"{params.retention_ratio:g} of the steps always computed), so the largest reachable speed-up is "
-                f"{found.best_speedup:.2f}x. Ask for at most {int(found.best_speedup * 100) / 100:.2f}x, or raise --magcache-k / "
-                "lower --magcache-retention."
+                f"{reachable(found.best_speedup)}: ask for at most that, or raise --magcache-k / lower --magcache-retention."
             )
         threshold = found.threshold
     elif threshold is None:

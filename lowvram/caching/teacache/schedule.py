@@ -10,13 +10,12 @@ placement the transformer itself runs in.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lowvram.caching.schedule import CallDecision, SkipSchedule, force_first_calls
-from lowvram.caching.search import search_threshold
+from lowvram.caching.search import reachable, search_threshold
 from lowvram.caching.setting import MAX_THRESHOLD, CacheSetting
 from lowvram.caching.teacache.coefficients import CoefficientChoice
 from lowvram.errors import UserError
@@ -118,8 +117,8 @@ def threshold_for_speedup(rel_l1: Sequence[Optional[float]], coefficients: Seque
     if found.threshold is None:
         raise UserError(
             f"TeaCache cannot reach {target:g}x here: even the largest threshold ({MAX_THRESHOLD:g}) computes "
-            f"{found.computed} of {steps} steps, so the largest reachable speed-up is {found.best_speedup:.2f}x. Ask for at most "
-            f"{math.floor(found.best_speedup * 100) / 100:.2f}x, use more steps, or turn retention steps off (--no-teacache-retention)."
+            f"{found.computed} of {steps} steps, so the largest reachable speed-up is {reachable(found.best_speedup)}: ask for at most "
+            "that, use more steps, or turn retention steps off (--no-teacache-retention)."
         )
     return found.threshold
 
