@@ -70,18 +70,20 @@ def describe_probe(probe: Any) -> tuple[str, ...]:
 
 
 def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
-    """The planner's plan for this job on this probe, with the alternatives it weighed."""
+    """The planner's plan for this job on this probe, with the alternatives it weighed (its time counting
+    only the calls the job's step cache computes, when that is known before the run)."""
     from planner.choose import plan_for_job
 
+    cache = _cache_counts(job)
     preferences = ""
     if prefs is not None:  # a profile's [planner] table (PlannerPrefs) -> the planner's Preferences
         from lowvram.profiles.apply import to_preferences
         from lowvram.profiles.report import describe_prefs
 
-        result = plan_for_job(job, probe=probe, prefs=to_preferences(prefs))
+        result = plan_for_job(job, probe=probe, prefs=to_preferences(prefs), cache=cache)
         preferences = describe_prefs(prefs)
     else:
-        result = plan_for_job(job, probe=probe)
+        result = plan_for_job(job, probe=probe, cache=cache)
     alternatives = tuple(
         Alternative(
             summary=c.plan.summary(),
@@ -107,6 +109,21 @@ def split_explanation(lines: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[st
     start = next((i for i, line in enumerate(lines) if line.startswith(COMPARISON_HEADERS)), len(lines))
     notes = tuple(line for line in lines[:start] if line.startswith(NOTE_PREFIXES))
     return notes, tuple(lines[start:])
+
+
+def _cache_counts(job: Job):
+    """The cache plan's call counts for the planner, or None (no cache, not known yet, or a problem the
+    preview reports)."""
+    if not job.cache.enabled:
+        return None
+    from lowvram.caching.plan import preview_for_job
+    from lowvram.errors import UserError
+
+    try:
+        cache = preview_for_job(job).plan
+    except UserError:
+        return None
+    return cache.counts() if cache is not None else None
 
 
 def cache_preview(job: Job, plan: Plan) -> SkipPreview:
