@@ -1,4 +1,4 @@
-"""The end-to-end and TeaCache benchmark paths on tiny stand-ins on the CPU (no timing asserts)."""
+"""The end-to-end and step-skipping benchmark paths on tiny stand-ins on the CPU (no timing asserts)."""
 
 from __future__ import annotations
 
@@ -48,19 +48,6 @@ def test_summary_composes_unmeasured_steps():
     assert out["denoise_seconds"] == pytest.approx(7.0 + 47 * 2.0)
     assert out["e2e_seconds"] == pytest.approx(1.0 + 101.0 + 2.0)
     assert _summary("x", dict(stages, decode={"seconds": 0, "oom": True}), [1.0], 1, Plan())["e2e_seconds"] is None
-
-
-def test_teacache_timing_counts_calls_and_moved_bytes(small_job):
-    from lowvram.bench.e2e import Hosts, teacache_timing
-    from planner.plan import Plan, TransformerPlacement
-
-    denoise_only = Hosts("tiny", log=lambda s: None, device="cpu", configs=dict(CONFIGS, with_text_encoder=False))
-    assert denoise_only.pipe().text_encoder is None
-    plan = Plan(device="cpu", dtype="float32", transformer=TransformerPlacement("block_offload", use_stream=False), source="forced")
-    out = teacache_timing(denoise_only, plan, small_job(steps=6), computed_steps=3, log=lambda s: None)
-    assert out["computed_steps_actual"] == 3 and out["computed_calls"] == 6 and out["skipped_calls"] == 6
-    assert out["block_bytes_moved_on_skipped_calls"] == 0
-    assert out["block_bytes_moved_on_computed_calls"] > 0 and out["no_cache_block_bytes"] > 0
 
 
 def test_e2e_and_teacache_sections_render(hosts, small_job):

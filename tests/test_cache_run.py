@@ -136,7 +136,13 @@ def test_quantized_time_weights_would_decide_otherwise_the_run_does_not(smooth, 
     (the issue: 2-8 of 60 calls); at such a threshold the run still decides as the fp32 checkpoint says."""
     import numpy as np
 
-    from lowvram.caching.teacache import TimeEmbedderWeights, decide_branch, forced_steps, rel_l1_series, time_signal
+    from lowvram.caching.teacache import (
+        TimeEmbedderWeights,
+        decide_branch,
+        forced_steps,
+        rel_l1_series,
+        time_signal,
+    )
 
     loaded = load(smooth, PLANS[precision])
     ce = loaded.pipe.transformer.condition_embedder

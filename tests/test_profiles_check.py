@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lowvram.cli import main
 from lowvram.caching.setting import CacheSetting
+from lowvram.cli import main
 from lowvram.job import Job
 from lowvram.profiles import (
     JobDefaults,

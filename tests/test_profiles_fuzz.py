@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_profiles_io import GOOD  # tests/ is on sys.path under pytest
 
-from lowvram.errors import UserError
 from lowvram.caching.setting import METHODS, CacheSetting
+from lowvram.errors import UserError
 from lowvram.profiles import (
     JobDefaults,
     PlannerPrefs,

@@ -7,9 +7,9 @@ import tomllib
 
 import pytest
 
+from lowvram.caching.setting import CacheSetting
 from lowvram.cli import main
 from lowvram.errors import UserError
-from lowvram.caching.setting import CacheSetting
 from lowvram.profiles import (
     JobDefaults,
     MachineFingerprint,

@@ -43,7 +43,12 @@ def cache_schedules(transformer, job, timesteps, model_key: str, teacache_speedu
     from lowvram.caching.magcache.schedule import MagCacheParams, build_schedules
     from lowvram.caching.schedule import branches_for
     from lowvram.caching.setting import CacheSetting
-    from lowvram.caching.teacache import COEFFICIENTS, CoefficientChoice, TimeEmbedderWeights, build_schedule
+    from lowvram.caching.teacache import (
+        COEFFICIENTS,
+        CoefficientChoice,
+        TimeEmbedderWeights,
+        build_schedule,
+    )
 
     branches = branches_for(job.guidance)
     ts = [float(t) for t in timesteps]

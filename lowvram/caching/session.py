@@ -100,7 +100,12 @@ class CacheSession:
         schedule = self.plan.component(component)
         if schedule is None:
             raise RuntimeError(f"the cache plan has no steps for {component}; it covers {', '.join(self.plan.components)}")
-        from lowvram.caching.hook import CacheConfig, apply_cache, get_cache, remove_cache
+        from lowvram.caching.hook import (
+            CacheConfig,
+            apply_cache,
+            get_cache,
+            remove_cache,
+        )
         from lowvram.placement.transfer_meter import TransferMeter
 
         if held is not None:  # the runner swapped the module (reloaded): the old one is left clean

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lowvram.io.output import write_json_atomic
 from lowvram.paths import cache_dir
 
 FORMAT_VERSION = 1
@@ -75,14 +74,7 @@ def save_calibrated(key: str, label: str, model: str, ratios: Sequence[float], s
         ratios=[round(float(r), 5) for r in ratios],
     )
     path = calibration_path(key)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_json_atomic(data, path)
     return path
 
 
@@ -91,7 +83,11 @@ class Calibrator:
 
     def __init__(self, branches: Sequence[str]) -> None:
         from diffusers.hooks.hooks import StateManager
-        from diffusers.hooks.mag_cache import MagCacheBlockHook, MagCacheConfig, MagCacheState
+        from diffusers.hooks.mag_cache import (
+            MagCacheBlockHook,
+            MagCacheConfig,
+            MagCacheState,
+        )
 
         self.branches = tuple(branches)
         self.states = {b: MagCacheState() for b in self.branches}

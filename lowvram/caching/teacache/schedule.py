@@ -246,23 +246,3 @@ def time_signal(weights: TimeEmbedderWeights, timesteps, retention: bool):
     if weights.proj_w is None:
         raise ValueError("retention mode needs the time_proj weights")
     return _linear_fp32(torch.nn.functional.silu(temb), weights.proj_w, weights.proj_b)
-
-
-# ---------------------------------------------------------------------------------------------- timesteps
-
-
-def scheduler_timesteps(scheduler, steps: int):
-    """The timesteps a run of `steps` steps will use: a fresh copy of the scheduler, so the caller's is untouched."""
-    from diffusers import SchedulerMixin
-
-    if isinstance(scheduler, dict):
-        import diffusers
-
-        cls = getattr(diffusers, scheduler["_class_name"])
-        fresh = cls.from_config(scheduler)
-    elif isinstance(scheduler, SchedulerMixin):
-        fresh = type(scheduler).from_config(scheduler.config)
-    else:
-        raise TypeError(f"expected a diffusers scheduler or its config dict, got {type(scheduler).__name__}")
-    fresh.set_timesteps(steps, device="cpu")
-    return fresh.timesteps
