@@ -127,7 +127,7 @@ def test_coefficients_from_the_models_identity_never_its_path():
     assert choose(I2V14, 832, 480, name="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers").key == "i2v-14b-480p"
     assert choose(I2V14, 720, 1280).key == "i2v-14b-720p"  # portrait
     demo = choose(dict(num_layers=2, num_attention_heads=2, in_channels=16), is_demo=True)
-    assert demo.key == "t2v-1.3b" and "demo model" in demo.note
+    assert demo.key == "t2v-1.3b" and "demo model" in demo.reason and "random weights" in demo.note
     assert choose(T2V13, override="I2V-14B-720P").key == "i2v-14b-720p"
     with pytest.raises(UserError, match="unknown"):
         choose(T2V13, override="sdxl")

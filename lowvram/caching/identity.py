@@ -73,12 +73,12 @@ class ModelFacts:
     @classmethod
     def from_folder(cls, folder: Path, name: str = "", is_demo: bool = False) -> "ModelFacts":
         folder = Path(folder)
-        index = _json(folder / "model_index.json")
+        index = read_json(folder / "model_index.json")
         t2 = index.get("transformer_2")
         has_t2 = isinstance(t2, list) and bool(t2[0]) and (folder / "transformer_2" / "config.json").is_file()
         return cls(
-            transformer=_json(folder / "transformer" / "config.json"),
-            transformer_2=_json(folder / "transformer_2" / "config.json") if has_t2 else None,
+            transformer=read_json(folder / "transformer" / "config.json"),
+            transformer_2=read_json(folder / "transformer_2" / "config.json") if has_t2 else None,
             boundary_ratio=index.get("boundary_ratio"),
             expand_timesteps=bool(index.get("expand_timesteps", False)),
             name=name,
@@ -177,7 +177,7 @@ def _architecture(config: Optional[dict]) -> dict:
     return {k: v for k, v in (config or {}).items() if k not in _NOT_ARCHITECTURE}
 
 
-def _json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     from lowvram.errors import UserError
 
     try:

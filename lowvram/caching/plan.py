@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lowvram.caching.estimate import CallCounts
-from lowvram.caching.identity import ModelFacts, ModelIdentity, identify
+from lowvram.caching.identity import ModelFacts, ModelIdentity, identify, read_json
 from lowvram.caching.schedule import SkipSchedule, branches_for, fixed_schedule
 from lowvram.caching.setting import CacheSetting
 from lowvram.errors import UserError
@@ -313,7 +313,7 @@ def preview_for_job(job) -> CachePreview:
     folder = local_folder(ref)
     facts = facts_of(ref, folder)
     if folder is not None:
-        sconf = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        sconf = read_json(folder / "scheduler" / "scheduler_config.json")
         timesteps = scheduler_timesteps(sconf, job.steps)
         plan = cache_plan(setting, facts, job, timesteps, folder, sconf.get("num_train_timesteps", 1000))
         return CachePreview(plan, tuple(plan.lines()))

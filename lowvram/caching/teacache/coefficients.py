@@ -105,7 +105,7 @@ def choose_coefficients(identity, override: Optional[str] = None) -> Coefficient
         return CoefficientChoice(
             COEFFICIENTS[key],
             f"{label}'s coefficients: the demo model has random weights and no coefficients of its own",
-            f"the demo model uses {label}'s coefficients (nearest released model by task and size)",
+            "random weights: the schedule shows how TeaCache decides, not what it would skip on a real model",
         )
     known = ", ".join(c.label for c in COEFFICIENTS.values())
     raise UserError(
