@@ -210,7 +210,7 @@ def cache_section(data: dict, command: str = "") -> str:
     for run in data["runs"]:
         for method, m in run["methods"].items():
             parts.append(
-                f"| {run['plan']} | {method} | {run['no_cache_seconds']:.1f} | {m['seconds']:.1f} | {m['computed_calls']} of {m['calls']} | "
+                f"| {run['plan']} | {method}{' (fixed schedule)' if m.get('schedule') == 'fixed' else ''} | {run['no_cache_seconds']:.1f} | {m['seconds']:.1f} | {m['computed_calls']} of {m['calls']} | "
                 f"x{m['ideal_speedup']:.2f} | x{m['speedup']:.2f} | {m['ratio_to_ideal']:.3f} | {'yes' if m['meets_target'] else 'NO'} | "
                 f"{m['block_bytes_moved_on_skipped_calls']} |"
             )
