@@ -6,33 +6,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from lowvram.caching.setting import CacheSetting, TeaCacheSetting  # noqa: F401 (TeaCacheSetting: the old name)
 from lowvram.errors import UserError
 
 DEFAULT_NEGATIVE = ""
-
-
-@dataclass(frozen=True)
-class TeaCacheSetting:
-    """TeaCache: off, a threshold, or a target speed-up (the threshold is searched to hit it)."""
-
-    enabled: bool = False
-    threshold: Optional[float] = None
-    speedup: Optional[float] = None
-    retention: bool = True
-    coefficients: Optional[str] = None  # override: t2v-1.3b, t2v-14b, i2v-14b-480p, i2v-14b-720p
-
-    def __post_init__(self) -> None:
-        if self.coefficients is not None:
-            from lowvram.caching.teacache.coefficients import COEFFICIENTS
-
-            if self.coefficients.lower() not in COEFFICIENTS:
-                raise UserError(f"TeaCache coefficients {self.coefficients!r}: unknown; use one of {', '.join(COEFFICIENTS)}.")
-        if self.threshold is not None and self.speedup is not None:
-            raise UserError("TeaCache: give either a threshold or a target speed-up, not both.")
-        if self.threshold is not None and not (0.0 <= self.threshold <= 10.0):
-            raise UserError(f"TeaCache threshold must be between 0 and 10, got {self.threshold}.")
-        if self.speedup is not None and not (1.0 <= self.speedup <= 20.0):
-            raise UserError(f"TeaCache speed-up must be between 1.0 and 20, got {self.speedup}.")
 
 
 @dataclass(frozen=True)
@@ -50,7 +27,7 @@ class Job:
     seed: int = 0
     fps: int = 16
     out: Optional[str] = None
-    teacache: TeaCacheSetting = TeaCacheSetting()
+    cache: CacheSetting = CacheSetting()
     guidance_2: Optional[float] = None  # two-expert models: the low-noise expert's guidance (None: the model's)
     shift: Optional[float] = None  # flow shift of the sampler (None: the model card's rule for this size)
 

@@ -123,8 +123,9 @@ def fmt_seconds(s: float) -> str:
 # --- Candidates ----------------------------------------------------------------------------------------
 
 
-def _with_prediction(plan: Plan, spec: ModelSpec, job: Job, tp: Throughput, budget: Optional[Budget] = None) -> Plan:
-    stages, seconds = predict(plan, spec, job, tp, budget.ram if budget else None)
+def _with_prediction(plan: Plan, spec: ModelSpec, job: Job, tp: Throughput, budget: Optional[Budget] = None,
+                     cache=None) -> Plan:
+    stages, seconds = predict(plan, spec, job, tp, budget.ram if budget else None, cache)
     return replace(plan, predicted=stages, predicted_seconds=seconds)
 
 
@@ -156,7 +157,7 @@ def denoiser_options(spec: ModelSpec, job: Job, budget: Budget, prefs: Preferenc
 
 
 def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Preferences, tp: Throughput,
-                   budget: Budget) -> list[Candidate]:
+                   budget: Budget, cache=None) -> list[Candidate]:
     out = []
     image = (ComponentPlan("image_encoder", "fp32", "gpu"),) if spec.image_encoder is not None else ()
     for denoisers in denoiser_options(spec, job, budget, prefs):
@@ -165,7 +166,8 @@ def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Prefe
                 for vae in VAE_PLACEMENTS:
                     components = (ComponentPlan("text_encoder", teq, te),) + image + denoisers + (
                         ComponentPlan("vae", "fp32", vae),)
-                    plan = _with_prediction(Plan(device="cuda", components=plain(list(components))), spec, job, tp, budget)
+                    plan = Plan(device="cuda", components=plain(list(components)))
+                    plan = _with_prediction(plan, spec, job, tp, budget, cache)
                     out.append(_judge(plan, budget, _rule_out(plan, spec, prefs, probe, tp)))
     return out
 
@@ -236,7 +238,7 @@ def pick(fitting: list[Candidate], prefer: str) -> Candidate:
 # --- The CPU ---------------------------------------------------------------------------------------------
 
 
-def cpu_plan(spec: ModelSpec, job: Job, tp: Throughput) -> Plan:
+def cpu_plan(spec: ModelSpec, job: Job, tp: Throughput, cache=None) -> Plan:
     """Everything on the CPU. float32 for the demo (CPU bf16 matmuls are slow or missing on many CPUs, and
     the demo is tiny); bfloat16 for real models (float32 would double the RAM: 57 GB for the 14B transformer)."""
     precision = "fp32" if spec.is_demo else "bf16"
@@ -253,7 +255,7 @@ def cpu_plan(spec: ModelSpec, job: Job, tp: Throughput) -> Plan:
                                           if spec.is_demo else "float32 would double the RAM of a real model"),
         ),
     )
-    plan = _with_prediction(plan, spec, job, tp)
+    plan = _with_prediction(plan, spec, job, tp, cache=cache)
     # Every forward on the CPU reads all of a denoiser's weights: they must stay in RAM (page cache) to run at
     # compute speed, so they count in the budget here.
     weights = max(M.component_bytes(spec.component(c.name), c.precision) for c in plan.denoisers)
@@ -265,17 +267,18 @@ def cpu_plan(spec: ModelSpec, job: Job, tp: Throughput) -> Plan:
 
 
 def make_plan(probe: HardwareProbe, spec: ModelSpec, job: Job, prefs: Preferences = Preferences(),
-              calibration=None, suggest_smaller: bool = True) -> PlanResult:
-    """The fastest plan that fits this machine, with every candidate and an explanation.
+              calibration=None, suggest_smaller: bool = True, cache=None) -> PlanResult:
+    """The fastest plan that fits this machine, with every candidate and an explanation. `cache`: the calls
+    the job's step cache computes (lowvram.caching CallCounts), when known: time counts only those.
 
     Raises NoPlanFits naming what is short and what would fit (with `suggest_smaller`, a smaller job too).
     """
     tp = throughput_for(probe, calibration)
     budget = Budget.of(probe, prefs)
     if probe.has_gpu:
-        candidates = gpu_candidates(spec, job, probe, prefs, tp, budget)
+        candidates = gpu_candidates(spec, job, probe, prefs, tp, budget, cache)
     else:
-        candidates = [_judge(cpu_plan(spec, job, tp), budget)]
+        candidates = [_judge(cpu_plan(spec, job, tp, cache), budget)]
     fitting = [c for c in candidates if c.fits]
     if not fitting:
         raise _no_plan_fits(probe, spec, job, prefs, calibration, candidates, budget, suggest_smaller)
@@ -321,7 +324,7 @@ def idle_reasons(chosen: Plan, candidates: list[Candidate], budget: Budget) -> t
 
 
 def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Preferences = Preferences(),
-                 calibration=None) -> PlanResult:
+                 calibration=None, cache=None) -> PlanResult:
     """What generate and the TUI call: probe this machine (unless given), read the model's spec, plan."""
     from planner.calibration import load_calibration
     from planner.probe import probe_hardware
@@ -329,7 +332,7 @@ def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Prefere
 
     probe = probe if probe is not None else probe_hardware()
     calibration = calibration if calibration is not None else load_calibration()
-    return make_plan(probe, spec_for_model(job.model, job.base), job, prefs, calibration)
+    return make_plan(probe, spec_for_model(job.model, job.base), job, prefs, calibration, cache=cache)
 
 
 # --- Explanation --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from lowvram.caching.estimate import CallCounts, denoise_calls
 from lowvram.job import Job
 from planner import constants as C
 from planner import memory as M
@@ -84,12 +85,14 @@ def mapped_bytes(plan: Plan, spec: ModelSpec) -> int:
     return sum(M.component_bytes(spec.component(cp.name), cp.precision) for cp in plan.components if spec.get(cp.name))
 
 
-def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput,
-            ram_budget: Optional[int] = None) -> tuple[tuple[StagePeak, ...], float]:
+def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget: Optional[int] = None,
+            cache: Optional[CallCounts] = None) -> tuple[tuple[StagePeak, ...], float]:
     """The plan's predicted StagePeaks (load, encode, denoise or its phases, decode) and total seconds.
 
     `ram_budget`: the RAM the planner may use; when the memory-mapped weights do not fit beside the
-    process in it, they are read from disk again at each use (slower copies, same RAM).
+    process in it, they are read from disk again at each use (slower copies, same RAM). `cache`: the
+    calls the job's step cache computes per denoiser (lowvram.caching), when known; a skipped call is
+    counted as free.
     """
     on_gpu = plan.device == "cuda"
     base_ram = C.PROCESS_RAM_BASE_CPU + (C.PROCESS_RAM_CUDA_EXTRA if on_gpu else 0)
@@ -176,11 +179,11 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput,
             vram = M.denoiser_vram_bytes(spec, cp, tokens)
             resident, streamed, _ = M.denoiser_split(spec, cp)
             switch = resident / from_map + (streamed / pin_rate if cp.idle == "mmap" else 0.0)
-            seconds = switch + n * passes * forward_s
+            seconds = switch + denoise_calls(n, passes, cache, cp.name) * forward_s
         else:
             vram = 0
             ram += M.transformer_activation_bytes(spec.dims, tokens, cp.dtype)
-            seconds = n * passes * forward_s
+            seconds = denoise_calls(n, passes, cache, cp.name) * forward_s
         phase = PHASE_OF[cp.name] if plan.two_experts else ""
         stages.append(StagePeak("denoise", vram, ram, seconds, phase))
 

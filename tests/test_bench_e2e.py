@@ -1,4 +1,4 @@
-"""The end-to-end and TeaCache benchmark paths on tiny stand-ins on the CPU (no timing asserts)."""
+"""The end-to-end and step-skipping benchmark paths on tiny stand-ins on the CPU (no timing asserts)."""
 
 from __future__ import annotations
 
@@ -52,19 +52,6 @@ def test_summary_composes_unmeasured_steps():
     assert _summary("x", dict(stages, decode={"seconds": 0, "oom": True}), [1.0], 1, Plan())["e2e_seconds"] is None
 
 
-def test_teacache_timing_counts_calls_and_moved_bytes(small_job):
-    from lowvram.bench.e2e import Hosts, teacache_timing
-    from planner.plan import simple_plan
-
-    denoise_only = Hosts("tiny", log=lambda s: None, device="cpu", configs=dict(CONFIGS, with_text_encoder=False))
-    assert denoise_only.pipe().text_encoder is None
-    plan = simple_plan("cpu", "fp32", "block_offload", use_stream=False)
-    out = teacache_timing(denoise_only, plan, small_job(steps=6), computed_steps=3, log=lambda s: None)
-    assert out["computed_steps_actual"] == 3 and out["computed_calls"] == 6 and out["skipped_calls"] == 6
-    assert out["block_bytes_moved_on_skipped_calls"] == 0
-    assert out["block_bytes_moved_on_computed_calls"] > 0 and out["no_cache_block_bytes"] > 0
-
-
 def test_e2e_and_teacache_sections_render(hosts, small_job):
     from lowvram.bench.e2e import all_on_gpu, planned
     from lowvram.bench.report import render
@@ -80,3 +67,31 @@ def test_e2e_and_teacache_sections_render(hosts, small_job):
     text = render([data, tea])
     assert "| all_on_gpu |" in text and "| lowvram |" in text and "x1.000" in text
     assert "| 60.0 | 25 of 50 | 31.0 | 30.0 | x1.033 | yes | 0 | 1.00 GiB |" in text
+
+
+def test_cache_benchmark_runs_both_caches_under_a_resident_and_an_offloaded_plan(small_job):
+    from lowvram.bench.cache import cache_schedules, damp_time_embedder, run_cache
+    from lowvram.bench.e2e import Hosts
+    from lowvram.bench.report import render
+    from planner.plan import simple_plan
+
+    tiny = Hosts("tiny", log=lambda s: None, device="cpu", configs=dict(CONFIGS, with_text_encoder=False, transformer=dict(TINY, freq_dim=256)))
+    plans = [simple_plan("cpu", "fp32"), simple_plan("cpu", "fp32", "block_offload", use_stream=False)]
+    out = run_cache("tiny", plans, budget_gib=4, hosts=tiny, job=small_job(steps=12), log=lambda s: None)
+    assert [r["plan"] for r in out["runs"]] == [p.summary() for p in plans]
+    for run in out["runs"]:
+        assert run["no_cache_seconds"] > 0 and set(run["methods"]) == {"teacache", "magcache"}
+        for m in run["methods"].values():
+            assert 0 < m["computed_calls"] == m["scheduled_computed_calls"] < m["calls"] == 24
+            assert m["block_bytes_moved_on_skipped_calls"] == 0
+            assert m["ideal_speedup"] == pytest.approx(24 / m["computed_calls"]) and isinstance(m["meets_target"], bool)
+    offloaded = out["runs"][1]
+    assert offloaded["no_cache_block_bytes"] > 0 and all(m["block_bytes_moved_on_computed_calls"] > 0 for m in offloaded["methods"].values())
+    text = render([out])
+    assert "### Step skipping: Wan2.1 TINY 480p, 12 steps" in text and text.count("| magcache |") == 2
+
+    # The TeaCache schedule is TeaCache's own decisions on the damped embedder: mixed, and a 2x target met.
+    pipe = tiny.pipe()
+    damp_time_embedder(pipe.transformer)
+    tea = cache_schedules(pipe.transformer, small_job(steps=12), range(999, 0, -84), "tiny")["teacache"]
+    assert {c.computed for c in tea.calls if not c.forced} == {True, False} and tea.predicted_speedup >= 2.0

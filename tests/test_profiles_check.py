@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from lowvram.caching.setting import CacheSetting
 from lowvram.cli import main
-from lowvram.job import Job, TeaCacheSetting
+from lowvram.job import Job
 from lowvram.profiles import (
     JobDefaults,
     MachineFingerprint,
@@ -91,7 +92,7 @@ def test_command_line_overrides_profile():
     profile = Profile(
         name="p", model="wan2.1-t2v-1.3b",
         job=JobDefaults(width=640, height=384, frames=33, steps=20, guidance=4.0, negative_prompt="blur", fps=8,
-                        teacache=TeaCacheSetting(enabled=True, threshold=0.1, retention=False)),
+                        cache=CacheSetting("teacache", threshold=0.1, retention=False)),
         planner=PlannerPrefs(min_precision="int8", prefer="quality", vram_reserve_gib=1.5, ram_cap_gib=20.0),
     )
     given = argparse.Namespace(prompt="a cat", model=None, width=None, height=None, frames=None, steps=10, guidance=None,
@@ -99,13 +100,13 @@ def test_command_line_overrides_profile():
     job, prefs = apply_profile(given, profile)
     assert (job.model, job.width, job.height, job.frames, job.steps, job.guidance, job.negative_prompt, job.fps) == (
         "wan2.1-t2v-1.3b", 640, 384, 33, 10, 4.0, "blur", 8)
-    assert job.teacache == TeaCacheSetting(enabled=True, speedup=2.0, retention=False)  # speed-up replaces the threshold
+    assert job.cache == CacheSetting("teacache", speedup=2.0, retention=False)  # speed-up replaces the threshold
     assert prefs == Preferences(min_quant="int8", prefer="quality", vram_reserve=GIB // 2, ram_cap=20 * GIB)
     # nothing given: the profile's values; no profile: lowvram's defaults
     job, _ = apply_profile(argparse.Namespace(prompt="x", model="tiny-random"), profile)
-    assert (job.model, job.steps, job.teacache.threshold) == ("tiny-random", 20, 0.1)
+    assert (job.model, job.steps, job.cache.threshold) == ("tiny-random", 20, 0.1)
     job, prefs = apply_profile(argparse.Namespace(prompt="x"), None)
-    assert (job.model, job.width, job.teacache.enabled, prefs) == ("tiny-random", 256, False, Preferences())
+    assert (job.model, job.width, job.cache.enabled, prefs) == ("tiny-random", 256, False, Preferences())
     # a Job (the TUI's form): the profile replaces its settings, the prompt and seed stay
     job, _ = apply_profile(Job(prompt="keep", seed=7, steps=3), profile)
     assert (job.prompt, job.seed, job.steps, job.model) == ("keep", 7, 20, "wan2.1-t2v-1.3b")
@@ -140,7 +141,7 @@ def test_save_from_options_round_trips_and_never_overwrites(tmp_path, capsys):
     assert main(argv) == 0
     profile = load(path)
     assert (profile.name, profile.description, profile.model, profile.job.width, profile.job.frames) == ("mine", "for tests", "wan2.1-t2v-14b", 640, 49)
-    assert profile.job.teacache.threshold == 0.2 and profile.planner.min_precision == "int8" and profile.planner.vram_reserve_gib == 1.5
+    assert profile.job.cache.threshold == 0.2 and profile.planner.min_precision == "int8" and profile.planner.vram_reserve_gib == 1.5
     assert (profile.saved_on.gpu, profile.saved_on.vram_gib, profile.saved_on.compute_capability) == ("NVIDIA GeForce RTX 4090", 24.0, "8.9")
     assert check_profile(profile, probe_like(profile.saved_on)).status == "fits"
     assert main(argv) == 2 and "--force" in capsys.readouterr().err

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_profiles_io import GOOD  # tests/ is on sys.path under pytest
 
+from lowvram.caching.setting import METHODS, CacheSetting
 from lowvram.errors import UserError
-from lowvram.job import TeaCacheSetting
 from lowvram.profiles import (
     JobDefaults,
     PlannerPrefs,
@@ -98,11 +98,13 @@ def test_any_key_removed(path):
 # Valid profiles with any in-range values: they round-trip exactly, and checking one on any machine gives
 # a verdict or a UserError (an impossible job), never a crash.
 opt = lambda s: st.none() | s  # noqa: E731
-teacache = st.builds(
-    TeaCacheSetting,
-    enabled=st.booleans(),
+cache = st.builds(
+    CacheSetting,
+    method=st.sampled_from(METHODS),
     threshold=opt(st.floats(0.0, 10.0)),
     retention=st.booleans(),
+    max_skips=opt(st.integers(1, 50)),
+    retention_ratio=opt(st.floats(0.0, 1.0)),
 )
 job_defaults = st.builds(
     JobDefaults,
@@ -113,7 +115,7 @@ job_defaults = st.builds(
     guidance=opt(st.floats(0.0, 50.0)),
     negative_prompt=opt(st.text(max_size=40)),
     fps=opt(st.integers(1, 240)),
-    teacache=opt(teacache),
+    cache=opt(cache),
 )
 prefs = st.builds(
     PlannerPrefs,

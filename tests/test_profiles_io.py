@@ -9,9 +9,9 @@ import tomllib
 
 import pytest
 
+from lowvram.caching.setting import CacheSetting
 from lowvram.cli import main
 from lowvram.errors import UserError
-from lowvram.job import TeaCacheSetting
 from lowvram.profiles import (
     JobDefaults,
     MachineFingerprint,
@@ -34,7 +34,7 @@ def full_profile() -> Profile:
         model="wan2.1-t2v-14b",
         description="Two lines\nwith a backslash \\ and a tab\t.",
         job=JobDefaults(width=832, height=480, frames=81, steps=30, guidance=5.0, negative_prompt="blurry, \"low\" quality", fps=16,
-                        teacache=TeaCacheSetting(enabled=True, threshold=0.2, retention=True)),
+                        cache=CacheSetting("teacache", threshold=0.2, retention=True)),
         planner=PlannerPrefs(min_precision="int8", prefer="speed", vram_reserve_gib=1.0, ram_reserve_gib=4.0, vram_cap_gib=20.0),
         saved_on=MachineFingerprint(gpu="NVIDIA GeForce RTX 4090", vram_gib=23.99, ram_gib=62.7, compute_capability="8.9"),
         saved_plan=dataclasses.replace(
@@ -82,7 +82,7 @@ def test_locate_finds_keys_tables_and_array_items():
     text = dumps(full_profile())
     lines = text.splitlines()
     assert lines[locate(text, ("job", "width")) - 1] == "width = 832"
-    assert lines[locate(text, ("job", "teacache")) - 1] == "[job.teacache]"
+    assert lines[locate(text, ("job", "cache")) - 1] == "[job.cache]"
     assert lines[locate(text, ("saved_plan", "predicted", 1, "seconds")) - 1] == "seconds = 600.25"
     assert lines[locate(text, ("saved_plan", "predicted", 0, "seconds")) - 1] == "seconds = 1.5"
 
@@ -101,13 +101,15 @@ BAD_FILES = [
     ("unknown table", GOOD.replace("[planner]", "[planer]"), "[planer]", ["unknown key 'planer'", "did you mean 'planner'"]),
     ("wrong type", GOOD.replace("steps = 30", 'steps = "30"'), 'steps = "30"', ["key 'job.steps'", "whole number", "a string ('30')"]),
     ("wrong type bool", GOOD.replace("use_stream = true", "use_stream = 1", 1), "use_stream = 1", ["saved_plan.components[0].use_stream", "true or false"]),
-    ("wrong table type", GOOD.replace("[job.teacache]", "[job.teacache.x]"), None, ["unknown key 'x'"]),
+    ("wrong table type", GOOD.replace("[job.cache]", "[job.cache.x]"), None, ["unknown key 'x'"]),
+    ("bad cache method", GOOD.replace('method = "teacache"', 'method = "tea"'), "[job.cache]", ["job.cache", "use one of none, teacache, magcache"]),
+    ("old and new cache tables", GOOD.replace("[job.cache]", "[job.teacache]\nenabled = false\n\n[job.cache]"), "[job]", ["[job.teacache]", "keep [job.cache]"]),
     ("out of range", GOOD.replace("steps = 30", "steps = 0"), "steps = 0", ["out of range", "between 1 and 1000", "got 0"]),
     ("not a multiple of 16", GOOD.replace("width = 832", "width = 830"), "width = 830", ["multiple of 16", "use 816 or 832"]),
     ("frames form", GOOD.replace("frames = 81", "frames = 80"), "frames = 80", ["4k+1", "use 77 or 81"]),
     ("bad choice", GOOD.replace('min_precision = "int8"', 'min_precision = "int9"'), "int9", ["'bf16', 'fp8', 'int8', 'int4'", "did you mean 'int8'"]),
     ("bad plan choice", GOOD.replace('placement = "gpu_tiled"', 'placement = "tiled"'), None, ["saved_plan.components", "vae: placement 'tiled'", "gpu_tiled"]),
-    ("cross-field", GOOD.replace("threshold = 0.2", "threshold = 0.2\nspeedup = 2.0"), "[job.teacache]", ["job.teacache", "either a threshold or a target speed-up"]),
+    ("cross-field", GOOD.replace("threshold = 0.2", "threshold = 0.2\nspeedup = 2.0"), "[job.cache]", ["job.cache", "either a threshold or a target speed-up"]),
     ("nan", GOOD.replace("guidance = 5.0", "guidance = nan"), "guidance = nan", ["finite number"]),
     ("newer schema", GOOD.replace("schema_version = 1", "schema_version = 2\nnew_thing = 1"), "schema_version = 2", ["newer lowvram", "upgrade"]),
     ("no schema version", GOOD.replace("schema_version = 1\n", ""), None, ["missing schema_version"]),

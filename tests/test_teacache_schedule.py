@@ -9,6 +9,10 @@ import pytest
 import torch
 from teacache_reference import reference_decisions
 
+from lowvram.caching.identity import ModelFacts, identify
+from lowvram.caching.plan import cache_plan, preview_for_job, scheduler_timesteps
+from lowvram.caching.schedule import fixed_schedule
+from lowvram.caching.setting import CacheSetting
 from lowvram.caching.teacache import (
     COEFFICIENTS,
     CoefficientChoice,
@@ -16,16 +20,14 @@ from lowvram.caching.teacache import (
     choose_coefficients,
     decide_branch,
     forced_steps,
-    preview,
-    preview_checkpoint,
     rel_l1_series,
     rescale,
     schedule_from_rel_l1,
-    search_threshold,
+    threshold_for_speedup,
     time_signal,
 )
 from lowvram.errors import UserError
-from lowvram.job import Job, TeaCacheSetting
+from lowvram.job import Job
 
 THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.6)
 
@@ -78,14 +80,13 @@ def test_forced_steps():
     assert forced_steps(3, True) == frozenset({0, 1, 2})
 
 
-def test_branches_decide_alike_and_summary():
+def test_branches_decide_alike():
     signals = synthetic_signals(30, (16,), 7)
     s = ours(signals, "t2v-1.3b", False, 0.1, ("cond", "uncond"))
     for step in range(s.total_steps):
         assert s.decision(step, "cond").computed == s.decision(step, "uncond").computed
     assert 2 <= s.computed_steps < 30
     assert s.predicted_speedup == pytest.approx(60 / s.computed_calls)
-    assert s.summary().startswith(f"TeaCache: computes {s.computed_steps} of 30 steps, predicted ")
 
 
 @pytest.mark.parametrize("retention", [False, True])
@@ -95,36 +96,55 @@ def test_search_threshold_hits_the_target_with_the_smallest_threshold(retention)
     coeffs = COEFFICIENTS["t2v-1.3b"].for_mode(retention)
     forced = forced_steps(50, retention)
     for target in (1.2, 1.5, 2.0):
-        th = search_threshold(rel, coeffs, retention, target)
+        th = threshold_for_speedup(rel, coeffs, retention, target)
         computed = sum(d.computed for d in decide_branch(rel, coeffs, th, forced))
         assert computed <= 50 / target
         below = sum(d.computed for d in decide_branch(rel, coeffs, th * (1 - 1e-6), forced))
         assert below > 50 / target or th == 0.0
 
 
-def test_search_threshold_refuses_an_unreachable_target():
+def test_search_threshold_refuses_an_unreachable_target_naming_the_largest_reachable():
     rel = rel_l1_series(torch.stack(synthetic_signals(10, (16,), 3)))
-    with pytest.raises(UserError, match="cannot reach 9x"):
-        search_threshold(rel, COEFFICIENTS["t2v-1.3b"].with_retention, True, 9.0)  # 5 of 10 steps are forced
+    # 5 of 10 steps are forced; the largest threshold skips all the others: 2x at most
+    with pytest.raises(UserError, match=r"cannot reach 9x.* largest reachable speed-up is 2\.00x"):
+        threshold_for_speedup(rel, COEFFICIENTS["t2v-1.3b"].with_retention, True, 9.0)
 
 
-def test_choose_coefficients_from_config_and_name():
-    t2v13 = dict(num_layers=30, num_attention_heads=12, in_channels=16)
-    t2v14 = dict(num_layers=40, num_attention_heads=40, in_channels=16)
-    i2v = dict(num_layers=40, num_attention_heads=40, in_channels=36, image_dim=1280)
-    assert choose_coefficients(t2v13).key == "t2v-1.3b" and not choose_coefficients(t2v13).note
-    assert choose_coefficients(t2v14).key == "t2v-14b"
-    assert choose_coefficients(i2v, "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers").key == "i2v-14b-720p"
-    assert choose_coefficients(i2v, "wan2.1-i2v-14b-480p").key == "i2v-14b-480p"
-    unnamed = choose_coefficients(i2v, "/models/my-wan")
-    assert unnamed.key == "i2v-14b-480p" and "720P" in unnamed.note
-    demo = choose_coefficients(dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, in_channels=16))
-    assert demo.key == "t2v-1.3b" and "no TeaCache coefficients" in demo.note
-    assert choose_coefficients(t2v13, override="I2V-14B-720P").key == "i2v-14b-720p"
+T2V13 = dict(num_layers=30, num_attention_heads=12, in_channels=16)
+T2V14 = dict(num_layers=40, num_attention_heads=40, in_channels=16)
+I2V14 = dict(num_layers=40, num_attention_heads=40, in_channels=36, image_dim=1280)
+
+
+def test_coefficients_from_the_models_identity_never_its_path():
+    def choose(config, w=832, h=480, name="", override=None, **facts):
+        return choose_coefficients(identify(ModelFacts(config, name=name, **facts), w, h), override)
+
+    assert choose(T2V13).key == "t2v-1.3b" and not choose(T2V13).note
+    assert choose(T2V14).key == "t2v-14b"
+    assert "recognised from its configs" in choose(T2V14).reason
+    # 480P and 720P share a config: the job's size decides, whatever the name or folder says.
+    assert choose(I2V14, 1280, 720).key == "i2v-14b-720p" and "nearer 720p" in choose(I2V14, 1280, 720).reason
+    assert choose(I2V14, 832, 480, name="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers").key == "i2v-14b-480p"
+    assert choose(I2V14, 720, 1280).key == "i2v-14b-720p"  # portrait
+    demo = choose(dict(num_layers=2, num_attention_heads=2, in_channels=16), is_demo=True)
+    assert demo.key == "t2v-1.3b" and "demo model" in demo.reason and "random weights" in demo.note
+    assert choose(T2V13, override="I2V-14B-720P").key == "i2v-14b-720p"
     with pytest.raises(UserError, match="unknown"):
-        choose_coefficients(t2v13, override="sdxl")
+        choose(T2V13, override="sdxl")
     with pytest.raises(UserError, match="unknown"):
-        TeaCacheSetting(enabled=True, threshold=0.1, coefficients="sdxl")
+        CacheSetting("teacache", threshold=0.1, coefficients="sdxl")
+
+
+def test_no_coefficients_for_wan22_or_custom_models_names_what_exists():
+    two = ModelFacts(T2V14, transformer_2=T2V14, boundary_ratio=0.875)
+    with pytest.raises(UserError, match=r"no coefficients for Wan2\.2 T2V-A14B.*T2V-1\.3B, T2V-14B, I2V-14B-480P, I2V-14B-720P.*--cache magcache"):
+        choose_coefficients(identify(two, 832, 480))
+    with pytest.raises(UserError, match="expand_timesteps"):
+        choose_coefficients(identify(ModelFacts(dict(num_layers=30, num_attention_heads=24, in_channels=48), expand_timesteps=True), 1280, 704))
+    with pytest.raises(UserError, match="no coefficients for this model"):
+        choose_coefficients(identify(ModelFacts(dict(num_layers=3, num_attention_heads=2, in_channels=16)), 832, 480))
+    forced = choose_coefficients(identify(two, 832, 480), "t2v-14b")
+    assert forced.key == "t2v-14b" and "not fitted" in forced.note
 
 
 def _demo_transformer():
@@ -136,58 +156,53 @@ def _demo_transformer():
     return WanTransformer3DModel(in_channels=16, **_TRANSFORMER).eval()
 
 
-def test_signal_is_the_models_own_time_embedding_in_fp32():
-    tr = _demo_transformer()
+def test_signal_is_the_checkpoints_time_embedding_in_fp32(demo_t2v_path):
+    from diffusers import WanTransformer3DModel
+
+    tr = WanTransformer3DModel.from_pretrained(demo_t2v_path, subfolder="transformer").eval()
     t = torch.tensor([999.0, 937.0, 500.0, 3.0])
     with torch.no_grad():
         temb, tproj, _, _ = tr.condition_embedder(t, torch.zeros(4, 3, tr.config.text_dim))
-        weights = TimeEmbedderWeights.from_transformer(tr)
-        e = time_signal(weights, t, retention=False)
-        e0 = time_signal(weights, t, retention=True)
+        e = time_signal(TimeEmbedderWeights.from_checkpoint(demo_t2v_path, 256, retention=False), t, retention=False)
+        e0 = time_signal(TimeEmbedderWeights.from_checkpoint(demo_t2v_path, 256, retention=True), t, retention=True)
+        # What the model computes once loaded in bf16 differs: the reason the signal is read from the checkpoint.
+        temb_bf16 = tr.to(torch.bfloat16).condition_embedder(t, torch.zeros(4, 3, tr.config.text_dim, dtype=torch.bfloat16))[0]
     assert e.dtype == e0.dtype == torch.float32
     torch.testing.assert_close(e, temb, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(e0, tproj, rtol=1e-5, atol=1e-5)
-    # A bf16 copy of the model gives the same fp32 signal up to bf16 weight rounding, not bf16 activations.
-    e_bf16 = time_signal(TimeEmbedderWeights.from_transformer(tr.to(torch.bfloat16)), t, retention=False)
-    assert e_bf16.dtype == torch.float32
+    assert not torch.equal(temb_bf16.float(), e)
 
 
-def test_preview_from_checkpoint_needs_no_model_load(demo_t2v_path):
-    from lowvram.models.loading import load_pipeline
-    from lowvram.models.names import resolve_model
-
-    job = Job(prompt="x", steps=12, teacache=TeaCacheSetting(enabled=True, threshold=0.2, retention=False))
-    lazy = preview_checkpoint(demo_t2v_path, job)
-    pipe, info = load_pipeline(resolve_model("tiny-random"), dtypes={"default": "float32"})
-    loaded = preview(info.transformer_config, job, pipe.scheduler, TimeEmbedderWeights.from_transformer(pipe.transformer))
-    assert lazy == loaded
-    assert lazy.total_steps == 12 and lazy.branches == ("cond", "uncond")
-    assert preview_checkpoint(demo_t2v_path, job.with_(teacache=TeaCacheSetting())) is None
+def test_preview_needs_no_model_load_and_is_the_runs_plan(demo_t2v_path):
+    job = Job(prompt="x", steps=12, cache=CacheSetting("teacache", threshold=0.2, retention=False))
+    preview = preview_for_job(job)
+    sconf = __import__("json").loads((demo_t2v_path / "scheduler" / "scheduler_config.json").read_text())
+    again = cache_plan(job.cache, ModelFacts.from_folder(demo_t2v_path, "tiny-random", True), job,
+                       scheduler_timesteps(sconf, 12), demo_t2v_path)
+    assert again is preview.plan  # the same inputs give the same object: the run follows the preview
+    (s,) = preview.plan.schedules
+    assert s.total_steps == 12 and s.branches == ("cond", "uncond") and s.method == "teacache"
+    assert preview_for_job(job.with_(cache=CacheSetting())).plan is None
 
 
 def test_missing_threshold_and_target_is_a_user_error(demo_t2v_path):
-    job = Job(prompt="x", steps=4, teacache=TeaCacheSetting(enabled=True))
-    with pytest.raises(UserError, match="--teacache 0.05"):
-        preview_checkpoint(demo_t2v_path, job)
+    job = Job(prompt="x", steps=4, cache=CacheSetting("teacache"))
+    with pytest.raises(UserError, match="--cache-threshold 0.05"):
+        preview_for_job(job)
 
 
 def test_preview_for_job_before_anything_loads(demo_t2v_path):
-    from lowvram.caching.teacache import preview_for_job
-
-    on = Job(prompt="x", steps=6, teacache=TeaCacheSetting(enabled=True, threshold=0.1))
+    on = Job(prompt="x", steps=6, cache=CacheSetting("teacache", threshold=0.1))
     got = preview_for_job(on)
-    assert got.schedule is not None and got.message == got.schedule.summary()
-    assert got.message.startswith("TeaCache: computes ") and " of 6 steps" in got.message
-    assert preview_for_job(on.with_(teacache=TeaCacheSetting())).message == "TeaCache: off"
+    assert got.plan is not None and got.message == got.plan.summary()
+    assert got.message.startswith("TeaCache: computes ") and " of 12 transformer calls" in got.message
+    assert preview_for_job(on.with_(cache=CacheSetting())).message.startswith("cache: off")
     remote = preview_for_job(on.with_(model="someone/not-downloaded-wan"))
-    assert remote.schedule is None and "not downloaded" in remote.message
+    assert remote.plan is None and "not downloaded" in remote.message
 
 
 def test_fixed_schedule_for_benchmarks():
-    from lowvram.caching.teacache import fixed_schedule
-
     s = fixed_schedule([True, False, True, False], branches=("cond",))
     assert s.step_computed == (True, False, True, False) and s.predicted_speedup == 2.0
-    assert s.summary() == "TeaCache: computes 2 of 4 steps, predicted 2.0x (fixed decisions)"
     with pytest.raises(ValueError, match="first step must compute"):
         fixed_schedule([False, True])

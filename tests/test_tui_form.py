@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lowvram.job import Job, TeaCacheSetting
+from lowvram.caching.setting import CacheSetting
+from lowvram.job import Job
 from tui.form import (
     FormErrors,
     default_job,
@@ -16,7 +17,7 @@ from tui.form import (
 
 def test_round_trip_keeps_every_setting(tmp_path, image_file):
     job = Job(prompt="a dog runs", model="tiny-random-i2v", negative_prompt="blur", image=str(image_file), width=1280, height=720,
-              frames=33, steps=12, guidance=4.5, seed=7, out=str(tmp_path / "a.mp4"), teacache=TeaCacheSetting(enabled=True, speedup=1.5))
+              frames=33, steps=12, guidance=4.5, seed=7, out=str(tmp_path / "a.mp4"), cache=CacheSetting("teacache", speedup=1.5))
     values = values_from_job(job)
     assert values["preset"] == "720p" and values["teacache_mode"] == "speedup"
     assert job_from_values(values) == job

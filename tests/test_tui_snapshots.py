@@ -8,7 +8,8 @@ from pathlib import Path
 from tui_support import cpu_services
 
 from lowvram.errors import CancelledError
-from lowvram.job import Job, TeaCacheSetting
+from lowvram.caching.setting import CacheSetting
+from lowvram.job import Job
 from lowvram.sampling.runner import RunResult
 from lowvram.telemetry import (
     MemorySample,
@@ -26,7 +27,7 @@ from tui.screens.run import RunScreen
 
 GIB = 1024**3
 JOB = Job(prompt="a cat walks in the city", model="tiny-random", width=64, height=64, frames=5, steps=12, seed=3)
-TEACACHE_JOB = JOB.with_(teacache=TeaCacheSetting(enabled=True, threshold=0.2))
+TEACACHE_JOB = JOB.with_(cache=CacheSetting("teacache", threshold=0.2))
 
 
 class FakeLoaded:

@@ -6,10 +6,12 @@ live in lowvram.job.validate_job, the same ones the CLI applies.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
+from lowvram.caching.setting import CacheSetting
 from lowvram.errors import UserError
-from lowvram.job import Job, TeaCacheSetting, validate_job
+from lowvram.job import Job, validate_job
 from lowvram.models.names import DEMO_NAMES, SHORT_NAMES, resolve_model
 
 # Presets as (width, height); Wan2.1 is trained at these two sizes.
@@ -47,7 +49,7 @@ def preset_for(width: int, height: int) -> str:
 
 def values_from_job(job: Job) -> dict[str, str]:
     """Field strings showing a job (to refill the form: same settings again, or a loaded profile)."""
-    tc = job.teacache
+    tc = job.cache
     if tc.enabled and tc.speedup is not None:
         mode, value = "speedup", f"{tc.speedup:g}"
     elif tc.enabled and tc.threshold is not None:
@@ -84,7 +86,7 @@ def _number(values: dict[str, str], key: str, kind: type, errors: dict[str, str]
 def job_from_values(values: dict[str, str], base: Optional[Job] = None) -> Job:
     """Parse and validate the form. Raises FormErrors naming each bad field (and the fix).
 
-    Settings the form does not show (fps, TeaCache retention and coefficients) come from `base`,
+    Settings the form does not show (fps, the cache method and its other settings) come from `base`,
     the job the form was filled from (defaults, a profile, or the previous run)."""
     base = base or Job(prompt="")
     errors: dict[str, str] = {}
@@ -97,13 +99,15 @@ def job_from_values(values: dict[str, str], base: Optional[Job] = None) -> Job:
     steps = _number(values, "steps", int, errors, "steps")
     guidance = _number(values, "guidance", float, errors, "guidance")
     seed = _number(values, "seed", int, errors, "seed")
-    teacache = TeaCacheSetting()
+    cache = CacheSetting()
     mode = values.get("teacache_mode") or "off"
     if mode != "off":
         value = _number(values, "teacache_value", float, errors, "the TeaCache " + ("threshold" if mode == "threshold" else "speed-up"))
         if value is not None:
             try:
-                teacache = TeaCacheSetting(enabled=True, retention=base.teacache.retention, coefficients=base.teacache.coefficients, **{mode: value})
+                # The method (TeaCache unless the base job, e.g. a profile, says MagCache) and its other settings from `base`.
+                method = base.cache.method if base.cache.enabled and not base.cache.calibrate else "teacache"
+                cache = replace(base.cache, method=method, calibrate=False, **{"threshold": None, "speedup": None, mode: value})
             except UserError as exc:
                 errors["teacache_value"] = str(exc)
     if model and "model" not in errors:
@@ -128,7 +132,7 @@ def job_from_values(values: dict[str, str], base: Optional[Job] = None) -> Job:
         seed=seed,
         fps=base.fps,
         out=out,
-        teacache=teacache,
+        cache=cache,
     )
     try:
         validate_job(job)

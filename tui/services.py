@@ -1,4 +1,4 @@
-"""What the TUI calls outside itself: probe, planner, TeaCache preview, profiles, runner.
+"""What the TUI calls outside itself: probe, planner, step-cache preview, profiles, runner.
 
 The screens take these through `Services`, so tests can give a fixed probe (a fake for the hardware)
 while the planner, the runtime and the TUI itself stay real. Imports are deferred to the first call,
@@ -35,7 +35,7 @@ class StepDecision:
 
 @dataclass(frozen=True)
 class SkipPreview:
-    """The TeaCache skip schedule known before the run (or why there is none)."""
+    """The step cache's skip schedule known before the run (or why there is none)."""
 
     computed_steps: int = 0
     total_steps: int = 0
@@ -70,18 +70,20 @@ def describe_probe(probe: Any) -> tuple[str, ...]:
 
 
 def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
-    """The planner's plan for this job on this probe, with the alternatives it weighed."""
+    """The planner's plan for this job on this probe, with the alternatives it weighed (its time counting
+    only the calls the job's step cache computes, when that is known before the run)."""
     from planner.choose import plan_for_job
 
+    cache = _cache_counts(job)
     preferences = ""
     if prefs is not None:  # a profile's [planner] table (PlannerPrefs) -> the planner's Preferences
         from lowvram.profiles.apply import to_preferences
         from lowvram.profiles.report import describe_prefs
 
-        result = plan_for_job(job, probe=probe, prefs=to_preferences(prefs))
+        result = plan_for_job(job, probe=probe, prefs=to_preferences(prefs), cache=cache)
         preferences = describe_prefs(prefs)
     else:
-        result = plan_for_job(job, probe=probe)
+        result = plan_for_job(job, probe=probe, cache=cache)
     alternatives = tuple(
         Alternative(
             summary=c.plan.summary(),
@@ -109,37 +111,43 @@ def split_explanation(lines: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[st
     return notes, tuple(lines[start:])
 
 
-def teacache_preview(job: Job, plan: Plan) -> SkipPreview:
-    """The skip schedule TeaCache will follow, computed before the run from the checkpoint's configs
-    and time-embedding weights (no model load)."""
-    if not job.teacache.enabled:
-        return SkipPreview(total_steps=job.steps, computed_steps=job.steps, note="TeaCache off: every step computed")
-    from pathlib import Path
+def _cache_counts(job: Job):
+    """The cache plan's call counts for the planner, or None (no cache, not known yet, or a problem the
+    preview reports)."""
+    if not job.cache.enabled:
+        return None
+    from lowvram.caching.plan import preview_for_job
+    from lowvram.errors import UserError
 
-    from lowvram.caching.teacache import preview_checkpoint
-    from lowvram.models.names import resolve_model
+    try:
+        cache = preview_for_job(job).plan
+    except UserError:
+        return None
+    return cache.counts() if cache is not None else None
 
-    ref = resolve_model(job.model)
-    folder = Path(ref.location)
-    if ref.kind == "hub":
-        try:  # a preview never downloads: only a checkpoint already in the hub cache is used
-            from huggingface_hub import snapshot_download
 
-            folder = Path(snapshot_download(ref.location, local_files_only=True))
-        except Exception:
-            folder = Path("/nonexistent")
-    if not (folder / "model_index.json").is_file():
-        return SkipPreview(total_steps=job.steps, note="TeaCache preview needs the checkpoint on disk; it shows after the first download")
-    schedule = preview_checkpoint(folder, job, ref.name)
-    if schedule is None:
-        return SkipPreview(total_steps=job.steps, computed_steps=job.steps, note="TeaCache off: every step computed")
-    decisions = tuple(StepDecision(int(c.step), str(c.branch), bool(c.computed)) for c in schedule.calls)
+def cache_preview(job: Job, plan: Plan) -> SkipPreview:
+    """The skip schedule the job's step cache will follow, computed before the run (no model load; TeaCache
+    reads the checkpoint's time-embedding weights, MagCache needs only its ratios)."""
+    if not job.cache.enabled:
+        return SkipPreview(total_steps=job.steps, computed_steps=job.steps, note="step skipping off: every step computed")
+    from lowvram.caching.plan import preview_for_job
+    from lowvram.errors import UserError
+
+    try:
+        preview = preview_for_job(job)
+    except UserError as exc:
+        return SkipPreview(total_steps=job.steps, note=str(exc))
+    cache = preview.plan
+    if cache is None:
+        return SkipPreview(total_steps=job.steps, note=preview.message)
+    decisions = tuple(StepDecision(int(c.step), str(c.branch), bool(c.computed)) for s in cache.schedules for c in s.calls)
     return SkipPreview(
-        computed_steps=schedule.computed_steps,
-        total_steps=schedule.total_steps,
-        predicted_speedup=schedule.predicted_speedup,
+        computed_steps=sum(s.computed_steps for s in cache.schedules),
+        total_steps=cache.total_steps,
+        predicted_speedup=cache.predicted_speedup,
         decisions=decisions,
-        note=schedule.summary(),
+        note=cache.summary(),
     )
 
 
@@ -183,7 +191,7 @@ def _load_model(model: str, plan: Plan):
 class Services:
     probe: Callable[[], Any] = default_probe
     plan: Callable[..., PlanView] = plan_job
-    preview: Callable[[Job, Plan], SkipPreview] = teacache_preview
+    preview: Callable[[Job, Plan], SkipPreview] = cache_preview
     generate: Callable[..., Any] = _generate
     load_model: Callable[[str, Plan], Any] = _load_model
     load_profile: Callable[[str, Job], tuple[Job, Any]] = load_profile

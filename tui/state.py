@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, NamedTuple, Optional
 
 from lowvram.telemetry import Event, StepFinished, TransformerCall
 
 PENDING, COMPUTED, SKIPPED, UNKNOWN = "pending", "computed", "skipped", "unknown"
 BRANCHES = ("cond", "uncond")
+
+
+class Decision(NamedTuple):
+    step: int
+    branch: str
+    computed: bool
 
 
 class StepGrid:
@@ -21,12 +27,19 @@ class StepGrid:
         self.branches = branches
         self.cells: dict[str, list[str]] = {b: [PENDING] * total for b in branches}
         self.predicted: dict[str, list[Optional[bool]]] = {b: [None] * total for b in branches}
+        self.expert_starts: dict[int, str] = {}  # step -> the denoiser component that takes over there (two experts)
         self._seen_calls: set[int] = set()
 
     def set_prediction(self, decisions: Iterable) -> None:
         for d in decisions:
             if d.branch in self.predicted and 0 <= d.step < self.total:
                 self.predicted[d.branch][d.step] = d.computed
+
+    def set_schedule(self, event) -> None:
+        """One denoiser component's schedule from the runtime (a CacheScheduled event)."""
+        self.set_prediction(Decision(step, branch, computed) for step, branch, computed in event.decisions())
+        if event.first_step > 0:
+            self.expert_starts[event.first_step] = event.component
 
     def set_step_prediction(self, step_computed: Iterable[bool]) -> None:
         """A per-step schedule (both branches decide alike: they share the timestep)."""

@@ -1,4 +1,4 @@
-"""End to end (text encode + N denoising steps + VAE decode) and TeaCache timing, on real-shape random weights.
+"""End to end (text encode + N denoising steps + VAE decode) on real-shape random weights (step skipping: bench/cache.py).
 
 The denoising loop is lowvram's own (`lowvram.sampling.runner.denoise`: UniPC flow, classifier-free guidance, a
 synchronize per step), fed by a pipeline-like object whose components are fresh modules over host copies.
@@ -260,71 +260,3 @@ def run_e2e(model_key: str, budget_gib: float, resolution: str = "480p", steps: 
         mine["ratio"] = mine["e2e_seconds"] / base["e2e_seconds"]
     return dict(kind="e2e", model=model_key, resolution=resolution, budget_gib=budget_gib, steps=steps, all_on_gpu=base, lowvram=mine, host_build_seconds=hosts.seconds)
 
-
-def run_teacache(model_key: str, plan_text: str, budget_gib: float, computed_steps: int, steps: int = 50, resolution: str = "480p", ram_gib: float = 64.0, log=print) -> dict:
-    from lowvram.bench.recipes import forced_plan
-
-    hosts = Hosts(model_key, log, configs={"with_text_encoder": False})  # denoising only: random prompt embeddings
-    plan = forced_plan(plan_text, model_key, resolution, budget_gib, ram_gib)
-    _cap(budget_gib)
-    try:
-        out = teacache_timing(hosts, plan, bench_job(model_key, resolution, steps=steps), computed_steps, log=log)
-    finally:
-        _cap(None)
-    out.update(model=model_key, budget_gib=budget_gib)
-    return out
-
-
-def teacache_timing(hosts: Hosts, plan, job, computed_steps: int, log=print) -> dict:
-    """Denoising wall time without TeaCache and with a fixed schedule computing `computed_steps` of the job's
-    steps (spread evenly, first step computed), under one plan; block bytes moved on skipped calls."""
-    from lowvram import placement
-    from lowvram.caching.teacache import fixed_schedule
-    from lowvram.caching.teacache.hook import (
-        TeaCacheConfig,
-        apply_teacache,
-        remove_teacache,
-    )
-    from lowvram.placement.transfer_meter import TransferMeter
-
-    steps = job.steps
-    pipe = hosts.pipe()
-    out: dict = dict(kind="teacache", plan=plan.summary(), steps=steps, computed_steps=computed_steps)
-    try:
-        placement.prepare(pipe, plan)
-        placement.enter_stage(pipe, plan, "encode")
-        embeds = encode(pipe, placement.encode_device(plan), text_tokens=hosts.text_tokens, text_dim=pipe.transformer.config.text_dim)
-        placement.enter_stage(pipe, plan, "denoise")
-        t = pipe.transformer
-        with TransferMeter(t) as meter:
-            _sync()
-            t0 = time.perf_counter()
-            denoise(pipe, plan, job, embeds, plan.device)
-            out["no_cache_seconds"] = time.perf_counter() - t0
-            out["no_cache_block_bytes"] = meter.read().blocks
-            every = steps / computed_steps
-            wanted = {min(steps - 1, round(i * every)) for i in range(computed_steps)}
-            schedule = fixed_schedule([s in wanted for s in range(steps)], branches=("cond", "uncond"))
-            hook = apply_teacache(t, TeaCacheConfig(schedule))
-            hook.meter = meter
-            try:
-                _sync()
-                t0 = time.perf_counter()
-                denoise(pipe, plan, job, embeds, plan.device)
-                out["cached_seconds"] = time.perf_counter() - t0
-                records = hook.drain()
-            finally:
-                remove_teacache(t)
-    finally:
-        placement.leave_all(pipe)
-    computed = [r for r in records if r.computed]
-    skipped = [r for r in records if not r.computed]
-    out["computed_calls"] = len(computed)
-    out["skipped_calls"] = len(skipped)
-    out["computed_steps_actual"] = len({r.decision.step for r in computed})
-    out["block_bytes_moved_on_skipped_calls"] = sum(r.moved.blocks for r in skipped)
-    out["block_bytes_moved_on_computed_calls"] = sum(r.moved.blocks for r in computed)
-    out["expected_seconds"] = out["no_cache_seconds"] * out["computed_steps_actual"] / steps
-    out["ratio_to_expected"] = out["cached_seconds"] / out["expected_seconds"]
-    log(f"[teacache] {plan.summary()}: no cache {out['no_cache_seconds']:.1f}s, {out['computed_steps_actual']}/{steps} steps computed in {out['cached_seconds']:.1f}s = x{out['ratio_to_expected']:.3f} of N/{steps}; block bytes on skipped calls {out['block_bytes_moved_on_skipped_calls']}, on computed calls {out['block_bytes_moved_on_computed_calls']}")
-    return out

@@ -197,6 +197,26 @@ def teacache_section(data: dict, command: str = "") -> str:
     return "\n".join(parts)
 
 
+def cache_section(data: dict, command: str = "") -> str:
+    """Issue 14's target: the measured speed-up is at least TARGET x (total calls / computed calls)."""
+    parts = [f"### Step skipping: Wan2.1 {data['model'].upper()} {data['resolution']}, {data['steps']} steps @ {data['budget_gib']:g} GiB", ""]
+    if command or data.get("command"):
+        parts += [f"Command: `{command or data['command']}`", ""]
+    parts += [
+        "| plan | cache | no cache s | with cache s | computed calls | ideal (calls / computed) | measured speed-up | measured / ideal | >= "
+        f"{data['target']:g} | block bytes on skipped calls |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in data["runs"]:
+        for method, m in run["methods"].items():
+            parts.append(
+                f"| {run['plan']} | {method}{' (fixed schedule)' if m.get('schedule') == 'fixed' else ''} | {run['no_cache_seconds']:.1f} | {m['seconds']:.1f} | {m['computed_calls']} of {m['calls']} | "
+                f"x{m['ideal_speedup']:.2f} | x{m['speedup']:.2f} | {m['ratio_to_ideal']:.3f} | {'yes' if m['meets_target'] else 'NO'} | "
+                f"{m['block_bytes_moved_on_skipped_calls']} |"
+            )
+    return "\n".join(parts)
+
+
 def render(datas: Iterable[dict], command: str = "") -> str:
     out = []
     for d in datas:
@@ -207,6 +227,8 @@ def render(datas: Iterable[dict], command: str = "") -> str:
             out.append(e2e_section(d, command))
         elif kind == "teacache":
             out.append(teacache_section(d, command))
+        elif kind == "cache":
+            out.append(cache_section(d, command))
         else:
             out.append(model_section(d, command))
     return "\n\n".join(out) + "\n"

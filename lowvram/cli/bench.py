@@ -51,14 +51,14 @@ def register(sub) -> None:
     e.add_argument("--out", type=Path, default=None)
     e.set_defaults(func=run_e2e)
 
-    t = bsub.add_parser("teacache", help="denoising wall time with a TeaCache schedule computing N of the steps vs none, under one plan")
-    t.add_argument("--model", default="1.3b", choices=("1.3b", "14b"))
-    t.add_argument("--plan", default="bf16:block_offload", help="forced plan QUANT:KIND[:K] (default %(default)s)")
-    t.add_argument("--budget", type=float, default=8.0, help="GiB cap (default %(default)s)")
-    t.add_argument("--computed", type=int, default=25, help="steps computed (default %(default)s)")
-    t.add_argument("--steps", type=int, default=50)
-    t.add_argument("--out", type=Path, default=None)
-    t.set_defaults(func=run_teacache)
+    k = bsub.add_parser("cache", help="denoising wall time with TeaCache's and MagCache's schedules vs none, under a resident and an offloaded plan (issue 14's target)")
+    k.add_argument("--model", default="1.3b", choices=("1.3b", "14b"))
+    k.add_argument("--plans", type=_words, default=("bf16:resident", "bf16:block_offload"), help="forced plans QUANT:KIND[:K] (default %(default)s)")
+    k.add_argument("--budget", type=float, default=8.0, help="GiB cap (default %(default)s)")
+    k.add_argument("--steps", type=int, default=50)
+    k.add_argument("--teacache-speedup", type=float, default=2.0, help="TeaCache's target, searched on the damped random time embedder (default %(default)s)")
+    k.add_argument("--out", type=Path, default=None)
+    k.set_defaults(func=run_cache)
 
     r = bsub.add_parser("report", help="render result JSON files as markdown tables")
     r.add_argument("files", nargs="+", type=Path)
@@ -135,16 +135,17 @@ def run_e2e(args) -> int:
     return 0
 
 
-def run_teacache(args) -> int:
-    from lowvram.bench.e2e import run_teacache as run
+def run_cache(args) -> int:
+    from lowvram.bench.cache import run_cache as run
     from lowvram.bench.matrix import environment
-    from lowvram.bench.report import teacache_section
+    from lowvram.bench.report import cache_section
 
     _need_cuda()
-    data = run(args.model, args.plan, args.budget, args.computed, args.steps, log=lambda s: print(s, flush=True))
+    data = run(args.model, args.plans, args.budget, args.steps, teacache_speedup=args.teacache_speedup, log=lambda s: print(s, flush=True))
     data["environment"] = environment()
+    data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
     _dump(data, args.out)
-    print(teacache_section(data))
+    print(cache_section(data))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The command line's shared options: job, TeaCache, profile, output, planner preferences, what-if machine.
+"""The command line's shared options: job, step cache, profile, output, planner preferences, what-if machine.
 
 Defaults are None where a profile may fill the value (an option not given leaves the profile's)."""
 
@@ -21,17 +21,53 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=None, help="video height, a multiple of 16 (32 for TI2V-5B) (default: the model card's, e.g. 480; 144 for the demo models)")
     p.add_argument("--frames", type=int, default=None, help="number of frames, 4k+1 (default: the model card's, 81 or 121; 17 for the demo models)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model card's, 40 or 50; 8 for the demo models)")
-    add_teacache_arguments(p)
+    add_cache_arguments(p)
 
 
-def add_teacache_arguments(p: argparse.ArgumentParser) -> None:
-    """TeaCache is off unless asked for: it changes the output, so it is a choice, not a default."""
-    g = p.add_argument_group("TeaCache (skip transformer steps whose timestep embedding barely changed)")
-    g.add_argument("--teacache", type=float, default=None, metavar="THRESHOLD", help="turn TeaCache on with this threshold (0.05 is near-lossless on T2V-1.3B; higher skips more)")
-    g.add_argument("--teacache-speedup", type=float, default=None, metavar="X", help="turn TeaCache on and search the threshold that computes at most steps/X steps")
-    g.add_argument("--teacache-retention", action=argparse.BooleanOptionalAction, default=None, help="always compute the first 5 steps, with the matching coefficients (default: on); --no-teacache-retention computes the first and last step instead")
-    g.add_argument("--teacache-coefficients", default=None, metavar="MODEL", help="use these coefficients instead of the ones detected from the checkpoint: t2v-1.3b, t2v-14b, i2v-14b-480p, i2v-14b-720p")
-    g.add_argument("--no-teacache", action="store_true", help="turn TeaCache off (overrides a profile that turns it on)")
+def cache_threshold(text: str) -> float:
+    """argparse type of a cache threshold: a finite number from 0 to 10."""
+    from lowvram.caching.setting import MAX_THRESHOLD
+
+    value = _finite(text)
+    if value is None or not 0.0 <= value <= MAX_THRESHOLD:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a threshold: give a number from 0 to {MAX_THRESHOLD:g}, like 0.05")
+    return value
+
+
+def cache_speedup(text: str) -> float:
+    """argparse type of a target speed-up: a finite number from 1 to 20."""
+    from lowvram.caching.setting import MAX_SPEEDUP
+
+    value = _finite(text)
+    if value is None or not 1.0 <= value <= MAX_SPEEDUP:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a speed-up: give a number from 1 to {MAX_SPEEDUP:g}, like 1.8")
+    return value
+
+
+def _finite(text: str):
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def add_cache_arguments(p: argparse.ArgumentParser) -> None:
+    """Step skipping is off unless asked for: it changes the output, so it is a choice, not a default."""
+    from lowvram.caching.setting import METHODS
+
+    g = p.add_argument_group("step skipping (reuse the transformer's output on steps where it barely changes; docs/caching.md)")
+    g.add_argument("--cache", choices=METHODS, default=None, help="teacache (Wan2.1: from the timestep embedding), magcache (Wan2.1 and Wan2.2: from published or calibrated magnitude ratios) or none (default)")
+    g.add_argument("--cache-threshold", type=cache_threshold, default=None, metavar="X", help="the cache's threshold: higher skips more (TeaCache: 0.05 is near-lossless on T2V-1.3B; MagCache default: the model's published one)")
+    g.add_argument("--cache-speedup", type=cache_speedup, default=None, metavar="X", help="search the threshold that makes total calls / computed calls at least X")
+    g.add_argument("--cache-calibrate", action="store_true", default=None, help="MagCache: run computing every step and save this model's magnitude ratios for later runs (for models without published ratios)")
+    g.add_argument("--magcache-k", type=int, default=None, metavar="K", help="MagCache: most calls skipped in a row (default: the model's published K)")
+    g.add_argument("--magcache-retention", type=float, default=None, metavar="R", help="MagCache: fraction of the first steps always computed (default: the model's published ratio)")
+    g.add_argument("--teacache-retention", action=argparse.BooleanOptionalAction, default=None, help="TeaCache: always compute the first 5 steps, with the matching coefficients (default: on); --no-teacache-retention computes the first and last step instead")
+    g.add_argument("--teacache-coefficients", default=None, metavar="MODEL", help="TeaCache: use these coefficients instead of the model's own: t2v-1.3b, t2v-14b, i2v-14b-480p, i2v-14b-720p")
+    g.add_argument("--teacache", type=cache_threshold, default=None, metavar="THRESHOLD", help="same as --cache teacache --cache-threshold THRESHOLD")
+    g.add_argument("--teacache-speedup", type=cache_speedup, default=None, metavar="X", help="same as --cache teacache --cache-speedup X")
+    g.add_argument("--no-teacache", action="store_true", help="same as --cache none (overrides a profile that turns a cache on)")
 
 
 def add_profile_argument(p: argparse.ArgumentParser) -> None:

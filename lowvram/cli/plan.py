@@ -31,16 +31,29 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from lowvram.caching.plan import preview_for_job
     from lowvram.cli.inputs import job_and_prefs_from_args, machine_from_args
     from planner.choose import plan_for_job
 
     job, prefs = job_and_prefs_from_args(args)
     probe = machine_from_args(args)
-    result = plan_for_job(job, probe=probe, prefs=prefs)  # reads the stored calibration itself
+    preview = preview_for_job(job)  # the step cache's schedule: a model without its data exits 2 here
+    cache = preview.plan
+    # reads the stored calibration itself; with a cache plan, denoising time counts only the calls it computes
+    result = plan_for_job(job, probe=probe, prefs=prefs, cache=cache.counts() if cache is not None else None)
     if args.json:
         print(json.dumps({"plan": result.plan.to_dict(), "probe": probe.to_dict(), "job": job.to_dict(),
-                          "explanation": list(result.explanation)}, indent=2, default=str))
+                          "explanation": list(result.explanation),
+                          "cache": cache.to_dict() if cache is not None else {"message": preview.message}}, indent=2, default=str))
         return 0
     for line in result.explanation:
         print(line)
+    if job.cache.enabled:
+        print()
+        for line in preview.lines:
+            print(line)
+        if cache is not None:
+            for line in cache.map_lines():
+                print(line)
+            print(f"predicted times count only the {cache.computed_calls} of {cache.total_calls} transformer calls {cache.setting.label} computes")
     return 0

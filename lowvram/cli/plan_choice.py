@@ -51,13 +51,18 @@ def load_forced_plan(path: str) -> Plan:
 
 def choose_plan(job, prefs=None, forced_path: Optional[str] = None, say: Callable[[str], None] = print) -> Plan:
     """The plan to run, announced with its predicted peaks per stage."""
+    from lowvram.caching.plan import preview_for_job
     from planner.choose import Preferences, plan_for_job, stage_table
 
+    preview = preview_for_job(job)  # the step cache's plan, before anything loads (bad cache input: exit 2)
+    for line in preview.lines if job.cache.enabled else ():
+        say(line)
     if forced_path:
         plan = load_forced_plan(forced_path)
         say(f"plan (forced, {forced_path}): {plan.summary()}")
     else:
-        plan = plan_for_job(job, prefs=prefs if prefs is not None else Preferences()).plan
+        counts = preview.plan.counts() if preview.plan is not None else None
+        plan = plan_for_job(job, prefs=prefs if prefs is not None else Preferences(), cache=counts).plan
         say(f"plan: {plan.summary()}")
     if plan.predicted:
         say("predicted peaks:")

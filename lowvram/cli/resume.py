@@ -8,7 +8,9 @@ without encoding again; the video goes to --out if given, else to the job's own 
 from __future__ import annotations
 
 # Options whose default is None, so giving them is detectable: the saved job fixes all of them.
-FIXED_BY_FILE = ("width", "height", "frames", "steps", "image", "profile", "teacache", "teacache_speedup")
+FIXED_BY_FILE = ("width", "height", "frames", "steps", "image", "profile", "cache", "cache_threshold", "cache_speedup",
+                 "cache_calibrate", "teacache", "teacache_speedup", "teacache_retention", "teacache_coefficients",
+                 "magcache_k", "magcache_retention")
 
 
 def run_resume(args) -> int:

@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lowvram.caching.record import cache_record
 from lowvram.io.output import write_json_atomic
 from lowvram.telemetry import Event, MemorySample
 
@@ -78,6 +79,7 @@ def build_sidecar(job, loaded, plan, events, step_seconds, peaks, total_seconds,
             "seconds": total_seconds,
             "stages": peaks,
         },
+        "cache": cache_record(job, events),
         "step_seconds": step_seconds,
         "telemetry": [e.to_dict() for e in _thin_memory(events)],
     }

@@ -12,7 +12,7 @@ Where lowvram looks (nothing is downloaded or built to answer):
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 

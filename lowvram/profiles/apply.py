@@ -14,8 +14,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from lowvram.caching.setting import CacheSetting
 from lowvram.errors import UserError
-from lowvram.job import Job, TeaCacheSetting
+from lowvram.job import Job
 from lowvram.profiles.schema import (
     JobDefaults,
     MachineFingerprint,
@@ -26,7 +27,7 @@ from planner.choose import Preferences
 from planner.plan import Plan
 from planner.probe import GIB, HardwareProbe
 
-JOB_FIELDS = tuple(f.name for f in fields(JobDefaults) if f.name != "teacache")
+JOB_FIELDS = tuple(f.name for f in fields(JobDefaults) if f.name not in ("cache", "teacache"))
 # Command-line flags of the planner preferences (GiB on the command line and in the file, bytes in Preferences).
 PREF_FLAGS = {"min_precision": "min_precision", "prefer": "prefer", "vram_reserve": "vram_reserve_gib",
               "ram_reserve": "ram_reserve_gib", "vram_cap": "vram_cap_gib", "ram_cap": "ram_cap_gib"}
@@ -55,29 +56,55 @@ def prefs_with_args(prefs: PlannerPrefs, args: Any) -> PlannerPrefs:
         raise UserError(f"planner preference options: {exc}") from None
 
 
-def merge_teacache(base: Optional[TeaCacheSetting], args: Any) -> Optional[TeaCacheSetting]:
-    """TeaCache options given on the command line replace the matching parts of `base` (a profile's setting,
-    or None: then None means no TeaCache option was given)."""
-    threshold, speedup = getattr(args, "teacache", None), getattr(args, "teacache_speedup", None)
-    retention, coefficients = getattr(args, "teacache_retention", None), getattr(args, "teacache_coefficients", None)
-    if getattr(args, "no_teacache", False):
+def merge_cache(base: Optional[CacheSetting], args: Any) -> Optional[CacheSetting]:
+    """Cache options given on the command line replace the matching parts of `base` (a profile's setting,
+    or None: then None means no cache option was given). --teacache X, --teacache-speedup X and
+    --no-teacache are the older spellings of --cache teacache --cache-threshold X, ... and --cache none."""
+    opt = lambda name: getattr(args, name, None)  # noqa: E731
+    method, threshold, speedup = opt("cache"), opt("cache_threshold"), opt("cache_speedup")
+    old_threshold, old_speedup = opt("teacache"), opt("teacache_speedup")
+    if old_threshold is not None or old_speedup is not None:
+        if method not in (None, "teacache"):
+            raise UserError(f"--teacache/--teacache-speedup turn TeaCache on; they contradict --cache {method}. Drop one of them.")
         if threshold is not None or speedup is not None:
-            raise UserError("--no-teacache contradicts --teacache/--teacache-speedup; drop one of them.")
-        return TeaCacheSetting(enabled=False)
-    if threshold is None and speedup is None and retention is None and coefficients is None:
+            raise UserError("give the threshold or speed-up once: --cache-threshold/--cache-speedup, or the older --teacache/--teacache-speedup.")
+        method, threshold, speedup = "teacache", old_threshold, old_speedup
+    if opt("no_teacache"):
+        if method not in (None, "none") or threshold is not None or speedup is not None:
+            raise UserError("--no-teacache turns step skipping off; it contradicts the other cache options given. Drop one of them.")
+        method = "none"
+    calibrate = bool(opt("cache_calibrate"))
+    if calibrate and method is None:
+        method = "magcache"
+    extras = {
+        "retention": opt("teacache_retention"),
+        "coefficients": opt("teacache_coefficients"),
+        "max_skips": opt("magcache_k"),
+        "retention_ratio": opt("magcache_retention"),
+    }
+    extras = {k: v for k, v in extras.items() if v is not None}
+    if method is None and threshold is None and speedup is None and not extras and not calibrate:
         return base
-    tc = base or TeaCacheSetting()
+    current = base or CacheSetting()
+    if method == "none":
+        if threshold is not None or speedup is not None or calibrate:
+            raise UserError("--cache none turns step skipping off; drop --cache-threshold, --cache-speedup and --cache-calibrate.")
+        return CacheSetting()
+    if method is not None and method != current.method:
+        current = replace(current, method=method, threshold=None, speedup=None, calibrate=False)  # the old threshold meant the other method's
+    if current.method == "none" and (threshold is not None or speedup is not None):
+        raise UserError("--cache-threshold and --cache-speedup need a cache: add --cache teacache or --cache magcache.")
+    changes: dict[str, Any] = dict(extras)
     if threshold is not None or speedup is not None:
-        tc = replace(tc, enabled=True, threshold=threshold, speedup=speedup)
-    if retention is not None:
-        tc = replace(tc, retention=retention)
-    if coefficients is not None:
-        tc = replace(tc, coefficients=coefficients)
-    return tc
+        changes.update(threshold=threshold, speedup=speedup, calibrate=False)
+    if calibrate:
+        changes.update(calibrate=True, threshold=None, speedup=None)
+    return replace(current, **changes)
 
 
-def job_from_args(args: Any) -> Job:
-    """A Job from options given as attributes of `args` (None: not given, the model's default applies)."""
+def job_from_args(args: Any, cache: Optional[CacheSetting] = None) -> Job:
+    """A Job from options given as attributes of `args` (None: not given, the model's default applies);
+    `cache` when the cache options were already merged over a profile's."""
     from lowvram.models.defaults import DEFAULT_MODEL, job_defaults
 
     model = getattr(args, "model", None) or DEFAULT_MODEL
@@ -97,14 +124,10 @@ def job_from_args(args: Any) -> Job:
         seed=getattr(args, "seed", 0),
         fps=pick("fps"),
         out=getattr(args, "out", None),
-        teacache=teacache_from_args(args),
+        cache=cache if cache is not None else merge_cache(None, args) or CacheSetting(),
         guidance_2=pick("guidance_2"),
         shift=pick("shift"),
     )
-
-
-def teacache_from_args(args: Any) -> TeaCacheSetting:
-    return merge_teacache(None, args) or TeaCacheSetting()
 
 
 def apply_profile(source: Union[argparse.Namespace, Job], profile: Optional[Profile]) -> tuple[Job, Preferences]:
@@ -124,10 +147,8 @@ def apply_profile(source: Union[argparse.Namespace, Job], profile: Optional[Prof
             value = getattr(profile.job, name)
             if getattr(args, name, None) is None and value is not None:
                 setattr(args, name, value)
-    job = job_from_args(args)  # no --model and no profile: its default model
-    teacache = merge_teacache(profile.job.teacache if profile else None, source)
-    if teacache is not None:
-        job = job.with_(teacache=teacache)
+    cache = merge_cache(profile.job.cache if profile else None, source)
+    job = job_from_args(args, cache)  # no --model and no profile: its default model
     prefs = prefs_with_args(profile.planner if profile else PlannerPrefs(), source)
     return job, to_preferences(prefs)
 
@@ -138,8 +159,8 @@ def _job_over(job: Job, profile: Profile) -> Job:
         value = getattr(profile.job, name)
         if value is not None:
             changes[name] = value
-    if profile.job.teacache is not None:
-        changes["teacache"] = profile.job.teacache
+    if profile.job.cache is not None:
+        changes["cache"] = profile.job.cache
     return job.with_(**changes)
 
 
@@ -188,7 +209,7 @@ def probe_like(machine: MachineFingerprint) -> HardwareProbe:
 
 def job_defaults(job: Job) -> JobDefaults:
     """Everything a profile keeps of a job: all but the prompt, image, seed and output path."""
-    return JobDefaults(**{name: getattr(job, name) for name in JOB_FIELDS}, teacache=job.teacache)
+    return JobDefaults(**{name: getattr(job, name) for name in JOB_FIELDS}, cache=job.cache)
 
 
 def profile_from_job(job: Job, prefs: PlannerPrefs = PlannerPrefs(), name: str = "", description: str = "",
@@ -212,11 +233,15 @@ def job_from_sidecar(path: str) -> tuple[Job, Optional[Plan]]:
         data = json.loads(p.read_text(encoding="utf-8"))
         settings = dict(data["settings"])
         known = {f.name for f in fields(Job)}
-        teacache = settings.pop("teacache", None)
-        job = Job(**{k: v for k, v in settings.items() if k in known and k != "teacache"})
-        if isinstance(teacache, dict):
-            tc_known = {f.name for f in fields(TeaCacheSetting)}
-            job = job.with_(teacache=TeaCacheSetting(**{k: v for k, v in teacache.items() if k in tc_known}))
+        cache = settings.pop("cache", None)
+        old = settings.pop("teacache", None)  # sidecars written before MagCache
+        job = Job(**{k: v for k, v in settings.items() if k in known and k != "cache"})
+        if isinstance(cache, dict):
+            job = job.with_(cache=CacheSetting(**{k: v for k, v in cache.items() if k in {f.name for f in fields(CacheSetting)}}))
+        elif isinstance(old, dict):
+            from lowvram.profiles.schema import TeaCacheTable
+
+            job = job.with_(cache=TeaCacheTable(**{k: v for k, v in old.items() if k in {f.name for f in fields(TeaCacheTable)}}).to_setting())
         plan = Plan.from_dict(data["plan"]) if isinstance(data.get("plan"), dict) else None
     except OSError as exc:
         raise UserError(f"--from-sidecar {path}: cannot read it ({exc.strerror}).") from None

@@ -20,14 +20,10 @@ def describe_job(job: JobDefaults) -> str:
         parts.append(f"guidance {job.guidance:g}")
     if job.fps is not None:
         parts.append(f"{job.fps} fps")
-    tc = job.teacache
-    if tc is not None:
-        if not tc.enabled:
-            parts.append("TeaCache off")
-        else:
-            how = f"threshold {tc.threshold:g}" if tc.threshold is not None else (
-                f"target speed-up {tc.speedup:g}x" if tc.speedup is not None else "default threshold")
-            parts.append(f"TeaCache {how}" + (" with retention steps" if tc.retention else ""))
+    cache = job.cache
+    if cache is not None:
+        extra = " with retention steps" if cache.method == "teacache" and cache.retention else ""
+        parts.append(("step skipping off" if not cache.enabled else cache.describe()) + extra)
     if job.negative_prompt:
         neg = job.negative_prompt if len(job.negative_prompt) <= 60 else job.negative_prompt[:57] + "..."
         parts.append(f"negative prompt {neg!r}")

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from lowvram.job import TeaCacheSetting
+from lowvram.caching.setting import CacheSetting
+from lowvram.errors import UserError
 from planner.plan import Plan
 from planner.plan import (
     Quant as Precision,  # the transformer quantizations the planner knows
@@ -43,7 +44,29 @@ class JobDefaults:
     shift: Optional[float] = field(default=None, metadata=limits("the sampler's flow shift (Wan uses 3 to 12)", 0.01, 100.0))
     negative_prompt: Optional[str] = field(default=None, metadata=limits("text describing what to avoid", max_len=20000))
     fps: Optional[int] = field(default=None, metadata=limits("frames per second of the mp4", 1, 240))
-    teacache: Optional[TeaCacheSetting] = None
+    cache: Optional[CacheSetting] = None  # [job.cache]: method = "none" | "teacache" | "magcache", threshold or speedup, ...
+    teacache: Optional["TeaCacheTable"] = None  # schema 1's [job.teacache]: read into `cache`, never written
+
+    def __post_init__(self) -> None:
+        if self.teacache is not None:
+            if self.cache is not None:
+                raise UserError("both [job.cache] and the older [job.teacache] are given; keep [job.cache] and delete [job.teacache]")
+            object.__setattr__(self, "cache", self.teacache.to_setting())
+            object.__setattr__(self, "teacache", None)
+
+
+@dataclass(frozen=True)
+class TeaCacheTable:
+    """The [job.teacache] table of profiles written before MagCache: read as a [job.cache] of method teacache."""
+
+    enabled: bool = False
+    threshold: Optional[float] = None
+    speedup: Optional[float] = None
+    retention: bool = True
+    coefficients: Optional[str] = None
+
+    def to_setting(self) -> CacheSetting:
+        return CacheSetting("teacache" if self.enabled else "none", self.threshold, self.speedup, self.retention, self.coefficients)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ HEADER = (
 )
 TABLE_COMMENTS = {
     ("job",): "Job defaults: options given on the command line win over these.",
+    ("job", "cache"): "Step skipping: method none, teacache or magcache, with a threshold or a target speedup (docs/caching.md).",
     ("planner",): "Planner preferences: what the planner may trade away on the machine that loads this profile.",
     ("saved_on",): "For information only: the machine this profile was saved on.",
     ("saved_plan",): "For information only: the plan chosen on that machine. lowvram re-plans on every load.",

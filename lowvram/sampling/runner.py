@@ -277,10 +277,10 @@ def denoise(
     cfg = cond.negative_embeds is not None
     step_seconds: list[float] = []
     active: Optional[str] = None
-    from lowvram.caching.teacache.run import teacache_run
+    from lowvram.caching.session import cache_session
 
-    # TeaCache (off unless the job asks): its schedule is fixed here, before the first step.
-    with torch.no_grad(), teacache_run(loaded, job, timesteps, on_event, clock) as teacache:
+    # Step skipping (off unless the job asks): its schedule is fixed here, before the first step.
+    with torch.no_grad(), cache_session(loaded, job, timesteps, on_event, clock) as cache:
         for i, t in enumerate(timesteps):
             if i < start:
                 continue
@@ -292,7 +292,7 @@ def denoise(
                 active = name
                 if on_phase is not None:
                     on_phase(name, i)
-            transformer = getattr(pipe, name)
+            transformer = cache.attach(name, getattr(pipe, name))  # that expert's skip schedule, applied once
             guidance = job.guidance if name == "transformer" else guidance_2
             started = time.perf_counter()
             if expand and condition is not None:
@@ -326,7 +326,7 @@ def denoise(
             step_seconds.append(elapsed)
             remaining = len(timesteps) - i - 1
             mean = sum(step_seconds) / len(step_seconds)
-            computed, skipped = teacache.step_done(i)
+            calls = cache.step_done(i)
             on_event(
                 StepFinished(
                     t=clock(),
@@ -334,8 +334,10 @@ def denoise(
                     total=len(timesteps),
                     seconds=elapsed,
                     eta_seconds=mean * remaining,
-                    computed_calls=computed,
-                    skipped_calls=skipped,
+                    computed_calls=calls.computed,
+                    skipped_calls=calls.skipped,
+                    remaining_calls=calls.remaining_calls,
+                    remaining_computed_calls=calls.remaining_computed_calls,
                     expert=name if boundary is not None else "",
                 )
             )

@@ -54,7 +54,9 @@ class StepFinished(Event):
     seconds: float = 0.0
     eta_seconds: float = 0.0
     computed_calls: int = 0  # transformer calls of this step that ran the blocks
-    skipped_calls: int = 0  # transformer calls of this step served from the TeaCache
+    skipped_calls: int = 0  # transformer calls of this step served from the step cache
+    remaining_calls: int = 0  # transformer calls still to come in the run
+    remaining_computed_calls: int = 0  # of which the cache's schedule computes (all of them without a cache)
     expert: str = ""  # two-expert models: the denoiser that ran this step (transformer / transformer_2)
 
 
@@ -70,14 +72,20 @@ class PhaseStarted(Event):
 
 @dataclass(frozen=True)
 class TransformerCall(Event):
-    """One transformer forward (a step has one per guidance branch)."""
+    """One transformer forward under a step cache (a step has one per guidance branch), with the numbers
+    behind its decision: TeaCache's rel_l1 / rescaled / accumulated change, or MagCache's ratio /
+    accumulated ratio / accumulated error (`accumulated`) / consecutive skips."""
 
+    component: str = "transformer"
     step: int = 0
     branch: str = "cond"
     timestep: float = 0.0
     rel_l1: Optional[float] = None
     rescaled: Optional[float] = None
     accumulated: Optional[float] = None
+    ratio: Optional[float] = None
+    accumulated_ratio: Optional[float] = None
+    skips: Optional[int] = None
     computed: bool = True
     seconds: float = 0.0
     bytes_moved: int = 0  # bytes group offloading onloaded during the call
@@ -85,18 +93,29 @@ class TransformerCall(Event):
 
 
 @dataclass(frozen=True)
-class TeaCacheScheduled(Event):
-    """The run's TeaCache skip schedule, known before the first step."""
+class CacheScheduled(Event):
+    """A denoiser component's skip schedule for the run, known before the first step (one event per
+    component: a two-expert model has two, each covering its own steps)."""
 
-    summary: str = ""  # "TeaCache: computes 27 of 50 steps, predicted 1.8x (...)"
+    method: str = ""  # teacache, magcache, calibrate
+    component: str = "transformer"
+    summary: str = ""  # the whole run's: "MagCache: computes 61 of 100 transformer calls ..."
     threshold: float = 0.0
-    retention: bool = True
-    coefficients: str = ""
-    computed_steps: int = 0
-    total_steps: int = 0
+    first_step: int = 0
+    total_steps: int = 0  # steps of this component
+    run_steps: int = 0
+    branches: tuple[str, ...] = ("cond", "uncond")
+    computed: tuple[bool, ...] = ()  # per call, step by step, branches in order
+    computed_calls: int = 0
+    total_calls: int = 0
     predicted_speedup: float = 1.0
-    step_computed: tuple[bool, ...] = ()
+    params: dict = field(default_factory=dict)  # coefficients and retention, or K, retention ratio and the ratios' source
     note: str = ""
+
+    def decisions(self) -> list[tuple[int, str, bool]]:
+        """(step, branch, computed) of every call this component makes."""
+        nb = len(self.branches)
+        return [(self.first_step + i // nb, self.branches[i % nb], c) for i, c in enumerate(self.computed)]
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ from tui.widgets.title_bar import TitleBar
 
 
 def describe_job(job: Job) -> str:
-    tc = job.teacache
-    teacache = "off" if not tc.enabled else (f"target {tc.speedup:g}x" if tc.speedup else f"threshold {tc.threshold:g}")
+    tc = job.cache
+    cache = "TeaCache off" if not tc.enabled else tc.describe()
     image = f", image {job.image}" if job.image else ""
-    return f"{job.model}: {job.width}x{job.height}, {job.frames} frames, {job.steps} steps, guidance {job.guidance:g}, seed {job.seed}, TeaCache {teacache}{image}"
+    return f"{job.model}: {job.width}x{job.height}, {job.frames} frames, {job.steps} steps, guidance {job.guidance:g}, seed {job.seed}, {cache}{image}"
 
 
 def plan_renderable(job: Job, view: PlanView, width: int = 78) -> Group:
@@ -70,7 +70,7 @@ def plan_renderable(job: Job, view: PlanView, width: int = 78) -> Group:
                 parts.append(Padding(Text(line.strip(), style="red" if over else ""), (0, 0, 0, 2)))
     elif len(view.alternatives) <= 1:
         parts.append(Text("no alternatives: one plan is possible on this machine", style="dim"))
-    parts += [Text(""), heading("TeaCache")]
+    parts += [Text(""), heading("MagCache" if job.cache.method == "magcache" else "TeaCache")]
     preview = view.preview
     if preview is None:
         parts.append(Text("no preview", style="dim"))

@@ -20,6 +20,7 @@ from lowvram.cli.console import fmt_seconds
 from lowvram.errors import CancelledError, UserError
 from lowvram.job import Job
 from lowvram.telemetry import (
+    CacheScheduled,
     MemorySample,
     PlanSwitched,
     RunCancelled,
@@ -28,7 +29,6 @@ from lowvram.telemetry import (
     RunStarted,
     StageStarted,
     StepFinished,
-    TeaCacheScheduled,
     TransformerCall,
 )
 from tui.messages import ModelLoading, ModelReady, RuntimeEvent
@@ -122,9 +122,9 @@ class RunScreen(Screen):
             self.query_one(StepProgress).step(event)
         elif isinstance(event, StageStarted) and self.state == RUNNING:
             self.query_one(StepProgress).set_stage(f"stage: {event.stage}")
-        elif isinstance(event, TeaCacheScheduled):
-            # The runtime's own schedule replaces the plan screen's preview.
-            self.grid.set_step_prediction(event.step_computed)
+        elif isinstance(event, CacheScheduled):
+            # The runtime's own schedule (one event per denoiser component) replaces the plan screen's preview.
+            self.grid.set_schedule(event)
             self.query_one(SkipMap).refresh_map()  # the runtime logs its summary as a LogMessage
         elif isinstance(event, PlanSwitched):
             self.notify(event.reason, title=f"Plan switched during {event.stage}", severity="warning", timeout=10)

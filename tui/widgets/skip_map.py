@@ -14,8 +14,9 @@ UNKNOWN_CELL = ("?", "red")
 
 
 class SkipMap(Static):
-    """Fills in as TransformerCall / StepFinished events arrive; pending steps that the TeaCache
-    schedule predicts to skip are marked so the preview and the run can be compared at a glance."""
+    """Fills in as TransformerCall / StepFinished events arrive; pending calls that the cache's schedule
+    (TeaCache or MagCache) predicts to skip are marked so the preview and the run can be compared at a
+    glance. With two experts, a ^ under the ruler marks the step where the second one takes over."""
 
     DEFAULT_CSS = "SkipMap { height: auto; }"
 
@@ -45,10 +46,12 @@ def render_grid(grid: StepGrid, width: int, predicted: bool = False) -> Text:
     text.append(", ")
     text.append(f"{skipped} skipped", style="yellow")
     text.append(legend, style="dim")
+    for step, component in sorted(grid.expert_starts.items()):
+        text.append(f"   ^ {component} from step {step + 1}", style="dim")
     for start in range(0, grid.total, width):
         end = min(grid.total, start + width)
         text.append("\n" + f"{start + 1}".ljust(LABEL_WIDTH), style="dim")
-        ruler = "".join("|" if (i + 1) % 10 == 0 else " " for i in range(start, end))
+        ruler = "".join("^" if i in grid.expert_starts else "|" if (i + 1) % 10 == 0 else " " for i in range(start, end))
         text.append(ruler, style="dim")
         for branch in grid.branches:
             text.append("\n" + branch.ljust(LABEL_WIDTH), style="bold")

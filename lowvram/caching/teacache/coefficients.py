@@ -55,15 +55,22 @@ COEFFICIENTS: dict[str, ModelCoefficients] = {
     )
 }
 
-# (num_layers, num_attention_heads, in_channels) of the released checkpoints.
-_SHAPES = {(30, 12, 16): "t2v-1.3b", (40, 40, 16): "t2v-14b", (40, 40, 36): "i2v-14b-480p"}
+# The released models TeaCache4Wan2.1 fitted coefficients for (identity key -> coefficient set).
+FOR_MODEL = {
+    "wan2.1-t2v-1.3b": "t2v-1.3b",
+    "wan2.1-t2v-14b": "t2v-14b",
+    "wan2.1-i2v-14b-480p": "i2v-14b-480p",
+    "wan2.1-i2v-14b-720p": "i2v-14b-720p",
+}
 
 
 @dataclass(frozen=True)
 class CoefficientChoice:
-    """The coefficients a run uses, and why (`note` is shown to the user when the choice was a guess)."""
+    """The coefficients a run uses, why (`reason`), and a warning for the user when they were not fitted for
+    this model (`note`)."""
 
     coefficients: ModelCoefficients
+    reason: str = ""
     note: str = ""
 
     @property
@@ -71,42 +78,39 @@ class CoefficientChoice:
         return self.coefficients.key
 
 
-def choose_coefficients(
-    transformer_config: dict, model_name: Optional[str] = None, override: Optional[str] = None
-) -> CoefficientChoice:
-    """Pick the coefficients for a checkpoint from its transformer config (layers, heads, in_channels).
+def choose_coefficients(identity, override: Optional[str] = None) -> CoefficientChoice:
+    """The coefficients for a model identity (lowvram.caching.identity), or a UserError naming what exists.
 
-    480P and 720P I2V checkpoints have the same transformer config, so the resolution comes from the
-    model name or hub id ("...720P..."); without one, 480P is assumed and the note says so.
+    Released Wan2.1 models get their own; the demo model (random weights) gets the nearest released
+    model's, with a note; anything else has none (TeaCache has no Wan2.2 coefficients) unless forced.
     """
     if override:
         key = override.lower()
         if key not in COEFFICIENTS:
-            raise UserError(
-                f"--teacache-coefficients {override}: unknown; use one of {', '.join(COEFFICIENTS)}."
-            )
-        return CoefficientChoice(COEFFICIENTS[key])
-    layers = transformer_config.get("num_layers")
-    heads = transformer_config.get("num_attention_heads")
-    in_channels = transformer_config.get("in_channels", 16)
-    i2v = in_channels == 36 or bool(transformer_config.get("image_dim"))
-    key = _SHAPES.get((layers, heads, in_channels))
-    note = ""
-    if key is None:
-        # Not a released shape (the demo model, a pruned fine-tune): the nearest by task and size.
-        big = (heads or 0) * transformer_config.get("attention_head_dim", 128) >= 5120
-        key = "i2v-14b-480p" if i2v else ("t2v-14b" if big else "t2v-1.3b")
-        note = (
-            f"no TeaCache coefficients were fitted for this transformer ({layers} layers, {heads} heads); "
-            f"using {COEFFICIENTS[key].label}'s (choose others with --teacache-coefficients)"
+            raise UserError(f"--teacache-coefficients {override}: unknown; use one of {', '.join(COEFFICIENTS)}.")
+        note = "" if FOR_MODEL.get(identity.key) == key else (
+            f"{COEFFICIENTS[key].label}'s coefficients forced with --teacache-coefficients; they were not fitted for {identity.label}")
+        return CoefficientChoice(COEFFICIENTS[key], f"{COEFFICIENTS[key].label}'s coefficients: forced with --teacache-coefficients", note)
+    if identity.expand_timesteps:
+        raise UserError(
+            f"TeaCache cannot run {identity.label}: its signal is one timestep embedding per call, and this model gives "
+            "every token its own timestep (expand_timesteps). Use --cache magcache."
         )
-    if key == "i2v-14b-480p":
-        name = (model_name or "").lower()
-        if "720p" in name:
-            key = "i2v-14b-720p"
-        elif "480p" not in name:
-            note = note or (
-                "480P and 720P I2V checkpoints look alike and the model name does not say which this is; "
-                "using I2V-14B-480P's coefficients (pass --teacache-coefficients i2v-14b-720p for the 720P model)"
-            )
-    return CoefficientChoice(COEFFICIENTS[key], note)
+    key = FOR_MODEL.get(identity.key)
+    if key is not None:
+        return CoefficientChoice(COEFFICIENTS[key], f"{COEFFICIENTS[key].label}'s coefficients: {identity.reason}")
+    if identity.is_demo:
+        key = "i2v-14b-480p" if identity.image_to_video else "t2v-1.3b"
+        label = COEFFICIENTS[key].label
+        return CoefficientChoice(
+            COEFFICIENTS[key],
+            f"{label}'s coefficients: the demo model has random weights and no coefficients of its own",
+            "random weights: the schedule shows how TeaCache decides, not what it would skip on a real model",
+        )
+    known = ", ".join(c.label for c in COEFFICIENTS.values())
+    raise UserError(
+        f"TeaCache has no coefficients for {identity.label} ({identity.reason}). TeaCache4Wan2.1 fitted coefficients "
+        f"for the Wan2.1 models only: {known}. Use --cache magcache (published magnitude ratios for the Wan2.1 and "
+        "Wan2.2 models; other models can be calibrated with --cache magcache --cache-calibrate), or force a set with "
+        "--teacache-coefficients t2v-14b (not fitted for this model: skips may cost quality)."
+    )

@@ -1,21 +1,21 @@
-"""The TeaCache hooks on a small WanTransformer3DModel: skips, residuals, branches, offload, cleanup."""
+"""The step-cache hooks (TeaCache and MagCache follow them alike) on a small WanTransformer3DModel: skips,
+residuals, branches, offload, cleanup, per-component step ranges, residuals handed to calibration."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lowvram.caching.teacache import (
-    TEACACHE_BLOCK_HOOK,
-    TEACACHE_HOOK,
-    CallDecision,
-    SkipSchedule,
-    TeaCacheConfig,
-    apply_teacache,
-    get_teacache,
-    remove_teacache,
-    reset_teacache,
+from lowvram.caching.hook import (
+    CACHE_BLOCK_HOOK,
+    CACHE_HOOK,
+    CacheConfig,
+    apply_cache,
+    get_cache,
+    remove_cache,
+    reset_cache,
 )
+from lowvram.caching.schedule import CallDecision, SkipSchedule
 from lowvram.placement.transfer_meter import TransferMeter, group_bytes, offload_groups
 
 LAYERS = 3
@@ -31,15 +31,15 @@ def make_transformer():
     return WanTransformer3DModel(in_channels=16, **config).eval()
 
 
-def pattern_schedule(pattern: str, branches=("cond", "uncond")) -> SkipSchedule:
-    """'CC.C' -> compute, compute, skip, compute for every branch."""
+def pattern_schedule(pattern: str, branches=("cond", "uncond"), first_step: int = 0, component: str = "transformer") -> SkipSchedule:
+    """'CC.C' -> compute, compute, skip, compute for every branch, from `first_step` on."""
     calls = tuple(
-        CallDecision(step, b, 1000.0 - step, None, None, 0.0, ch == "C", False)
+        CallDecision(first_step + step, b, 1000.0 - step, ch == "C")
         for step, ch in enumerate(pattern)
         for b in branches
     )
     ts = tuple(1000.0 - s for s in range(len(pattern)))
-    return SkipSchedule("t2v-1.3b", False, 0.1, tuple(branches), ts, calls)
+    return SkipSchedule("fixed", component, tuple(branches), first_step, ts, calls, 0.1, first_step + len(pattern))
 
 
 class Probe:
@@ -80,7 +80,7 @@ def run(tr, pattern, branches=("cond", "uncond"), step_index=True):
 def test_skipped_call_is_input_plus_cached_residual_of_its_own_branch():
     tr = make_transformer()
     pattern = "CC..C."
-    apply_teacache(tr, TeaCacheConfig(pattern_schedule(pattern)))
+    apply_cache(tr, CacheConfig(pattern_schedule(pattern)))
     residual = {}
     for call in run(tr, pattern):
         if call["computed"]:
@@ -95,20 +95,20 @@ def test_skipped_call_is_input_plus_cached_residual_of_its_own_branch():
 def test_computed_calls_are_unchanged_and_remove_restores_the_model():
     tr = make_transformer()
     plain = run(tr, "CCC")
-    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.C")))
+    apply_cache(tr, CacheConfig(pattern_schedule("C.C")))
     cached = run(tr, "C.C")
     for a, b in zip(plain, cached):
         assert torch.equal(a["y"], b["y"]) == b["computed"]
-    remove_teacache(tr)
-    assert get_teacache(tr) is None
-    assert all(TEACACHE_BLOCK_HOOK not in b._diffusers_hook.hooks for b in (tr.blocks[0], tr.blocks[-1]))
+    remove_cache(tr)
+    assert get_cache(tr) is None
+    assert all(CACHE_BLOCK_HOOK not in b._diffusers_hook.hooks for b in (tr.blocks[0], tr.blocks[-1]))
     again = run(tr, "CCC")
     assert all(torch.equal(a["y"], b["y"]) for a, b in zip(plain, again))
 
 
 def test_guidance_off_one_branch():
     tr = make_transformer()
-    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.C.", branches=("cond",))))
+    apply_cache(tr, CacheConfig(pattern_schedule("C.C.", branches=("cond",))))
     calls = run(tr, "C.C.", branches=("cond",))
     assert [c["forwards"] for c in calls] == [LAYERS, 0, LAYERS, 0]
     with pytest.raises(RuntimeError, match="branch 'uncond'"):
@@ -118,7 +118,7 @@ def test_guidance_off_one_branch():
 
 def test_no_cache_context_raises_instead_of_sharing_state():
     tr = make_transformer()
-    apply_teacache(tr, TeaCacheConfig(pattern_schedule("CC")))
+    apply_cache(tr, CacheConfig(pattern_schedule("CC")))
     with pytest.raises(RuntimeError, match="cache_context"):
         with torch.no_grad():
             tr(**inputs(0, "cond"))
@@ -126,12 +126,12 @@ def test_no_cache_context_raises_instead_of_sharing_state():
 
 def test_reset_starts_over_and_counts_steps_without_step_index():
     tr = make_transformer()
-    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.")))
+    apply_cache(tr, CacheConfig(pattern_schedule("C.")))
     first = run(tr, "C.", step_index=False)
     assert [c["forwards"] for c in first] == [LAYERS, LAYERS, 0, 0]
-    with pytest.raises(RuntimeError, match="covers 2 steps"):
+    with pytest.raises(RuntimeError, match="covers steps 0..1"):
         run(tr, "C", step_index=False)  # a third step without a reset
-    reset_teacache(tr)
+    reset_cache(tr)
     second = run(tr, "C.", step_index=False)
     assert [c["forwards"] for c in second] == [LAYERS, LAYERS, 0, 0]
     assert all(torch.equal(a["y"], b["y"]) for a, b in zip(first, second))
@@ -139,7 +139,7 @@ def test_reset_starts_over_and_counts_steps_without_step_index():
 
 def test_first_call_after_a_resume_computes_when_no_residual_is_cached():
     tr = make_transformer()
-    apply_teacache(tr, TeaCacheConfig(pattern_schedule("CC..")))
+    apply_cache(tr, CacheConfig(pattern_schedule("CC..")))
     probe = Probe(tr)
     with torch.no_grad(), tr.cache_context("cond", step_index=2):  # resumed at a skipped step
         tr(**inputs(2, "cond"))
@@ -161,8 +161,8 @@ def test_skipped_calls_move_no_block_weights_under_group_offload():
     other_bytes = sum(group_bytes(g) for g, is_block in groups if not is_block)
     assert block_bytes > 0 and other_bytes > 0
     pattern = "C.C."
-    apply_teacache(tr, TeaCacheConfig(pattern_schedule(pattern)))
-    hook = get_teacache(tr)
+    apply_cache(tr, CacheConfig(pattern_schedule(pattern)))
+    hook = get_cache(tr)
     with TransferMeter(tr) as meter:
         hook.meter = meter
         calls = run(tr, pattern)
@@ -184,8 +184,8 @@ def test_skipped_call_does_not_prefetch_a_block_and_keeps_the_prefetch_link():
     first_block = tr.blocks[0]._diffusers_hook.get_hook("group_offloading").group
     top.next_group = first_block
     first_block.onload_self = False
-    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.")))
-    hook = get_teacache(tr)
+    apply_cache(tr, CacheConfig(pattern_schedule("C.")))
+    hook = get_cache(tr)
     with TransferMeter(tr) as meter:
         hook.meter = meter
         run(tr, "C.", branches=("cond",))
@@ -195,11 +195,11 @@ def test_skipped_call_does_not_prefetch_a_block_and_keeps_the_prefetch_link():
     assert top.next_group is first_block
 
 
-def test_teacache_under_group_offloading_is_refused_on_skip():
+def test_cache_under_group_offloading_is_refused_on_skip():
     from diffusers.hooks import apply_group_offloading
 
     tr = make_transformer()
-    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.")))
+    apply_cache(tr, CacheConfig(pattern_schedule("C.")))
     apply_group_offloading(tr, onload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
     with pytest.raises(RuntimeError, match="before group offloading"):
         run(tr, "C.", branches=("cond",))
@@ -207,12 +207,12 @@ def test_teacache_under_group_offloading_is_refused_on_skip():
 
 def test_apply_twice_is_refused_and_hooks_have_names():
     tr = make_transformer()
-    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C")))
-    assert TEACACHE_HOOK in tr._diffusers_hook.hooks
+    apply_cache(tr, CacheConfig(pattern_schedule("C")))
+    assert CACHE_HOOK in tr._diffusers_hook.hooks
     with pytest.raises(RuntimeError, match="already applied"):
-        apply_teacache(tr, TeaCacheConfig(pattern_schedule("C")))
+        apply_cache(tr, CacheConfig(pattern_schedule("C")))
     with pytest.raises(TypeError, match="SkipSchedule"):
-        TeaCacheConfig(schedule="C.C")
+        CacheConfig(schedule="C.C")
 
 
 def test_transfer_meter_counts_quantized_weights_at_their_storage_size():
@@ -229,13 +229,13 @@ def test_transfer_meter_counts_quantized_weights_at_their_storage_size():
 
 def test_still_skips_after_an_inner_hook_is_removed():
     """Streamed group offloading removes its tracing hooks from every block after the first forward;
-    diffusers then re-links the hooks above them. TeaCache must keep working through that."""
+    diffusers then re-links the hooks above them. The cache must keep working through that."""
     from diffusers.hooks.hooks import HookRegistry, ModelHook
 
     tr = make_transformer()
     for module in [tr, *tr.blocks]:
         HookRegistry.check_if_exists_or_initialize(module).register_hook(ModelHook(), "tracker")
-    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.C.")))
+    apply_cache(tr, CacheConfig(pattern_schedule("C.C.")))
     for module in [tr, *tr.blocks]:
         module._diffusers_hook.remove_hook("tracker", recurse=False)
     assert [c["forwards"] for c in run(tr, "C.C.")] == [LAYERS, LAYERS, 0, 0, LAYERS, LAYERS, 0, 0]
@@ -244,29 +244,41 @@ def test_still_skips_after_an_inner_hook_is_removed():
 def test_a_call_that_raises_leaves_the_blocks_in_place():
     tr = make_transformer()
     blocks = tr.blocks
-    apply_teacache(tr, TeaCacheConfig(pattern_schedule("C.")))
+    apply_cache(tr, CacheConfig(pattern_schedule("C.")))
     run(tr, "C", branches=("cond",))
     bad = inputs(1, "cond")
     bad["encoder_hidden_states"] = torch.zeros(1, 5, 7)  # wrong text width: the embedder raises
     with pytest.raises(RuntimeError):
         with torch.no_grad(), tr.cache_context("cond", step_index=1):
             tr(**bad)
-    reset_teacache(tr)
+    reset_cache(tr)
     assert tr.blocks is blocks
 
 
-def test_disk_offloaded_time_embedder_is_read_from_the_checkpoint(demo_t2v_path, tmp_path):
-    """Disk offloading leaves empty placeholders in the model; the schedule must not be computed from them."""
-    from diffusers import WanTransformer3DModel
-    from diffusers.hooks import apply_group_offloading
+def test_a_component_schedule_covers_its_own_steps_only():
+    """The low-noise expert of a two-expert model runs steps 3.. of the run: its schedule starts there."""
+    tr = make_transformer()
+    apply_cache(tr, CacheConfig(pattern_schedule("C.C", first_step=3, component="transformer_2")))
+    probe = Probe(tr)
+    forwards = []
+    with torch.no_grad():
+        for step in (3, 4, 5):
+            before = probe.block_forwards
+            with tr.cache_context("cond", step_index=step):
+                tr(**inputs(step, "cond"))
+            forwards.append(probe.block_forwards - before)
+        assert forwards == [LAYERS, 0, LAYERS]
+        with pytest.raises(RuntimeError, match="transformer_2 called for step 2 but its schedule covers steps 3..5"):
+            with tr.cache_context("cond", step_index=2):
+                tr(**inputs(2, "cond"))
 
-    from lowvram.caching.teacache import TimeEmbedderWeights, rel_l1_series, time_signal
-    from lowvram.caching.teacache.run import time_weights
 
-    tr = WanTransformer3DModel.from_pretrained(demo_t2v_path, subfolder="transformer")
-    t = torch.tensor([999.0, 900.0, 700.0])
-    expected = time_signal(TimeEmbedderWeights.from_transformer(tr), t, retention=True)
-    apply_group_offloading(tr, onload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1, offload_to_disk_path=str(tmp_path))
-    got = time_signal(time_weights(tr, demo_t2v_path, retention=True), t, retention=True)
-    assert torch.equal(got, expected)
-    assert rel_l1_series(got) == rel_l1_series(expected)
+def test_computed_calls_hand_their_residual_to_on_residual():
+    tr = make_transformer()
+    seen = []
+    apply_cache(tr, CacheConfig(pattern_schedule("C.C"), on_residual=lambda branch, step, r: seen.append((branch, step, r.clone()))))
+    calls = run(tr, "C.C")
+    computed = [c for c in calls if c["computed"]]
+    assert [(b, s) for b, s, _ in seen] == [("cond", 0), ("uncond", 0), ("cond", 2), ("uncond", 2)]
+    for (_, _, residual), call in zip(seen, computed):
+        assert torch.equal(residual, call["stack_out"] - call["stack_in"])

@@ -1,20 +1,22 @@
-"""TeaCache as diffusers hooks on a `WanTransformer3DModel`, following a precomputed SkipSchedule.
+"""Step skipping as diffusers hooks on a `WanTransformer3DModel`, following a precomputed SkipSchedule.
+
+The same hooks serve TeaCache and MagCache (and calibration runs): the decisions are in the schedule.
 
 Hooks registered under named constants, so they can be found and removed:
-- TEACACHE_HOOK on the transformer: looks up the call's decision (branch from the pipeline's
+- CACHE_HOOK on the transformer: looks up the call's decision (branch from the pipeline's
   `cache_context("cond"/"uncond")`, step from `step_index` or a per-branch counter), times the call
   and counts the bytes group offloading moved during it. On a skipped call it swaps the block list
   for one module that adds the branch's cached residual, so no block is called at all (nor the group
   offloading hooks on the blocks: no block weights move), and puts the blocks back afterwards.
-- TEACACHE_BLOCK_HOOK on the first and last block: on a computed call they record the stack's input
-  and store `output - input` as the branch's residual.
+- CACHE_BLOCK_HOOK on the first and last block: on a computed call they record the stack's input
+  and store `output - input` as the branch's residual (and hand it to `on_residual`: calibration).
 
 Only pre_forward/post_forward hooks, no `new_forward`: diffusers' HookRegistry.remove_hook re-links an
 outer `new_forward` hook wrongly when an inner hook is removed (streamed group offloading removes its
 tracing hooks after the first forward), which would silently bypass the cache.
 
-State is per cache context (one per branch), lives in `TeaCacheState`, and is reset by
-`reset_teacache` (remove_teacache does it first; the runner applies fresh hooks per run and removes
+State is per cache context (one per branch), lives in `SkipState`, and is reset by
+`reset_cache` (remove_cache does it first; the runner applies fresh hooks per run and removes
 them in a `finally`). A call with no cache context raises instead of silently sharing one state
 between branches.
 """
@@ -23,44 +25,49 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
-from lowvram.caching.teacache.schedule import CallDecision, SkipSchedule
+from lowvram.caching.schedule import CallDecision, SkipSchedule
 from lowvram.placement.quanto_offload import hooked_modules
 from lowvram.placement.transfer_meter import GROUP_OFFLOADING_HOOK, Moved, TransferMeter
 
-TEACACHE_HOOK = "lowvram_teacache"
-TEACACHE_BLOCK_HOOK = "lowvram_teacache_block"
+CACHE_HOOK = "lowvram_step_cache"
+CACHE_BLOCK_HOOK = "lowvram_step_cache_block"
+
+
+ResidualSink = Callable[[str, int, torch.Tensor], None]  # (branch, step, residual) of a computed call
 
 
 @dataclass
-class TeaCacheConfig:
-    """What apply_teacache needs: the schedule to follow."""
+class CacheConfig:
+    """What apply_cache needs: the schedule to follow, and who wants each computed call's residual."""
 
     schedule: SkipSchedule
+    on_residual: Optional[ResidualSink] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.schedule, SkipSchedule):
             raise TypeError(
-                f"TeaCacheConfig.schedule must be a SkipSchedule (build one with lowvram.caching.teacache.build_schedule), "
-                f"got {type(self.schedule).__name__}"
+                f"CacheConfig.schedule must be a SkipSchedule (lowvram.caching.plan builds them), got {type(self.schedule).__name__}"
             )
 
 
-class TeaCacheState(BaseState):
+class SkipState(BaseState):
     """One branch's cache: where it is in the run and the residual of its last computed call."""
 
     def __init__(self) -> None:
-        self.next_step = 0
+        self.next_step: Optional[int] = None  # without a step_index in the context: the schedule's first step
+        self.step = -1  # the call in progress
         self.compute = True  # the decision for the call in progress
         self.block_input: Optional[torch.Tensor] = None
         self.residual: Optional[torch.Tensor] = None
 
     def reset(self) -> None:
-        self.next_step = 0
+        self.next_step = None
+        self.step = -1
         self.compute = True
         self.block_input = None
         self.residual = None
@@ -112,7 +119,7 @@ class _AddResidual(torch.nn.Module):
         return hidden_states + self.residual
 
 
-class TeaCacheHook(ModelHook):
+class SkipHook(ModelHook):
     _is_stateful = True
 
     def __init__(self, state_manager: StateManager, schedule: SkipSchedule) -> None:
@@ -120,7 +127,7 @@ class TeaCacheHook(ModelHook):
         self.state_manager = state_manager
         self.schedule = schedule
         self.records: list[CallRecord] = []
-        self.meter: Optional[TransferMeter] = None  # set by the runner's TeaCacheRun
+        self.meter: Optional[TransferMeter] = None  # set by the run's CacheSession
         self._stand_in = torch.nn.ModuleList([_AddResidual()])
         self._blocks: Optional[torch.nn.ModuleList] = None  # the real blocks while swapped out
         self._suspended: list = []  # prefetch links cut for a skipped call
@@ -131,22 +138,26 @@ class TeaCacheHook(ModelHook):
         context = self.state_manager._context
         if context is None:
             raise RuntimeError(
-                "TeaCache: the transformer was called outside `transformer.cache_context(name)`; each guidance branch "
+                "step cache: the transformer was called outside `transformer.cache_context(name)`; each guidance branch "
                 "needs its own cache. Wrap the call in `with transformer.cache_context('cond'):` (or 'uncond')."
             )
         branch = context.name
         if branch not in self.schedule.branches:
             raise RuntimeError(
-                f"TeaCache: called for branch {branch!r} but the schedule has {self.schedule.branches}; "
+                f"step cache: called for branch {branch!r} but the schedule has {self.schedule.branches}; "
                 "rebuild the schedule with the guidance the run uses."
             )
-        state: TeaCacheState = self.state_manager.get_state()
+        state: SkipState = self.state_manager.get_state()
+        if state.next_step is None:
+            state.next_step = self.schedule.first_step
         step = context.step_index if context.step_index is not None else state.next_step
-        if step >= self.schedule.total_steps:
+        if not self.schedule.covers(step):
+            s = self.schedule
             raise RuntimeError(
-                f"TeaCache: call for step {step} but the schedule covers {self.schedule.total_steps} steps; "
-                "reset_teacache() between runs and build the schedule for the run's step count."
+                f"step cache: {s.component} called for step {step} but its schedule covers steps {s.first_step}.."
+                f"{s.first_step + s.total_steps - 1}; reset_cache() between runs and build the schedule for the run's steps."
             )
+        state.step = step
         decision = self.schedule.decision(step, branch)
         # A skip needs a residual; a run resumed mid-way has none yet, so its first call computes.
         state.compute = decision.computed or state.residual is None
@@ -194,15 +205,16 @@ class TeaCacheHook(ModelHook):
         return module
 
 
-class TeaCacheBlockHook(ModelHook):
+class SkipBlockHook(ModelHook):
     """On the first block: remember the stack's input. On the last: store output - input as the residual.
     (Only computed calls reach the blocks: a skipped call replaces the whole list.)"""
 
-    def __init__(self, state_manager: StateManager, is_head: bool, is_tail: bool) -> None:
+    def __init__(self, state_manager: StateManager, is_head: bool, is_tail: bool, on_residual: Optional[ResidualSink] = None) -> None:
         super().__init__()
         self.state_manager = state_manager
         self.is_head = is_head
         self.is_tail = is_tail
+        self.on_residual = on_residual
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         if self.is_head:
@@ -211,56 +223,58 @@ class TeaCacheBlockHook(ModelHook):
 
     def post_forward(self, module: torch.nn.Module, output):
         if self.is_tail:
-            state: TeaCacheState = self.state_manager.get_state()
+            state: SkipState = self.state_manager.get_state()
             state.residual = output - state.block_input
             state.block_input = None
+            if self.on_residual is not None:
+                self.on_residual(self.state_manager._context.name, state.step, state.residual)
         return output
 
 
 # ---------------------------------------------------------------------------------------------- apply / remove
 
 
-def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> TeaCacheHook:
-    """Register TeaCache on a WanTransformer3DModel. Apply it after group offloading (it must be the outer hook)."""
-    if not isinstance(config, TeaCacheConfig):
-        raise TypeError(f"apply_teacache takes a TeaCacheConfig, got {type(config).__name__}")
+def apply_cache(transformer: torch.nn.Module, config: CacheConfig) -> SkipHook:
+    """Register the step cache on a WanTransformer3DModel. Apply it after group offloading (it must be the outer hook)."""
+    if not isinstance(config, CacheConfig):
+        raise TypeError(f"apply_cache takes a CacheConfig, got {type(config).__name__}")
     blocks = list(getattr(transformer, "blocks", []))
     if not blocks:
-        raise TypeError(f"{type(transformer).__name__} has no `blocks`: TeaCache here supports WanTransformer3DModel")
+        raise TypeError(f"{type(transformer).__name__} has no `blocks`: the step cache supports WanTransformer3DModel")
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(TEACACHE_HOOK) is not None:
-        raise RuntimeError("TeaCache is already applied to this transformer; remove_teacache() first.")
-    state_manager = StateManager(TeaCacheState)
+    if registry.get_hook(CACHE_HOOK) is not None:
+        raise RuntimeError("a step cache is already applied to this transformer; remove_cache() first.")
+    state_manager = StateManager(SkipState)
     ends = [(blocks[0], True, len(blocks) == 1)] + ([(blocks[-1], False, True)] if len(blocks) > 1 else [])
     for block, is_head, is_tail in ends:
-        hook = TeaCacheBlockHook(state_manager, is_head=is_head, is_tail=is_tail)
-        HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, TEACACHE_BLOCK_HOOK)
-    hook = TeaCacheHook(state_manager, config.schedule)
-    registry.register_hook(hook, TEACACHE_HOOK)
+        hook = SkipBlockHook(state_manager, is_head=is_head, is_tail=is_tail, on_residual=config.on_residual)
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, CACHE_BLOCK_HOOK)
+    hook = SkipHook(state_manager, config.schedule)
+    registry.register_hook(hook, CACHE_HOOK)
     registry.invalidate_child_registries_cache()  # so cache_context reaches the new hooks
     return hook
 
 
-def get_teacache(transformer: torch.nn.Module) -> Optional[TeaCacheHook]:
+def get_cache(transformer: torch.nn.Module) -> Optional[SkipHook]:
     registry = getattr(transformer, "_diffusers_hook", None)
-    return registry.get_hook(TEACACHE_HOOK) if registry is not None else None
+    return registry.get_hook(CACHE_HOOK) if registry is not None else None
 
 
-def reset_teacache(transformer: torch.nn.Module) -> None:
+def reset_cache(transformer: torch.nn.Module) -> None:
     """Forget every branch's state and residual (start of a run, end of a run, cancel)."""
-    hook = get_teacache(transformer)
+    hook = get_cache(transformer)
     if hook is not None:
         hook.reset_state(transformer)
 
 
-def remove_teacache(transformer: torch.nn.Module) -> None:
-    """Remove every TeaCache hook; the transformer runs as before."""
+def remove_cache(transformer: torch.nn.Module) -> None:
+    """Remove every step-cache hook; the transformer runs as before."""
     registry = getattr(transformer, "_diffusers_hook", None)
     if registry is None:
         return
-    reset_teacache(transformer)
-    registry.remove_hook(TEACACHE_HOOK, recurse=False)
-    registry.remove_hook(TEACACHE_BLOCK_HOOK, recurse=True)
+    reset_cache(transformer)
+    registry.remove_hook(CACHE_HOOK, recurse=False)
+    registry.remove_hook(CACHE_BLOCK_HOOK, recurse=True)
     registry.invalidate_child_registries_cache()
 
 
@@ -268,12 +282,12 @@ def remove_teacache(transformer: torch.nn.Module) -> None:
 
 
 def _check_outermost(transformer: torch.nn.Module) -> None:
-    """With TeaCache inside group offloading, the offload hook would prefetch a block before the skip is known."""
+    """With the cache inside group offloading, the offload hook would prefetch a block before the skip is known."""
     order = transformer._diffusers_hook._hook_order
-    if GROUP_OFFLOADING_HOOK in order and order.index(GROUP_OFFLOADING_HOOK) > order.index(TEACACHE_HOOK):
+    if GROUP_OFFLOADING_HOOK in order and order.index(GROUP_OFFLOADING_HOOK) > order.index(CACHE_HOOK):
         raise RuntimeError(
-            "TeaCache was applied before group offloading, so skipped calls could still move block weights. "
-            "remove_teacache(transformer) and apply_teacache again after enabling group offloading."
+            "the step cache was applied before group offloading, so skipped calls could still move block weights. "
+            "remove_cache(transformer) and apply_cache again after enabling group offloading."
         )
 
 
