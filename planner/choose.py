@@ -330,9 +330,20 @@ def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Prefere
     from planner.probe import probe_hardware
     from lowvram.models.specs import spec_for_model
 
+    spec = spec_for_model(job.model, job.base)
+    check_job(job, spec)
     probe = probe if probe is not None else probe_hardware()
     calibration = calibration if calibration is not None else load_calibration()
-    return make_plan(probe, spec_for_model(job.model, job.base), job, prefs, calibration, cache=cache)
+    return make_plan(probe, spec, job, prefs, calibration, cache=cache)
+
+
+def check_job(job: Job, spec: ModelSpec) -> None:
+    """UserError (exit 2) naming each option to change when the job asks what its model cannot do."""
+    from planner.job_checks import job_problems
+
+    problems = job_problems(job, spec)
+    if problems:
+        raise UserError(f"Invalid job for {spec.name}:\n  - " + "\n  - ".join(problems))
 
 
 # --- Explanation --------------------------------------------------------------------------------------------

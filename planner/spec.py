@@ -465,6 +465,11 @@ def _entry(folder: Path, index: dict, component: str) -> Optional[tuple[str, dic
     value = index.get(component)
     if not (isinstance(value, list) and len(value) == 2 and value[0] and value[1]):
         return None
+    if not (folder / component).is_dir():
+        raise UserError(
+            f"{folder}: model_index.json lists {component} but the folder {component}/ is missing: the checkpoint "
+            "is incomplete (a Wan2.2 A14B checkpoint has both transformer/ and transformer_2/). Download it again."
+        )
     return str(value[1]), _read_json(folder / component / "config.json")
 
 
@@ -478,6 +483,13 @@ def spec_from_folder(folder: Path, name: Optional[str] = None, is_demo: bool = F
         missing.insert(0, "transformer")
     if missing:
         raise UserError(f"{folder}: model_index.json lists no {', '.join(missing)}; a Wan pipeline needs them.")
+    ratio = index.get("boundary_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1):
+        raise UserError(
+            f"{folder / 'model_index.json'}: boundary_ratio {ratio!r} must be a number between 0 and 1 (the fraction of "
+            "the 1000 training timesteps where the low-noise expert takes over; Wan2.2 uses 0.875 and 0.9). "
+            "Fix it, or download the checkpoint again."
+        )
     if index.get("boundary_ratio") is not None and (entries["transformer"] is None or entries["transformer_2"] is None):
         have = "transformer" if entries["transformer"] is not None else "transformer_2"
         raise UserError(

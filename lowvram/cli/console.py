@@ -8,6 +8,7 @@ from typing import TextIO
 from lowvram.telemetry import (
     Event,
     LogMessage,
+    PhaseStarted,
     PlanSwitched,
     RunCancelled,
     RunFailed,
@@ -18,6 +19,7 @@ from lowvram.telemetry import (
     StepFinished,
 )
 from planner.choose import fmt_seconds
+from planner.plan import PHASE_LABEL
 from planner.choose import (
     gib as fmt_bytes,  # the planner's formatters: predictions and measurements read alike
 )
@@ -69,6 +71,10 @@ class ConsoleReporter:
                 self.stream.flush()
             else:
                 self._line(text)
+        elif isinstance(event, PhaseStarted):
+            who = PHASE_LABEL.get(event.phase, event.component)
+            self._line(f"  {who} takes over at step {event.step + 1} (the high-noise expert left first)" if event.phase == "low"
+                       else f"  {who} runs from step {event.step + 1}")
         elif isinstance(event, LogMessage):
             self._line(f"{event.level}: {event.message}")
         elif isinstance(event, PlanSwitched):

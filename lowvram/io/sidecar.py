@@ -83,9 +83,36 @@ def build_sidecar(job, loaded, plan, events, step_seconds, peaks, total_seconds,
         "step_seconds": step_seconds,
         "telemetry": [e.to_dict() for e in _thin_memory(events)],
     }
+    if plan.two_experts:
+        data["experts"] = expert_record(loaded, plan, events, peaks)
     if extra:
         data.update(extra)
     return data
+
+
+def expert_record(loaded, plan, events, peaks) -> dict:
+    """A two-expert run: where each expert was and waited, the step the low-noise one took over, each phase's
+    predicted and measured peaks."""
+    from lowvram.telemetry import PhaseStarted
+    from planner.plan import PHASE_OF
+
+    starts = {e.component: e.step for e in events if isinstance(e, PhaseStarted)}
+    predicted = {s.key: s.__dict__ for s in plan.predicted}
+    phases = {}
+    for cp in plan.denoisers:
+        key = f"denoise:{PHASE_OF[cp.name]}"
+        phases[PHASE_OF[cp.name]] = {
+            "component": cp.name,
+            "plan": cp.describe() if plan.device != "cpu" else f"{cp.precision} on the CPU",
+            "first_step": starts.get(cp.name),
+            "predicted": predicted.get(key),
+            "measured": peaks.get(key),
+        }
+    return {
+        "boundary_ratio": getattr(getattr(loaded.pipe, "config", None), "boundary_ratio", None),
+        "switch_step": starts.get("transformer_2"),
+        "phases": phases,
+    }
 
 
 def write_sidecar(data: dict, path: Path) -> None:

@@ -39,6 +39,7 @@ def read_checkpoint_info(folder: Path) -> CheckpointInfo:
             transformer_config = _read_json(tconf, "The checkpoint looks damaged: download or save it again.")
             break
     refuse_pickle_only(folder, components)
+    refuse_missing_weights(folder, components)
     return CheckpointInfo(
         location=str(folder),
         pipeline_class=str(index.get("_class_name", "")),
@@ -76,6 +77,18 @@ def refuse_pickle_only(folder: Path, components: tuple[str, ...]) -> None:
                 f"{sub}: only pickle weights ({', '.join(pickles)}), no .safetensors. lowvram loads safetensors only, "
                 "because pickle files can run arbitrary code when opened. Convert the checkpoint to safetensors "
                 "(e.g. load it once in a trusted environment and save_pretrained(..., safe_serialization=True))."
+            )
+
+
+def refuse_missing_weights(folder: Path, components: tuple[str, ...]) -> None:
+    """Every weight component listed must have its weights: a Wan2.2 A14B folder with one expert's files (an
+    interrupted download) would otherwise fail half-way through loading."""
+    for name in components:
+        sub = folder / name
+        if name in WEIGHT_COMPONENTS and sub.is_dir() and not any(sub.glob("*.safetensors")):
+            raise UserError(
+                f"{sub}: no weights (.safetensors) although model_index.json lists {name}: the checkpoint is incomplete. "
+                "Download it again (`lowvram download NAME`), or pass a complete folder."
             )
 
 

@@ -220,16 +220,21 @@ def _disk_dir(module: Any, checkpoint: Optional[Path], cp: ComponentPlan) -> Pat
     return private
 
 
+def _used(plan: Plan, stage: str, phase: Optional[str]) -> tuple[str, ...]:
+    """The components a stage (or a denoise phase) runs."""
+    if stage == "encode":
+        return ("text_encoder", "image_encoder", "vae")  # image conditioning encodes the first frame with the VAE
+    if stage == "denoise":
+        return (phase,) if phase else tuple(c.name for c in plan.denoisers[:1])
+    if stage == "decode":
+        return ("vae",)
+    return ()
+
+
 def _targets(plan: Plan, stage: str, phase: Optional[str]) -> dict[str, str]:
     """Where each component should be for a stage: its device when the stage uses it, else the CPU."""
-    wanted: tuple[str, ...] = ()
-    if stage == "encode":
-        wanted = ("text_encoder", "image_encoder", "vae")  # image conditioning encodes the first frame with the VAE
-    elif stage == "denoise":
-        wanted = (phase,) if phase else tuple(c.name for c in plan.denoisers[:1])
-    elif stage == "decode":
-        wanted = ("vae",)
-    return {name: (_device_of(plan, name) if name in wanted else "cpu") for name in COMPONENTS}
+    used = _used(plan, stage, phase)
+    return {name: (_device_of(plan, name) if name in used else "cpu") for name in COMPONENTS}
 
 
 def _target(plan: Plan, name: str, stage: str, phase: Optional[str] = None) -> str:
@@ -246,18 +251,20 @@ def enter_stage(pipe: Any, plan: Plan, stage: str, phase: Optional[str] = None) 
 
     st = state(pipe) or PlacementState(plan=plan)
     targets = _targets(plan, stage, phase)
+    used = _used(plan, stage, phase)
     left_gpu = False
-    # Leave before arriving: free the GPU (and pinned RAM) of what goes, then bring what comes.
+    # Leave before arriving: free the GPU (and pinned RAM) of what goes, then bring what comes. On a CPU plan
+    # everything "arrives" on the CPU, through the same hooks as on a GPU.
     for arriving in (False, True):
         for name in COMPONENTS:
             module = getattr(pipe, name, None)
             if module is None:
                 continue
             target = targets[name]
-            if (target != "cpu") != arriving:
+            if (name in used) != arriving:
                 continue
             if name in st.deferred:
-                if target == "cpu":
+                if not arriving:
                     if name in st.unpinned:
                         _detach(pipe, name, st)
                         left_gpu = True

@@ -150,10 +150,23 @@ def loaded_components(loaded: LoadedModel) -> tuple[str, ...]:
                  if getattr(loaded.pipe, c, None) is not None)
 
 
+def preload_components(ref: ModelRef, folder: Path, plan: Plan) -> dict:
+    """Components loaded before the pipeline so that none is built in memory: quantized ones from the quantized
+    cache, ones stored in another dtype than the plan's (the Wan checkpoints' float32 transformers) from the
+    converted cache, memory-mapped (lowvram.models.dtype_cache)."""
+    from lowvram.models import dtype_cache
+
+    quantized = placement.load_cached_components(folder, plan)
+    skip = tuple(quantized) + tuple(c.name for c in plan.components if c.quantized or c.precision == "stored")
+    skip += ("transformer", "transformer_2") if ref.files else ()  # single files load from the files themselves
+    dtypes = {c.name: c.dtype for c in plan.components if c.role in ("denoiser", "text_encoder")}
+    return {**dtype_cache.preload(folder, dtypes, skip=skip), **quantized}
+
+
 def load_model(ref: ModelRef, plan: Plan) -> LoadedModel:
     # Quantized components come from the quantized cache when present (no bf16 copy is ever built).
     dtypes = {c.name: c.dtype for c in plan.components}
-    pipe, info = load_pipeline(ref, dtypes=dtypes, preload=lambda folder: placement.load_cached_components(folder, plan))
+    pipe, info = load_pipeline(ref, dtypes=dtypes, preload=lambda folder: preload_components(ref, folder, plan))
     placement.prepare(pipe, plan)
     return LoadedModel(ref=ref, pipe=pipe, info=info, plan=plan)
 
