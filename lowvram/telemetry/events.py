@@ -124,8 +124,9 @@ class MemorySample(Event):
     vram_reserved: int = 0
     vram_free: int = 0
     vram_total: int = 0
-    ram_used: int = 0  # this process's resident set
+    ram_used: int = 0  # this process's RAM that cannot be dropped (resident set minus memory-mapped file pages)
     ram_available: int = 0
+    ram_mapped: int = 0  # memory-mapped file pages (weights in the page cache: the kernel can drop them)
 
 
 @dataclass(frozen=True)

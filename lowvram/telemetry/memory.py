@@ -21,14 +21,30 @@ def _cuda():
         return None
 
 
+def process_ram() -> tuple[int, int]:
+    """(resident set, of which file-backed pages) of this process. The file-backed part is memory-mapped
+    weights in the page cache, which the kernel can drop and read again; the rest (heap, page-locked
+    buffers) is what the planner's RAM budget counts. Linux reports both; elsewhere all is counted."""
+    rss = psutil.Process().memory_info().rss
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssFile:"):
+                    return rss, int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss, 0
+
+
 @dataclass(frozen=True)
 class MemorySnapshot:
     vram_allocated: int = 0
     vram_reserved: int = 0
     vram_free: int = 0
     vram_total: int = 0
-    ram_used: int = 0
+    ram_used: int = 0  # the process's RAM that cannot be dropped: RSS minus memory-mapped file pages
     ram_available: int = 0
+    ram_mapped: int = 0  # memory-mapped file pages (weights in the page cache)
 
     @classmethod
     def take(cls) -> "MemorySnapshot":
@@ -39,13 +55,14 @@ class MemorySnapshot:
             reserved = cuda.memory_reserved()
             free, total = cuda.mem_get_info()
         vm = psutil.virtual_memory()
-        return cls(alloc, reserved, free, total, psutil.Process().memory_info().rss, vm.available)
+        rss, mapped = process_ram()
+        return cls(alloc, reserved, free, total, rss - mapped, vm.available, mapped)
 
 
 class MemorySampler:
-    """Samples memory every `interval` seconds on a daemon thread; tracks the RSS peak per window.
+    """Samples memory every `interval` seconds on a daemon thread; tracks the RAM peak per window.
 
-    VRAM peaks come from torch's own counters (exact); RSS has no peak counter, so it is sampled.
+    VRAM peaks come from torch's own counters (exact); RAM has no peak counter, so it is sampled.
     """
 
     def __init__(self, emit: Callable[[MemorySample], None], interval: float = 0.25, clock: Optional[Callable[[], float]] = None):
@@ -86,10 +103,11 @@ class MemorySampler:
         if cuda is not None:
             cuda.reset_peak_memory_stats()
         with self._lock:
-            self._ram_peak = psutil.Process().memory_info().rss
+            rss, mapped = process_ram()
+            self._ram_peak = rss - mapped
 
     def window_peaks(self) -> tuple[int, int]:
-        """(peak VRAM allocated, peak RSS) since start_window."""
+        """(peak VRAM allocated, peak RAM: RSS minus memory-mapped pages) since start_window."""
         self.sample()
         cuda = _cuda()
         vram = cuda.max_memory_allocated() if cuda is not None else 0
