@@ -95,3 +95,23 @@ def test_cache_benchmark_runs_both_caches_under_a_resident_and_an_offloaded_plan
     damp_time_embedder(pipe.transformer)
     tea = cache_schedules(pipe.transformer, small_job(steps=12), range(999, 0, -84), "tiny")["teacache"]
     assert {c.computed for c in tea.calls if not c.forced} == {True, False} and tea.predicted_speedup >= 2.0
+
+
+def test_wan22_bench_runs_a_two_expert_case_and_composes(tmp_path):
+    """The Wan2.2 benchmark's case runner and its composition, on the A14B demo model on the CPU."""
+    from lowvram.bench.wan22 import compose, peaks_vs_plan, render, run_lowvram_case
+    from lowvram.models.demo import ensure_demo
+
+    folder = ensure_demo("tiny-random-a14b")
+    case = run_lowvram_case("a14b", folder, 0, 16, steps=6, out_dir=tmp_path, size=(64, 64, 5))
+    assert [p["component"] for p in case["phases"]] == ["transformer", "transformer_2"]
+    assert {"denoise:high", "denoise:low"} <= set(case["measured"])
+    resident = dict(encode_seconds=1.0, decode_seconds=1.0, step_seconds=[0.5, 0.5, 0.5], vram_max_allocated=0)
+    case["composed"] = compose(case, resident, 40, 0.875, 12.0)
+    assert case["composed"]["steps_per_expert"]["transformer"] + case["composed"]["steps_per_expert"]["transformer_2"] == 40
+    assert case["composed"]["composed_seconds"] > 0
+    case["peaks"] = peaks_vs_plan(case)
+    assert {r["stage"] for r in case["peaks"]} >= {"encode", "denoise:high", "denoise:low", "decode"}
+    text = render(dict(model="a14b", job="64x64x5", steps=6, card_steps=40, resident=resident, resident_composed=22.0,
+                       cases=[case]))
+    assert "| 0 GiB / 16 GiB RAM |" in text and "denoise:low" in text

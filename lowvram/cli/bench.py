@@ -51,6 +51,24 @@ def register(sub) -> None:
     e.add_argument("--out", type=Path, default=None)
     e.set_defaults(func=run_e2e)
 
+    w = bsub.add_parser("wan22", help="Wan2.2 (A14B or TI2V-5B) through lowvram's real loading and expert switching vs diffusers all resident (issue 12's targets)")
+    w.add_argument("--model", default="a14b", choices=("a14b", "ti2v"))
+    w.add_argument("--folder", type=Path, required=True, help="where the random-weight checkpoint is written (or reused)")
+    w.add_argument("--cases", type=_words, default=("24:64", "24:32", "16:32"), help="VRAM:RAM GiB pairs (default %(default)s)")
+    w.add_argument("--steps", type=int, default=5, help="measured steps (the card's count is composed from them)")
+    w.add_argument("--out", type=Path, default=None)
+    w.set_defaults(func=run_wan22)
+
+    wc = bsub.add_parser("wan22-case", help=argparse_hidden())
+    wc.add_argument("--model", required=True, choices=("a14b", "ti2v"))
+    wc.add_argument("--folder", type=Path, required=True)
+    wc.add_argument("--steps", type=int, required=True)
+    wc.add_argument("--vram", type=float, default=None)
+    wc.add_argument("--ram", type=float, default=None)
+    wc.add_argument("--resident", action="store_true")
+    wc.add_argument("--case-out", type=Path, required=True)
+    wc.set_defaults(func=run_wan22_case)
+
     k = bsub.add_parser("cache", help="denoising wall time with TeaCache's and MagCache's schedules vs none, under a resident and an offloaded plan (issue 14's target)")
     k.add_argument("--model", default="1.3b", choices=("1.3b", "14b"))
     k.add_argument("--plans", type=_words, default=("bf16:resident", "bf16:block_offload"), help="forced plans QUANT:KIND[:K] (default %(default)s)")
@@ -154,4 +172,29 @@ def run_report(args) -> int:
 
     datas = [json.loads(f.read_text()) for f in args.files]
     print(render(datas, args.command), end="")
+    return 0
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def run_wan22(args) -> int:
+    from lowvram.bench.wan22 import run
+
+    cases = [tuple(float(x) for x in c.split(":")) for c in args.cases]
+    run(args.model, args.folder, cases, args.steps, args.out)
+    return 0
+
+
+def run_wan22_case(args) -> int:
+    from lowvram.bench.wan22 import run_lowvram_case, run_resident_case
+
+    if args.resident:
+        result = run_resident_case(args.model, args.folder, args.steps)
+    else:
+        result = run_lowvram_case(args.model, args.folder, args.vram, args.ram, args.steps, args.case_out.parent)
+    args.case_out.write_text(json.dumps(result, indent=1, default=str))
     return 0
