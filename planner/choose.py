@@ -151,7 +151,9 @@ def denoiser_options(spec: ModelSpec, job: Job, budget: Budget, prefs: Preferenc
             if not spec.two_experts:
                 out.append((cp,))
                 continue
-            for idle in ("pinned", "mmap"):
+            # where the idle expert waits only matters for what is streamed (pinned copies); a resident expert
+            # waits in its file
+            for idle in ("pinned", "mmap") if cp.placement != "resident" else ("mmap",):
                 out.append((replace(cp, idle=idle), replace(cp, name="transformer_2", idle=idle)))
     return out
 
@@ -324,24 +326,25 @@ def idle_reasons(chosen: Plan, candidates: list[Candidate], budget: Budget) -> t
 
 
 def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Preferences = Preferences(),
-                 calibration=None, cache=None) -> PlanResult:
+                 calibration=None, cache=None, inputs: bool = True) -> PlanResult:
     """What generate and the TUI call: probe this machine (unless given), read the model's spec, plan."""
     from planner.calibration import load_calibration
     from planner.probe import probe_hardware
     from lowvram.models.specs import spec_for_model
 
     spec = spec_for_model(job.model, job.base)
-    check_job(job, spec)
+    check_job(job, spec, inputs)
     probe = probe if probe is not None else probe_hardware()
     calibration = calibration if calibration is not None else load_calibration()
     return make_plan(probe, spec, job, prefs, calibration, cache=cache)
 
 
-def check_job(job: Job, spec: ModelSpec) -> None:
-    """UserError (exit 2) naming each option to change when the job asks what its model cannot do."""
+def check_job(job: Job, spec: ModelSpec, inputs: bool = True) -> None:
+    """UserError (exit 2) naming each option to change when the job asks what its model cannot do.
+    `inputs=False` (planning only: `lowvram plan`, profiles): a missing first frame is not a problem yet."""
     from planner.job_checks import job_problems
 
-    problems = job_problems(job, spec)
+    problems = job_problems(job, spec, inputs)
     if problems:
         raise UserError(f"Invalid job for {spec.name}:\n  - " + "\n  - ".join(problems))
 

@@ -63,6 +63,11 @@ IMAGE_ENCODER_KEEPS_HIDDEN_STATES = 33
 # and tiled at 240x416x33 (1.31 GiB; one-tile bound), 1.10x tiled at 480x832x81 (1.87 GiB): cuDNN conv3d
 # workspaces and allocator rounding that a meta trace does not see. Meta trace was (19458, 12.25) / (3167, 17.2).
 VAE_DECODE_BYTES_PER_PIXEL = (22474.0, 14.15)
+# Inside lowvram's runner the decode peaks higher than the VAE alone did in the component bench: bench wan22
+# run (docs/benchmarks.md, H200, 480x832x81, untiled, after the experts left the GPU) measured 13.40 GiB
+# allocated against 9.26 predicted from the coefficients above: x1.47 on the activations. Applied to tiled and
+# untiled decodes alike (one point measured; the safe side is over).
+VAE_DECODE_RUNTIME_FACTOR = 1.47
 VAE_DECODE_TILED_BYTES_PER_PIXEL = (3493.0, 18.97)
 VAE_ENCODE_BYTES_PER_PIXEL = (14080.0, 12.5)
 VAE_ENCODE_TILED_BYTES_PER_PIXEL = (2316.0, 12.7)
@@ -80,6 +85,9 @@ VAE_ENCODE_FLOPS_PER_PIXEL = 4.5e6  # estimate: the encoder has about half the d
 # (docs/benchmarks.md, Loading): checkpoints load memory-mapped (page cache, not heap); the cached int8
 # load peaks at 1.2x its size, quantizing at load at 1.8x in heap.
 QUANT_SAVE_SHARD_BYTES = 2 * GIB
+# quanto quantizing a component at load (first run only; later runs load the cache): bench wan22 run (H200
+# host CPU) quantized two 14.3 B-param experts to int8 in ~145 s: 0.2 B params/s.
+QUANTIZE_PARAMS_PER_SECOND = 0.2e9
 
 # --- Time -----------------------------------------------------------------------------------------
 # Dense bf16 tensor-core throughput with fp32 accumulation (datasheet: NVIDIA Hopper/Ampere/Ada
@@ -168,6 +176,8 @@ DEFAULT_RAM_RESERVE = 2 * GIB
 # `lowvram generate` on the demo model (0.1 MB of weights, 64x64x5): the run's peak is kept. CUDA libraries
 # add about 1.5 GiB of host memory (estimate: cuBLAS/cuDNN/kernel images).
 PROCESS_RAM_BASE_CPU = int(0.42 * GIB)
-PROCESS_RAM_CUDA_EXTRA = int(1.5 * GIB)
+# bench wan22 run (H200, torch 2.11 + CUDA 13): the runner's encode stage held 1.07 GiB of unreclaimable RAM
+# with a GPU plan whose weights were all memory-mapped: 0.65 GiB above the CPU-only base.
+PROCESS_RAM_CUDA_EXTRA = int(0.65 * GIB)
 # Higher precision wins when its predicted time is within this fraction of the fastest fitting plan.
 TIE_TOLERANCE = {"speed": 0.03, "quality": 0.15}

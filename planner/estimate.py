@@ -119,14 +119,17 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
 
     # --- load --------------------------------------------------------------------------------------
     precisions = {cp.name: cp.precision for cp in plan.components}
-    quantized = [M.component_bytes(spec.component(cp.name), cp.precision) for cp in plan.components
-                 if cp.quantized and spec.get(cp.name)]
-    # first run: a component is quantized whole in RAM, then saved to the weights cache shard by shard
+    to_quantize = [cp for cp in plan.components if cp.quantized and spec.get(cp.name)
+                   and (cp.name, cp.precision) not in spec.quantized_cached]
+    quantized = [M.component_bytes(spec.component(cp.name), cp.precision) for cp in to_quantize]
+    # first run: a component is quantized whole in RAM, saved to the weights cache shard by shard, and swapped
+    # for the cache's memory-mapped copy (one at a time); later runs load the cache
     transient = max([M.staging_bytes(spec, precisions)] + [q + C.QUANT_SAVE_SHARD_BYTES for q in quantized])
     load_ram = base_ram + held.always + transient
     read_bytes = sum(M.component_bytes(c, "bf16") for c in spec.components)
     disk_offload = sum(M.denoiser_split(spec, cp)[2] for cp in plan.denoisers) if on_gpu else 0
     load_s = read_bytes / tp.disk_read + disk_offload / tp.disk_read  # read the checkpoint; write offload files
+    load_s += sum(spec.component(cp.name).params for cp in to_quantize) / C.QUANTIZE_PARAMS_PER_SECOND
     load_s += held.always / pin_rate if on_gpu else 0.0  # page-lock the weights streamed all run
     stages = [StagePeak("load", 0, load_ram, load_s)]
 

@@ -12,8 +12,9 @@ from planner.spec import ModelSpec
 TASK_WORDS = {"t2v": "text-to-video", "i2v": "image-to-video", "ti2v": "text-and-image-to-video"}
 
 
-def job_problems(job: Job, spec: ModelSpec) -> list[str]:
-    """Each thing to change, in the options' words; empty when the job fits the model."""
+def job_problems(job: Job, spec: ModelSpec, inputs: bool = True) -> list[str]:
+    """Each thing to change, in the options' words; empty when the job fits the model. `inputs=False` when only
+    planning: an image-to-video model's missing first frame does not change the plan."""
     problems = []
     m = spec.spatial_multiple
     for name, value in (("width", job.width), ("height", job.height)):
@@ -33,7 +34,7 @@ def job_problems(job: Job, spec: ModelSpec) -> list[str]:
             f"{spec.name} is a {TASK_WORDS['t2v']} model and takes no --image: drop --image, or use an image-to-video "
             "model (wan2.2-i2v-a14b, wan2.1-i2v-14b-480p, wan2.2-ti2v-5b; tiny-random-i2v or tiny-random-ti2v for the demo)"
         )
-    if spec.task == "i2v" and job.image is None:
+    if inputs and spec.task == "i2v" and job.image is None:
         problems.append(f"{spec.name} is an {TASK_WORDS['i2v']} model: give the first frame with --image PATH")
     if job.guidance_2 is not None and not spec.two_experts and job.guidance_2 != job.guidance:
         problems.append(

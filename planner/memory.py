@@ -142,7 +142,8 @@ def vae_peak_bytes(spec: ModelSpec, height: int, width: int, frames: int, tiled:
         one_tile = _per_pixel(full, frames) * min(height, C.VAE_TILE) * min(width, C.VAE_TILE)
         tiled_peak = max(one_tile, _per_pixel(tile, frames) * height * width)
         untiled = min(untiled, tiled_peak)
-    return int(untiled * _vae_scale(spec, encode))
+    runtime = 1.0 if encode else C.VAE_DECODE_RUNTIME_FACTOR
+    return int(untiled * _vae_scale(spec, encode) * runtime)
 
 
 def video_bytes(height: int, width: int, frames: int) -> int:

@@ -134,6 +134,9 @@ class ModelSpec:
     expand_timesteps: bool = False  # Wan2.2 TI2V: a timestep per token
     flow_shift: float = 3.0  # the checkpoint's scheduler setting
     is_demo: bool = False
+    # (component, level) pairs this machine already has in lowvram's quantized cache (set at the edge, by
+    # lowvram.models.specs): loading them skips quantizing, its time and its memory
+    quantized_cached: tuple[tuple[str, str], ...] = ()
 
     # --- components ---------------------------------------------------------------------------------
 
@@ -209,6 +212,7 @@ class ModelSpec:
         data["text_dims"] = TextEncoderDims(**data["text_dims"])
         data["vae_dims"] = VaeDims(**data["vae_dims"])
         data["patch_size"] = tuple(data["patch_size"])
+        data["quantized_cached"] = tuple(tuple(x) for x in data.get("quantized_cached", ()))
         return cls(**data)
 
 

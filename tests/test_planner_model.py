@@ -122,10 +122,12 @@ def test_vae_peaks():
     spec = known_spec("wan2.1-t2v-1.3b")
     untiled = M.vae_peak_bytes(spec, 480, 832, 81, tiled=False)
     tiled = M.vae_peak_bytes(spec, 480, 832, 81, tiled=True)
-    # measured on the H200 (docs/benchmarks.md): 8.76 / 1.87 GiB above the weights; the meta trace gave
-    # 7.61 / 1.70 and Wan2.1's own report 8.19 GB peak at 480p (REFERENCE.md)
-    assert untiled / GIB == pytest.approx(8.76, rel=0.03)
-    assert tiled / GIB == pytest.approx(1.87, rel=0.03)
+    # measured on the H200 (docs/benchmarks.md): 8.76 / 1.87 GiB above the weights for the VAE alone; the meta
+    # trace gave 7.61 / 1.70 and Wan2.1's own report 8.19 GB peak at 480p (REFERENCE.md); inside the runner
+    # (bench wan22) the untiled decode peaked at 12.93 GiB above the weights: the runtime factor
+    assert untiled / GIB == pytest.approx(8.76 * C.VAE_DECODE_RUNTIME_FACTOR, rel=0.03)
+    assert untiled / GIB == pytest.approx(12.93, rel=0.03)
+    assert tiled / GIB == pytest.approx(1.87 * C.VAE_DECODE_RUNTIME_FACTOR, rel=0.03)
     assert M.vae_peak_bytes(spec, 720, 1280, 81, tiled=True) > tiled
     # below one tile, tiling changes nothing; it is never worse than untiled
     assert M.vae_peak_bytes(spec, 128, 128, 17, tiled=True) == M.vae_peak_bytes(spec, 128, 128, 17, tiled=False)

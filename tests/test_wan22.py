@@ -3,6 +3,7 @@ expert waiting where the plan says, TI2V's sizes, and the bad inputs refused bef
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -14,7 +15,7 @@ from lowvram.job import Job
 from lowvram.models.specs import spec_for_model
 from planner.choose import NoPlanFits, make_plan
 from planner.fallback import ladder
-from planner.plan import PHASE_OF, Plan
+from planner.plan import config_key
 from planner.probe import GIB, synthetic_probe
 from planner.schedule import expert_steps, flow_timesteps
 from planner.spec import known_spec
@@ -43,8 +44,9 @@ def test_a14b_plans_per_expert_phase_within_budgets(vram, ram):
     # the plan explains where the idle expert waits, and never assumes both pinned when that does not fit
     text = "\n".join(result.explanation)
     assert "idle expert waits" in text and "high-noise for" in text
-    pinned_twin = [c for c in result.candidates if c.plan.denoisers[0].idle == "pinned"
-                   and c.plan.denoisers == tuple(d.__class__(**{**d.__dict__, "idle": "pinned"}) for d in plan.denoisers)]
+    twin_key = config_key(dataclasses.replace(plan, components=tuple(
+        dataclasses.replace(c, idle="pinned") if c.role == "denoiser" else c for c in plan.components)))
+    pinned_twin = [c for c in result.candidates if config_key(c.plan) == twin_key]
     if plan.denoisers[0].idle == "mmap" and pinned_twin and not pinned_twin[0].fits:
         assert "over RAM" in pinned_twin[0].rejected_reason
 

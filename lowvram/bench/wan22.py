@@ -157,9 +157,38 @@ def run_resident_case(model: str, folder: Path, steps: int) -> dict:
     end = time.perf_counter()
     step_seconds = [b - a for a, b in zip(marks, marks[1:])]
     median = statistics.median(step_seconds)
+    peak = torch.cuda.max_memory_allocated()
     return dict(kind="resident", model=model, steps=steps, load_seconds=load, total_seconds=end - t0,
                 encode_seconds=marks[0] - t0 - median, decode_seconds=end - marks[-1], step_seconds=step_seconds,
-                vram_max_allocated=torch.cuda.max_memory_allocated())
+                vram_max_allocated=peak, vae=vae_peaks(pipe, m))
+
+
+def vae_peaks(pipe, m: dict) -> dict:
+    """The VAE decode's peak allocated VRAM above its weights and input, untiled and tiled, for the job's latents
+    (the planner's VAE coefficients were fitted on Wan2.1's VAE; Wan2.2's is measured here)."""
+    import torch
+
+    vae = pipe.vae
+    z = torch.randn(1, vae.config.z_dim, (m["frames"] - 1) // 4 + 1, m["height"] // pipe.vae_scale_factor_spatial,
+                    m["width"] // pipe.vae_scale_factor_spatial, device="cuda", dtype=vae.dtype)
+    out = {}
+    for tiled in (False, True):
+        vae.enable_tiling() if tiled else vae.disable_tiling()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad():
+                vae.decode(z, return_dict=False)
+            torch.cuda.synchronize()
+            out["tiled" if tiled else "untiled"] = dict(peak_above=torch.cuda.max_memory_allocated() - base,
+                                                        seconds=time.perf_counter() - t0)
+        except torch.OutOfMemoryError as exc:
+            out["tiled" if tiled else "untiled"] = dict(error=str(exc).splitlines()[0][:200])
+    vae.disable_tiling()
+    return out
 
 
 # ------------------------------------------------------------------------------------ composition and report
@@ -243,14 +272,19 @@ def _in_subprocess(args: list[str], log: Callable[[str], None]) -> dict:
 
 
 def run(model: str, folder: Path, cases: list[tuple[float, float]], steps: int, out: Optional[Path],
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, resident_json: Optional[Path] = None) -> dict:
+    """`resident_json`: reuse an earlier run's resident measurement (same model and machine kind) to save device time."""
     from planner.spec import known_spec
 
     build_checkpoint(model, folder, log)
     work = Path(out).parent if out else Path.cwd()
     m = MODELS[model]
-    resident = _in_subprocess(["--model", model, "--folder", str(folder), "--steps", str(steps), "--resident",
-                               "--case-out", str(work / f"{model}-resident.json")], log)
+    if resident_json is not None:
+        resident = json.loads(Path(resident_json).read_text())
+        resident["reused_from"] = str(resident_json)
+    else:
+        resident = _in_subprocess(["--model", model, "--folder", str(folder), "--steps", str(steps), "--resident",
+                                   "--case-out", str(work / f"{model}-resident.json")], log)
     log(f"[wan22] resident: {json.dumps({k: v for k, v in resident.items() if k != 'step_seconds'})[:400]}")
     spec = known_spec("wan2.2-t2v-a14b" if model == "a14b" else "wan2.2-ti2v-5b")
     results = dict(model=model, job=f"{m['width']}x{m['height']}x{m['frames']}", steps=steps, card_steps=m["card_steps"],

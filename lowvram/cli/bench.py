@@ -57,6 +57,7 @@ def register(sub) -> None:
     w.add_argument("--cases", type=_words, default=("24:64", "24:32", "16:32"), help="VRAM:RAM GiB pairs (default %(default)s)")
     w.add_argument("--steps", type=int, default=5, help="measured steps (the card's count is composed from them)")
     w.add_argument("--out", type=Path, default=None)
+    w.add_argument("--resident-json", type=Path, default=None, help="reuse this earlier resident measurement (same model, same machine kind)")
     w.set_defaults(func=run_wan22)
 
     wc = bsub.add_parser("wan22-case", help=argparse_hidden())
@@ -185,7 +186,7 @@ def run_wan22(args) -> int:
     from lowvram.bench.wan22 import run
 
     cases = [tuple(float(x) for x in c.split(":")) for c in args.cases]
-    run(args.model, args.folder, cases, args.steps, args.out)
+    run(args.model, args.folder, cases, args.steps, args.out, resident_json=args.resident_json)
     return 0
 
 

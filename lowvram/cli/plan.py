@@ -40,7 +40,7 @@ def run(args) -> int:
     preview = preview_for_job(job)  # the step cache's schedule: a model without its data exits 2 here
     cache = preview.plan
     # reads the stored calibration itself; with a cache plan, denoising time counts only the calls it computes
-    result = plan_for_job(job, probe=probe, prefs=prefs, cache=cache.counts() if cache is not None else None)
+    result = plan_for_job(job, probe=probe, prefs=prefs, cache=cache.counts() if cache is not None else None, inputs=False)
     if args.json:
         print(json.dumps({"plan": result.plan.to_dict(), "probe": probe.to_dict(), "job": job.to_dict(),
                           "explanation": list(result.explanation),

@@ -85,7 +85,7 @@ def run_save(args) -> int:
     prefs = prefs_with_args(base.planner if base else PlannerPrefs(), args)
     probe = machine_from_args(args, base if args.profile else None)
     try:
-        plan = plan_for_job(job, probe=probe, prefs=to_preferences(prefs)).plan
+        plan = plan_for_job(job, probe=probe, prefs=to_preferences(prefs), inputs=False).plan
     except NoPlanFits as exc:
         plan = None
         print(f"note: no plan fits this machine, so the profile is saved without a plan:\n{exc}", file=sys.stderr)

@@ -12,6 +12,34 @@ from planner.spec import DENOISERS, ModelSpec, known_spec, spec_from_folder
 
 
 def spec_for_model(name: str, base: Optional[str] = None) -> ModelSpec:
+    """The model's spec, with what this machine already has of it in lowvram's quantized cache."""
+    spec = _spec_for_model(name, base)
+    return replace(spec, quantized_cached=_quantized_cached(name, base, spec))
+
+
+def _quantized_cached(name: str, base: Optional[str], spec: ModelSpec) -> tuple[tuple[str, str], ...]:
+    """(component, level) entries of the quantized cache for this model's local folder (none before a download)."""
+    from lowvram.models.names import resolve_model
+
+    try:
+        ref = resolve_model(name, base)
+    except Exception:  # resolution problems are reported where the model is loaded
+        return ()
+    folder = Path(ref.location) if ref.kind in ("local", "demo") else _hub_cache_folder(ref.location)
+    if folder is None or not folder.is_dir() or ref.files:
+        return ()
+    from lowvram.placement import quant_cache  # imports torch: only for a model that is on disk
+
+    out = []
+    for c in spec.components:
+        for level in ("fp8", "int8", "int4"):
+            for dtype in ("bfloat16", "float32"):
+                if (quant_cache.entry_path(folder, c.name, level, dtype) / quant_cache.INFO_FILE).is_file():
+                    out.append((c.name, level))
+    return tuple(dict.fromkeys(out))
+
+
+def _spec_for_model(name: str, base: Optional[str] = None) -> ModelSpec:
     """--model as the user wrote it (short name, hub id, local folder, demo name, weight file(s) with --base) -> ModelSpec.
 
     Known checkpoints need no download. An unknown hub id is read from its config files, fetched
@@ -31,7 +59,7 @@ def spec_for_model(name: str, base: Optional[str] = None) -> ModelSpec:
         return replace(known_spec(by_hub_id[lowered]), name=name)
     ref = resolve_model(name, base)
     if ref.files:  # single-file transformer(s): the base's spec, with the files' stored sizes
-        return _with_stored(spec_for_model(ref.base), ref)
+        return _with_stored(_spec_for_model(ref.base), ref)
     if ref.kind == "local":
         return spec_from_folder(Path(ref.location), name=name)
     cached = _hub_cache_folder(ref.location)

@@ -129,12 +129,21 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
             continue
         # a single-file transformer is not the checkpoint folder's: the cache would key it by the wrong files
         if quantize_weights(module, level) and checkpoint is not None and not hasattr(module, "_lowvram_source_file"):
+            dtype = plan.component(name).dtype
             try:
-                quant_cache.save(module, checkpoint, name, level, plan.component(name).dtype)
+                quant_cache.save(module, checkpoint, name, level, dtype)
             # A full disk must not fail the run: next start quantizes again. safetensors reports its
             # I/O errors (full disk included) as SafetensorError, not OSError.
             except (OSError, SafetensorError) as exc:
                 log.warning("could not cache the quantized %s: %s", name, exc)
+            else:
+                # The quantized weights were built in process memory; the cache entry just written holds the
+                # same tensors and loads memory-mapped: swap it in so this run, too, holds them as page cache
+                # (a first run of a two-expert model would otherwise keep both quantized experts in RAM).
+                cached = quant_cache.load(checkpoint, name, level, dtype)
+                if cached is not None:
+                    setattr(pipe, name, cached)
+                    module = cached
         st.quantized[name] = level
 
     vae_plan = plan.get("vae")

@@ -118,7 +118,7 @@ def check_profile(profile: Profile, probe: HardwareProbe, calibration=None) -> C
     machine, what_if = fingerprint(probe), probe.source != "probe"
     saved = profile.saved_plan
     try:
-        result = plan_for_job(job, probe=probe, prefs=prefs, calibration=calibration)
+        result = plan_for_job(job, probe=probe, prefs=prefs, calibration=calibration, inputs=False)
     except NoPlanFits as exc:
         return CheckResult("impossible", machine, None, saved, (), tuple(str(exc).splitlines()), what_if=what_if)
     new = result.plan
