@@ -124,9 +124,9 @@ def test_vae_peaks():
     tiled = M.vae_peak_bytes(spec, 480, 832, 81, tiled=True)
     # measured on the H200 (docs/benchmarks.md): 8.76 / 1.87 GiB above the weights for the VAE alone; the meta
     # trace gave 7.61 / 1.70 and Wan2.1's own report 8.19 GB peak at 480p (REFERENCE.md); inside the runner
-    # (bench wan22) the untiled decode peaked at 12.93 GiB above the weights: the runtime factor
+    # under a 16 GiB cap (bench wan22) the untiled decode peaked at 9.26 GiB above the weights: the runtime factor
     assert untiled / GIB == pytest.approx(8.76 * C.VAE_DECODE_RUNTIME_FACTOR, rel=0.03)
-    assert untiled / GIB == pytest.approx(12.93, rel=0.03)
+    assert untiled / GIB == pytest.approx(9.26, rel=0.03)
     assert tiled / GIB == pytest.approx(1.87 * C.VAE_DECODE_RUNTIME_FACTOR, rel=0.03)
     assert M.vae_peak_bytes(spec, 720, 1280, 81, tiled=True) > tiled
     # below one tile, tiling changes nothing; it is never worse than untiled

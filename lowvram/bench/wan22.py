@@ -51,6 +51,8 @@ def build_checkpoint(model: str, folder: Path, log: Callable[[str], None] = prin
     two = model == "a14b"
     config = WAN_14B if two else WAN22_TI2V_5B
     vae_config = dict(WAN21_VAE if two else WAN22_VAE)
+    if not two:  # the Wan2.2 VAE's 48 latent channels need 48 statistics (random weights: identity ones)
+        vae_config.update(latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
     parts = dict(tokenizer=_tokenizer(), scheduler=UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0 if two else 5.0))
     parts["text_encoder"] = build_umt5(device="cuda")
