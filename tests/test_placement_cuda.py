@@ -78,3 +78,25 @@ def test_cuda_text_encoder_on_cpu_is_close(job, quant):
     reference = run(job, cuda_plan(quant))
     latents = run(job, cuda_plan(quant, text_encoder="cpu"))
     assert ((latents - reference).norm() / reference.norm()).item() < 1e-2
+
+
+def test_cuda_two_experts_waiting_in_their_files_match_resident(small_job):
+    """A14B demo on the GPU: each expert streamed and page-locked only for its phase, the second refilling the
+    first's pinned buffers; the latents equal an all-resident run's."""
+    import dataclasses
+
+    from lowvram import placement
+    from lowvram.sampling.runner import generate, load_model
+    from lowvram.models.names import resolve_model
+
+    names = ("text_encoder", "transformer", "transformer_2", "vae")
+    job = small_job(model="tiny-random-a14b", steps=6, guidance=4.0, guidance_2=2.0)
+    resident = generate(job.with_(out=job.out.replace("out.mp4", "res.mp4")), plan=plan_with("cuda", components=names)).latents
+    streamed = plan_with("cuda", transformer=TP("block_offload"), components=names)
+    streamed = dataclasses.replace(streamed, components=tuple(
+        dataclasses.replace(c, idle="mmap") if c.role == "denoiser" else c for c in streamed.components))
+    loaded = load_model(resolve_model("tiny-random-a14b"), streamed)
+    ours = generate(job, plan=streamed, loaded=loaded).latents
+    st = placement.state(loaded.pipe)
+    assert st.deferred == {"transformer", "transformer_2"} and st.pinned_pool  # buffers kept for the next phase
+    assert ((ours - resident).norm() / resident.norm()).item() < 1e-2

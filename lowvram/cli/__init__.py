@@ -38,6 +38,11 @@ def _version() -> str:
         return "unknown"
 
 
+# Pinned host memory through malloc + cudaHostRegister on several threads instead of cudaHostAlloc: page-locking
+# a streamed expert at its phase start ran at ~1 GB/s with cudaHostAlloc (bench wan22 run 12, H200).
+ALLOC_CONF = "expandable_segments:True,pinned_use_cuda_host_register:True,pinned_num_register_threads:8"
+
+
 def use_expandable_segments() -> None:
     """Ask torch's CUDA allocator for expandable segments unless the user configured it (read at the first
     CUDA allocation, so this must run before any). With streamed weights the default allocator fragments:
@@ -45,7 +50,7 @@ def use_expandable_segments() -> None:
     with expandable segments it ran at 22.3 GiB allocated, 24.0 reserved (bench, docs/benchmarks.md)."""
     import os
 
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", ALLOC_CONF)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

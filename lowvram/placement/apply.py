@@ -47,6 +47,8 @@ class PlacementState:
     host: dict = field(default_factory=dict)
     # deferred denoiser -> its CPU tensors before its hooks pinned copies of them
     unpinned: dict = field(default_factory=dict)
+    # page-locked buffers a detached expert leaves for the next one (lowvram.placement.quanto_offload.pinned_pool)
+    pinned_pool: dict = field(default_factory=dict)
 
     @property
     def disk_dir(self) -> Optional[str]:
@@ -176,6 +178,7 @@ def _attach(pipe: Any, cp: ComponentPlan, st: PlacementState) -> None:
     import torch
 
     from lowvram.placement import offload
+    from lowvram.placement.quanto_offload import pinned_pool
 
     module = getattr(pipe, cp.name)
     device = torch.device(st.plan.device)
@@ -185,26 +188,30 @@ def _attach(pipe: Any, cp: ComponentPlan, st: PlacementState) -> None:
         st.disk_dirs[cp.name] = str(disk_dir)
     if cp.name in st.deferred:
         st.unpinned[cp.name] = _host_tensors(module)  # the memory-mapped tensors, to point back at on leaving
-    st.resident_blocks[cp.name] = offload.apply_transformer(module, cp, device, disk_dir)
+    with pinned_pool(st.pinned_pool):  # the other expert's page-locked buffers, refilled: no new pinning
+        st.resident_blocks[cp.name] = offload.apply_transformer(module, cp, device, disk_dir)
     if offload.settings_for(cp, device) is not None and len(st.resident_blocks[cp.name]) < len(_blocks(module)):
         st.offloaded.add(cp.name)
 
 
 def _detach(pipe: Any, name: str, st: PlacementState) -> None:
-    """Remove a deferred denoiser's hooks and point it back at its memory-mapped tensors (frees the pinned copies)."""
+    """Remove a deferred denoiser's hooks and point it back at its memory-mapped tensors; its pinned copies go to
+    the pool the next expert refills."""
     from lowvram.placement import offload
+    from lowvram.placement.quanto_offload import harvest_pinned
 
     module = getattr(pipe, name)
     offload.offload_groups(module)
     _move_blocks(module, name, st.resident_blocks.get(name, []), "cpu", st)
+    saved = st.unpinned.pop(name, None)
+    if saved is not None:
+        _restore_host(saved)  # the module points at its memory-mapped tensors again, not at the pinned copies
+    harvest_pinned(module, st.pinned_pool)  # kept for the next expert to refill
     registry = getattr(module, "_diffusers_hook", None)
     if registry is not None:
         offload.materialize_on_cpu(module)
         for hook in _OFFLOAD_HOOKS:
             registry.remove_hook(hook, recurse=True)
-    saved = st.unpinned.pop(name, None)
-    if saved is not None:
-        _restore_host(saved)
     st.offloaded.discard(name)
     st.resident_blocks.pop(name, None)
 

@@ -110,11 +110,49 @@ def group_tensors(group: _go.ModuleGroup) -> list[torch.Tensor]:
     return list(dict.fromkeys(out))
 
 
+# Page-locked buffers handed from one streamed component to the next (a two-expert model's experts have one
+# shape): {(shape, dtype): [pinned tensors]}. Filling a buffer is a host copy; page-locking a new one goes
+# through cudaHostAlloc at ~1 GB/s (bench wan22 run 12), the slow part of an expert's phase start.
+_PINNED_POOL: "threading.local" = threading.local()
+
+
+@contextmanager
+def pinned_pool(pool: dict):
+    """While active, the groups being built take their pinned copies from `pool` (filled with a copy) when a
+    buffer of the tensor's shape and dtype is there, instead of allocating page-locked memory."""
+    previous = getattr(_PINNED_POOL, "pool", None)
+    _PINNED_POOL.pool = pool
+    try:
+        yield pool
+    finally:
+        _PINNED_POOL.pool = previous
+
+
+def harvest_pinned(module: torch.nn.Module, pool: dict) -> int:
+    """Put the plain pinned copies of `module`'s streamed groups into `pool` (before its hooks go); returns bytes."""
+    seen, total = set(), 0
+    for hook in group_hooks(module):
+        for t in getattr(hook.group, "cpu_param_dict", {}).values():
+            if is_qtensor(t) or not t.is_pinned() or id(t) in seen:
+                continue
+            seen.add(id(t))
+            pool.setdefault((tuple(t.shape), t.dtype), []).append(t)
+            total += t.numel() * t.element_size()
+        hook.group.cpu_param_dict = {}
+    return total
+
+
 class QuantoModuleGroup(_go.ModuleGroup):
     """diffusers' ModuleGroup with quanto-aware tensor moves; plain tensors take diffusers' own path."""
 
     def _to_cpu(self, tensor, low_cpu_mem_usage):  # called as self._to_cpu by _init_cpu_param_dict
         if not is_qtensor(tensor):
+            pool = getattr(_PINNED_POOL, "pool", None)
+            bucket = pool.get((tuple(tensor.shape), tensor.dtype)) if pool and not low_cpu_mem_usage else None
+            if bucket:
+                pinned = bucket.pop()
+                pinned.copy_(tensor.data)
+                return pinned
             # super(), not _go.ModuleGroup: while _quanto_groups() is active that name is this class
             return super()._to_cpu(tensor, low_cpu_mem_usage)
         # A new wrapper either way (never the parameter itself); no copy when it already is on the CPU.
