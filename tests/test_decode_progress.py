@@ -88,19 +88,31 @@ def test_a_decode_that_finishes_is_written_even_if_cancelled_during_it(small_job
     assert not log.of(RunCancelled)
 
 
-def test_eta_counts_computed_calls_of_the_known_schedule_plus_decode():
-    teacache = SimpleNamespace(branches=("cond", "uncond"), schedule=SimpleNamespace(step_computed=(True, False, False, True, True)))
+def test_eta_is_the_mean_computed_call_times_the_computed_calls_left_plus_decode():
     plan = SimpleNamespace(predicted=(StagePeak("denoise", 0, 0, 50.0), StagePeak("decode", 0, 0, 10.0)))
-    eta = Eta.for_run(teacache, 5, plan)
-    assert eta.calls_per_step == (2, 0, 0, 2, 2)
+    eta = Eta.for_plan(plan)
     eta.step_done(1.0, 2)  # step 0: two computed calls in 1 s
-    assert eta.seconds_left(1) == pytest.approx(0.5 * 4 + 10.0)  # steps 1, 2 are skipped: only 3 and 4 cost
+    assert eta.seconds_left(4) == pytest.approx(0.5 * 4 + 10.0)  # the schedule says 4 computed calls are left
+    eta.step_done(0.01, 0)  # skipped steps cost next to nothing and add no calls
     eta.step_done(0.01, 0)
-    eta.step_done(0.01, 0)
-    assert eta.seconds_left(3) == pytest.approx(1.02 / 2 * 4 + 10.0)
-    off = Eta.for_run(SimpleNamespace(branches=("cond",), schedule=None), 3, SimpleNamespace(predicted=()))
-    off.step_done(2.0, 1)
-    assert off.seconds_left(1) == pytest.approx(4.0)
+    assert eta.seconds_left(4) == pytest.approx(1.02 / 2 * 4 + 10.0)
+    assert Eta.for_plan(SimpleNamespace(predicted=())).seconds_left(3) == 0.0  # nothing measured, nothing predicted
+
+
+def test_step_eta_follows_the_cache_schedule(small_job, cpu_plan, demo_t2v_path, tmp_path_factory):
+    from cache_support import smooth_copy
+
+    from lowvram.caching.setting import CacheSetting
+
+    smooth = smooth_copy(demo_t2v_path, tmp_path_factory.mktemp("smooth") / "tiny-smooth")  # a demo TeaCache can skip on
+    log = EventLog()
+    generate(small_job(model=str(smooth), steps=8, cache=CacheSetting("teacache", speedup=2.0, retention=False)), plan=cpu_plan, on_event=log)
+    steps = log.of(StepFinished)
+    for step in steps:  # the time left is the measured time per computed call times the computed calls left
+        done = [s for s in steps if s.step <= step.step]
+        per_call = sum(s.seconds for s in done) / sum(s.computed_calls for s in done)
+        assert step.eta_seconds == pytest.approx(per_call * step.remaining_computed_calls)
+    assert sum(s.skipped_calls for s in steps) > 0 and steps[-1].eta_seconds == 0.0
 
 
 def test_step_eta_includes_the_plans_predicted_decode(small_job, cpu_plan):
