@@ -20,9 +20,10 @@ FIELD_HELP = {
     "guidance": "How closely to follow the prompt (5 is Wan's default). 1 or less skips the negative pass: "
                 "twice as fast, less faithful.",
     "seed": "Empty: a random seed, shown on the plan and kept in the sidecar. Same seed + settings = same video.",
-    "teacache_mode": "TeaCache skips transformer steps whose input barely changed: a threshold (0.05 is near "
-                     "lossless on 1.3B) or a target speed-up (1.5, 2). The video changes slightly.",
-    "teacache_value": "The TeaCache threshold (e.g. 0.08) or target speed-up (e.g. 1.5).",
+    "teacache_mode": "A step cache skips transformer calls whose input barely changed (TeaCache; MagCache when a "
+                     "profile picks it): a threshold (0.05 is near lossless on 1.3B) or a target speed-up (1.5, 2). "
+                     "The video changes slightly.",
+    "teacache_value": "The cache's threshold (e.g. 0.08) or target speed-up (e.g. 1.5).",
     "out": "Where the mp4 goes; empty: outputs/<prompt>-seed<N>.mp4. Never overwrites: a -1 suffix is added.",
     "profile": "Saved settings: model, sizes, planner limits. ^l picks one (shipped or yours), ^s saves these.",
     "plan": "Plan the job for this machine: nothing loads until you run it.",

@@ -77,9 +77,9 @@ def choose_plan(job, prefs=None, forced_path: Optional[str] = None, say: Callabl
 
 def suggestions_for(outcome, job, probe, prefs, cache=None) -> list[str]:
     """planner.suggest's changes for a very slow plan or a NoPlanFits, as lines (none when the plan is fine)."""
+    from lowvram.models.specs import spec_for_model
     from planner.calibration import load_calibration
     from planner.choose import PlanResult
-    from lowvram.models.specs import spec_for_model
     from planner.suggest import is_slow, suggest, suggestion_lines
 
     if isinstance(outcome, PlanResult) and not is_slow(outcome):
