@@ -8,8 +8,10 @@ without an image). Warnings (outside the model's trained range, a stretched imag
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Optional
 
 from lowvram.caching.setting import CacheSetting
@@ -28,8 +30,9 @@ FIELDS = ("model", "prompt", "negative", "image", "preset", "width", "height", "
 FIELD_WORDS = {"width": "width", "height": "height", "frames": "frames", "steps": "steps", "guidance": "guidance",
                "seed": "seed", "fps": "fps", "out": "output", "image": "image", "model": "model"}
 # validate_job and resolve_model name the command-line option; the form names the field instead.
-_OPTION_FIELDS = {"--width": "width", "--height": "height", "--frames": "frames", "--steps": "steps", "--guidance": "guidance",
-                  "--seed": "seed", "--out": "out", "--image": "image", "--fps": "form", "--model": "model", "the prompt": "prompt"}
+_OPTION_FIELDS = {"--width": "width", "--height": "height", "--frames": "frames", "--steps": "steps", "--guidance-2": "form",
+                  "--guidance": "guidance", "--seed": "seed", "--out": "out", "--image": "image", "--fps": "form", "--model": "model",
+                  "the prompt": "prompt"}
 
 
 class FormErrors(UserError):
@@ -158,16 +161,43 @@ def check_values(values: dict[str, str], base: Optional[Job] = None, seed: Optio
     except UserError as exc:
         for key, message in _attribute(str(exc)).items():
             errors.setdefault(key, message)  # a field that did not parse keeps its own message
-    if "model" not in errors and "image" not in errors:
-        from lowvram.models.advice import task_problem
-
-        problem = task_problem(job, give="in the Image field", noun="image", drop="clear the Image field")
-        if problem:
-            errors["image"] = problem
+    if "model" not in errors:
+        for key, message in model_problems(job).items():  # what this model cannot do (an image it needs, its sizes)
+            errors.setdefault(key, message)
     check = FormCheck(errors=errors, warnings=job_warnings(job) if "model" not in errors else {})
     if not errors:
         check.job = job
     return check
+
+
+def model_problems(job: Job) -> dict[str, str]:
+    """The planner's checks of the job against its model's spec (planner.job_checks, as `plan` and `generate`
+    run them), in the form's words. Only for models known without the network: the demo, the short names, a
+    folder; a hub id is checked when planned."""
+    from lowvram.models.names import SHORT_NAMES
+    from planner.job_checks import job_problems
+
+    if not (job.model in DEMO_NAMES or job.model.lower() in SHORT_NAMES or Path(job.model).expanduser().is_dir()):
+        return {}
+    spec = _spec(job.model, job.base)
+    problems: dict[str, str] = {}
+    for line in job_problems(job, spec) if spec is not None else ():
+        key = "image" if "--image" in line else next((f for opt, f in _OPTION_FIELDS.items() if line.startswith(opt)), "form")
+        text = in_form_words(line).replace("with --image PATH", "in the Image field").replace("drop --image", "clear the Image field")
+        text = text.replace("takes no --image", "takes no image")
+        problems[key] = f"{problems[key]}; {text}" if key in problems else text
+    return problems
+
+
+@functools.lru_cache(maxsize=32)
+def _spec(model: str, base: Optional[str]):
+    """The model's spec (read from configs, cached: the form checks on every change), None when unreadable."""
+    from lowvram.models.specs import spec_for_model
+
+    try:
+        return spec_for_model(model, base)
+    except UserError:
+        return None
 
 
 def job_warnings(job: Job) -> dict[str, str]:
@@ -194,7 +224,7 @@ def job_from_values(values: dict[str, str], base: Optional[Job] = None, seed: Op
 
 def in_form_words(line: str) -> str:
     """'--frames 6 must be ...' -> 'frames 6 must be ...'; '--out X: ...' -> 'output X: ...'."""
-    match = re.match(r"--([a-z-]+) ", line)
+    match = re.match(r"--([a-z0-9-]+) ", line)
     if match:
         key = _OPTION_FIELDS.get(f"--{match.group(1)}", "")
         word = FIELD_WORDS.get(key, match.group(1))

@@ -6,8 +6,8 @@ from lowvram.models.defaults import DEFAULT_FPS
 
 FIELD_HELP = {
     "model": "Which Wan model: tiny-random (the demo: random weights, its video is noise), wan2.1-t2v-1.3b, "
-             "wan2.1-t2v-14b, wan2.1-i2v-14b-480p / -720p, a hub id or a local diffusers folder. "
-             "→ accepts the grey completion.",
+             "wan2.1-t2v-14b, wan2.1-i2v-14b-480p / -720p, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b, a hub "
+             "id or a local diffusers folder. → accepts the grey completion.",
     "prompt": "What the video should show: one scene, its subjects, their motion, the camera. Enter plans.",
     "negative": "What to avoid. The default is the Wan team's own negative prompt, in Chinese (garish colours, "
                 "overexposed, static, blurry, extra fingers, ...). Empty: nothing.",

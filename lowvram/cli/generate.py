@@ -72,8 +72,6 @@ def run(args) -> int:
     from lowvram.cli.console import ConsoleReporter
     from lowvram.cli.inputs import job_notes
     from lowvram.cli.interrupt import cancel_on_interrupt
-    from lowvram.errors import UserError
-    from lowvram.models.advice import task_problem
     from lowvram.models.names import resolve_model
     from lowvram.sampling.runner import generate
 
@@ -86,9 +84,6 @@ def run(args) -> int:
     jobs, prefs = jobs_from_args(args)  # validated: fail fast, before any model loads
     first = jobs[0]
     resolve_model(first.model, first.base)
-    problem = task_problem(first)
-    if problem:
-        raise UserError(problem + ".")
     say = (lambda _line: None) if args.quiet else print
     for line in job_notes(args, first):
         if not line.startswith("seed:"):

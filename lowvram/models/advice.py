@@ -1,6 +1,7 @@
-"""What can be said about a job before anything loads: the task a model name implies, the video size an
-input image suggests, and warnings where a job leaves the range a model was trained on. Warnings never
-refuse a job; `generate`, `plan` and the TUI show them."""
+"""What can be said about a job before anything loads: what a model name tells (task, size, trained
+resolutions), the video size an input image suggests, and warnings where a job leaves the range a model was
+trained on. Warnings never refuse a job (planner.job_checks refuses what a model cannot do); `generate`,
+`plan` and the TUI show them."""
 
 from __future__ import annotations
 
@@ -64,19 +65,6 @@ def _folder_task(folder: Path) -> Optional[str]:
     except (OSError, ValueError):
         return None  # loading says what is wrong with the folder
     return detect_task(index, config)
-
-
-def task_problem(job: Job, give: str = "with --image PATH", noun: str = "--image", drop: str = "drop it") -> Optional[str]:
-    """An image-to-video model without an image, or a text-to-video one with an image, as far as the
-    model name tells (the runner checks again against the loaded checkpoint). `give`, `noun`, `drop`: how
-    the user gives, names and removes an image (command-line options or form fields)."""
-    task = model_traits(job.model).task
-    if task == "i2v" and job.image is None:
-        return f"{job.model} is an image-to-video model: give the first frame {give}"
-    if task == "t2v" and job.image is not None:
-        return (f"{job.model} is a text-to-video model and takes no {noun}: {drop}, or use an image-to-video "
-                "model (e.g. wan2.1-i2v-14b-480p, or tiny-random-i2v for the demo)")
-    return None
 
 
 def image_size(path: str) -> Optional[tuple[int, int]]:
