@@ -37,6 +37,46 @@ def gpu_datasheet_tflops(gpu_name: Optional[str]) -> tuple[float, str]:
     return C.UNKNOWN_GPU_BF16_TFLOPS, "an unknown GPU (assumed as slow as an RTX 3060)"
 
 
+# Cards by memory, for a what-if machine given by its VRAM: (name as in C.GPU_BF16_TFLOPS, GiB, compute
+# capability). Datasheet values.
+GPU_CARDS: tuple[tuple[str, int, tuple[int, int]], ...] = (
+    ("RTX 3070", 8, (8, 6)), ("RTX 4060", 8, (8, 9)), ("RTX 4060 Ti", 8, (8, 9)),
+    ("RTX 3080", 10, (8, 6)),
+    ("RTX 3060", 12, (8, 6)), ("RTX 3080", 12, (8, 6)), ("RTX 4070", 12, (8, 9)), ("RTX 4070 Ti", 12, (8, 9)),
+    ("RTX 4060 Ti", 16, (8, 9)), ("RTX 4080", 16, (8, 9)),
+    ("RTX 3090", 24, (8, 6)), ("RTX 4090", 24, (8, 9)),
+    ("A100", 40, (8, 0)),
+    ("A6000", 48, (8, 6)), ("RTX 6000 Ada", 48, (8, 9)), ("L40S", 48, (8, 9)),
+    ("A100", 80, (8, 0)), ("H100", 80, (9, 0)),
+    ("H200", 141, (9, 0)),
+)
+# A card reports a little less free VRAM than its size; more than this below the size is another class.
+CARD_SIZE_SLACK_GIB = 4
+
+
+@dataclass(frozen=True)
+class AssumedGpu:
+    name: str
+    memory_gib: int
+    compute_capability: tuple[int, int]
+    tflops: float
+
+
+def infer_gpu(vram_gib: float, compute_capability: Optional[tuple[int, int]] = None) -> Optional[AssumedGpu]:
+    """The card a what-if with this much VRAM most likely is: the smallest card size that holds it, of the
+    given compute capability; without one, Ampere (no fast fp8) where that size has it. Of those, the
+    slowest, so a what-if never promises more speed than it was told about. None: no card of that size."""
+    sizes = sorted({gib for _, gib, _ in GPU_CARDS if vram_gib <= gib <= vram_gib + CARD_SIZE_SLACK_GIB})
+    for size in sizes:
+        cards = [(n, g, cc) for n, g, cc in GPU_CARDS if g == size and (compute_capability is None or cc == tuple(compute_capability))]
+        if compute_capability is None:
+            cards = [c for c in cards if c[2] == (8, 6)] or cards
+        if cards:
+            name, gib, cc = min(cards, key=lambda c: gpu_datasheet_tflops(c[0])[0])
+            return AssumedGpu(name, gib, cc, gpu_datasheet_tflops(name)[0])
+    return None
+
+
 def _squash(name: Optional[str]) -> str:
     """'NVIDIA GeForce RTX 4090' and 'rtx4090' match alike."""
     return "".join((name or "").upper().split())

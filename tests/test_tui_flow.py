@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from textual.widgets import Label
 from tui_support import cpu_app, fill_job, text_of, wait_for
 
 from lowvram.sampling.runner import generate
-from lowvram.telemetry import StepFinished
+from lowvram.telemetry import DecodeProgress, StepFinished
 from tui.screens.done import DoneScreen
 from tui.screens.job import JobScreen
 from tui.screens.plan import PlanScreen
@@ -52,6 +53,7 @@ async def test_whole_flow_writes_the_video_and_reuses_the_model(tmp_path, demo_t
         await run_to_done(pilot, what="second ")
         second = app.screen.summary
         assert second.reused_model and second.video_path != first.video_path
+        assert second.seed != first.seed  # the seed was drawn at random: run again draws another one
         assert len(list(tmp_path.glob("*.mp4"))) == 2
 
         await pilot.press("n")
@@ -59,15 +61,28 @@ async def test_whole_flow_writes_the_video_and_reuses_the_model(tmp_path, demo_t
         assert app.screen.values()["prompt"] == "a cat walks in the city"
 
 
-def pausing_generate(first_step: threading.Event, finished: threading.Event | None = None):
-    """The real runner; after step 1 it waits (bounded) until the user has confirmed the cancel."""
+def first_step_done(event) -> bool:
+    return isinstance(event, StepFinished) and event.step == 0
+
+
+def first_frame_decoded(event) -> bool:
+    return isinstance(event, DecodeProgress) and event.done == 1
+
+
+def pausing_generate(reached: threading.Event, finished: threading.Event | None = None, looked: threading.Event | None = None,
+                     when=first_step_done):
+    """The real runner; at the event `when` picks (step 1 by default) it waits (bounded) until the user has
+    confirmed the cancel, and then, given `looked`, until the test has read the screen (the work "under way"
+    while stopping)."""
 
     def run(job, plan, on_event, cancel, loaded=None):
         def sink(event):
             on_event(event)
-            if isinstance(event, StepFinished) and event.step == 0:
-                first_step.set()
+            if when(event):
+                reached.set()
                 cancel.wait(timeout=30)
+                if looked is not None:
+                    looked.wait(timeout=30)
 
         try:
             return generate(job, plan, sink, cancel, loaded=loaded)
@@ -89,8 +104,8 @@ async def start_paused_run(pilot, tmp_path, first_step) -> RunScreen:
 
 
 async def test_cancel_mid_run_with_confirmation_writes_no_video(tmp_path, demo_t2v_path):
-    first_step = threading.Event()
-    app = cpu_app(generate=pausing_generate(first_step))
+    first_step, looked = threading.Event(), threading.Event()
+    app = cpu_app(generate=pausing_generate(first_step, looked=looked))
     async with app.run_test(size=(80, 24)) as pilot:
         run_screen = await start_paused_run(pilot, tmp_path, first_step)
         await pilot.press("c")
@@ -102,7 +117,10 @@ async def test_cancel_mid_run_with_confirmation_writes_no_video(tmp_path, demo_t
         await pilot.press("c")
         await pilot.pause()
         await pilot.press("y")
-        await app.workers.wait_for_complete()
+        await pilot.pause()
+        stage = text_of(run_screen.query_one("#stage", Label))
+        assert stage.startswith("cancelling: finishing step 2/6") and "Ctrl-C again aborts now" in stage
+        looked.set()
         await wait_for(pilot, lambda: run_screen.state == CANCELLED, what="the cancelled state")
         assert "cancelled" in text_of(run_screen.query_one("#stage", Label))
         assert run_screen.grid.counts() == (2, 0)  # step 1's two calls computed, nothing after
@@ -114,81 +132,191 @@ async def test_cancel_mid_run_with_confirmation_writes_no_video(tmp_path, demo_t
         await wait_for(pilot, lambda: isinstance(app.screen, JobScreen), what="the job screen")
 
 
-async def test_quit_during_a_run_asks_then_cancels_it(tmp_path, demo_t2v_path):
-    first_step, finished = threading.Event(), threading.Event()
-    app = cpu_app(generate=pausing_generate(first_step, finished))
+async def test_quit_during_a_run_asks_finishes_the_step_then_quits(tmp_path, demo_t2v_path):
+    first_step, finished, looked = threading.Event(), threading.Event(), threading.Event()
+    app = cpu_app(generate=pausing_generate(first_step, finished, looked))
     async with app.run_test(size=(80, 24)) as pilot:
         run_screen = await start_paused_run(pilot, tmp_path, first_step)
         await pilot.press("ctrl+q")
         await pilot.pause()
-        assert app.is_running and not run_screen.cancel_event.is_set()  # asked first
+        assert app.return_code is None and not run_screen.cancel_event.is_set()  # asked first
         await pilot.press("y")
         await pilot.pause()
         assert run_screen.cancel_event.is_set()
-    assert finished.wait(timeout=30)  # the runner stopped at the next step boundary
-    assert not list(tmp_path.glob("*.mp4"))
+        stage = text_of(run_screen.query_one("#stage", Label))
+        assert stage.startswith("quitting: finishing step 2/6") and "Ctrl-C again aborts now" in stage  # said, not blank
+        assert app.return_code is None  # still on screen while the step finishes
+        looked.set()
+        await wait_for(pilot, lambda: app.return_code is not None, what="the app to quit")
+        assert app.return_code == 130
+        message = str(app._exit_renderables[-1])
+        assert "run cancelled during denoise (after step 1 of 6)" in message and "lowvram generate --resume" in message
+    assert finished.wait(timeout=30)
+    assert not list(tmp_path.glob("*.mp4")) and list(tmp_path.glob("*.latents.safetensors"))
 
 
-async def test_bad_input_is_refused_with_a_message_next_to_the_field(tmp_path):
+def slow_step_generate(first_step: threading.Event, step_seconds: float = 30.0):
+    """The real runner whose second step takes `step_seconds` (a long step of a big model): the sink keeps
+    the worker busy in Python, as torch would between its operations, whatever the cancel event says."""
+
+    def run(job, plan, on_event, cancel, loaded=None):
+        def sink(event):
+            on_event(event)
+            if isinstance(event, StepFinished) and event.step == 0:
+                first_step.set()
+                deadline = time.monotonic() + step_seconds
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
+
+        return generate(job, plan, sink, cancel, loaded=loaded)
+
+    return run
+
+
+async def test_a_second_ctrl_c_while_quitting_aborts_at_once(tmp_path, demo_t2v_path):
+    first_step = threading.Event()
+    app = cpu_app(generate=slow_step_generate(first_step))
+    async with app.run_test(size=(80, 24)) as pilot:
+        run_screen = await start_paused_run(pilot, tmp_path, first_step)
+        await pilot.press("ctrl+c")  # a first Ctrl-C asks to quit, like Ctrl-Q
+        await pilot.pause()
+        await pilot.press("y")
+        await pilot.pause()
+        assert "Ctrl-C again aborts now" in text_of(run_screen.query_one("#stage", Label))
+        pressed = time.monotonic()
+        await pilot.press("ctrl+c")
+        await wait_for(pilot, lambda: app.return_code is not None, timeout=10, what="the app to quit")
+        took = time.monotonic() - pressed
+        assert took < 2.0, f"the abort took {took:.1f} s; the step had 30 s to go"
+        assert app.return_code == 130 and not app.abandoned_worker  # the worker stopped in time: nothing left behind
+        assert "run aborted during denoise (after step 1 of 6)" in str(app._exit_renderables[-1])
+    kept = list(tmp_path.glob("*.latents.safetensors"))
+    assert kept and not list(tmp_path.glob("*.mp4"))  # the latents of the finished step are kept even so
+
+
+async def test_cancel_during_decode_stops_between_frames_with_progress(tmp_path, demo_t2v_path):
+    first_chunk, looked = threading.Event(), threading.Event()
+    app = cpu_app(generate=pausing_generate(first_chunk, looked=looked, when=first_frame_decoded))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await fill_job(pilot, tmp_path / "never.mp4", frames="9", steps="2")  # 3 latent frames: 3 chunks
+        await pilot.press("ctrl+r")
+        await wait_for_plan(pilot)
+        await pilot.press("enter")
+        await wait_for(pilot, first_chunk.is_set, what="the first decoded frame")
+        run_screen = app.screen
+        await wait_for(pilot, lambda: "decoded 1/3" in text_of(run_screen.query_one("#step-stats", Label)), what="decode progress")
+        await pilot.press("c")
+        await pilot.pause()
+        await pilot.press("y")
+        await pilot.pause()
+        assert "stopping the decode after this frame" in text_of(run_screen.query_one("#stage", Label))
+        looked.set()
+        await wait_for(pilot, lambda: run_screen.state == CANCELLED, what="the cancelled state")
+        assert "decoded 1/3" in text_of(run_screen.query_one("#step-stats", Label))  # it never decoded a second frame
+        assert not list(tmp_path.glob("*.mp4")) and list(tmp_path.glob("*.latents.safetensors"))
+
+
+async def test_bad_input_is_refused_in_one_pass_in_the_forms_words_and_clears_when_fixed(tmp_path):
     app = cpu_app()
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("ctrl+r")  # empty prompt
         screen = app.screen
-        assert isinstance(screen, JobScreen)
-        assert "prompt is empty" in text_of(screen.query_one("#error-prompt", Label))
-
-        await fill_job(pilot, tmp_path / "x.mp4", width="65", frames="6", steps="two", image=str(tmp_path / "missing.png"))
-        assert "no such file" in text_of(screen.query_one("#error-image", Label))
-        await pilot.press("ctrl+r")
+        await fill_job(pilot, tmp_path / "x.mp4", prompt=" ", width="65", frames="6", steps="two", image=str(tmp_path / "missing.png"))
+        await pilot.press("ctrl+r")  # one press shows every problem
         await pilot.pause()
         assert isinstance(app.screen, JobScreen)
-        assert "whole number" in text_of(screen.query_one("#error-frames", Label))  # steps share the frames row
+        messages = {key: text_of(screen.query_one(f"#error-{key}", Label)) for key in ("prompt", "image", "preset", "frames")}
+        assert "prompt is empty" in messages["prompt"]
+        assert "no such file" in messages["image"]
+        assert "width 65 must be a positive multiple of 16" in messages["preset"]
+        assert "frames 6 must be of the form 4k+1" in messages["frames"] and "whole number" in messages["frames"]  # steps share the row
+        assert not any("--" in m for m in messages.values())  # fields, not command-line options
+        assert app.focused.id == "prompt"  # the first problem has the focus
 
-        screen.query_one("#steps").value = "2"
-        await pilot.press("ctrl+r")
+        screen.query_one("#steps").value = "2"  # fixed fields lose their message at once, without planning again
+        screen.query_one("#frames").value = "5"
+        screen.query_one("#prompt").value = "a cat"
         await pilot.pause()
-        assert isinstance(app.screen, JobScreen)
-        assert "multiple of 16" in text_of(screen.query_one("#error-preset", Label))
-        assert "4k+1" in text_of(screen.query_one("#error-frames", Label))
-        assert "no such file" in text_of(screen.query_one("#error-image", Label))
+        assert screen.query_one("#error-frames", Label).display is False
         assert screen.query_one("#error-prompt", Label).display is False
+        assert "multiple of 16" in text_of(screen.query_one("#error-preset", Label))
 
         screen.query_one("#model").value = "no-such-model"
-        await pilot.press("ctrl+r")
         await pilot.pause()
         assert "not a known model name" in text_of(screen.query_one("#error-model", Label))
 
 
-async def test_profile_save_and_load_from_the_form(tmp_path):
+async def test_an_i2v_model_without_an_image_is_caught_in_the_form(tmp_path, image_file):
+    app = cpu_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await fill_job(pilot, tmp_path / "x.mp4", model="tiny-random-i2v")
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert isinstance(app.screen, JobScreen)  # refused before planning, let alone loading
+        assert "image-to-video model: give the first frame in the Image field" in text_of(screen.query_one("#error-image", Label))
+        screen.query_one("#image").value = str(image_file)  # 64x48
+        screen.query_one("#image").focus()
+        await pilot.press("tab")  # leaving the field: the video takes the image's shape
+        await pilot.pause()
+        assert screen.query_one("#error-image", Label).display is False
+        assert (screen.values()["width"], screen.values()["height"]) == ("64", "48")
+        assert any(n.title == "Resolution" and "64x48" in n.message for n in app._notifications)
+
+
+async def test_profiles_are_picked_from_a_list_and_saved_with_a_name(tmp_path, monkeypatch):
+    from textual.widgets import Input, OptionList
+
+    from lowvram.profiles import load
+    from tui.screens.profiles import ProfilePicker, SaveProfile
+
+    monkeypatch.setenv("LOWVRAM_PROFILES_DIR", str(tmp_path / "mine"))
     app = cpu_app()
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
         await fill_job(pilot, tmp_path / "x.mp4", negative="blurry", teacache_value="0.08")
         screen.query_one("#teacache_mode").value = "threshold"
-        screen.query_one("#profile").value = str(tmp_path / "mine.toml")
         await pilot.press("ctrl+s")
-        await pilot.pause()
-        assert (tmp_path / "mine.toml").is_file()
-
-        await pilot.press("ctrl+s")  # never overwrites: refused with a notification, the file unchanged
-        await pilot.pause()
-        assert any("already exists" in n.message for n in app._notifications)
+        await wait_for(pilot, lambda: isinstance(app.screen, SaveProfile), what="the save dialog")
+        app.screen.query_one("#save-name", Input).value = "My small cat"
+        app.screen.query_one("#save-description", Input).value = "tiny test settings"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobScreen), what="the form again")
+        saved = list((tmp_path / "mine").glob("*.toml"))
+        assert len(saved) == 1 and load(saved[0]).name == "My small cat" and load(saved[0]).description == "tiny test settings"
+        assert "My small cat" in text_of(screen.query_one("#profile-name", Label))
 
         screen.query_one("#width").value = "128"
         screen.query_one("#negative").value = ""
         screen.query_one("#teacache_mode").value = "off"
         await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: isinstance(app.screen, ProfilePicker), what="the picker")
+        options = app.screen.query_one(OptionList)
+        names = [text_of_prompt(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        assert any(n.startswith("My small cat") and "yours" in n for n in names)
+        assert any("RTX 4090 24 GB" in n and "shipped" in n for n in names)  # the shipped profiles too
+        mine = next(i for i, n in enumerate(names) if n.startswith("My small cat"))
+        options.highlighted = mine
         await pilot.pause()
+        assert "tiny test settings" in text_of(app.screen.query_one("#profile-detail"))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobScreen), what="the form again")
         values = screen.values()
         assert (values["width"], values["negative"], values["teacache_mode"], values["teacache_value"]) == ("64", "blurry", "threshold", "0.08")
         assert values["prompt"] == "a cat walks in the city"  # a profile holds no prompt: the typed one stays
 
         (tmp_path / "bad.toml").write_text("schema_version = 1\nname = 'x'\nmodel = 'tiny-random'\n[job]\nwidth = 'wide'\n")
-        screen.query_one("#profile").value = str(tmp_path / "bad.toml")
         await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: isinstance(app.screen, ProfilePicker), what="the picker")
+        app.screen.query_one("#profile-path", Input).value = str(tmp_path / "bad.toml")
+        app.screen.query_one("#profile-path", Input).focus()
+        await pilot.press("enter")
         await pilot.pause()
         assert any("width" in n.message and "bad.toml" in n.message for n in app._notifications)
         assert screen.values()["width"] == "64"
+
+
+def text_of_prompt(prompt) -> str:
+    return prompt.plain if hasattr(prompt, "plain") else str(prompt)
 
 
 async def test_out_of_memory_switches_plan_with_a_notification_and_finishes(tmp_path, demo_t2v_path):

@@ -3,13 +3,16 @@ done screens a scripted runtime (fixed events and times) so no measured timing e
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pytest
 from tui_support import cpu_services
 
 from lowvram.errors import CancelledError
 from lowvram.caching.setting import CacheSetting
 from lowvram.job import Job
+from lowvram.profiles.library import ProfileEntry
 from lowvram.sampling.runner import RunResult
 from lowvram.telemetry import (
     MemorySample,
@@ -64,6 +67,17 @@ def scripted_run(job, plan, on_event, cancel, loaded=None):
     raise CancelledError("cancelled")
 
 
+def scripted_stubborn_run(job, plan, on_event, cancel, loaded=None):
+    """Like scripted_run, but a cancel does not end it (a long step under way) until the test is over."""
+    for event in scripted_events(7):
+        on_event(event)
+    STUBBORN_RELEASE.wait(timeout=5)
+    raise CancelledError("cancelled")
+
+
+STUBBORN_RELEASE = threading.Event()
+
+
 def scripted_finished_run(job, plan, on_event, cancel, loaded=None):
     events = list(scripted_events(job.steps))
     for event in events:
@@ -101,18 +115,54 @@ async def _plan_then(pilot, key: str | None = None, until=lambda screen: True):
     await pilot.pause()
 
 
-def test_job_screen(snap_compare):
-    assert snap_compare(app_with(), terminal_size=(80, 24))
+SIZES = [(80, 24), (160, 45)]
+size = pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x45"])
 
 
-def test_job_screen_with_errors(snap_compare):
+@size
+def test_job_screen(snap_compare, size):
+    assert snap_compare(app_with(), terminal_size=size)
+
+
+@size
+def test_job_screen_with_errors(snap_compare, size):
     async def bad_input(pilot):
         pilot.app.screen.query_one("#frames").value = "6"
         pilot.app.screen.query_one("#width").value = "70"
+        pilot.app.screen.query_one("#model").value = "wan2.1-t2v-1.3b"
+        pilot.app.screen.query_one("#steps").value = "many"
         await pilot.press("ctrl+r")
         await pilot.pause()
 
-    assert snap_compare(app_with(), terminal_size=(80, 24), run_before=bad_input)
+    assert snap_compare(app_with(), terminal_size=size, run_before=bad_input)
+
+
+@size
+def test_help_screen(snap_compare, size):
+    async def help_(pilot):
+        await pilot.press("f1")
+        await pilot.pause()
+
+    assert snap_compare(app_with(), terminal_size=size, run_before=help_)
+
+
+FIXED_PROFILES = [
+    ProfileEntry("/profiles/rtx4090-24gb-t2v-14b.toml", "shipped", "RTX 4090 24 GB: T2V-14B 480p",
+                 "Wan2.1 text-to-video 14B at 480p on an RTX 4090 (24 GB) with 64 GB of RAM. Part of the transformer streams from RAM.",
+                 "wan2.1-t2v-14b"),
+    ProfileEntry("/profiles/8gb-t2v-1.3b.toml", "shipped", "8 GB GPU: T2V-1.3B 480p", "Wan2.1 text-to-video 1.3B at 480p on an 8 GB card.", "wan2.1-t2v-1.3b"),
+    ProfileEntry("/home/me/.config/lowvram/profiles/mine.toml", "yours", "My small cat", "tiny test settings", "tiny-random"),
+]
+
+
+@size
+def test_profile_picker(snap_compare, size):
+    async def picker(pilot):
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+
+    app = create_app(services=cpu_services(load_model=FakeLoaded, profiles=lambda: FIXED_PROFILES), job=JOB)
+    assert snap_compare(app, terminal_size=size, run_before=picker)
 
 
 def fixed_plan_view(job, probe, prefs=None):
@@ -121,19 +171,23 @@ def fixed_plan_view(job, probe, prefs=None):
     import dataclasses
 
     from planner.plan import StagePeak, simple_plan
+    from planner.suggest import Suggestion
     from tui.services import Alternative, PlanView
 
     plan = dataclasses.replace(
         simple_plan("cuda", "int8", "partial", resident_blocks=17, text_encoder="offload", vae="gpu_tiled", source="planner"),
-        predicted_seconds=412.0, reasons=("fastest predicted of 3 plans that fit",),
+        predicted_seconds=5412.0, reasons=("fastest predicted of 3 plans that fit",),
         predicted=tuple(StagePeak(st, int(v * GIB), int(r * GIB), sec) for st, v, r, sec in
-                        (("load", 0, 9.5, 20), ("encode", 2.5, 12, 6), ("denoise", 10.5, 14, 380), ("decode", 6, 9, 6))))
+                        (("load", 0, 9.5, 20), ("encode", 2.5, 12, 6), ("denoise", 10.5, 14, 5380), ("decode", 6, 9, 6))))
     return PlanView(
         plan=plan,
         hardware=("GPU: RTX 4070 (compute capability 8.9), VRAM 12.0 GiB free of 12.0 GiB", "RAM: 32.0 GiB available of 32.0 GiB"),
         explanation=("budget: VRAM 10.70 GiB, RAM 30.00 GiB", "runners-up:", "  int8 leaf-level group offload with streams: 7m01s (slower by 2%)",
                      "rejected transformer options:", "  bf16 resident on the GPU: over VRAM by 19.40 GiB in denoise"),
         alternatives=(Alternative("a", True), Alternative("b", True), Alternative("c", False, "over VRAM")),
+        suggestions=(Suggestion("--frames 49", "49 frames (3.1 s at 16 fps)", 2780.0, (("frames", "49"),)),
+                     Suggestion("--vram-reserve 0.5 --ram-reserve 1", "a smaller reserve (0.5 GiB of VRAM, 1 GiB of RAM left free)", 3900.0,
+                                (("vram_reserve", "0.5"), ("ram_reserve", "1")))),
     )
 
 
@@ -144,40 +198,61 @@ def fixed_preview(job, plan):
     return SkipPreview(computed_steps=7, total_steps=job.steps, predicted_speedup=24 / 14, decisions=decisions, note="TeaCache: computes 7 of 12 steps, predicted 1.7x")
 
 
-def test_plan_screen(snap_compare):
-    app = create_app(services=cpu_services(plan=fixed_plan_view, preview=fixed_preview), job=TEACACHE_JOB)
-    assert snap_compare(app, terminal_size=(80, 24), run_before=_plan_then)
+def fixed_app(**services):
+    return create_app(services=cpu_services(plan=fixed_plan_view, preview=fixed_preview, load_model=FakeLoaded, **services), job=TEACACHE_JOB)
+
+
+@size
+def test_plan_screen(snap_compare, size):
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=_plan_then)
 
 
 def test_plan_screen_alternatives_and_teacache(snap_compare):
-    app = create_app(services=cpu_services(plan=fixed_plan_view, preview=fixed_preview), job=TEACACHE_JOB)
-
     async def scrolled(pilot):
         await _plan_then(pilot)
         await pilot.press("pagedown")
         await pilot.pause()
 
-    assert snap_compare(app, terminal_size=(80, 24), run_before=scrolled)
+    assert snap_compare(fixed_app(), terminal_size=(80, 24), run_before=scrolled)
 
 
 async def _reuse_model(pilot):
     """Pretend the last run loaded this model, so the log says "reusing" (no load time in the picture)."""
     await _plan_then(pilot)
-    pilot.app.loaded = FakeLoaded(JOB.model, pilot.app.screen.view.plan)
+    pilot.app.loaded = FakeLoaded(TEACACHE_JOB.model, pilot.app.screen.view.plan)
 
 
-def test_run_screen(snap_compare):
-    async def to_run(pilot):
+def _run_until(condition, *keys):
+    """A run_before: plan, run, wait until `condition(screen)`, then press `keys` one by one."""
+
+    async def run_before(pilot):
         await _reuse_model(pilot)
         await pilot.press("enter")
-        await _wait(pilot, lambda: isinstance(pilot.app.screen, RunScreen) and sum(pilot.app.screen.grid.counts()) == 14)
+        await _wait(pilot, lambda: condition(pilot.app.screen))
+        for key in keys:
+            await pilot.press(key)
+            await pilot.pause()
         await pilot.pause()
 
-    assert snap_compare(app_with(generate=scripted_run), terminal_size=(80, 24), run_before=to_run)
+    return run_before
 
 
-def test_done_screen(snap_compare):
-    async def to_done(pilot):
-        await _plan_then(pilot, "enter", lambda screen: isinstance(screen, DoneScreen))
+def seven_steps_shown(screen) -> bool:
+    return isinstance(screen, RunScreen) and sum(screen.grid.counts()) == 14
 
-    assert snap_compare(app_with(generate=scripted_finished_run), terminal_size=(80, 24), run_before=to_done)
+
+@size
+def test_run_screen(snap_compare, size):
+    assert snap_compare(fixed_app(generate=scripted_run), terminal_size=size, run_before=_run_until(seven_steps_shown))
+
+
+@size
+def test_run_screen_quitting(snap_compare, size):
+    quitting = _run_until(seven_steps_shown, "ctrl+q", "y")
+    assert snap_compare(fixed_app(generate=scripted_stubborn_run), terminal_size=size, run_before=quitting)
+
+
+@size
+def test_done_screen(snap_compare, size):
+    done = _run_until(lambda screen: isinstance(screen, DoneScreen))
+    assert snap_compare(fixed_app(generate=scripted_finished_run), terminal_size=size, run_before=done)

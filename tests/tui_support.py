@@ -52,9 +52,13 @@ def text_of(widget) -> str:
 
     from rich.console import Console
 
+    from rich.text import Text
+
     content = widget.content
     if isinstance(content, str):
         return content
+    if isinstance(content, Text):  # unwrapped, so long messages read as one line
+        return content.plain
     console = Console(width=78, file=io.StringIO(), record=True, color_system=None)
     console.print(content)
     return console.export_text()

@@ -54,6 +54,7 @@ class PlanView:
     hardware: tuple[str, ...] = ()
     preview: Optional[SkipPreview] = None
     preferences: str = ""  # the profile's planner preferences in effect, described
+    suggestions: tuple = ()  # planner.suggest.Suggestion: what would help a very slow plan
 
 
 def default_probe() -> Any:
@@ -74,16 +75,24 @@ def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
     only the calls the job's step cache computes, when that is known before the run)."""
     from planner.choose import plan_for_job
 
+    from planner.choose import NoPlanFits, Preferences
+
     cache = _cache_counts(job)
     preferences = ""
+    planner_prefs = Preferences()
     if prefs is not None:  # a profile's [planner] table (PlannerPrefs) -> the planner's Preferences
         from lowvram.profiles.apply import to_preferences
         from lowvram.profiles.report import describe_prefs
 
-        result = plan_for_job(job, probe=probe, prefs=to_preferences(prefs), cache=cache)
+        planner_prefs = to_preferences(prefs)
         preferences = describe_prefs(prefs)
-    else:
-        result = plan_for_job(job, probe=probe, cache=cache)
+    try:
+        result = plan_for_job(job, probe=probe, prefs=planner_prefs, cache=cache)
+    except NoPlanFits as exc:
+        lines = [s.describe() for s in suggestions(exc, job, probe, planner_prefs, cache)]
+        if lines:
+            exc.args = ("\n".join([str(exc), "What would make it fit:", *(f"  - {line}" for line in lines)]),)
+        raise
     alternatives = tuple(
         Alternative(
             summary=c.plan.summary(),
@@ -95,7 +104,20 @@ def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
         )
         for c in result.candidates
     )
-    return PlanView(plan=result.plan, alternatives=alternatives, explanation=tuple(result.explanation), hardware=describe_probe(probe), preferences=preferences)
+    return PlanView(plan=result.plan, alternatives=alternatives, explanation=tuple(result.explanation), hardware=describe_probe(probe),
+                    preferences=preferences, suggestions=suggestions(result, job, probe, planner_prefs, cache))
+
+
+def suggestions(outcome: Any, job: Job, probe: Any, prefs: Any, cache: Any = None) -> tuple:
+    """planner.suggest's changes for a very slow plan (or none fitting); () when the plan is fine."""
+    from planner.calibration import load_calibration
+    from planner.choose import PlanResult
+    from lowvram.models.specs import spec_for_model
+    from planner.suggest import is_slow, suggest
+
+    if isinstance(outcome, PlanResult) and not is_slow(outcome):
+        return ()
+    return suggest(outcome, job, probe, prefs, spec_for_model(job.model, job.base), spec_for_model, load_calibration(), cache)
 
 
 # The planner's explanation opens with the machine, the budget, the job and the chosen plan's table,
@@ -162,16 +184,27 @@ def load_profile(path: str, job: Job) -> tuple[Job, Any]:
     return applied, profile.planner
 
 
-def save_profile(path: str, job: Job, plan: Optional[Plan], probe: Any = None, prefs: Any = None) -> str:
+def save_profile(path: str, job: Job, plan: Optional[Plan], probe: Any = None, prefs: Any = None, name: str = "", description: str = "") -> str:
     """Write the form's settings as a profile (with, for information, the last plan and this machine).
-    Never overwrites an existing file."""
+    Never overwrites an existing file; creates the user's profile folder when saving there."""
     from pathlib import Path
 
     from lowvram.profiles import PlannerPrefs, save
     from lowvram.profiles.apply import profile_from_job
+    from lowvram.profiles.library import user_profiles_dir
 
-    profile = profile_from_job(job, prefs or PlannerPrefs(), name=Path(path).stem, plan=plan, probe=probe)
-    return str(save(profile, path))
+    target = Path(path).expanduser()
+    if target.parent == user_profiles_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+    profile = profile_from_job(job, prefs or PlannerPrefs(), name=name or target.stem, description=description, plan=plan, probe=probe)
+    return str(save(profile, target))
+
+
+def list_profiles() -> list:
+    """The shipped profiles and the user's, with names and descriptions (lowvram.profiles.library)."""
+    from lowvram.profiles.library import list_profiles as listed
+
+    return listed()
 
 
 def _generate(*args, **kwargs):
@@ -196,3 +229,4 @@ class Services:
     load_model: Callable[[str, Plan], Any] = _load_model
     load_profile: Callable[[str, Job], tuple[Job, Any]] = load_profile
     save_profile: Callable[..., str] = save_profile
+    profiles: Callable[[], list] = list_profiles

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, NamedTuple, Optional
 
@@ -81,11 +81,27 @@ class RunSummary:
     peak_vram_bytes: int
     peak_ram_bytes: int
     reused_model: bool = False
+    seed: Optional[int] = None
+    stages: tuple = ()  # lowvram.cli.console.StageComparison rows: predicted vs measured
 
     @classmethod
-    def from_result(cls, result, reused_model: bool = False) -> "RunSummary":
+    def from_result(cls, result, reused_model: bool = False, plan=None, seed: Optional[int] = None,
+                    load_seconds: Optional[float] = None) -> "RunSummary":
+        """`load_seconds`: the model was loaded before the run (the TUI keeps it between runs): its time
+        counts in the load row and the total."""
+        from lowvram.cli.console import compare_stages
+        from lowvram.telemetry import StageFinished
+
         steps = [e for e in result.events if isinstance(e, StepFinished)]
         peaks = result.stage_peaks.values()
+        finished = [e for e in result.events if isinstance(e, StageFinished)]
+        if load_seconds is not None and not any(e.stage == "load" for e in finished):
+            finished.insert(0, StageFinished(stage="load", seconds=load_seconds))
+        total = float(result.seconds) + (load_seconds or 0.0)
+        stages = compare_stages(plan if plan is not None else result.plan, finished, total)
+        if load_seconds is not None:  # timed by the UI, not sampled: its peaks are unknown, not zero
+            stages = [replace(r, measured_vram=None, measured_ram=None) if r.stage == "load" and r.measured_seconds == load_seconds else r for r in stages]
+        stages = tuple(stages)
         return cls(
             video_path=str(Path(result.video_path).resolve()),
             sidecar_path=str(Path(result.sidecar_path).resolve()),
@@ -96,4 +112,6 @@ class RunSummary:
             peak_vram_bytes=max((p.get("vram_bytes", 0) for p in peaks), default=0),
             peak_ram_bytes=max((p.get("ram_bytes", 0) for p in peaks), default=0),
             reused_model=reused_model,
+            seed=seed,
+            stages=stages,
         )

@@ -1,4 +1,4 @@
-"""`lowvram generate PROMPT`: run one job end to end."""
+"""`lowvram generate PROMPT`: run one job end to end (or one job per line of --prompt-file, model loaded once)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ def register(sub) -> None:
     )
     from lowvram.cli.plan_choice import add_force_plan_argument
 
-    p.add_argument("prompt", nargs="?", default=None, help="what the video should show (omitted with --resume)")
+    p.add_argument("prompt", nargs="?", default=None, help="what the video should show (omitted with --resume or --prompt-file)")
+    p.add_argument("--prompt-file", default=None, metavar="FILE", help="a batch: one prompt per line (blank lines and lines starting with # are skipped), the same settings for each, the model loaded once")
     add_job_arguments(p)
     add_profile_argument(p)
     add_generation_arguments(p)
-    p.add_argument("--image", default=None, help="first frame for image-to-video models")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--image", default=None, help="first frame for image-to-video models (the video takes its shape unless --width/--height are given)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed and recorded in the sidecar)")
     p.add_argument("--out", default=None, help="output .mp4 path (default: outputs/<prompt>-seed<N>.mp4); never overwritten")
     p.add_argument("--quiet", action="store_true", help="print only the result")
     p.add_argument("--resume", default=None, metavar="FILE", help="finish a cancelled or out-of-memory run from its kept <out>.latents.safetensors (no prompt)")
@@ -27,8 +28,49 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def read_prompt_file(path: str) -> list[str]:
+    """The prompts of a batch file, one a line; refused (exit 2) when unreadable or empty."""
+    from pathlib import Path
+
+    from lowvram.errors import UserError
+
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--prompt-file {path}: cannot read it ({exc}); give a UTF-8 text file with one prompt per line.") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise UserError(f"--prompt-file {path}: no prompts in it; write one prompt per line.")
+    return prompts
+
+
+def jobs_from_args(args) -> tuple[list, object]:
+    """(the jobs, the planner preferences): one job, or one per line of --prompt-file, each validated
+    before anything loads. Without --seed each job draws its own random seed."""
+    import copy
+
+    from lowvram.cli.inputs import job_and_prefs_from_args
+    from lowvram.errors import UserError
+
+    if not args.prompt_file:
+        job, prefs = job_and_prefs_from_args(args)
+        return [job], prefs
+    if args.prompt:
+        raise UserError("give either a prompt or --prompt-file, not both.")
+    if args.out:
+        raise UserError("--out names one video; with --prompt-file each video is named after its prompt in outputs/. Drop --out.")
+    jobs, prefs = [], None
+    for prompt in read_prompt_file(args.prompt_file):
+        one = copy.copy(args)
+        one.prompt = prompt
+        job, prefs = job_and_prefs_from_args(one)
+        jobs.append(job)
+    return jobs, prefs
+
+
 def run(args) -> int:
     from lowvram.cli.console import ConsoleReporter
+    from lowvram.cli.inputs import job_notes
     from lowvram.cli.interrupt import cancel_on_interrupt
     from lowvram.models.names import resolve_model
     from lowvram.sampling.runner import generate
@@ -37,13 +79,24 @@ def run(args) -> int:
         from lowvram.cli.resume import run_resume
 
         return run_resume(args)
-    from lowvram.cli.inputs import job_and_prefs_from_args
     from lowvram.cli.plan_choice import choose_plan
 
-    job, prefs = job_and_prefs_from_args(args)  # validated: fail fast, before any model loads
-    resolve_model(job.model, job.base)
-    plan = choose_plan(job, prefs, getattr(args, "force_plan", None), say=(lambda _line: None) if args.quiet else print)
+    jobs, prefs = jobs_from_args(args)  # validated: fail fast, before any model loads
+    first = jobs[0]
+    resolve_model(first.model, first.base)
+    say = (lambda _line: None) if args.quiet else print
+    for line in job_notes(args, first):
+        if not line.startswith("seed:"):
+            say(line)
+    plan = choose_plan(first, prefs, getattr(args, "force_plan", None), say=say)
+    loaded = None
     with cancel_on_interrupt() as cancel:  # Ctrl-C: stop at the next step boundary, keep the latents
-        result = generate(job, plan=plan, on_event=ConsoleReporter(quiet=args.quiet), cancel=cancel)
-    print(result.video_path)
+        for number, job in enumerate(jobs, 1):
+            if len(jobs) > 1:
+                say(f"job {number}/{len(jobs)}: {job.prompt}")
+            if args.seed is None:
+                say(f"seed: {job.seed} (random; --seed {job.seed} makes this video again)")
+            result = generate(job, plan=plan, on_event=ConsoleReporter(quiet=args.quiet, plan=plan), cancel=cancel, loaded=loaded)
+            loaded, plan = result.loaded, result.plan  # the next job reuses the model, placed as it ended
+            print(result.video_path)
     return 0

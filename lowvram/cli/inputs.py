@@ -8,15 +8,49 @@ def job_and_prefs_from_args(args) -> tuple:
     """(Job, planner Preferences) from the options, on top of `--profile FILE` when given; the job is
     validated (UserError naming each bad option) before anything plans or loads."""
     from lowvram.job import validate_job
+    from lowvram.models.defaults import random_seed
     from lowvram.profiles.apply import apply_profile, load_profile_file
 
     job, prefs = apply_profile(args, load_profile_file(getattr(args, "profile", None)))
+    if job.seed is None:  # `generate` without --seed
+        job = job.with_(seed=random_seed())
+    job = follow_image(job, args)
     validate_job(job)
     return job, prefs
 
 
-def machine_from_args(args, profile=None):
-    """This machine's probe, with the what-if options on top (or the profile's saved machine)."""
+def _size_given(args) -> bool:
+    return getattr(args, "width", None) is not None or getattr(args, "height", None) is not None
+
+
+def follow_image(job, args):
+    """An image-to-video job without --width/--height takes the image's shape, at the default size's area."""
+    from lowvram.models.advice import image_size, size_for_image
+
+    size = image_size(job.image) if job.image and not _size_given(args) else None
+    if size is None:
+        return job
+    width, height = size_for_image(*size, job.width * job.height)
+    return job.with_(width=width, height=height)
+
+
+def job_notes(args, job) -> list[str]:
+    """What the user should know before the run: a random seed, a size taken from the image, and where the
+    job leaves the model's trained range (warnings, never refusals)."""
+    from lowvram.models.advice import image_size, job_warnings
+
+    notes = []
+    if hasattr(args, "seed") and args.seed is None:
+        notes.append(f"seed: {job.seed} (random; --seed {job.seed} makes this video again)")
+    if job.image and not _size_given(args) and image_size(job.image):
+        iw, ih = image_size(job.image)
+        notes.append(f"video size: {job.width}x{job.height}, the shape of the image ({iw}x{ih}); --width/--height choose another")
+    return notes + [f"warning: {w}" for w in job_warnings(job)]
+
+
+def machine_from_args(args, profile=None, say=None):
+    """This machine's probe, with the what-if options on top (or the profile's saved machine). A what-if GPU
+    given without --gpu-name is taken for the card its VRAM suggests, and `say` (stderr) tells which."""
     from dataclasses import replace
 
     from lowvram.errors import UserError
@@ -41,10 +75,45 @@ def machine_from_args(args, profile=None):
         raise UserError(f"--ram {args.ram}: give a positive number of GiB")
     if args.vram is not None and args.ram is not None:
         probe = synthetic_probe(args.vram, args.ram, gpu_name=args.gpu_name or "what-if GPU", compute_capability=cc or (8, 6))
+        unnamed = args.gpu_name is None
     else:
         probe = probe_hardware()
+        unnamed = args.gpu_name is None and args.vram is not None and not probe.has_gpu
         if args.vram is not None or args.ram is not None:
             probe = override_probe(probe, vram_gib=args.vram, ram_gib=args.ram)
-    if probe.has_gpu and (args.gpu_name or cc):
+    if probe.has_gpu and unnamed:  # which card: its speed decides the time model
+        probe = _assume_gpu(probe, args.vram, cc, say or _stderr)
+    elif probe.has_gpu and (args.gpu_name or cc):
         probe = replace(probe, gpu_name=args.gpu_name or probe.gpu_name, compute_capability=cc or probe.compute_capability, source="synthetic")
     return probe
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)
+
+
+def _assume_gpu(probe, vram_gib: float, cc, say):
+    """A what-if GPU given only by its VRAM: the card it most likely is, said out loud (or a question)."""
+    from dataclasses import replace
+
+    from lowvram.errors import UserError
+    from planner.timing import GPU_CARDS, infer_gpu
+
+    card = infer_gpu(vram_gib, cc)
+    if card is None and vram_gib < min(gib for _, gib, _ in GPU_CARDS):  # a small old card: as slow as the slowest
+        say(f"what-if GPU: no card of {vram_gib:g} GB in lowvram's table; its time is predicted as for the slowest one "
+            "(an RTX 3060); --gpu-name NAME --compute-capability X.Y plan for a named card")
+        return probe
+    if card is None:
+        cc_text = f" and compute capability {cc[0]}.{cc[1]}" if cc else ""
+        raise UserError(
+            f"--vram {vram_gib:g}{cc_text}: which GPU is it? No common card matches, and its speed decides the predicted "
+            'time. Name it with --gpu-name (e.g. --gpu-name "RTX 4090" or "A100") and give --compute-capability.'
+        )
+    given = f"--vram {vram_gib:g}" + (f" --compute-capability {cc[0]}.{cc[1]}" if cc else "")
+    say(f"what-if GPU: assuming an {card.name} ({card.memory_gib} GB, compute capability {card.compute_capability[0]}."
+        f"{card.compute_capability[1]}, {card.tflops:g} TFLOP/s bf16) from {given}; --gpu-name NAME "
+        "--compute-capability X.Y plan for another card")
+    return replace(probe, gpu_name=f"{card.name} (assumed)", compute_capability=card.compute_capability, source="synthetic")

@@ -31,22 +31,27 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import sys
+
     from lowvram.caching.plan import preview_for_job
-    from lowvram.cli.inputs import job_and_prefs_from_args, machine_from_args
-    from planner.choose import plan_for_job
+    from lowvram.cli.inputs import job_and_prefs_from_args, job_notes, machine_from_args
+    from lowvram.cli.plan_choice import plan_with_advice
 
     job, prefs = job_and_prefs_from_args(args)
     probe = machine_from_args(args)
+    notes = job_notes(args, job)
     preview = preview_for_job(job)  # the step cache's schedule: a model without its data exits 2 here
     cache = preview.plan
     # reads the stored calibration itself; with a cache plan, denoising time counts only the calls it computes
-    result = plan_for_job(job, probe=probe, prefs=prefs, cache=cache.counts() if cache is not None else None, inputs=False)
+    result, advice = plan_with_advice(job, prefs, probe, cache=cache.counts() if cache is not None else None, inputs=False)
     if args.json:
         print(json.dumps({"plan": result.plan.to_dict(), "probe": probe.to_dict(), "job": job.to_dict(),
-                          "explanation": list(result.explanation),
+                          "explanation": list(result.explanation), "notes": notes, "suggestions": advice,
                           "cache": cache.to_dict() if cache is not None else {"message": preview.message}}, indent=2, default=str))
         return 0
-    for line in result.explanation:
+    for line in notes:
+        print(line, file=sys.stderr)
+    for line in [*result.explanation, *advice]:
         print(line)
     if job.cache.enabled:
         print()

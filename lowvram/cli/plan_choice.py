@@ -50,9 +50,9 @@ def load_forced_plan(path: str) -> Plan:
 
 
 def choose_plan(job, prefs=None, forced_path: Optional[str] = None, say: Callable[[str], None] = print) -> Plan:
-    """The plan to run, announced with its predicted peaks per stage."""
+    """The plan to run, announced with its predicted peaks per stage (and what would help when it is very slow)."""
     from lowvram.caching.plan import preview_for_job
-    from planner.choose import Preferences, plan_for_job, stage_table
+    from planner.choose import Preferences, stage_table
 
     preview = preview_for_job(job)  # the step cache's plan, before anything loads (bad cache input: exit 2)
     for line in preview.lines if job.cache.enabled else ():
@@ -60,12 +60,47 @@ def choose_plan(job, prefs=None, forced_path: Optional[str] = None, say: Callabl
     if forced_path:
         plan = load_forced_plan(forced_path)
         say(f"plan (forced, {forced_path}): {plan.summary()}")
+        advice: list[str] = []
     else:
         counts = preview.plan.counts() if preview.plan is not None else None
-        plan = plan_for_job(job, prefs=prefs if prefs is not None else Preferences(), cache=counts).plan
+        result, advice = plan_with_advice(job, prefs if prefs is not None else Preferences(), cache=counts)
+        plan = result.plan
         say(f"plan: {plan.summary()}")
     if plan.predicted:
         say("predicted peaks:")
         for line in stage_table(plan):
             say(line)
+    for line in advice:
+        say(line)
     return plan
+
+
+def suggestions_for(outcome, job, probe, prefs, cache=None) -> list[str]:
+    """planner.suggest's changes for a very slow plan or a NoPlanFits, as lines (none when the plan is fine)."""
+    from lowvram.models.specs import spec_for_model
+    from planner.calibration import load_calibration
+    from planner.choose import PlanResult
+    from planner.suggest import is_slow, suggest, suggestion_lines
+
+    if isinstance(outcome, PlanResult) and not is_slow(outcome):
+        return []
+    return suggestion_lines(suggest(outcome, job, probe, prefs, spec_for_model(job.model, job.base), spec_for_model, load_calibration(), cache), outcome)
+
+
+def plan_with_advice(job, prefs, probe=None, cache=None, inputs: bool = True) -> tuple:
+    """(plan_for_job on this machine or `probe`, the suggestions when its plan is very slow). A NoPlanFits
+    carries the suggestions in its message. `cache`: the calls the job's step cache computes; `inputs`:
+    check the job's inputs too (the first frame an i2v model needs; `plan` alone does not)."""
+    from planner.choose import NoPlanFits, plan_for_job
+    from planner.probe import probe_hardware
+
+    probe = probe if probe is not None else probe_hardware()
+    try:
+        result = plan_for_job(job, probe=probe, prefs=prefs, cache=cache, inputs=inputs)
+    except NoPlanFits as exc:
+        lines = suggestions_for(exc, job, probe, prefs, cache)
+        if lines:
+            exc.args = ("\n".join([str(exc), *lines]),)
+        raise
+    return result, suggestions_for(result, job, probe, prefs, cache)
+

@@ -35,7 +35,7 @@ def run_resume(args) -> int:
 
         if not torch.cuda.is_available():
             raise UserError(f"--resume {args.resume}: the run used a GPU plan ({plan.summary()}) and this machine has no CUDA GPU; resume it where it started.")
-    reporter = ConsoleReporter(quiet=getattr(args, "quiet", False))
+    reporter = ConsoleReporter(quiet=getattr(args, "quiet", False), plan=plan)
     with cancel_on_interrupt() as cancel:
         result = generate(job, plan, on_event=reporter, cancel=cancel, resume=state)
     print(result.video_path)

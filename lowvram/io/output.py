@@ -41,7 +41,7 @@ def choose_output(out: Optional[str], prompt: str, seed: int) -> tuple[Path, Opt
         wanted = Path(out).expanduser()
     chosen = unique_path(wanted)
     note = None
-    if out is not None and chosen != wanted:
+    if chosen != wanted:  # the default name too: the same prompt and seed again
         note = f"{wanted} already exists; writing {chosen} instead (lowvram never overwrites a file)"
     return chosen, note
 

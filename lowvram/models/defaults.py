@@ -7,10 +7,26 @@ whatever it is called. The demo models get tiny sizes that run in seconds on a C
 
 from __future__ import annotations
 
+import secrets
+
 from planner.families import FAMILY_DEFAULTS, FamilyDefaults, family_defaults
 
 DEFAULT_MODEL = "tiny-random"
 DEFAULT_GUIDANCE, DEFAULT_FPS = FAMILY_DEFAULTS["wan"].guidance, FAMILY_DEFAULTS["wan"].fps
+
+# The Wan team's default negative prompt (`sample_neg_prompt` in wan/configs/shared_config.py of the
+# Wan2.1 and Wan2.2 repositories; the models were tuned with it). In English: garish colours, overexposed,
+# static, blurry details, subtitles, style, artwork, painting, still image, greyish overall, worst quality,
+# low quality, JPEG artefacts, ugly, mutilated, extra fingers, badly drawn hands or face, deformed,
+# disfigured, malformed limbs, fused fingers, motionless frames, cluttered background, three legs, crowded
+# background, walking backwards.
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+# A random seed is drawn from [0, 2**32): short enough to read back and type.
+RANDOM_SEED_LIMIT = 2**32
 
 
 def model_family_defaults(model: str) -> FamilyDefaults:
@@ -28,4 +44,9 @@ def job_defaults(model: str) -> dict:
     """Size, frames, steps, guidance (per expert), fps and negative prompt for `model` when the user gives none."""
     d = model_family_defaults(model)
     return dict(width=d.width, height=d.height, frames=d.frames, steps=d.steps, guidance=d.guidance,
-                guidance_2=d.guidance_2, fps=d.fps, negative_prompt="", shift=None)
+                guidance_2=d.guidance_2, fps=d.fps, negative_prompt=WAN_NEGATIVE_PROMPT, shift=None)
+
+
+def random_seed() -> int:
+    """A seed for a job that gives none; it is printed and recorded, so the video can be made again."""
+    return secrets.randbelow(RANDOM_SEED_LIMIT)

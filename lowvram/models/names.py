@@ -55,8 +55,21 @@ def resolve_model(name: str, base: Optional[str] = None) -> ModelRef:
     looks_like_path = name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1
     if looks_like_path or "/" not in name:
         known = ", ".join(list(DEMO_NAMES) + list(SHORT_NAMES))
+        guess = did_you_mean(name)
+        hint = f"Did you mean {guess}? " if guess else ""
         raise UserError(
-            f"--model {name}: no such folder and not a known model name. "
+            f"--model {name}: no such folder and not a known model name. {hint}"
             f"Use a local diffusers folder, a hub id (owner/name), or one of: {known}."
         )
     return ModelRef(name=name, kind="hub", location=name)
+
+
+def did_you_mean(name: str) -> str | None:
+    """Known model names close to a mistyped one: those that contain it (wan2.1-i2v-14b -> the 480p and 720p
+    ones), else the closest by spelling (wan2.1-t2v-13b -> wan2.1-t2v-1.3b). None when nothing is close."""
+    import difflib
+
+    known = list(DEMO_NAMES) + list(SHORT_NAMES)
+    typed = name.lower().strip()
+    matches = [k for k in known if len(typed) >= 5 and typed in k] or difflib.get_close_matches(typed, known, n=1, cutoff=0.75)
+    return " or ".join(matches) if matches else None

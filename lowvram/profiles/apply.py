@@ -208,8 +208,14 @@ def probe_like(machine: MachineFingerprint) -> HardwareProbe:
 
 
 def job_defaults(job: Job) -> JobDefaults:
-    """Everything a profile keeps of a job: all but the prompt, image, seed and output path."""
-    return JobDefaults(**{name: getattr(job, name) for name in JOB_FIELDS}, cache=job.cache)
+    """Everything a profile keeps of a job: all but the prompt, image, seed and output path. The default
+    negative prompt (Wan's own) is left out, so the file stays readable and follows lowvram's default."""
+    from lowvram.models.defaults import WAN_NEGATIVE_PROMPT
+
+    kept = {name: getattr(job, name) for name in JOB_FIELDS}
+    if kept.get("negative_prompt") == WAN_NEGATIVE_PROMPT:
+        kept["negative_prompt"] = None
+    return JobDefaults(**kept, cache=job.cache)
 
 
 def profile_from_job(job: Job, prefs: PlannerPrefs = PlannerPrefs(), name: str = "", description: str = "",

@@ -6,6 +6,7 @@ one stage with a leaner plan, and the TUI can run the whole thing in a worker th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import threading
@@ -20,6 +21,8 @@ from lowvram.job import Job, check_task, validate_job
 from lowvram.models.loading import CheckpointInfo, load_pipeline
 from lowvram.models.names import ModelRef, resolve_model
 from lowvram.sampling import faults as fault_injection
+from lowvram.sampling.decode_watch import DecodeWatch
+from lowvram.sampling.eta import Eta
 from lowvram.sampling.recovery import OutOfMemoryExhausted, Recovery, placement_differs
 from lowvram.sampling.resume import DenoiseCheckpoint, ResumeState, restore_scheduler
 from lowvram.telemetry import (
@@ -116,6 +119,7 @@ class RunResult:
     step_seconds: list = field(default_factory=list)
     stage_peaks: dict = field(default_factory=dict)
     latents: Any = None  # the denoised latents (CPU), for resume/equality checks
+    loaded: Any = None  # the LoadedModel, for the next job of a batch
 
 
 class Clock:
@@ -294,6 +298,7 @@ def denoise(
 
     # Step skipping (off unless the job asks): its schedule is fixed here, before the first step.
     with torch.no_grad(), cache_session(loaded, job, timesteps, on_event, clock) as cache:
+        eta = Eta.for_plan(plan)
         for i, t in enumerate(timesteps):
             if i < start:
                 continue
@@ -337,16 +342,15 @@ def denoise(
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - started
             step_seconds.append(elapsed)
-            remaining = len(timesteps) - i - 1
-            mean = sum(step_seconds) / len(step_seconds)
             calls = cache.step_done(i)
+            eta.step_done(elapsed, calls.computed)
             on_event(
                 StepFinished(
                     t=clock(),
                     step=i,
                     total=len(timesteps),
                     seconds=elapsed,
-                    eta_seconds=mean * remaining,
+                    eta_seconds=eta.seconds_left(calls.remaining_computed_calls),
                     computed_calls=calls.computed,
                     skipped_calls=calls.skipped,
                     remaining_calls=calls.remaining_calls,
@@ -370,8 +374,9 @@ def job_shift(loaded: LoadedModel, job: Job) -> float:
     return default_shift(loaded.spec, job.width, job.height)[0]
 
 
-def decode(loaded: LoadedModel, plan: Plan, latents: Any):
-    """Latents -> frames as a float array (frames, H, W, 3) in [0, 1]."""
+def decode(loaded: LoadedModel, plan: Plan, latents: Any, watch: Optional[DecodeWatch] = None):
+    """Latents -> frames as a float array (frames, H, W, 3) in [0, 1]. `watch` reports progress and
+    stops the decode between chunks on a cancel."""
     import torch
 
     pipe = loaded.pipe
@@ -382,7 +387,8 @@ def decode(loaded: LoadedModel, plan: Plan, latents: Any):
         mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(z)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z)
         z = z / inv_std + mean
-        video = vae.decode(z, return_dict=False)[0]
+        with watch.watching(vae, tuple(z.shape)) if watch is not None else contextlib.nullcontext():
+            video = vae.decode(z, return_dict=False)[0]
         frames = pipe.video_processor.postprocess_video(video, output_type="np")
     return frames[0]
 
@@ -505,10 +511,10 @@ def generate(
                 # the loop enters each expert's phase itself (the other expert leaves the GPU first)
                 latents = rec.run("denoise", denoise_from_checkpoint, enter=False)
             _check_cancel(cancel)
+            watch = DecodeWatch(log, clock, cancel)  # a cancel stops the decode between frames; a finished decode is written
             with _Stage("decode", log, clock, sampler, peaks):
-                frames = rec.run("decode", lambda p: decode(loaded, p, latents))
+                frames = rec.run("decode", lambda p: decode(loaded, p, latents, watch))
             plan = loaded.plan = rec.plan  # after a fallback the pipeline is placed per the leaner plan
-            _check_cancel(cancel)  # a cancel asked for during decode: keep the latents, write no video
             with _Stage("write", log, clock, sampler, peaks):
                 write_video_atomic(frames, video_path, job.fps)
             side = sidecar_path(video_path)
@@ -516,7 +522,7 @@ def generate(
             log(RunFinished(t=total, video_path=str(video_path), sidecar_path=str(side), seconds=total))
             data = build_sidecar(job, loaded, plan, log.events, step_seconds, peaks, total)
             write_sidecar(data, side)
-            return RunResult(video_path, side, total, plan, log.events, step_seconds, peaks, latents.detach().cpu())
+            return RunResult(video_path, side, total, plan, log.events, step_seconds, peaks, latents.detach().cpu(), loaded)
         except (CancelledError, KeyboardInterrupt):  # KeyboardInterrupt: a second Ctrl-C or SIGTERM, abort now
             stages = log.of(StageStarted)
             kept = rec.save(job, video_path, "cancelled")

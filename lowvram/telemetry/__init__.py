@@ -2,6 +2,7 @@
 
 from lowvram.telemetry.events import (
     CacheScheduled,
+    DecodeProgress,
     Event,
     EventLog,
     EventSink,
@@ -22,6 +23,7 @@ from lowvram.telemetry.events import (
 
 __all__ = [
     "CacheScheduled",
+    "DecodeProgress",
     "Event",
     "EventLog",
     "EventSink",

@@ -71,6 +71,16 @@ class PhaseStarted(Event):
 
 
 @dataclass(frozen=True)
+class DecodeProgress(Event):
+    """The VAE decoded one more chunk: a latent frame (of one tile, when tiled)."""
+
+    done: int = 0
+    total: int = 0
+    seconds: float = 0.0  # since the decode started
+    eta_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class TransformerCall(Event):
     """One transformer forward under a step cache (a step has one per guidance branch), with the numbers
     behind its decision: TeaCache's rel_l1 / rescaled / accumulated change, or MagCache's ratio /

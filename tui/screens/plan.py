@@ -12,7 +12,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, LoadingIndicator, Static
 from textual.worker import Worker, WorkerState
@@ -20,88 +20,121 @@ from textual.worker import Worker, WorkerState
 from lowvram.cli.console import fmt_bytes, fmt_seconds
 from lowvram.errors import UserError
 from lowvram.job import Job
+from tui.layout import WideLayout
 from tui.services import PlanView, split_explanation
 from tui.state import BRANCHES, StepGrid
 from tui.widgets.skip_map import render_grid
 from tui.widgets.title_bar import TitleBar
 
 
-def describe_job(job: Job) -> str:
+def describe_job(job: Job, random_seed: bool = False) -> str:
     tc = job.cache
     cache = "TeaCache off" if not tc.enabled else tc.describe()
     image = f", image {job.image}" if job.image else ""
-    return f"{job.model}: {job.width}x{job.height}, {job.frames} frames, {job.steps} steps, guidance {job.guidance:g}, seed {job.seed}, {cache}{image}"
+    seed = f"seed {job.seed}" + (" (random)" if random_seed else "")
+    return f"{job.model}: {job.width}x{job.height}, {job.frames} frames, {job.steps} steps, guidance {job.guidance:g}, {seed}, {cache}{image}"
 
 
-def plan_renderable(job: Job, view: PlanView, width: int = 78) -> Group:
-    parts: list = []
+def plan_parts(job: Job, view: PlanView, width: int = 78, random_seed: bool = False) -> tuple[list, list]:
+    """(the job, the machine and the plan; the alternatives, the TeaCache schedule and the suggestions):
+    one column each on a wide terminal, one after the other on a narrow one."""
+    from lowvram.models.advice import job_warnings
+
     heading = lambda s: Text(s, style="bold underline")  # noqa: E731
-    parts += [heading("Job"), Text(describe_job(job)), Text("")]
-    parts += [heading("Hardware")] + [Text(line) for line in view.hardware] + [Text("")]
+    left: list = [heading("Job"), Text(describe_job(job, random_seed))]
+    left += [Text("⚠ " + w, style="yellow") for w in job_warnings(job)]
+    left += [Text(""), heading("Hardware")] + [Text(line) for line in view.hardware] + [Text("")]
     plan = view.plan
-    parts.append(heading("Plan"))
+    left.append(heading("Plan"))
     if view.preferences:
-        parts.append(Text(f"profile preferences: {view.preferences}", style="cyan"))
+        left.append(Text(f"profile preferences: {view.preferences}", style="cyan"))
     where = "every component on the CPU" if plan.device == "cpu" else plan.summary()
-    parts.append(Text(f"{plan.device}: {where}"))
+    left.append(Text(f"{plan.device}: {where}"))
     if plan.predicted:
         table = Table(box=None, padding=(0, 2), show_edge=False)
         for col in ("stage", "peak VRAM", "peak RAM", "time"):
             table.add_column(col, justify="left" if col == "stage" else "right")
-        for s in plan.predicted:
-            table.add_row(s.label, fmt_bytes(s.vram_bytes), fmt_bytes(s.ram_bytes), fmt_seconds(s.seconds) if s.seconds else "-")
+        for st in plan.predicted:
+            table.add_row(st.label, fmt_bytes(st.vram_bytes), fmt_bytes(st.ram_bytes), fmt_seconds(st.seconds) if st.seconds else "-")
         table.add_row(Text("peak", style="bold"), fmt_bytes(plan.peak_vram_bytes), fmt_bytes(plan.peak_ram_bytes), fmt_seconds(plan.predicted_seconds) if plan.predicted_seconds else "-")
-        parts.append(table)
+        left.append(table)
     else:
-        parts.append(Text("no predicted peaks or time for this plan", style="dim"))
+        left.append(Text("no predicted peaks or time for this plan", style="dim"))
     notes, comparison = split_explanation(view.explanation)
-    parts += [Text(line, style="dim") for line in dict.fromkeys(tuple(plan.reasons) + notes) if line]
-    parts.append(Text(""))
-    parts.append(heading("Alternatives"))
+    left += [Text(line, style="dim") for line in dict.fromkeys(tuple(plan.reasons) + notes) if line]
+    right: list = []
+    if view.suggestions:
+        right += [heading("What would help"), Text(f"this plan is predicted to take {fmt_seconds(plan.predicted_seconds)}; in the form:", style="yellow")]
+        for suggestion in view.suggestions:
+            right.append(Padding(Text("• " + suggestion_in_fields(suggestion, plan.predicted_seconds)), (0, 0, 0, 2)))
+        right.append(Text(""))
+    right.append(heading("Alternatives"))
     fitting = sum(alt.fits for alt in view.alternatives)
     if view.alternatives:
-        parts.append(Text(f"{len(view.alternatives)} plans considered, {fitting} fit this machine"))
+        right.append(Text(f"{len(view.alternatives)} plans considered, {fitting} fit this machine"))
     if comparison:
         for line in comparison:
             if not line.startswith(" "):
-                parts.append(Text(line, style="bold"))
+                right.append(Text(line, style="bold"))
             else:  # indented items wrap under themselves
                 over = "over VRAM" in line or "over RAM" in line
-                parts.append(Padding(Text(line.strip(), style="red" if over else ""), (0, 0, 0, 2)))
+                right.append(Padding(Text(line.strip(), style="red" if over else ""), (0, 0, 0, 2)))
     elif len(view.alternatives) <= 1:
-        parts.append(Text("no alternatives: one plan is possible on this machine", style="dim"))
-    parts += [Text(""), heading("MagCache" if job.cache.method == "magcache" else "TeaCache")]
+        right.append(Text("no alternatives: one plan is possible on this machine", style="dim"))
+    right += [Text(""), heading("MagCache" if job.cache.method == "magcache" else "TeaCache")]
     preview = view.preview
     if preview is None:
-        parts.append(Text("no preview", style="dim"))
+        right.append(Text("no preview", style="dim"))
     else:
         if preview.note:
-            parts.append(Text(preview.note))
+            right.append(Text(preview.note))
         if preview.decisions:
             branches = tuple(b for b in BRANCHES if any(d.branch == b for d in preview.decisions))
             grid = StepGrid(preview.total_steps, branches)
             grid.set_prediction(preview.decisions)
-            parts.append(render_grid(grid, width - 8, predicted=True))
-    return Group(*parts)
+            right.append(render_grid(grid, width - 8, predicted=True))
+    return left, right
 
 
-class PlanScreen(Screen):
+# The form's words for the options planner.suggest names.
+SUGGESTION_FIELDS = {"frames": "Frames", "width": "width", "height": "height", "model": "Model", "cache": "Cache", "cache_speedup": "target speed-up",
+                     "vram_reserve": "VRAM reserve (GiB)", "ram_reserve": "RAM reserve (GiB)", "min_precision": "lowest precision"}
+
+
+def suggestion_in_fields(suggestion, current: float) -> str:
+    changes = ", ".join(f"{SUGGESTION_FIELDS.get(k, k)} {v}" for k, v in suggestion.changes)
+    flag = f" (command line: {suggestion.option})" if any(k in ("vram_reserve", "ram_reserve", "min_precision") for k, _ in suggestion.changes) else ""
+    return f"{changes}: {suggestion.describe(current)}{flag}"
+
+
+def plan_renderable(job: Job, view: PlanView, width: int = 78, random_seed: bool = False) -> Group:
+    left, right = plan_parts(job, view, width, random_seed)
+    return Group(*left, Text(""), *right)
+
+
+class PlanScreen(WideLayout, Screen):
     SUB_TITLE = "plan"
     BINDINGS = [
         Binding("enter,r", "run", "Run"),
         Binding("escape,b", "back", "Back to job"),
+        # Priority: the focused scroll view's own (hidden) page keys would hide this one from the footer.
+        Binding("pagedown", "page(1)", "Scroll", key_display="PgDn/PgUp", priority=True),
+        Binding("pageup", "page(-1)", "Scroll up", show=False, priority=True),
     ]
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, random_seed: bool = False) -> None:
         super().__init__()
         self.job = job
+        self.random_seed = random_seed
         self.view: PlanView | None = None
 
     def compose(self) -> ComposeResult:
         yield TitleBar()
         yield LoadingIndicator(id="planning")
         with VerticalScroll(id="plan-body"):
-            yield Static("", id="plan")
+            with Horizontal(id="plan-columns"):
+                yield Static("", id="plan")
+                yield Static("", id="plan-side")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -117,23 +150,45 @@ class PlanScreen(Screen):
         preview = services.preview(self.job, view.plan)
         return replace(view, preview=preview), probe
 
+    def render_plan(self) -> None:
+        if self.view is None:
+            return
+        wide = self.has_class("-wide")
+        width = (self.size.width // 2 if wide else self.size.width) - 2
+        left, right = plan_parts(self.job, self.view, width, self.random_seed)
+        if wide:
+            self.query_one("#plan", Static).update(Group(*left))
+            self.query_one("#plan-side", Static).update(Group(*right))
+        else:
+            self.query_one("#plan", Static).update(Group(*left, Text(""), *right))
+            self.query_one("#plan-side", Static).update("")
+        self.query_one("#plan-side").display = wide
+
+    def on_resize(self, event) -> None:
+        self.call_after_refresh(self.render_plan)
+
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "plan":
             return
         if event.state == WorkerState.SUCCESS:
             self.view, self.app.last_probe = event.worker.result
             self.app.last_plan = self.view.plan
-            self.query_one("#plan", Static).update(plan_renderable(self.job, self.view, self.size.width - 2))
+            self.render_plan()
         elif event.state == WorkerState.ERROR:
             error = event.worker.error
             message = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
             self.query_one("#plan", Static).update(Text(f"No plan: {message}", style="bold red"))
-            self.notify(message, title="No plan", severity="error", timeout=10)
+            self.query_one("#plan-side").display = False
+            self.notify(message.splitlines()[0], title="No plan", severity="error", timeout=10)
         else:
             return
         self.query_one("#planning").display = False
         self.query_one("#plan-body").display = True
         self.query_one("#plan-body").focus()
+
+    def action_page(self, direction: int) -> None:
+        body = self.query_one("#plan-body", VerticalScroll)
+        body.scroll_page_down() if direction > 0 else body.scroll_page_up()
 
     def action_run(self) -> None:
         if self.view is None:

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widgets import RichLog
 
 from lowvram.cli.console import ConsoleReporter
-from lowvram.telemetry import Event, StepFinished
+from lowvram.telemetry import DecodeProgress, Event, StepFinished
 
 STYLES = (("warning", "yellow"), ("error", "bold red"), ("failed", "bold red"), ("cancelled", "yellow"), ("wrote", "green"))
 
@@ -39,8 +39,8 @@ class EventLog(RichLog):
         self._reporter = ConsoleReporter(stream=_Lines(self.add_line))
 
     def add_event(self, event: Event) -> None:
-        if isinstance(event, StepFinished):
-            return  # steps have the progress bar and the skip map; the log keeps the rarer lines
+        if isinstance(event, (StepFinished, DecodeProgress)):
+            return  # steps and decoded frames have the progress bar and the skip map; the log keeps the rarer lines
         self._reporter(event)
 
     def add_line(self, text: str, style: str = "") -> None:

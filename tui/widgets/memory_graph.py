@@ -13,6 +13,7 @@ from lowvram.telemetry import MemorySample
 BARS = " ▁▂▃▄▅▆▇█"
 LABEL_WIDTH = 11
 VALUE_WIDTH = 11
+SCALE_WIDTH = 16  # "  █=12.00G total"
 
 
 def bar_line(values: list[int], scale: int, width: int) -> str:
@@ -27,8 +28,9 @@ def bar_line(values: list[int], scale: int, width: int) -> str:
 
 
 class MemoryGraph(Static):
-    """Scrolls right to left, one column per sample. VRAM rows are scaled to the GPU's total memory;
-    the RAM row to this process's peak RSS so far, so its shape shows where memory grows."""
+    """Scrolls right to left, one column per sample. Each row ends with its value now and its scale: a full
+    bar (█) is the GPU's total memory for the VRAM rows, this process's peak so far for the RAM row (so its
+    shape shows where memory grows)."""
 
     DEFAULT_CSS = "MemoryGraph { height: auto; }"
 
@@ -44,7 +46,7 @@ class MemoryGraph(Static):
         self.refresh_graph()
 
     def refresh_graph(self) -> None:
-        self.update(self.render_text(max(8, self.size.width - LABEL_WIDTH - VALUE_WIDTH)))
+        self.update(self.render_text(max(8, self.size.width - LABEL_WIDTH - VALUE_WIDTH - SCALE_WIDTH)))
 
     def render_text(self, width: int) -> Text:
         text = Text(no_wrap=True, overflow="crop")
@@ -56,18 +58,19 @@ class MemoryGraph(Static):
         if last.vram_total:
             total = last.vram_total
             rows += [
-                ("VRAM alloc", [s.vram_allocated for s in self.samples], total, last.vram_allocated, "green"),
-                ("VRAM resv", [s.vram_reserved for s in self.samples], total, last.vram_reserved, "yellow"),
-                ("VRAM free", [s.vram_free for s in self.samples], total, last.vram_free, "blue"),
+                ("VRAM alloc", [s.vram_allocated for s in self.samples], total, last.vram_allocated, "green", "total"),
+                ("VRAM resv", [s.vram_reserved for s in self.samples], total, last.vram_reserved, "yellow", "total"),
+                ("VRAM free", [s.vram_free for s in self.samples], total, last.vram_free, "blue", "total"),
             ]
         ram_scale = max(s.ram_used for s in self.samples)
-        rows.append(("RAM (RSS)", [s.ram_used for s in self.samples], ram_scale, last.ram_used, "magenta"))
-        for i, (label, values, scale, now, style) in enumerate(rows):
+        rows.append(("RAM (RSS)", [s.ram_used for s in self.samples], ram_scale, last.ram_used, "magenta", "peak"))
+        for i, (label, values, scale, now, style, what) in enumerate(rows):
             if i:
                 text.append("\n")
             text.append(label.ljust(LABEL_WIDTH), style="bold")
             text.append(bar_line(values, scale, width), style=style)
             text.append(fmt_bytes(now).rjust(VALUE_WIDTH))
+            text.append(f"  █={fmt_bytes(scale).replace(' GiB', 'G')} {what}", style="dim")
         if not last.vram_total:
             text.append("\nVRAM       no GPU: everything runs on the CPU", style="dim")
         return text

@@ -1,4 +1,5 @@
-"""Stage, step progress bar, per-step time and ETA, as the runtime reports them."""
+"""Stage, progress bar, time per step and time left, as the runtime reports them: the denoising steps,
+then the decode frame by frame (tile by tile when tiled)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar
 
 from lowvram.cli.console import fmt_seconds
-from lowvram.telemetry import StepFinished
+from lowvram.telemetry import DecodeProgress, StepFinished
 
 
 class StepProgress(Vertical):
     DEFAULT_CSS = """
-    StepProgress { height: 2; }
+    StepProgress { height: auto; }
     StepProgress #stage { width: 1fr; text-style: bold; }
     StepProgress ProgressBar { width: 1fr; }
     StepProgress #bar-row { height: 1; }
@@ -22,7 +23,8 @@ class StepProgress(Vertical):
     def compose(self) -> ComposeResult:
         yield Label("waiting to start", id="stage")
         with Horizontal(id="bar-row"):
-            # ETA comes from the runtime's own per-step times, not from the widget's clock.
+            # The time left comes from the runtime (the known TeaCache schedule and the plan's decode
+            # time), not from the widget's clock.
             yield ProgressBar(total=None, show_eta=False, id="bar")
             yield Label("", id="step-stats")
 
@@ -37,8 +39,16 @@ class StepProgress(Vertical):
         self.query_one(ProgressBar).update(total=event.total, progress=event.step + 1)
         skipped = f", {event.skipped_calls} skipped" if event.skipped_calls else ""
         self.query_one("#step-stats", Label).update(
-            f"step {event.step + 1}/{event.total} · {fmt_seconds(event.seconds)}/step{skipped} · ETA {fmt_seconds(event.eta_seconds)}"
+            f"step {event.step + 1}/{event.total} · {fmt_seconds(event.seconds)}/step{skipped} · {fmt_seconds(event.eta_seconds)} left"
         )
+
+    def start_decode(self) -> None:
+        self.query_one(ProgressBar).update(total=None, progress=0)
+        self.query_one("#step-stats", Label).update("decoding…")
+
+    def decode(self, event: DecodeProgress) -> None:
+        self.query_one(ProgressBar).update(total=event.total, progress=event.done)
+        self.query_one("#step-stats", Label).update(f"decoded {event.done}/{event.total} · {fmt_seconds(event.eta_seconds)} left")
 
     def finish(self, text: str) -> None:
         self.set_stage(text)
