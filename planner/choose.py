@@ -17,7 +17,7 @@ from lowvram.job import Job
 from planner import constants as C
 from planner import memory as M
 from planner.estimate import guidance_for, phase_steps, predict, shift_for
-from planner.plan import PHASE_LABEL, PHASE_OF, ComponentPlan, Plan, StagePeak, config_key, plain
+from planner.plan import PHASE_LABEL, PHASE_OF, ComponentPlan, Plan, StagePeak, component_label, config_key, plain
 from planner.probe import GIB, HardwareProbe, describe_probe
 from planner.spec import ModelSpec
 from planner.timing import Throughput, throughput_for
@@ -380,12 +380,8 @@ def _differences(plan: Plan, chosen: Plan) -> str:
         if c.role == "denoiser":
             if c.name == "transformer":
                 out.append(f"{'experts' if plan.two_experts else 'transformer'} {_denoiser_label(plan)}")
-        elif c.role == "text_encoder":
-            out.append(f"text encoder {c.precision} {c.describe_placement()}")
-        elif c.role == "vae":
-            out.append(f"VAE {c.describe_placement()}")
         else:
-            out.append(f"{c.name} {c.describe_placement()}")
+            out.append(f"{component_label(c.name)} {c.words()}")
     return ", ".join(out)
 
 

@@ -39,6 +39,14 @@ PHASE_OF: dict[str, str] = {"transformer": "high", "transformer_2": "low"}
 PHASE_LABEL: dict[str, str] = {"high": "high-noise expert", "low": "low-noise expert"}
 
 
+def component_label(name: str, two_experts: bool = False) -> str:
+    """How people call a component: 'high-noise expert' for a two-expert model's transformer, 'VAE', ..."""
+    if name == "transformer":
+        return "high-noise expert" if two_experts else "transformer"
+    return {"transformer_2": "low-noise expert", "text_encoder": "text encoder", "image_encoder": "image encoder",
+            "vae": "VAE"}.get(name, name)
+
+
 def role_of(name: str) -> str:
     """'denoiser' for transformer / transformer_2; otherwise the component's own name."""
     return "denoiser" if name.startswith("transformer") else name
@@ -131,8 +139,16 @@ class ComponentPlan:
             return f"leaf-level group offload {stream}"
         return "streamed from disk"
 
+    def words(self) -> str:
+        """What the plan does with it, without its name: 'bf16 on the GPU', 'on the GPU, tiled', ..."""
+        if self.role == "denoiser":
+            return self.describe()
+        if self.role == "text_encoder":
+            return f"{self.precision} {self.describe_placement()}"
+        return self.describe_placement()
+
     def describe(self) -> str:
-        """'transformer bf16, 26 blocks resident, ...; waits in pinned RAM'."""
+        """'bf16 26 blocks resident, ...; waits in pinned RAM'."""
         text = f"{self.precision} {self.describe_placement()}"
         if self.idle:
             text += "; waits " + ("in pinned RAM" if self.idle == "pinned" else "in its weights file (memory-mapped)")
@@ -223,19 +239,7 @@ class Plan:
         if self.device == "cpu":
             precisions = sorted({c.precision for c in self.components}) or ["fp32"]
             return f"everything on the CPU ({'/'.join(precisions)})"
-        parts = []
-        for c in self.components:
-            if c.role == "denoiser":
-                label = {"transformer": "transformer" if not self.two_experts else "high-noise expert",
-                         "transformer_2": "low-noise expert"}[c.name]
-                parts.append(f"{label} {c.describe()}")
-            elif c.role == "text_encoder":
-                parts.append(f"text encoder {c.precision} {c.describe_placement()}")
-            elif c.role == "image_encoder":
-                parts.append(f"image encoder {c.describe_placement()}")
-            else:
-                parts.append(f"VAE {c.describe_placement()}")
-        return "; ".join(parts)
+        return "; ".join(f"{component_label(c.name, self.two_experts)} {c.words()}" for c in self.components)
 
     # --- serialisation ------------------------------------------------------------------------------
 
@@ -267,9 +271,6 @@ def config_key(plan: Plan) -> tuple:
 
 def describe_change(old: Plan, new: Plan) -> str:
     """What differs between two plans, in words: 'VAE gpu -> gpu_tiled'."""
-    names = {"transformer": "high-noise expert" if old.two_experts else "transformer",
-             "transformer_2": "low-noise expert", "text_encoder": "text encoder", "image_encoder": "image encoder",
-             "vae": "VAE"}
     changes = []
     if old.device != new.device:
         changes.append(f"device {old.device} -> {new.device}")
@@ -277,7 +278,7 @@ def describe_change(old: Plan, new: Plan) -> str:
         before = old.get(c.name)
         if before is None or before == c:
             continue
-        label = names.get(c.name, c.name)
+        label = component_label(c.name, old.two_experts)
         if before.precision != c.precision:
             changes.append(f"{label} weights {before.precision} -> {c.precision}")
         if (before.placement, before.resident_blocks, before.blocks_per_group, before.use_stream) != (
@@ -346,7 +347,7 @@ def plain(components: list[ComponentPlan]) -> tuple[ComponentPlan, ...]:
 
 
 __all__ = [
-    "ComponentPlan", "DENOISER_PLACEMENTS", "IDLE_PLACES", "PHASE_LABEL", "PHASE_OF", "PLACEMENTS", "PRECISIONS",
+    "ComponentPlan", "DENOISER_PLACEMENTS", "component_label", "IDLE_PLACES", "PHASE_LABEL", "PHASE_OF", "PLACEMENTS", "PRECISIONS",
     "Plan", "QUANT_LEVELS", "Quant", "STAGES", "StagePeak", "compute_dtype", "config_key", "describe_change", "plain",
     "role_of", "fit_to", "simple_plan",
 ]
