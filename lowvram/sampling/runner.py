@@ -7,7 +7,6 @@ one stage with a leaner plan, and the TUI can run the whole thing in a worker th
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import threading
 import time
@@ -40,7 +39,7 @@ from lowvram.telemetry import (
     ignore,
 )
 from lowvram.telemetry.memory import MemorySampler
-from planner.plan import PHASE_OF, ComponentPlan, Plan, fit_to, plain, role_of
+from planner.plan import PHASE_OF, Plan, fit_to, simple_plan
 
 
 def placeholder_plan(components: tuple[str, ...] = ("text_encoder", "transformer", "vae")) -> Plan:
@@ -48,23 +47,9 @@ def placeholder_plan(components: tuple[str, ...] = ("text_encoder", "transformer
     import torch
 
     gpu = torch.cuda.is_available()
-    plan = uniform_plan("cuda" if gpu else "cpu", "bf16" if gpu else "fp32", components)
     reason = "no planner plan given" if gpu else "no GPU: everything on the CPU"
-    return dataclasses.replace(plan, source="placeholder", reasons=(reason,))
-
-
-def uniform_plan(device: str, precision: str, components: tuple[str, ...]) -> Plan:
-    """Every component resident on `device` at `precision` (VAE and image encoder in float32)."""
-    out = []
-    for name in components:
-        role = role_of(name)
-        if role == "denoiser":
-            out.append(ComponentPlan(name, precision, "resident"))
-        elif role == "text_encoder":
-            out.append(ComponentPlan(name, precision, "cpu" if device == "cpu" else "gpu"))
-        else:
-            out.append(ComponentPlan(name, "fp32", "cpu" if device == "cpu" else "gpu"))
-    return Plan(device=device, components=plain(out))
+    return simple_plan("cuda" if gpu else "cpu", "bf16" if gpu else "fp32", source="placeholder", reasons=(reason,),
+                       components=components)
 
 
 @dataclass
