@@ -77,7 +77,7 @@ class CompiledForward:
     def __init__(self, block: torch.nn.Module, eager: Callable, state: CompileState) -> None:
         self.block_type = type(block)
         self.eager = eager
-        self.compiled = torch.compile(eager, fullgraph=True)
+        self.compiled = torch.compile(eager, fullgraph=True, dynamic=False)  # one static graph per shape
         self.state = state
         functools.update_wrapper(self, eager)
 

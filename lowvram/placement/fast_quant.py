@@ -15,26 +15,21 @@ group offload moves in memory and lowvram.placement.quanto_offload also streams 
 
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import torch
 
 from lowvram.errors import UserError
+from lowvram.models.library_logs import quiet_torchao_import
 from planner.constants import FAST_MIN_COMPUTE_CAPABILITY
 from planner.plan import FAST_LEVELS
 
 LEVEL_OF_TENSOR = {"Float8Tensor": "fp8_fast", "Int8Tensor": "int8_fast"}
 
 
-def quiet_torchao() -> None:
-    """torchao logs a warning for each optional CUDA extension its wheel lacks for this torch: noise for a user."""
-    logging.getLogger("torchao").setLevel(logging.ERROR)
-
-
 def torchao_config(level: str):
     """The torchao config of a fast level (names as in torchao 0.18's quant_api)."""
-    quiet_torchao()
+    quiet_torchao_import()
     from torchao.quantization import (
         Float8DynamicActivationFloat8WeightConfig,
         Int8DynamicActivationInt8WeightConfig,

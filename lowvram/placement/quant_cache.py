@@ -100,7 +100,12 @@ def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtyp
     if level in FAST_LEVELS:
         from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
 
-        state, torchao_meta = flatten_tensor_state_dict(state)  # plain tensors + what rebuilds the subclasses
+        from lowvram.placement.quanto_offload import is_qtensor
+
+        # torchao's tensors as their plain inner tensors + the metadata that rebuilds them; the rest as it is
+        quantized = {k: v for k, v in state.items() if is_qtensor(v)}
+        flat, torchao_meta = flatten_tensor_state_dict(quantized)
+        state = {**{k: v for k, v in state.items() if k not in quantized}, **flat}
     tensors, aliases = _aliases(state)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -173,14 +178,15 @@ def _load_entry(folder: Path, component: str, entry: Path, info: dict, qmap: dic
     for shard in sorted(entry.glob("model-*.safetensors")):
         state_dict.update(safetensors.torch.load_file(shard, device="cpu"))
     if info.get("level") in FAST_LEVELS:
-        from lowvram.placement.fast_quant import quiet_torchao
+        from lowvram.models.library_logs import quiet_torchao_import
 
-        quiet_torchao()
+        quiet_torchao_import()
         from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
 
         for alias, key in info.get("aliases", {}).items():  # a tied tensor was stored once: both names rebuild
             state_dict[alias] = state_dict[key]
-        state_dict, _ = unflatten_tensor_state_dict(state_dict, qmap)
+        quantized, plain = unflatten_tensor_state_dict(state_dict, qmap)
+        state_dict = {**plain, **quantized}
         info = dict(info, aliases={})
     else:
         _quantize_like(module, qmap)
