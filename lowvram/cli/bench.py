@@ -79,6 +79,16 @@ def register(sub) -> None:
     k.add_argument("--out", type=Path, default=None)
     k.set_defaults(func=run_cache)
 
+    f = bsub.add_parser("fast", help="issue 13's table: compile and fp8/int8 matmuls vs eager bf16, the planner's plans at "
+                        "each budget, the upstream recipes with and without compile, end to end composed (~6 min on an H200)")
+    f.add_argument("--models", type=_words, default=("14b", "1.3b"), help="comma-separated, from 14b,1.3b (default both)")
+    f.add_argument("--leaf-compile-models", type=_words, default=("1.3b",), help="models on which diffusers' leaf offload + "
+                   "compile is measured too (default %(default)s: on the 14B its recompiles cost a minute)")
+    f.add_argument("--no-upstream-compile", action="store_true", help="skip the upstream recipes with compile_repeated_blocks()")
+    f.add_argument("--ram-gib", type=float, default=64.0, help="RAM the planner is told the machine has (default %(default)s)")
+    f.add_argument("--out", type=Path, default=None, help="write the results as JSON here (after every case)")
+    f.set_defaults(func=run_fast)
+
     r = bsub.add_parser("report", help="render result JSON files as markdown tables")
     r.add_argument("files", nargs="+", type=Path)
     r.add_argument("--command", default="", help="the command that produced them, quoted in the output")
@@ -151,6 +161,31 @@ def run_e2e(args) -> int:
     data["environment"] = environment()
     _dump(data, args.out)
     print(e2e_section(data))
+    return 0
+
+
+def run_fast(args) -> int:
+    from lowvram.bench.fast import UPSTREAM, FastSetup, fit_fast
+    from lowvram.bench.fast import run_fast as run
+    from lowvram.bench.report import fast_section
+    from lowvram.placement.compile import inductor_cache_dir
+
+    _need_cuda()
+    unknown = [m for m in args.models if m not in ("14b", "1.3b")]
+    if unknown:
+        from lowvram.errors import UserError
+
+        raise UserError(f"--models: {', '.join(unknown)} unknown; use 14b and/or 1.3b")
+    upstream = tuple(u for u in UPSTREAM if not (args.no_upstream_compile and u.endswith("_compile")))
+    setup = FastSetup(models=tuple(args.models), ram_gib=args.ram_gib, upstream=upstream,
+                      leaf_compile_models=tuple(args.leaf_compile_models))
+    print(f"inductor cache: {inductor_cache_dir()}", flush=True)
+    data = run(setup, log=lambda s: print(s, flush=True), save=lambda d: _dump(d, args.out))
+    data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
+    data["fit"] = fit_fast(data)
+    _dump(data, args.out)
+    print(fast_section(data, data["command"]))
+    print("refit (planner/constants.py):", json.dumps(data["fit"], indent=1, default=str))
     return 0
 
 
