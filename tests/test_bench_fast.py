@@ -23,6 +23,7 @@ def made_up() -> dict:
     floor = 3.0
     return {"kind": "fast", "environment": {"gpu": "NVIDIA H200", "torchao": "0.18.0"}, "models": {"14b": {
         "floor": {"480p": {"step_seconds": floor}},
+        "warm_compile_seconds": 4.0,
         "resident": {"bf16": {"step_seconds": 2.55, "warmup_extra_seconds": 35.0},
                      "fp8_fast": {"step_seconds": 2.1, "warmup_extra_seconds": 41.0}},
         "errors": {"fp8_fast": 0.021, "int8_fast": 0.012},
@@ -65,7 +66,7 @@ def test_refit_reads_the_constants_from_a_run():
     assert fit["COMPILE_COMPUTE_FACTOR[resident]"]["14b"] == pytest.approx(0.85)
     assert fit["FAST_LINEAR_FACTOR"] == {"fp8_fast": {"14b": 0.68}, "int8_fast": {"14b": 1.1}}
     assert fit["FAST_LEVEL_ERROR"] == {"fp8_fast": 0.021, "int8_fast": 0.012}
-    assert fit["COMPILE_SECONDS_COLD"] == 41.0
+    assert fit["COMPILE_SECONDS_COLD"] == 41.0 and fit["COMPILE_SECONDS_WARM"] == 4.0
 
 
 def test_the_table_is_the_issues():
@@ -90,11 +91,13 @@ def test_the_harness_runs_on_the_cpu_with_a_tiny_transformer():
 
     setup = FastSetup(models=("1.3b",), configs={"1.3b": TINY}, cases=(("1.3b", "480p", 8), ("1.3b", "480p", 4)),
                       levels=("int8_fast",), device="cpu", iters={"1.3b": 1}, floor_iters={"1.3b": 1}, plan_fn=plans,
-                      text_tokens=8, text_dim=16, shapes={"480p": (32, 32, 5)}, upstream=("block_stream",))
+                      text_tokens=8, text_dim=16, shapes={"480p": (32, 32, 5)}, upstream=("block_stream",),
+                      ffn_models=("1.3b",))
     data = run_fast(setup, log=lambda s: None)
     m = data["models"]["1.3b"]
     assert m["floor"]["480p"]["step_seconds"] > 0 and m["resident"]["bf16"]["step_seconds"] > 0
     assert m["resident"]["bf16"]["error_vs_eager_bf16"] < 1e-2  # compiled bf16 = eager up to rounding
+    assert m["warm_compile_seconds"] is not None
     assert 0 < m["errors"]["int8_fast"] < 0.05
     assert m["ffn"]["int8_fast"]["factor"] > 0
     assert {(c["kind"], c["budget_gib"]) for c in m["cases"]} == {("planner", 8), ("bf16_only", 8), ("planner", 4), ("bf16_only", 4)}

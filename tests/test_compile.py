@@ -123,3 +123,22 @@ def test_two_experts_and_a_resumed_run_share_one_graph(tmp_path):
         resumed = runner.generate(resume.job, plan, resume=resume)
     assert counters["stats"]["unique_graphs"] == 1
     assert rel(resumed.latents, full.latents) < 1e-5
+
+
+def test_a_failing_compiler_falls_back_to_eager_and_says_so(small_job, monkeypatch):
+    """No usable C++ compiler (a user's machine without one): the blocks run eagerly, the run finishes with the
+    eager result and its log says what happened."""
+    import torch._inductor.config as inductor_config
+
+    from lowvram.sampling import runner
+    from lowvram.telemetry import LogMessage
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # a cached graph would need no compiler
+    torch._dynamo.reset()
+    job = small_job()
+    eager = runner.generate(job.with_(out=job.out.replace(".mp4", "-eager.mp4")), plan_with("cpu"))
+    result = runner.generate(job, compiled(plan_with("cpu")))
+    warnings = [e.message for e in result.events if isinstance(e, LogMessage) and "compiling its blocks failed" in e.message]
+    assert warnings and "--no-compile" in warnings[0]
+    assert torch.equal(result.latents, eager.latents)

@@ -69,13 +69,14 @@ def rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("level", ["fp8_fast", "int8_fast"])
-def test_per_forward_error_within_the_planners_figure(fp8_on_cpu, level):
-    """The measurement behind planner.constants.FAST_LEVEL_ERROR (CPU, tiny shapes): one forward vs bf16."""
+def test_per_forward_error_within_the_planners_figure(fp8_on_cpu, level, seed):
+    """The measurement behind planner.constants.FAST_LEVEL_ERROR (CPU, tiny shapes, 3 seeds): one forward vs bf16."""
     from lowvram.placement.fast_quant import fast_level, quantize_fast
 
-    inputs = tiny_inputs()
-    model = tiny_transformer()
+    inputs = tiny_inputs(seed + 1)
+    model = tiny_transformer(seed)
     with torch.no_grad():
         ref = model(**inputs)[0].float()
         assert quantize_fast(model, level, "cpu") == 2 * 10  # every Linear of both blocks (attn1 4, attn2 4, ffn 2)
@@ -84,6 +85,20 @@ def test_per_forward_error_within_the_planners_figure(fp8_on_cpu, level):
     assert type(model.condition_embedder.time_proj.weight) is torch.nn.Parameter  # the non-block part stays bf16
     error = rel(out, ref)
     assert 0 < error <= C.FAST_LEVEL_ERROR[level] < C.FAST_ERROR_BOUND
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_error_bound_is_about_twice_quanto_fp8s_error(seed):
+    """planner.constants.FAST_ERROR_BOUND's reference: quanto's fp8 weight-only level (allowed by default)."""
+    from lowvram.placement.quantize import quantize_weights
+
+    inputs = tiny_inputs(seed + 1)
+    model = tiny_transformer(seed)
+    with torch.no_grad():
+        ref = model(**inputs)[0].float()
+        quantize_weights(model, "fp8")
+        error = rel(model(**inputs)[0].float(), ref)
+    assert 0.4 * C.FAST_ERROR_BOUND < error < 0.6 * C.FAST_ERROR_BOUND
 
 
 @pytest.mark.parametrize("kind", [TP("partial", resident_blocks=1), TP("block_offload"), TP("disk_offload")],

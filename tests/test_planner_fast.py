@@ -212,3 +212,13 @@ def test_compile_in_the_plan_and_its_description():
         ComponentPlan("text_encoder", "fp8_fast", "gpu")
     with pytest.raises(TypeError, match="compile must be a bool"):
         ComponentPlan("transformer", "bf16", "resident", compile="yes")
+
+
+def test_the_oom_ladder_keeps_compile_until_leaf_offload():
+    from planner.fallback import ladder
+
+    for precision in ("bf16", "fp8_fast"):
+        rungs = [r.component("transformer") for r in ladder(simple_plan("cuda", precision, "resident", compile=True), "denoise", 40)]
+        kinds = [(t.placement, t.compile) for t in rungs if t.precision == precision]
+        assert kinds[0] == ("partial", True) and ("block_offload", True) in kinds
+        assert ("leaf_offload", False) in kinds and ("leaf_offload", True) not in kinds

@@ -4,11 +4,12 @@ Random weights in the real Wan2.1 shapes, built on the GPU. Every ratio is a ste
 the eager bf16 all-on-GPU step measured in the same process; budgets are simulated with
 `torch.cuda.set_per_process_memory_fraction`. Per model, in this order (GPU time is the constraint):
 
-1. the eager bf16 floor at 480p, then the same model compiled (regional compile: lowvram.placement.compile);
+1. the eager bf16 floor at 480p, then the same model compiled (regional compile: lowvram.placement.compile), cold,
+   then once more after dynamo forgot it (a warm compile: inductor's FX graph cache has it);
 2. the same weights quantized in place to fp8_fast, compiled (speed and per-forward error against the floor's
    output); int8_fast's per-forward error from one eager forward, and its speed from a compiled FFN of the
-   model's sides against bf16 (planner.calibration.ffn_levels: the planner's FAST_LINEAR_FACTOR). int8_fast
-   enters the planner only if that FFN runs faster than bf16;
+   14B's sides against bf16 (planner.calibration.ffn_levels: the planner's FAST_LINEAR_FACTOR; the largest
+   matmuls are where int8 gains most). int8_fast enters the planner only if that FFN runs faster than bf16;
 3. at each budget, the planner's plan and its bf16-only plan (--min-precision bf16), placed by lowvram.placement
    on fresh modules over host copies of the bf16 and fp8 weights (no quantizing on the CPU), compiled graphs
    reused from step 1-2 (same shapes: no new compile);
@@ -68,6 +69,8 @@ class FastSetup:
     floor_iters: dict = field(default_factory=lambda: {"14b": 2, "1.3b": 3})
     upstream: tuple[str, ...] = UPSTREAM
     leaf_compile_models: tuple[str, ...] = ("1.3b",)
+    ffn_models: tuple[str, ...] = ("14b",)  # the FFN speed measurement, on these models' sides
+    ffn_levels: tuple[str, ...] = ("int8_fast",)  # fp8's speed is measured on the whole model already
     # (model, resolution, budget, prefs name) -> Plan; default: the planner on a probe of this GPU
     plan_fn: Optional[Callable[..., Any]] = None
     text_tokens: int = 512
@@ -76,10 +79,19 @@ class FastSetup:
 
 
 def _planner_plan(model: str, resolution: str, budget: float, prefs_name: str, ram_gib: float):
-    from planner.choose import Preferences, plan_for_job
+    """The planner's plan on a probe of this GPU with the budget as its VRAM. Its compile records count (as they
+    do for `lowvram generate` on this machine): steps 1-2 compiled these shapes in this process, so the plans
+    see a warm compile, as a user's second video does."""
+    from lowvram.models.specs import spec_for_model
+    from planner.calibration import warm_compiles
+    from planner.choose import Preferences, make_plan
 
     prefs = Preferences(min_quant="bf16") if prefs_name == "bf16_only" else Preferences()
-    return plan_for_job(bench_job(model, resolution), probe=bench_probe(budget, ram_gib), prefs=prefs).plan
+    job = bench_job(model, resolution)
+    probe = bench_probe(budget, ram_gib)
+    spec = spec_for_model(MODEL_NAMES[model])
+    warm = warm_compiles(spec, spec.tokens(job.width, job.height, job.frames), probe.gpu_name)
+    return make_plan(probe, spec, job, prefs, warm_precisions=warm).plan
 
 
 def predicted_step(plan, model: str, resolution: str, ram_gib: float) -> Optional[float]:
@@ -209,6 +221,11 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
     r = _run(_case(model, "480p", None, "compiled_bf16", setup), _kept("compiled_bf16", keep), setup, model, log=log)
     r["error_vs_eager_bf16"] = rel_error(keep.out, ref)
     data["resident"]["bf16"] = r
+    # a warm compile: dynamo forgets the graph, inductor's FX graph cache still has it (a later run's cost)
+    torch._dynamo.reset()
+    warm = _run(_case(model, "480p", None, "compiled_bf16_warm", setup), _kept("compiled_bf16_warm", keep), setup, model,
+                iters=1, log=log)
+    data["warm_compile_seconds"] = warm.get("warmup_extra_seconds")
     save()
     host = {"bf16": HostCopy.of(gpu, meta)}
 
@@ -238,13 +255,15 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
         save()
     del gpu
     clean_cuda()
-    dims = config or TRANSFORMERS[model]
-    inner = dims["num_attention_heads"] * dims["attention_head_dim"]
-    from planner.calibration import ffn_levels
+    if model in setup.ffn_models:
+        from planner.calibration import ffn_levels
 
-    data["ffn"] = ffn_levels(tokens(*setup.shapes["480p"]), inner, dims["ffn_dim"], setup.levels, device)
-    clean_cuda()
-    save()
+        dims = config or TRANSFORMERS[model]
+        inner = dims["num_attention_heads"] * dims["attention_head_dim"]
+        data["ffn"] = ffn_levels(tokens(*setup.shapes["480p"]), inner, dims["ffn_dim"], setup.ffn_levels, device)
+        log(f"[{model}] FFN compiled vs bf16: {data['ffn']}")
+        clean_cuda()
+        save()
 
     # 3-5. the plans at each budget and resolution, the upstream recipes once
     floor_of = {"480p": floor}
@@ -349,6 +368,37 @@ def run_fast(setup: FastSetup, log: Callable[[str], None] = print, save: Callabl
     return data
 
 
+def predicted_table(ram_gib: float = 64.0, gpu_name: str = "NVIDIA H200", cc: tuple[int, int] = (9, 0),
+                    warm: bool = True) -> list[dict]:
+    """What the time model predicts for the table on a what-if GPU (no GPU needed): per case, the planner's plan
+    and its bf16-only plan, each step over the eager bf16 resident step. `warm`: the compile records of a run
+    that compiled these shapes before (as the benchmark's plans see them)."""
+    from lowvram.models.specs import spec_for_model
+    from planner.choose import Preferences, make_plan
+    from planner.estimate import forward_seconds
+    from planner.plan import ComponentPlan, Plan
+    from planner.probe import synthetic_probe
+    from planner.timing import throughput_for
+
+    rows = []
+    for (model, res, budget), target in FAST_TARGETS.items():
+        spec = spec_for_model(MODEL_NAMES[model])
+        h, w, f = RESOLUTIONS[res]
+        n = spec.tokens(w, h, f)
+        probe = synthetic_probe(budget, ram_gib, gpu_name=gpu_name, compute_capability=cc)
+        tp = throughput_for(probe)
+        eager = ComponentPlan("transformer", "bf16", "resident")
+        floor = forward_seconds(Plan("cuda", (eager,)), eager, spec, n, tp)
+        row = dict(model=model, resolution=res, budget_gib=budget, target=target)
+        for name, prefs in (("planner", Preferences()), ("bf16_only", Preferences(min_quant="bf16"))):
+            plan = make_plan(probe, spec, bench_job(model, res), prefs,
+                             warm_precisions=("bf16", "fp8_fast") if warm else ()).plan
+            t = plan.component("transformer")
+            row[name] = dict(plan=t.describe(), ratio=forward_seconds(plan, t, spec, n, tp) / floor)
+        rows.append(row)
+    return rows
+
+
 def fit_fast(data: dict) -> dict:
     """What planner/constants.py should say after this run: compile factor (resident, from the compiled bf16
     step), FAST_LINEAR_FACTOR per level (from the FFN), FAST_LEVEL_ERROR per level (the worst model), the
@@ -371,5 +421,8 @@ def fit_fast(data: dict) -> dict:
                 warmups.append(r["warmup_extra_seconds"])
     if warmups:
         out["COMPILE_SECONDS_COLD"] = max(warmups)
+    warm = [m["warm_compile_seconds"] for m in data.get("models", {}).values() if m.get("warm_compile_seconds") is not None]
+    if warm:
+        out["COMPILE_SECONDS_WARM"] = max(warm)
     return out
 
