@@ -78,18 +78,28 @@ class FastSetup:
     shapes: dict = field(default_factory=lambda: dict(RESOLUTIONS))
 
 
-def _planner_plan(model: str, resolution: str, budget: float, prefs_name: str, ram_gib: float):
-    """The planner's plan on a probe of this GPU with the budget as its VRAM. Its compile records count (as they
-    do for `lowvram generate` on this machine): steps 1-2 compiled these shapes in this process, so the plans
-    see a warm compile, as a user's second video does."""
+def second_run_spec(model: str):
+    """The model's spec as a user's second video sees it: its quantized weights are in lowvram's cache (the
+    first run quantized them), so planning counts no quantizing time."""
+    from dataclasses import replace
+
     from lowvram.models.specs import spec_for_model
+
+    spec = spec_for_model(MODEL_NAMES[model])
+    return replace(spec, quantized_cached=tuple((d.name, level) for d in spec.denoisers for level in FAST_LEVELS))
+
+
+def _planner_plan(model: str, resolution: str, budget: float, prefs_name: str, ram_gib: float):
+    """The planner's plan on a probe of this GPU with the budget as its VRAM, for a second video of the job: the
+    quantized weights cached (second_run_spec), and the compile records of this machine counting, as they do
+    for `lowvram generate` here (steps 1-2 compiled these shapes in this process: a warm compile)."""
     from planner.calibration import warm_compiles
     from planner.choose import Preferences, make_plan
 
     prefs = Preferences(min_quant="bf16") if prefs_name == "bf16_only" else Preferences()
     job = bench_job(model, resolution)
     probe = bench_probe(budget, ram_gib)
-    spec = spec_for_model(MODEL_NAMES[model])
+    spec = second_run_spec(model)
     warm = warm_compiles(spec, spec.tokens(job.width, job.height, job.frames), probe.gpu_name)
     return make_plan(probe, spec, job, prefs, warm_precisions=warm).plan
 
@@ -371,9 +381,8 @@ def run_fast(setup: FastSetup, log: Callable[[str], None] = print, save: Callabl
 def predicted_table(ram_gib: float = 64.0, gpu_name: str = "NVIDIA H200", cc: tuple[int, int] = (9, 0),
                     warm: bool = True) -> list[dict]:
     """What the time model predicts for the table on a what-if GPU (no GPU needed): per case, the planner's plan
-    and its bf16-only plan, each step over the eager bf16 resident step. `warm`: the compile records of a run
-    that compiled these shapes before (as the benchmark's plans see them)."""
-    from lowvram.models.specs import spec_for_model
+    and its bf16-only plan for a second video (as the benchmark plans them), each step over the eager bf16
+    resident step. `warm`: the compile records of a run that compiled these shapes before."""
     from planner.choose import Preferences, make_plan
     from planner.estimate import forward_seconds
     from planner.plan import ComponentPlan, Plan
@@ -382,7 +391,7 @@ def predicted_table(ram_gib: float = 64.0, gpu_name: str = "NVIDIA H200", cc: tu
 
     rows = []
     for (model, res, budget), target in FAST_TARGETS.items():
-        spec = spec_for_model(MODEL_NAMES[model])
+        spec = second_run_spec(model)
         h, w, f = RESOLUTIONS[res]
         n = spec.tokens(w, h, f)
         probe = synthetic_probe(budget, ram_gib, gpu_name=gpu_name, compute_capability=cc)
