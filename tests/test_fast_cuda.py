@@ -6,20 +6,18 @@ that are multiples of 16), placed by lowvram.placement as the runner does; no re
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 
 from planner import constants as C
-from plans import TP, plan_with
+from plans import TP
+from test_fast_quant import TINY as CPU_TINY
+from test_fast_quant import rel
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)"),
               pytest.mark.filterwarnings("ignore::UserWarning")]
 
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
-            text_dim=32, freq_dim=256, ffn_dim=64, num_layers=3, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=1024)
+TINY = dict(CPU_TINY, num_layers=3)
 KINDS = {
     "resident": TP("resident"),
     "partial": TP("partial", resident_blocks=1),
@@ -35,9 +33,9 @@ def levels() -> list[str]:
 
 
 def fresh():
+    torch.manual_seed(0)
     from diffusers import WanTransformer3DModel
 
-    torch.manual_seed(0)
     return WanTransformer3DModel(**TINY).to(torch.bfloat16).eval().requires_grad_(False)
 
 
@@ -49,26 +47,11 @@ def inputs() -> dict:
 
 
 def forward(precision: str, kind: dict, compile: bool) -> torch.Tensor:
-    from lowvram import placement
-    from lowvram.bench.recipes import BenchPipe
+    """Two forwards (the second after the prefetch chain is set up), equal; the GPU empty after leaving."""
+    from test_fast_quant import placed_forward
 
-    plan = plan_with("cuda", precision=precision, transformer=kind, components=("transformer",))
-    plan = replace(plan, components=tuple(replace(c, compile=compile) for c in plan.components))
-    pipe = BenchPipe(transformer=fresh())
-    placement.prepare(pipe, plan)
-    try:
-        placement.enter_stage(pipe, plan, "denoise")
-        with torch.no_grad():
-            out = [pipe.transformer(**inputs())[0].float().cpu() for _ in range(2)]  # the second after prefetch is set up
-        assert torch.equal(out[0], out[1])
-        return out[1]
-    finally:
-        placement.leave_all(pipe)
-        assert placement.describe_device_state(pipe)["gpu_bytes"] == 0
-
-
-def rel(a, b) -> float:
-    return float((a - b).norm() / b.norm())
+    out, _ = placed_forward(precision, kind, compile, inputs(), device="cuda", model=fresh, forwards=2)
+    return out
 
 
 @pytest.fixture(scope="module")

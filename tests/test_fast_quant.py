@@ -46,23 +46,29 @@ def tiny_inputs(seed: int = 1) -> dict:
                 encoder_hidden_states=torch.randn(1, 8, 32, generator=gen).to(torch.bfloat16), return_dict=False)
 
 
-def placed_forward(plan_precision: str, kind: dict, compile: bool, inputs: dict):
-    """One forward of the tiny transformer placed by lowvram.placement (a CPU plan) at a precision."""
+def placed_forward(plan_precision: str, kind: dict, compile: bool, inputs: dict, device: str = "cpu",
+                   model=tiny_transformer, forwards: int = 1):
+    """The tiny transformer placed by lowvram.placement at a precision; its last of `forwards` forwards (the
+    same each time) and where its bytes were."""
     from dataclasses import replace
 
     from lowvram import placement
     from lowvram.bench.recipes import BenchPipe
 
-    plan = plan_with("cpu", precision=plan_precision, transformer=kind, components=("transformer",))
+    plan = plan_with(device, precision=plan_precision, transformer=kind, components=("transformer",))
     plan = replace(plan, components=tuple(replace(c, compile=compile) for c in plan.components))
-    pipe = BenchPipe(transformer=tiny_transformer())
+    pipe = BenchPipe(transformer=model())
     placement.prepare(pipe, plan)
     try:
         placement.enter_stage(pipe, plan, "denoise")
         with torch.no_grad():
-            return pipe.transformer(**inputs)[0].float(), placement.describe_device_state(pipe)
+            outs = [pipe.transformer(**inputs)[0].float().cpu() for _ in range(forwards)]
+        state = placement.describe_device_state(pipe)
     finally:
         placement.leave_all(pipe)
+    assert all(torch.equal(o, outs[0]) for o in outs)
+    assert placement.describe_device_state(pipe)["gpu_bytes"] == 0  # nothing left on a GPU after leaving
+    return outs[-1], state
 
 
 def rel(a, b) -> float:

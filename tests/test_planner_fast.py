@@ -9,7 +9,8 @@ import pytest
 
 from lowvram.job import Job
 from planner import constants as C
-from planner.calibration import Calibration, load_calibration, record_compile, save_calibration, warm_compiles
+from lowvram.placement.compile_records import compile_key, record_compile
+from planner.calibration import Calibration, load_calibration, save_calibration, warm_compiles
 from planner.choose import Preferences, make_plan
 from planner.estimate import forward_seconds
 from planner.plan import ComponentPlan, Plan, simple_plan
@@ -132,8 +133,6 @@ def test_compile_records_mark_a_job_warm(tmp_path):
     tokens = spec.tokens(832, 480, 81)
     path = tmp_path / "records.json"
     assert warm_compiles(spec, tokens, "NVIDIA H200", path) == ()
-    from planner.calibration import compile_key
-
     d = spec.dims
     record_compile(compile_key(d.dim, d.ffn_dim, d.heads, d.has_image_branch, "fp8_fast", tokens, "NVIDIA H200"), 41.5, path)
     assert warm_compiles(spec, tokens, "NVIDIA H200", path) == ("fp8_fast",)

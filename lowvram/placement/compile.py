@@ -15,7 +15,7 @@ its recompile limit (REFERENCE.md); ComponentPlan refuses compile there.
 The compile cache: inductor's FX graph cache (and the Triton kernels under it) is kept in lowvram's cache
 folder, `<cache>/compile/inductor` (TORCHINDUCTOR_CACHE_DIR, unless the user set it), so a later run of the
 same shapes loads the compiled kernels instead of compiling them again. The first compiled call of a shape
-is recorded (planner.calibration.record_compile) so that the planner can predict a warm compile.
+is recorded (lowvram.placement.compile_records) so that the planner can predict a warm compile.
 
 A compile that fails (no C compiler, an inductor bug) is not the user's problem: the blocks fall back to
 eager with one warning and the run goes on. Out-of-memory errors are never swallowed.
@@ -102,7 +102,7 @@ class CompiledForward:
         return out
 
     def _record(self, shape, args: tuple, kwargs: dict, seconds: float) -> None:
-        from planner.calibration import record_compile
+        from lowvram.placement.compile_records import record_compile
 
         with self.state.lock:
             if shape in self.state.seen:
@@ -130,7 +130,7 @@ def _compile_errors() -> tuple:
 
 def _shape_key(eager: Callable, args: tuple, kwargs: dict, precision: str) -> Optional[str]:
     """The compile record key of this call (the block's shape, the tokens, the device), or None."""
-    from planner.calibration import compile_key
+    from lowvram.placement.compile_records import compile_key
 
     block = getattr(eager, "__self__", None)
     hidden = args[0] if args else kwargs.get("hidden_states")
