@@ -16,7 +16,7 @@ from lowvram.errors import UserError
 from lowvram.job import Job
 from planner import constants as C
 from planner import memory as M
-from planner.estimate import compile_seconds, forward_seconds, guidance_for, passes_for, phase_steps, predict, shift_for
+from planner.estimate import forward_seconds, guidance_for, passes_for, phase_steps, predict, shift_for
 from planner.plan import (
     FAST_LEVELS,
     FAST_STORAGE,

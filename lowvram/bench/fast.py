@@ -243,7 +243,7 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
     apply_compile(gpu, False)
     for level in setup.levels:
         if level != setup.levels[0]:
-            del gpu
+            gpu = None  # the previous level's weights leave the GPU first
             clean_cuda()
             gpu = host["bf16"].fresh().to(device)
         try:
@@ -263,7 +263,7 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
             host[level] = HostCopy.of(gpu, meta)
         log(f"[{model}] {level}: per-forward error vs eager bf16 {data['errors'][level]}")
         save()
-    del gpu
+    gpu = None
     clean_cuda()
     if model in setup.ffn_models:
         from planner.calibration import ffn_levels
