@@ -16,8 +16,19 @@ from lowvram.errors import UserError
 from lowvram.job import Job
 from planner import constants as C
 from planner import memory as M
-from planner.estimate import guidance_for, phase_steps, predict, shift_for
-from planner.plan import PHASE_LABEL, PHASE_OF, ComponentPlan, Plan, StagePeak, component_label, config_key, plain
+from planner.estimate import forward_seconds, guidance_for, passes_for, phase_steps, predict, shift_for
+from planner.plan import (
+    FAST_LEVELS,
+    FAST_STORAGE,
+    PHASE_LABEL,
+    PHASE_OF,
+    ComponentPlan,
+    Plan,
+    StagePeak,
+    component_label,
+    config_key,
+    plain,
+)
 from planner.probe import GIB, HardwareProbe, describe_probe
 from planner.spec import ModelSpec
 from planner.timing import Throughput, throughput_for
@@ -33,8 +44,11 @@ MAX_RUNNERS_UP = 3
 class Preferences:
     """What the user allows and wants. Sizes in bytes; caps limit what the planner may use.
 
-    prefer="speed": the fastest plan, higher precision within a 3% tie. prefer="quality": float32 denoisers
-    become candidates and the most precise plan that fits wins, the fastest among equals.
+    prefer="speed": the fastest plan, higher precision within a 3% tie; torchao's fp8 / int8 matmuls
+    (fp8_fast, int8_fast) are candidates when their per-forward error is within `max_error` and their
+    storage level is allowed by `min_quant`. prefer="quality": float32 denoisers become candidates, fast
+    matmuls do not, and the most precise plan that fits wins, the fastest among equals. `compile`: regional
+    compile of the denoisers' blocks may be planned (it is chosen only where the job amortizes it).
     """
 
     min_quant: str = "int4"  # the lowest precision allowed for the denoisers
@@ -43,6 +57,8 @@ class Preferences:
     vram_cap: Optional[int] = None
     ram_cap: Optional[int] = None
     prefer: Literal["speed", "quality"] = "speed"
+    compile: bool = True
+    max_error: float = C.FAST_ERROR_BOUND
 
     def __post_init__(self) -> None:
         if self.min_quant not in QUANT_ORDER:
@@ -56,6 +72,9 @@ class Preferences:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserError(f"{name} must be a positive number of bytes, got {value}; leave it unset for no cap.")
+        if not (0 <= self.max_error < 1):
+            raise UserError(f"max_error {self.max_error!r} is a relative error per forward between 0 and 1 "
+                            f"(default {C.FAST_ERROR_BOUND}); 0 keeps fp8/int8 matmuls out.")
 
     @property
     def allowed_quants(self) -> tuple[str, ...]:
@@ -63,7 +82,13 @@ class Preferences:
 
     @property
     def denoiser_precisions(self) -> tuple[str, ...]:
-        return (("fp32",) if self.prefer == "quality" else ()) + QUANT_ORDER
+        if self.prefer == "quality":
+            return ("fp32",) + QUANT_ORDER
+        return QUANT_ORDER + FAST_LEVELS
+
+    def allows(self, precision: str) -> bool:
+        """Within --min-precision (a fast level by its 8-bit storage)."""
+        return FAST_STORAGE.get(precision, precision) in self.allowed_quants
 
 
 @dataclass(frozen=True)
@@ -129,13 +154,30 @@ def _with_prediction(plan: Plan, spec: ModelSpec, job: Job, tp: Throughput, budg
     return replace(plan, predicted=stages, predicted_seconds=seconds)
 
 
-def _denoiser_placements(spec: ModelSpec, precision: str, tokens: int, budget: Budget) -> list[ComponentPlan]:
-    out = [ComponentPlan("transformer", precision, "resident")]
+# Precisions whose blocks may be compiled. quanto's weight-only levels stay eager (kept for saving memory;
+# their speed compiled is not measured), so do single files kept as stored.
+COMPILED_PRECISIONS = ("fp32", "bf16") + FAST_LEVELS
+
+
+def _compile_options(precision: str, placement: str, prefs: Preferences) -> tuple[bool, ...]:
+    """Eager and/or compiled. Fast levels only compiled (eager they are slower than bf16); never under leaf
+    offload (no gain: its hooks split every block); nothing compiled when the user turned compile off."""
+    if precision in FAST_LEVELS:
+        return (True,) if prefs.compile and placement != "leaf_offload" else ()
+    if prefs.compile and precision in COMPILED_PRECISIONS and placement != "leaf_offload":
+        return (False, True)
+    return (False,)
+
+
+def _denoiser_placements(spec: ModelSpec, precision: str, tokens: int, budget: Budget,
+                         prefs: Preferences = Preferences()) -> list[ComponentPlan]:
+    kinds = [ComponentPlan("transformer", precision, "resident")]
+    # the most blocks that fit beside the streamed ones: resident blocks never cost time, so use the VRAM there is
     k = M.partial_blocks(spec, "transformer", precision, tokens, budget.vram)
     if 0 < k < spec.transformer.num_blocks:
-        out.append(ComponentPlan("transformer", precision, "partial", resident_blocks=k))
-    out += [ComponentPlan("transformer", precision, kind) for kind in ("block_offload", "leaf_offload", "disk_offload")]
-    return out
+        kinds.append(ComponentPlan("transformer", precision, "partial", resident_blocks=k))
+    kinds += [ComponentPlan("transformer", precision, kind) for kind in ("block_offload", "leaf_offload", "disk_offload")]
+    return [replace(cp, compile=c) for cp in kinds for c in _compile_options(precision, cp.placement, prefs)]
 
 
 def denoiser_options(spec: ModelSpec, job: Job, budget: Budget, prefs: Preferences) -> list[tuple[ComponentPlan, ...]]:
@@ -147,7 +189,7 @@ def denoiser_options(spec: ModelSpec, job: Job, budget: Budget, prefs: Preferenc
     # an fp8 / GGUF single file runs as stored (its bf16 weights are not there to quantize otherwise)
     precisions = ("stored",) if stored is not None and stored.dequant_bytes_per_param > 0 else prefs.denoiser_precisions
     for precision in precisions:
-        for cp in _denoiser_placements(spec, precision, tokens, budget):
+        for cp in _denoiser_placements(spec, precision, tokens, budget, prefs):
             if not spec.two_experts:
                 out.append((cp,))
                 continue
@@ -177,8 +219,16 @@ def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Prefe
 def _rule_out(plan: Plan, spec: ModelSpec, prefs: Preferences, probe: HardwareProbe, tp: Throughput) -> str:
     """Reasons that are not about the budget."""
     d = plan.denoisers[0]
-    if d.precision not in ("fp32", "stored") and d.precision not in prefs.allowed_quants:
+    if d.precision not in ("fp32", "stored") and not prefs.allows(d.precision):
         return f"below the lowest precision allowed ({prefs.min_quant})"
+    if d.fast:
+        error = C.FAST_LEVEL_ERROR[d.precision]
+        if error > prefs.max_error:
+            return (f"{d.precision}'s per-forward error {error:.1%} vs bf16 is above the bound "
+                    f"{prefs.max_error:.1%} (--max-error)")
+        unavailable = tp.fast_unavailable(d.precision)
+        if unavailable:
+            return unavailable
     if plan.component("text_encoder").precision != "bf16" and prefs.min_quant == "bf16":
         return "text encoder int8 is below the lowest precision allowed (bf16)"
     if d.precision == "fp8" and not tp.fp8_fast:
@@ -215,7 +265,10 @@ def over_budget(plan: Plan, budget: Budget) -> str:
     return "; ".join(reasons)
 
 
-PRECISION_RANK = {p: i for i, p in enumerate(("fp32", "bf16", "stored", "fp8", "int8", "int4"))}
+# Most precise first. torchao's fast levels round the activations too; they rank below quanto's 8-bit
+# weight-only levels and above int4. Conservative: on the CPU's tiny shapes fp8_fast measured 1.0-1.2% per
+# forward against quanto fp8's 2.5-2.9% (planner.constants.FAST_LEVEL_ERROR); the rank only breaks near-ties.
+PRECISION_RANK = {p: i for i, p in enumerate(("fp32", "bf16", "stored", "fp8", "int8", "fp8_fast", "int8_fast", "int4"))}
 
 
 def precision_key(plan: Plan) -> tuple:
@@ -269,13 +322,15 @@ def cpu_plan(spec: ModelSpec, job: Job, tp: Throughput, cache=None) -> Plan:
 
 
 def make_plan(probe: HardwareProbe, spec: ModelSpec, job: Job, prefs: Preferences = Preferences(),
-              calibration=None, suggest_smaller: bool = True, cache=None) -> PlanResult:
+              calibration=None, suggest_smaller: bool = True, cache=None,
+              warm_precisions: tuple[str, ...] = ()) -> PlanResult:
     """The fastest plan that fits this machine, with every candidate and an explanation. `cache`: the calls
     the job's step cache computes (lowvram.caching CallCounts), when known: time counts only those.
+    `warm_precisions`: precisions this job's blocks were compiled at before (a cheaper compile).
 
     Raises NoPlanFits naming what is short and what would fit (with `suggest_smaller`, a smaller job too).
     """
-    tp = throughput_for(probe, calibration)
+    tp = throughput_for(probe, calibration, warm_precisions)
     budget = Budget.of(probe, prefs)
     if probe.has_gpu:
         candidates = gpu_candidates(spec, job, probe, prefs, tp, budget, cache)
@@ -286,7 +341,8 @@ def make_plan(probe: HardwareProbe, spec: ModelSpec, job: Job, prefs: Preference
         raise _no_plan_fits(probe, spec, job, prefs, calibration, candidates, budget, suggest_smaller)
     chosen = pick(fitting, prefs.prefer).plan
     chosen = replace(chosen, reasons=chosen.reasons + _choice_reasons(chosen, fitting, tp, prefs)
-                     + idle_reasons(chosen, candidates, budget))
+                     + idle_reasons(chosen, candidates, budget)
+                     + why_denoiser(chosen, candidates, spec, job, tp, prefs, budget))
     lines = explain(probe, spec, job, budget, tp, chosen, candidates)
     return PlanResult(plan=chosen, candidates=tuple(candidates), explanation=tuple(lines))
 
@@ -328,15 +384,17 @@ def idle_reasons(chosen: Plan, candidates: list[Candidate], budget: Budget) -> t
 def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Preferences = Preferences(),
                  calibration=None, cache=None, inputs: bool = True) -> PlanResult:
     """What generate and the TUI call: probe this machine (unless given), read the model's spec, plan."""
-    from planner.calibration import load_calibration
+    from planner.calibration import load_calibration, warm_compiles
     from planner.probe import probe_hardware
     from lowvram.models.specs import spec_for_model
 
     spec = spec_for_model(job.model, job.base)
     check_job(job, spec, inputs)
+    measured = probe is None  # this machine: its compile records count (a what-if machine has none)
     probe = probe if probe is not None else probe_hardware()
     calibration = calibration if calibration is not None else load_calibration()
-    return make_plan(probe, spec, job, prefs, calibration, cache=cache)
+    warm = warm_compiles(spec, spec.tokens(job.width, job.height, job.frames), probe.gpu_name) if measured else ()
+    return make_plan(probe, spec, job, prefs, calibration, cache=cache, warm_precisions=warm)
 
 
 def check_job(job: Job, spec: ModelSpec, inputs: bool = True) -> None:
@@ -347,6 +405,119 @@ def check_job(job: Job, spec: ModelSpec, inputs: bool = True) -> None:
     problems = job_problems(job, spec, inputs)
     if problems:
         raise UserError(f"Invalid job for {spec.name}:\n  - " + "\n  - ".join(problems))
+
+
+# --- Why the denoisers run as they do, in words ------------------------------------------------------------
+
+
+def _twin(chosen: Plan, candidates: list[Candidate], **change) -> Optional[Candidate]:
+    """The candidate that differs from the chosen plan only in the denoisers' fields `change`."""
+    key = (chosen.device, tuple(replace(c, **change) if c.role == "denoiser" else c for c in chosen.components))
+    return next((c for c in candidates if config_key(c.plan) == key), None)
+
+
+def _best_at(candidates: list[Candidate], precision: str) -> Optional[Candidate]:
+    """The best candidate whose denoisers run at `precision` (fitting first, then the fastest)."""
+    at = [c for c in candidates if c.plan.denoisers and c.plan.denoisers[0].precision == precision]
+    return _best(at) if at else None
+
+
+def _forwards(spec: ModelSpec, job: Job) -> int:
+    steps = phase_steps(spec, job)
+    return sum(n * passes_for(guidance_for(spec, job, name)) for name, n in steps.items())
+
+
+def why_denoiser(chosen: Plan, candidates: list[Candidate], spec: ModelSpec, job: Job, tp: Throughput,
+                 prefs: Preferences, budget: Budget) -> tuple[str, ...]:
+    """Precision, placement and compile of the chosen denoisers, each with its reason (GPU plans)."""
+    if chosen.device != "cuda" or not chosen.denoisers:
+        return ()
+    return (_why_precision(chosen, candidates, tp, prefs), _why_placement(chosen, spec, job, tp, budget),
+            _why_compile(chosen, candidates, spec, job, tp, prefs))
+
+
+def _why_precision(chosen: Plan, candidates: list[Candidate], tp: Throughput, prefs: Preferences) -> str:
+    d = chosen.denoisers[0]
+    if d.fast:
+        what = "fp8" if d.precision == "fp8_fast" else "int8"
+        text = (f"precision {d.precision}: the blocks' matmuls run in {what} (torchao, activations and weights "
+                f"quantized per row), per-forward error {C.FAST_LEVEL_ERROR[d.precision]:.1%} vs bf16 "
+                f"(bound {prefs.max_error:.1%}); matmuls x{tp.fast_factor(d.precision):.2f} ({tp.fast_source})")
+        bf16 = _best_at(candidates, "bf16")
+        if bf16 is not None and bf16.fits and bf16.plan.predicted_seconds > chosen.predicted_seconds:
+            text += f", {100 * (1 - chosen.predicted_seconds / bf16.plan.predicted_seconds):.0f}% faster than bf16 here"
+        return text
+    if prefs.prefer == "quality":
+        return f"precision {d.precision}: --prefer quality (no fp8/int8 matmuls; the most precise plan that fits)"
+    # why no fast level: the first reason among them
+    reasons = []
+    for level in FAST_LEVELS:
+        why = tp.fast_unavailable(level)
+        if not why and C.FAST_LEVEL_ERROR[level] > prefs.max_error:
+            why = f"{level}'s per-forward error {C.FAST_LEVEL_ERROR[level]:.1%} is above the bound {prefs.max_error:.1%}"
+        if not why and not prefs.allows(level):
+            why = f"{level} is below the lowest precision allowed ({prefs.min_quant})"
+        if not why and not prefs.compile:
+            why = f"{level} is fast only compiled, and compile is off (--no-compile)"
+        if not why:
+            best = _best_at(candidates, level)
+            why = f"{level} was {_verdict(best, chosen)}" if best is not None else f"{level} was not planned"
+        reasons.append(why)
+    return f"precision {d.precision}: " + "; ".join(reasons)
+
+
+def _why_placement(chosen: Plan, spec: ModelSpec, job: Job, tp: Throughput, budget: Budget) -> str:
+    d = chosen.denoisers[0]
+    t = spec.component(d.name)
+    tokens = spec.tokens(job.width, job.height, job.frames)
+    phase_vram = max((s.vram_bytes for s in chosen.predicted if s.stage == "denoise"), default=0)
+    used = f"{gib(phase_vram)} of the {gib(budget.vram)} VRAM budget while denoising"
+    if d.placement == "resident":
+        return f"placement: all {t.num_blocks} blocks resident ({used})"
+    compute = forward_seconds(Plan("cuda", (replace(d, placement="resident", resident_blocks=0),)), replace(
+        d, placement="resident", resident_blocks=0), spec, tokens, tp) / max(1, t.num_blocks)
+    copy = M.block_bytes(t, d.precision) / tp.h2d_pinned
+    hidden = ("the copy of a block hides behind the compute of the one before"
+              if copy <= compute else "copies are slower than compute here, so streamed blocks wait on them")
+    if d.placement == "partial":
+        return (f"placement: {d.resident_blocks} of {t.num_blocks} blocks resident, the rest streamed ({used}; "
+                f"all resident would need {gib(M.denoiser_vram_bytes(spec, replace(d, placement='resident', resident_blocks=0), tokens))}); "
+                f"{hidden}: {1e3 * copy:.0f} ms copy vs {1e3 * compute:.0f} ms compute per block")
+    if d.placement in ("block_offload", "leaf_offload"):
+        return (f"placement: every block streamed ({d.describe_placement()}; {used}); "
+                f"{hidden}: {1e3 * copy:.0f} ms copy vs {1e3 * compute:.0f} ms compute per block")
+    return f"placement: streamed from disk ({used}): RAM does not hold the weights"
+
+
+def _why_compile(chosen: Plan, candidates: list[Candidate], spec: ModelSpec, job: Job, tp: Throughput,
+                 prefs: Preferences) -> str:
+    d = chosen.denoisers[0]
+    forwards = _forwards(spec, job)
+    blocks = spec.component(d.name).num_blocks
+    cost = tp.compile_seconds_for(d.precision)
+    warmth = "from inductor's cache" if d.precision in tp.warm_precisions else "first time at these shapes"
+    if d.compile:
+        text = (f"compile: the {blocks} blocks are compiled once (~{fmt_seconds(cost)}, {warmth}), then each forward's "
+                f"compute runs x{tp.compile_factor(d.placement):.2f}")
+        eager = _twin(chosen, candidates, compile=False)
+        if eager is not None:
+            text += (f": {fmt_seconds(eager.plan.predicted_seconds - chosen.predicted_seconds)} saved over the "
+                     f"job's {forwards} forwards")
+        elif d.fast:
+            text += f" over the job's {forwards} forwards ({d.precision} is fast only compiled: eager, quantizing the activations costs more than it saves)"
+        return text
+    if not prefs.compile:
+        return "compile: off (--no-compile)"
+    if d.placement == "leaf_offload":
+        return "compile: not under leaf offload (its per-layer hooks split every block: no gain)"
+    if d.precision not in COMPILED_PRECISIONS:
+        return f"compile: not planned for {d.precision} weights (quanto / stored files: not measured compiled)"
+    twin = _twin(chosen, candidates, compile=True)
+    if twin is not None and twin.fits:
+        gain = chosen.predicted_seconds + cost - twin.plan.predicted_seconds
+        return (f"compile: not worth it for {forwards} forwards: compiling costs ~{fmt_seconds(cost)} and would save "
+                f"{fmt_seconds(max(0.0, gain))}")
+    return "compile: " + (twin.rejected_reason if twin is not None else "no compiled plan fits")
 
 
 # --- Explanation --------------------------------------------------------------------------------------------
@@ -366,7 +537,7 @@ def _count(n: int) -> str:
 
 def _denoiser_label(plan: Plan) -> str:
     d = plan.denoisers[0]
-    label = f"{d.precision} {d.describe_placement()}"
+    label = f"{d.precision} {d.describe_placement()}" + (", compiled" if d.compile else "")
     return label + (f", idle expert in {'pinned RAM' if d.idle == 'pinned' else 'its weights file'}" if d.idle else "")
 
 
@@ -413,7 +584,7 @@ def _by(cands: list[Candidate], key) -> dict:
 
 def _denoiser_key(plan: Plan) -> tuple:
     d = plan.denoisers[0]
-    return d.precision, d.placement, d.idle
+    return d.precision, d.placement, d.idle, d.compile
 
 
 def _same_denoisers(a: Plan, b: Plan) -> bool:
@@ -440,7 +611,8 @@ def explain(probe: HardwareProbe, spec: ModelSpec, job: Job, budget: Budget, tp:
     lines.append(f"time model: {tp.source}")
     lines.append(f"chosen: {chosen.summary()} ({chosen.device})")
     lines += stage_table(chosen)
-    lines += [f"  why: {r}" for r in chosen.reasons if r.startswith(("idle expert", "the most precise"))]
+    lines += [f"  why: {r}" for r in chosen.reasons
+              if r.startswith(("idle expert", "the most precise", "precision ", "placement: ", "compile: "))]
     if not probe.has_gpu:
         return lines
     others = [c for c in candidates if config_key(c.plan) != config_key(chosen)]

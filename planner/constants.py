@@ -163,6 +163,55 @@ FP32_TIME_FACTOR_DATACENTER = 15.0
 # fp8 matmul needs compute capability 8.9 (Ada, Hopper); below, quanto falls back to slow paths.
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
 
+# --- Regional compile and fast quantized matmuls (issue 13) ------------------------------------------
+# Regional compile (lowvram.placement.compile: torch.compile of each repeated block's forward, offload hooks
+# outside the compiled region): a forward's compute time is multiplied by this, per denoiser placement.
+# REFERENCE.md anchors (H200, 480p): resident x0.83 (1.3B) / x0.86 (14B): the mean. Block offload with streams
+# + compile ran the 1.3B at x0.92 of eager resident where the same recipe eager ran x1.06: upstream copies
+# the non-block part in every forward, which compile does not speed up; on the compute alone that is the
+# same factor (0.83 x 1.0 + 0.06 = 0.89 ~ 0.92), so streamed kinds keep it (the benchmark refits each kind:
+# `python -m lowvram bench fast`). Leaf offload: no gain (its per-layer hooks split the block and hit torch's
+# recompile limit; REFERENCE.md), so the planner never compiles it and ComponentPlan refuses it.
+COMPILE_COMPUTE_FACTOR: dict[str, float] = {"resident": 0.845, "partial": 0.845, "block_offload": 0.845,
+                                            "disk_offload": 0.845, "leaf_offload": 1.0}
+# Compiling the blocks once per process, paid by the first forward of the first denoiser (both experts of a
+# Wan2.2 A14B model have one block shape: one compile). Estimates until the benchmark refits them from its
+# warm-up forwards (`lowvram bench fast`: "compile warm-up s", cold, and "warm_compile_seconds"): inductor
+# compiling one Wan block graph (cold cache) vs dynamo tracing it again and inductor loading it from its FX
+# graph cache under lowvram's cache folder (warm: an earlier run of the same shapes, GPU and torch).
+COMPILE_SECONDS_COLD = 60.0
+COMPILE_SECONDS_WARM = 10.0
+# torchao dynamic activation + weight quantization (per-row scales): the Linear layers' FLOPs run at this
+# fraction of their bf16 time; attention and elementwise work are unchanged. Compiled only: eager, the
+# activation quantization costs more than the faster matmul saves (REFERENCE.md: fp8 without compile x1.25
+# (1.3B) / x1.04 (14B)). fp8: least squares over REFERENCE.md's anchors fp8 + compile x0.78 (1.3B) / x0.72 (14B)
+# against compile alone x0.83 / x0.86, with the Linear share of the FLOPs at 32,760 tokens (0.290 / 0.468,
+# planner.timing.linear_flops): 0.69; each anchor is reproduced within 3.5%. Datasheets give fp8 twice the
+# bf16 rate on both Hopper and Ada, so Ada (RTX 4090) keeps the factor until calibrated. int8: None = not
+# measured faster than bf16 on any GPU yet, so the planner keeps int8_fast out (say so in the plan);
+# `lowvram calibrate` measures both on the user's GPU and the benchmark on the H200.
+FAST_LINEAR_FACTOR: dict[str, float | None] = {"fp8_fast": 0.69, "int8_fast": None}
+FAST_WITHOUT_COMPILE_FACTOR = 1.15  # whole forward, eager: the mean of REFERENCE.md's x1.25 / x1.04
+# The lowest compute capability each fast level runs on: fp8 tensor cores (Ada, Hopper); int8 tensor cores
+# with torch._int_mm (Ampere and up).
+FAST_MIN_COMPUTE_CAPABILITY: dict[str, tuple[int, int]] = {"fp8_fast": (8, 9), "int8_fast": (8, 0)}
+# Weight bytes per Linear parameter of a fast level: 1 byte plus an fp32 scale per output row (about
+# 4 / 5120 on the 14B, 4 / 1536 on the 1.3B). Only the blocks' Linear layers are quantized (the non-block
+# part stays in bf16: its matmuls are tiny and it conditions every block).
+FAST_BYTES_PER_LINEAR_PARAM = 1.003
+# The quantized copy of a Linear layer's input while it computes: the FFN's hidden activation (tokens x
+# ffn_dim) in 1 byte is the largest. Estimate from shapes.
+FAST_ACT_BYTES_PER_TOKEN_FFN = 1.0
+# Per-forward relative error of a fast level against bf16 (||out - out_bf16|| / ||out_bf16||, one transformer
+# forward). Measured on the CPU (tests/test_fast_quant.py's tiny Wan transformer, 2 blocks of 32-wide layers,
+# 3 seeds): fp8_fast 1.02-1.22%, int8_fast 0.50-0.53%; the largest, rounded up. The benchmark measures it on
+# the real shapes (`lowvram bench fast`, "per-forward error") and these are refit from it.
+FAST_LEVEL_ERROR: dict[str, float] = {"fp8_fast": 0.013, "int8_fast": 0.006}
+# The bound the planner uses: a fast level whose per-forward error is above it is not a candidate
+# (--max-error changes it). About twice the error of quanto's fp8 weight-only level, which lowvram allows by
+# default: 2.5-2.9% per forward on the same shapes and seeds (quanto int8: 0.70-0.73%).
+FAST_ERROR_BOUND = 0.05
+
 # --- Reserves and RAM -------------------------------------------------------------------------------
 # VRAM kept free: ComfyUI's reserve for the driver and other programs (0.4-0.6 GB) plus its minimum
 # inference memory (0.8 GB), which here covers the CUDA context and the caching allocator's slack

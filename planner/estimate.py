@@ -173,6 +173,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
 
     # --- denoise (one phase per denoiser) ------------------------------------------------------------
     steps = phase_steps(spec, job)
+    compiled = False  # both experts have one block shape: the first compiled phase pays for both
     for cp in plan.denoisers:
         n = steps.get(cp.name, 0)
         passes = passes_for(guidance_for(spec, job, cp.name))
@@ -187,6 +188,9 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
             vram = 0
             ram += M.transformer_activation_bytes(spec.dims, tokens, cp.dtype)
             seconds = denoise_calls(n, passes, cache, cp.name) * forward_s
+        if cp.compile and not compiled and n > 0:
+            seconds += compile_seconds(plan, tp)
+            compiled = True
         phase = PHASE_OF[cp.name] if plan.two_experts else ""
         stages.append(StagePeak("denoise", vram, ram, seconds, phase))
 
@@ -206,14 +210,33 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     return tuple(stages), sum(s.seconds for s in stages)
 
 
+def compile_seconds(plan: Plan, tp: T.Throughput) -> float:
+    """Compiling the denoisers' blocks once (the first compiled forward pays it; both experts share it)."""
+    compiled = [cp for cp in plan.denoisers if cp.compile]
+    return tp.compile_seconds_for(compiled[0].precision) if compiled and plan.device == "cuda" else 0.0
+
+
+def block_compute_seconds(cp: ComponentPlan, spec: ModelSpec, tokens: int, tp: T.Throughput) -> float:
+    """One block's compute on the GPU at `cp`'s precision, compiled or not (placement-independent part
+    of the compile gain: see forward_seconds)."""
+    flops = T.transformer_block_flops(spec, tokens)
+    if cp.fast and cp.compile:
+        # fp8 / int8 matmuls speed up the Linear FLOPs only; unknown speed (ruled out anyway) counts as bf16
+        linear = T.linear_flops(spec, tokens)
+        factor = tp.fast_factor(cp.precision)
+        return (flops - linear + linear * (factor if factor is not None else 1.0)) / tp.gpu_flops
+    return flops / tp.gpu_flops * tp.time_factor(cp.precision)
+
+
 def forward_seconds(plan: Plan, cp: ComponentPlan, spec: ModelSpec, tokens: int, tp: T.Throughput) -> float:
-    """One forward of denoiser `cp` under its placement."""
+    """One forward of denoiser `cp` under its placement (compiled: its compute at the placement's compile
+    factor; the copies are not faster)."""
     n = spec.dims.num_layers
-    block_flops = T.transformer_block_flops(spec, tokens)
     if plan.device != "cuda":
-        return n * block_flops / tp.cpu_flops
-    factor = tp.time_factor(cp.precision)
-    compute = block_flops / tp.gpu_flops * factor
+        return n * T.transformer_block_flops(spec, tokens) / tp.cpu_flops
+    compute = block_compute_seconds(cp, spec, tokens, tp)
+    if cp.compile:
+        compute *= tp.compile_factor(cp.placement)
     block = M.block_bytes(spec.component(cp.name), cp.precision)
     copy = block / tp.h2d_pinned
     kind = cp.placement
@@ -234,5 +257,5 @@ def forward_seconds(plan: Plan, cp: ComponentPlan, spec: ModelSpec, tokens: int,
     raise ValueError(f"unknown denoiser placement {kind!r}")
 
 
-__all__ = ["cfg_passes", "forward_seconds", "guidance_for", "mapped_bytes", "passes_for",
+__all__ = ["block_compute_seconds", "cfg_passes", "compile_seconds", "forward_seconds", "guidance_for", "mapped_bytes", "passes_for",
            "phase_steps", "predict", "shift_for"]

@@ -6,7 +6,7 @@ The ladder, one rung per call (each rung trades speed for VRAM), per component:
 - text encoder:  gpu -> offload -> cpu
 - image encoder: gpu -> cpu
 - denoiser(s):   resident -> partial (half the blocks resident, halved again on each call while >= 1)
-                 -> block_offload (1 block/group) -> leaf_offload -> int8 weights (last resort, it changes
+                 -> block_offload (1 block/group) -> leaf_offload (not compiled) -> int8 weights (last resort, it changes
                  the numbers; from bf16/fp32 only: fp8 and int8 are already 1 byte, int4 is not worth the
                  quality). Both experts of a two-expert model step down together (they have one shape).
 
@@ -71,7 +71,8 @@ def _leaner_denoiser(cp: ComponentPlan, num_blocks: Optional[int]) -> Optional[C
     if kind == "block_offload":
         if cp.blocks_per_group > 1:
             return dataclasses.replace(cp, blocks_per_group=1)
-        return dataclasses.replace(cp, placement="leaf_offload", blocks_per_group=1)
+        # leaf offload cannot keep the blocks compiled (ComponentPlan): they run eagerly from here on
+        return dataclasses.replace(cp, placement="leaf_offload", blocks_per_group=1, compile=False)
     if cp.precision in ("fp32", "bf16"):  # leaf_offload / disk_offload: only smaller weights are left
         return dataclasses.replace(cp, precision="int8")
     return None

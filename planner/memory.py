@@ -12,7 +12,7 @@ page cache, which the kernel can drop and read again, so they cost time (planner
 from __future__ import annotations
 
 from planner import constants as C
-from planner.plan import PRECISIONS, ComponentPlan, compute_dtype
+from planner.plan import FAST_LEVELS, PRECISIONS, QUANT_LEVELS, ComponentPlan, compute_dtype
 from planner.spec import IMAGE_TOKENS, TEXT_SEQ_LEN, ComponentSpec, ModelSpec, Part, TextEncoderDims, TransformerDims
 
 QUANT_ORDER: tuple[str, ...] = ("bf16", "fp8", "int8", "int4")  # the levels a denoiser may drop to, highest first
@@ -35,7 +35,8 @@ def part_bytes(part: Part, precision: str, param_bytes: int) -> int:
     """Weights of `part`: Linear weights at a quantized level, everything else at `param_bytes`."""
     if precision in ("fp32", "bf16"):
         return part.params * param_bytes
-    linear = part.linear_params * C.QUANT_BYTES_PER_LINEAR_PARAM[precision]
+    per_linear = C.FAST_BYTES_PER_LINEAR_PARAM if precision in FAST_LEVELS else C.QUANT_BYTES_PER_LINEAR_PARAM[precision]
+    linear = part.linear_params * per_linear
     return int(round((part.params - part.linear_params) * param_bytes + linear))
 
 
@@ -52,6 +53,8 @@ def component_bytes(component: ComponentSpec, precision: str = "bf16") -> int:
     stored = _stored(component, precision)
     if stored is not None:
         return stored.rest_bytes + component.num_blocks * stored.block_bytes
+    if precision in FAST_LEVELS:  # only the blocks are quantized
+        return rest_bytes(component, precision) + component.num_blocks * block_bytes(component, precision)
     return part_bytes(component.whole, precision, _param_bytes(component, precision))
 
 
@@ -66,6 +69,8 @@ def rest_bytes(component: ComponentSpec, precision: str = "bf16") -> int:
     stored = _stored(component, precision)
     if stored is not None:
         return stored.rest_bytes
+    if precision in FAST_LEVELS:  # the non-block part stays in bf16 (lowvram.placement.fast_quant)
+        precision = "bf16"
     return part_bytes(component.rest, precision, _param_bytes(component, precision))
 
 
@@ -76,6 +81,8 @@ def largest_leaf_bytes(component: ComponentSpec, precision: str = "bf16") -> int
         per_param = block_bytes(component, precision) / max(1, component.block.params)
     elif precision in ("fp32", "bf16"):
         per_param = _param_bytes(component, precision)
+    elif precision in FAST_LEVELS:
+        per_param = C.FAST_BYTES_PER_LINEAR_PARAM
     else:
         per_param = C.QUANT_BYTES_PER_LINEAR_PARAM[precision]
     return int(round(component.block.largest_linear * per_param))
@@ -163,9 +170,11 @@ def denoiser_vram_bytes(spec: ModelSpec, cp: ComponentPlan, tokens: int) -> int:
     rest = rest_bytes(t, q)
     buffers = C.STREAM_BUFFER_GROUPS if cp.use_stream else 1
     # quanto (and an fp8 / GGUF file) dequantizes one weight at a time for its matmul: a copy of the largest Linear
-    dequant = t.whole.largest_linear * base_bytes(cp.dtype) if cp.quantized else 0
+    dequant = t.whole.largest_linear * base_bytes(cp.dtype) if cp.precision in QUANT_LEVELS else 0
     if cp.precision == "stored":
         dequant = int(t.whole.largest_linear * _stored(t, "stored").dequant_bytes_per_param)
+    if cp.fast:  # torchao quantizes each Linear's input: the FFN's hidden activation is the largest
+        dequant = int(tokens * spec.dims.ffn_dim * C.FAST_ACT_BYTES_PER_TOKEN_FFN)
     kind = cp.placement
     if kind == "resident":
         weights = rest + t.num_blocks * block

@@ -12,12 +12,16 @@ from dataclasses import asdict, dataclass, replace
 from typing import Literal, Optional
 
 # Weight precisions, highest first. "fp32"/"bf16" are compute dtypes; "fp8"/"int8"/"int4" are quanto
-# weight-only storage levels (compute in bf16); "stored" keeps a single-file checkpoint's own format
-# (fp8, GGUF: upcast layer by layer while computing).
-Precision = Literal["fp32", "bf16", "stored", "fp8", "int8", "int4"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "stored", "fp8", "int8", "int4")
+# weight-only storage levels (compute in bf16: they save memory, not time); "stored" keeps a single-file
+# checkpoint's own format (fp8, GGUF: upcast layer by layer while computing). "fp8_fast"/"int8_fast" are
+# torchao's dynamic-activation levels: the blocks' matmuls themselves run in fp8 / int8 (fast only compiled).
+Precision = Literal["fp32", "bf16", "stored", "fp8", "int8", "fp8_fast", "int8_fast", "int4"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "stored", "fp8", "int8", "fp8_fast", "int8_fast", "int4")
 Quant = Literal["bf16", "fp8", "int8", "int4"]  # the levels a user may set as the lowest allowed
-QUANT_LEVELS: tuple[str, ...] = ("fp8", "int8", "int4")
+QUANT_LEVELS: tuple[str, ...] = ("fp8", "int8", "int4")  # quanto, weight-only
+FAST_LEVELS: tuple[str, ...] = ("fp8_fast", "int8_fast")  # torchao, weights and activations
+# The storage level of a fast level: what --min-precision compares it with (its weights are 8-bit too).
+FAST_STORAGE: dict[str, str] = {"fp8_fast": "fp8", "int8_fast": "int8"}
 
 DenoiserPlacement = Literal["resident", "partial", "block_offload", "leaf_offload", "disk_offload"]
 DENOISER_PLACEMENTS: tuple[str, ...] = ("resident", "partial", "block_offload", "leaf_offload", "disk_offload")
@@ -63,8 +67,10 @@ class ComponentPlan:
 
     Denoisers: `placement` is resident | partial (the first `resident_blocks` blocks stay on the GPU, the
     rest are streamed) | block_offload (`blocks_per_group` blocks a group) | leaf_offload | disk_offload;
-    `use_stream` overlaps copies with compute. Text encoder: gpu | offload (no streams) | cpu. Image
-    encoder: gpu | cpu. VAE: gpu | gpu_tiled | cpu. `idle`: see IDLE_PLACES ("" for a single denoiser).
+    `use_stream` overlaps copies with compute; `compile`: its repeated blocks are compiled (regional
+    compile, lowvram.placement.compile; not under leaf_offload, whose per-layer hooks break the graph).
+    Text encoder: gpu | offload (no streams) | cpu. Image encoder: gpu | cpu. VAE: gpu | gpu_tiled | cpu.
+    `idle`: see IDLE_PLACES ("" for a single denoiser).
     """
 
     name: str
@@ -75,10 +81,12 @@ class ComponentPlan:
     use_stream: bool = True
     idle: str = ""
     compute_dtype: str = ""  # "" follows the precision (float32 for fp32, else bfloat16); "float32" for CPU plans
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name, kind in (("name", str), ("precision", str), ("placement", str), ("resident_blocks", int),
-                           ("blocks_per_group", int), ("use_stream", bool), ("idle", str), ("compute_dtype", str)):
+                           ("blocks_per_group", int), ("use_stream", bool), ("idle", str), ("compute_dtype", str),
+                           ("compile", bool)):
             value = getattr(self, name)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise TypeError(f"component {self.name!r}: {name} must be a {kind.__name__}, got {value!r}")
@@ -102,6 +110,17 @@ class ComponentPlan:
             raise ValueError(f"{self.name}: compute_dtype {self.compute_dtype!r} is not float32 or bfloat16")
         if self.precision in QUANT_LEVELS and self.role not in ("denoiser", "text_encoder"):
             raise ValueError(f"{self.name}: only the denoisers and the text encoder can be quantized")
+        if self.precision in FAST_LEVELS and self.role != "denoiser":
+            raise ValueError(f"{self.name}: {self.precision} (fp8/int8 matmuls) is for the denoisers only; "
+                             "use int8 for a smaller text encoder")
+        if self.precision in FAST_LEVELS and self.dtype != "bfloat16":
+            raise ValueError(f"{self.name}: {self.precision} computes in bfloat16; leave compute_dtype empty")
+        if self.compile and self.role != "denoiser":
+            raise ValueError(f"{self.name}: compile applies to the denoisers' repeated blocks only")
+        if self.compile and self.placement == "leaf_offload":
+            raise ValueError(f"{self.name}: compile does not work under leaf_offload (a hook on every layer breaks "
+                             "the compiled block into pieces that torch recompiles per layer); use block_offload "
+                             "or partial with compile, or leaf_offload without it")
 
     @property
     def role(self) -> str:
@@ -114,7 +133,13 @@ class ComponentPlan:
 
     @property
     def quantized(self) -> bool:
-        return self.precision in QUANT_LEVELS
+        """Its weights are quantized at load (quanto's weight-only levels or torchao's fast levels)."""
+        return self.precision in QUANT_LEVELS or self.precision in FAST_LEVELS
+
+    @property
+    def fast(self) -> bool:
+        """Its matmuls run in fp8 / int8 (torchao dynamic activation quantization)."""
+        return self.precision in FAST_LEVELS
 
     @property
     def streamed(self) -> bool:
@@ -148,8 +173,10 @@ class ComponentPlan:
         return self.describe_placement()
 
     def describe(self) -> str:
-        """'bf16 26 blocks resident, ...; waits in pinned RAM'."""
+        """'bf16 26 blocks resident, ..., compiled; waits in pinned RAM'."""
         text = f"{self.precision} {self.describe_placement()}"
+        if self.compile:
+            text += ", compiled"
         if self.idle:
             text += "; waits " + ("in pinned RAM" if self.idle == "pinned" else "in its weights file (memory-mapped)")
         return text
@@ -289,11 +316,13 @@ def describe_change(old: Plan, new: Plan) -> str:
                 changes.append(f"{label} {before.placement} -> {c.placement}")
         if before.idle != c.idle:
             changes.append(f"{label} waits {before.idle or '-'} -> {c.idle or '-'}")
+        if before.compile != c.compile:
+            changes.append(f"{label} {'compiled' if c.compile else 'no longer compiled'}")
     return "; ".join(changes) or "no change"
 
 
 def simple_plan(device: str = "cuda", precision: str = "bf16", placement: str = "resident", *, resident_blocks: int = 0,
-                blocks_per_group: int = 1, use_stream: bool = True, text_encoder: str = "",
+                blocks_per_group: int = 1, use_stream: bool = True, compile: bool = False, text_encoder: str = "",
                 text_encoder_precision: str = "", vae: str = "", source: str = "forced",
                 reasons: tuple[str, ...] = (), components: tuple[str, ...] = ("text_encoder", "transformer", "vae")) -> Plan:
     """A plan from a few settings (benchmarks, tests, forced plans): every denoiser alike, the encoders and VAE
@@ -305,12 +334,14 @@ def simple_plan(device: str = "cuda", precision: str = "bf16", placement: str = 
     out = []
     for name in components:
         role = role_of(name)
-        compute = "float32" if cpu else ""  # CPU plans compute in float32, quantized weights included
+        # CPU plans compute in float32, quanto's quantized weights included (torchao's fast levels: bfloat16)
+        compute = "float32" if cpu and precision not in FAST_LEVELS else ""
         if role == "denoiser":
             out.append(ComponentPlan(name, precision, placement, resident_blocks, blocks_per_group, use_stream,
-                                     compute_dtype=compute))
+                                     compute_dtype=compute, compile=compile))
         elif role == "text_encoder":
             te_precision = text_encoder_precision or (precision if precision in ("fp32", "bf16") else "bf16")
+            compute = "float32" if cpu else ""
             out.append(ComponentPlan(name, te_precision, text_encoder, compute_dtype=compute))
         elif role == "vae":
             out.append(ComponentPlan(name, "fp32", vae))
@@ -347,7 +378,7 @@ def plain(components: list[ComponentPlan]) -> tuple[ComponentPlan, ...]:
 
 
 __all__ = [
-    "ComponentPlan", "DENOISER_PLACEMENTS", "component_label", "IDLE_PLACES", "PHASE_LABEL", "PHASE_OF", "PLACEMENTS", "PRECISIONS",
+    "ComponentPlan", "DENOISER_PLACEMENTS", "FAST_LEVELS", "FAST_STORAGE", "IDLE_PLACES", "PHASE_LABEL", "PHASE_OF", "PLACEMENTS", "PRECISIONS", "component_label",
     "Plan", "QUANT_LEVELS", "Quant", "STAGES", "StagePeak", "compute_dtype", "config_key", "describe_change", "plain",
     "role_of", "fit_to", "simple_plan",
 ]

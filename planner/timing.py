@@ -22,10 +22,50 @@ class Throughput:
     fp8_fast: bool
     source: str  # "calibrated <date>" | "defaults for <gpu class>" | "cpu"
     fp32_factor: float = C.FP32_TIME_FACTOR_CONSUMER  # a float32 forward's time over a bf16 one on this GPU
+    compute_capability: Optional[tuple[int, int]] = None
+    # (placement, factor on a forward's compute when its blocks are compiled), planner.constants by default
+    compile_factors: tuple[tuple[str, float], ...] = tuple(C.COMPILE_COMPUTE_FACTOR.items())
+    # (fast level, factor on the Linear FLOPs' time, compiled; None: not measured faster than bf16 here)
+    fast_linear: tuple[tuple[str, Optional[float]], ...] = tuple(C.FAST_LINEAR_FACTOR.items())
+    compile_seconds: float = C.COMPILE_SECONDS_COLD  # compiling the blocks once, cold
+    warm_precisions: tuple[str, ...] = ()  # compiled before at this job's shapes: inductor's cache has them
+    fast_source: str = "REFERENCE.md anchors (H200)"
 
     def time_factor(self, precision: str) -> float:
-        """A forward's time at `precision` relative to bf16 at the same placement."""
-        return self.fp32_factor if precision == "fp32" else C.QUANT_TIME_FACTOR[precision]
+        """A forward's time at `precision` relative to bf16 at the same placement (quanto's measured
+        factors; a fast level eager, i.e. not compiled)."""
+        if precision == "fp32":
+            return self.fp32_factor
+        if precision in C.FAST_LINEAR_FACTOR:
+            return C.FAST_WITHOUT_COMPILE_FACTOR
+        return C.QUANT_TIME_FACTOR[precision]
+
+    def compile_seconds_for(self, precision: str) -> float:
+        """Compiling the blocks of a denoiser at `precision` once (from inductor's cache when warm)."""
+        return C.COMPILE_SECONDS_WARM if precision in self.warm_precisions else self.compile_seconds
+
+    def compile_factor(self, placement: str) -> float:
+        """A compiled forward's compute time over the eager one's, under `placement`."""
+        return dict(self.compile_factors).get(placement, 1.0)
+
+    def fast_factor(self, level: str) -> Optional[float]:
+        """The Linear FLOPs' time at a fast level over bf16, compiled; None when not known to be faster here."""
+        return dict(self.fast_linear).get(level)
+
+    def fast_unavailable(self, level: str) -> str:
+        """Why a fast level is not a candidate on this GPU ('' when it is)."""
+        need = C.FAST_MIN_COMPUTE_CAPABILITY[level]
+        cc = self.compute_capability
+        if cc is None or tuple(cc) < need:
+            have = ".".join(map(str, cc)) if cc else "unknown"
+            return f"{level} needs compute capability >= {need[0]}.{need[1]} (this GPU: {have})"
+        factor = self.fast_factor(level)
+        if factor is None:
+            return (f"{level} is not measured faster than bf16 on this GPU class, so it stays out "
+                    "(`lowvram calibrate` measures it here)")
+        if factor >= 1.0:
+            return f"{level} measured slower than bf16 here (its matmuls x{factor:.2f}; {self.fast_source})"
+        return ""
 
 
 def gpu_datasheet_tflops(gpu_name: Optional[str]) -> tuple[float, str]:
@@ -90,8 +130,30 @@ def _datacenter(probe: HardwareProbe) -> bool:
     return any(_squash(m) in _squash(probe.gpu_name) for m in C.DATACENTER_GPU_MARKERS)
 
 
-def throughput_for(probe: HardwareProbe, calibration=None) -> Throughput:
-    """Throughputs for this probe: a calibration of the same GPU wins over the defaults by GPU class."""
+def _calibrated_gains(calibration) -> dict:
+    """The compile and fast-matmul factors a calibration measured (those it did not measure keep the defaults)."""
+    out: dict = {}
+    compile_factor = getattr(calibration, "compile_factor", 0.0)
+    if compile_factor > 0:
+        out["compile_factors"] = tuple((kind, compile_factor if f != 1.0 else f) for kind, f in C.COMPILE_COMPUTE_FACTOR.items())
+    fast = dict(C.FAST_LINEAR_FACTOR)
+    measured = False
+    for level, attr in (("fp8_fast", "fp8_linear_factor"), ("int8_fast", "int8_linear_factor")):
+        value = getattr(calibration, attr, 0.0)
+        if value > 0:
+            fast[level] = value
+            measured = True
+    if measured:
+        out["fast_linear"] = tuple(fast.items())
+        out["fast_source"] = f"calibrated on {calibration.created}"
+    return out
+
+
+def throughput_for(probe: HardwareProbe, calibration=None, warm_precisions: tuple[str, ...] = ()) -> Throughput:
+    """Throughputs for this probe: a calibration of the same GPU wins over the defaults by GPU class.
+    `warm_precisions`: precisions this job's blocks were compiled at before (inductor's cache has them)."""
+    compile_seconds = C.COMPILE_SECONDS_COLD
+    cc = tuple(probe.compute_capability) if probe.compute_capability else None
     if not probe.has_gpu:
         cpu = calibration.cpu_flops if calibration is not None and calibration.cpu_flops else C.CPU_FLOPS
         how = "calibrated" if calibration is not None and calibration.cpu_flops else "estimate"
@@ -106,6 +168,10 @@ def throughput_for(probe: HardwareProbe, calibration=None) -> Throughput:
             fp8_fast=_fp8_fast(probe),
             source=f"calibrated on {calibration.created}",
             fp32_factor=C.FP32_TIME_FACTOR_DATACENTER if _datacenter(probe) else C.FP32_TIME_FACTOR_CONSUMER,
+            compute_capability=cc,
+            compile_seconds=compile_seconds,
+            warm_precisions=tuple(warm_precisions),
+            **_calibrated_gains(calibration),
         )
     tflops, klass = gpu_datasheet_tflops(probe.gpu_name)
     datacenter = _datacenter(probe)
@@ -119,6 +185,9 @@ def throughput_for(probe: HardwareProbe, calibration=None) -> Throughput:
         fp8_fast=_fp8_fast(probe),
         source=f"defaults for {klass} (run `lowvram calibrate` to measure this GPU)",
         fp32_factor=C.FP32_TIME_FACTOR_DATACENTER if datacenter else C.FP32_TIME_FACTOR_CONSUMER,
+        compute_capability=cc,
+        compile_seconds=compile_seconds,
+        warm_precisions=tuple(warm_precisions),
     )
 
 
@@ -136,6 +205,14 @@ def transformer_block_flops(spec: ModelSpec, tokens: int) -> float:
     context = TEXT_SEQ_LEN + (IMAGE_TOKENS if image else 0)
     flops += 4.0 * tokens * tokens * d + 4.0 * tokens * context * d
     return flops
+
+
+def linear_flops(spec: ModelSpec, tokens: int) -> float:
+    """The Linear layers' share of transformer_block_flops (what fp8 / int8 matmuls speed up)."""
+    d = spec.dims.dim
+    context = TEXT_SEQ_LEN + (IMAGE_TOKENS if spec.dims.has_image_branch else 0)
+    attention = 4.0 * tokens * tokens * d + 4.0 * tokens * context * d
+    return transformer_block_flops(spec, tokens) - attention
 
 
 def transformer_flops(spec: ModelSpec, tokens: int) -> float:

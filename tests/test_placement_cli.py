@@ -51,3 +51,14 @@ def test_bad_force_plan_is_a_user_error(tmp_path, capsys):
     assert "not a plan (a JSON list, not an object)" in capsys.readouterr().err
     missing = tmp_path / "missing.json"
     assert main(["generate", "a cat", *SMALL, "--out", str(tmp_path / "y.mp4"), "--force-plan", str(missing)]) == 2
+
+
+def test_a_forced_fp8_fast_plan_without_the_gpu_for_it_exits_2_before_loading(tmp_path, capsys):
+    from lowvram.cli import main
+
+    plan_file = tmp_path / "fp8.json"
+    plan_file.write_text(json.dumps(plan_with("cpu", precision="fp8_fast").to_dict()))
+    assert main(["generate", "a cat", *SMALL, "--out", str(tmp_path / "x.mp4"), "--force-plan", str(plan_file)]) == 2
+    err = capsys.readouterr().err
+    assert "fp8_fast" in err and "compute capability >= 8.9" in err
+    assert not any(tmp_path.glob("x*"))

@@ -52,7 +52,7 @@ def test_cache_round_trips_and_second_load_does_not_quantize(job, demo_t2v_path,
     drop_entries(demo_t2v_path)
     calls = []
     real_quantize = quantize.quantize_weights
-    monkeypatch.setattr(quantize, "quantize_weights", lambda m, level: calls.append(level) or real_quantize(m, level))
+    monkeypatch.setattr(quantize, "quantize_weights", lambda m, level, *rest: calls.append(level) or real_quantize(m, level, *rest))
     loaded_from_cache = []
     real_load = quant_cache.load
     monkeypatch.setattr(quant_cache, "load", lambda *a: loaded_from_cache.append(real_load(*a)) or loaded_from_cache[-1])

@@ -229,6 +229,96 @@ def render(datas: Iterable[dict], command: str = "") -> str:
             out.append(teacache_section(d, command))
         elif kind == "cache":
             out.append(cache_section(d, command))
+        elif kind == "fast":
+            out.append(fast_section(d, command or d.get("command", "")))
         else:
             out.append(model_section(d, command))
     return "\n\n".join(out) + "\n"
+
+
+# --- `lowvram bench fast` (issue 13) ---------------------------------------------------------------------------
+
+
+def _verdict(ok: Optional[bool]) -> str:
+    return "-" if ok is None else ("met" if ok else "MISSED")
+
+
+def _pred(case: dict) -> str:
+    pred, meas = case.get("predicted_step_seconds"), case.get("step_seconds")
+    if not pred or not meas:
+        return "-"
+    return f"{pred:.3f} / {meas:.3f} ({meas / pred - 1:+.0%})"
+
+
+def fast_rows(data: dict) -> list[dict]:
+    """One row per table case: lowvram's plan, the bf16-only plan, the upstream recipes, the checks."""
+    from lowvram.bench.fast import BF16_ONLY_TARGET, FAST_TARGETS, STEP_PREDICTION_TOLERANCE
+
+    rows = []
+    for model, m in data.get("models", {}).items():
+        upstream = [u for u in m.get("upstream", []) if u.get("ratio")]
+        for (mm, res, budget), target in FAST_TARGETS.items():
+            if mm != model:
+                continue
+            pick = lambda kind: next((c for c in m.get("cases", []) if c.get("kind") == kind  # noqa: E731
+                                      and c["resolution"] == res and c["budget_gib"] == budget), None)
+            plan, bf16 = pick("planner"), pick("bf16_only")
+            if plan is None and bf16 is None:
+                continue
+            ups = upstream if res == "480p" else []
+            best = min(ups, key=lambda u: u["ratio"]) if ups else None
+            ratio = plan.get("ratio") if plan else None
+            checks = {
+                "target": None if ratio is None else ratio <= target,
+                "bf16_only": None if not bf16 or bf16.get("ratio") is None else bf16["ratio"] <= BF16_ONLY_TARGET,
+                "beats_upstream": None if ratio is None or best is None else ratio < best["ratio"],
+            }
+            for key, case in (("prediction", plan), ("prediction_bf16_only", bf16)):
+                p, s = (case or {}).get("predicted_step_seconds"), (case or {}).get("step_seconds")
+                checks[key] = None if not p or not s else abs(s / p - 1) <= STEP_PREDICTION_TOLERANCE
+            rows.append(dict(model=model, resolution=res, budget_gib=budget, target=target, plan=plan, bf16=bf16,
+                             best_upstream=best, checks=checks))
+    return rows
+
+
+def fast_section(data: dict, command: str = "") -> str:
+    from lowvram.bench.fast import BF16_ONLY_TARGET
+
+    parts = ["### Compile and fp8/int8 matmuls against eager bf16 (issue 13)", "",
+             f"Device: {environment_line(data.get('environment', {}))}, torchao {data.get('environment', {}).get('torchao')}."]
+    if command:
+        parts += ["", f"Command: `{command}`"]
+    parts += ["", f"| case | lowvram plan | step s | vs eager bf16 (target) | bf16-only plan vs eager (<= {BF16_ONLY_TARGET}) "
+              "| best upstream | beats upstream | predicted / measured step s (lowvram; bf16-only) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in fast_rows(data):
+        plan, bf16, best, c = r["plan"] or {}, r["bf16"] or {}, r["best_upstream"], r["checks"]
+        up = f"{best['recipe']} {fmt_ratio(best['ratio'])}" if best else "- (480p only)"
+        parts.append(
+            f"| {r['model']} {r['resolution']} @ {r['budget_gib']:g} GiB | {plan.get('plan') or status(plan) if plan else '-'} "
+            f"| {fmt_s(plan.get('step_seconds'))} | {fmt_ratio(plan.get('ratio'))} (<= {r['target']}: {_verdict(c['target'])}) "
+            f"| {fmt_ratio(bf16.get('ratio'))} ({_verdict(c['bf16_only'])}) | {up} | {_verdict(c['beats_upstream'])} "
+            f"| {_pred(plan)}; {_pred(bf16)} |")
+    e2e = data.get("e2e")
+    if e2e:
+        parts += ["", f"End to end {e2e['model']} {e2e['resolution']} @ {e2e['budget_gib']:g} GiB, {e2e['steps']} steps with CFG: "
+                      f"{e2e['plan_seconds']:.0f} s vs {e2e['floor_seconds']:.0f} s eager bf16 = x{e2e['ratio']:.3f} "
+                      f"(target <= {e2e['target']}: {_verdict(e2e['ratio'] <= e2e['target'])}); {e2e['note']}; "
+                      f"compile warm-up {e2e['compile_seconds']:.0f} s."]
+    parts += ["", "| model | resident: eager bf16 step s | compiled bf16 | compiled fast level | compile warm-up s | "
+                  "per-forward error vs bf16 | FFN matmuls vs bf16 (compiled) | upstream (ratio to eager bf16) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for model, m in data.get("models", {}).items():
+        floor = m.get("floor", {}).get("480p", {})
+        res = m.get("resident", {})
+        comp = ", ".join(f"{k} {fmt_ratio(v.get('step_seconds') / floor['step_seconds']) if v.get('step_seconds') and floor.get('step_seconds') else '-'}"
+                         for k, v in res.items())
+        warm = ", ".join(f"{k} {v['warmup_extra_seconds']:.0f}" for k, v in res.items() if v.get("warmup_extra_seconds") is not None)
+        errs = ", ".join(f"{k} {v:.2%}" if isinstance(v, float) else f"{k} {v}" for k, v in m.get("errors", {}).items())
+        ffn = ", ".join(f"{k} x{v['factor']:.2f} (err {v['error']:.2%})" if "factor" in v else f"{k} {v.get('error_message', '-')}"
+                        for k, v in m.get("ffn", {}).items() if k != "bf16")
+        ups = ", ".join(f"{u['recipe']} {fmt_ratio(u.get('ratio'))}" if u.get("ratio") else f"{u['recipe']} {status(u)}"
+                        for u in m.get("upstream", []))
+        parts.append(f"| {model} | {fmt_s(floor.get('step_seconds'))} | {comp.split(', ')[0] if comp else '-'} | "
+                     f"{', '.join(comp.split(', ')[1:]) or '-'} | {warm or '-'} | {errs or '-'} | {ffn or '-'} | {ups or '-'} |")
+    return "\n".join(parts)

@@ -79,6 +79,19 @@ def register(sub) -> None:
     k.add_argument("--out", type=Path, default=None)
     k.set_defaults(func=run_cache)
 
+    f = bsub.add_parser("fast", help="issue 13's table: compile and fp8/int8 matmuls vs eager bf16, the planner's plans at "
+                        "each budget, the upstream recipes with and without compile, end to end composed (~6 min on an H200)")
+    f.add_argument("--models", type=_words, default=("14b", "1.3b"), help="comma-separated, from 14b,1.3b (default both)")
+    f.add_argument("--leaf-compile-models", type=_words, default=("1.3b",), help="models on which diffusers' leaf offload + "
+                   "compile is measured too (default %(default)s: on the 14B its recompiles cost a minute)")
+    f.add_argument("--no-upstream-compile", action="store_true", help="skip the upstream recipes with compile_repeated_blocks()")
+    f.add_argument("--resolutions", type=_words, default=("480p", "720p"), help="table rows at these resolutions only (default %(default)s)")
+    f.add_argument("--ram-gib", type=float, default=64.0, help="RAM the planner is told the machine has (default %(default)s)")
+    f.add_argument("--out", type=Path, default=None, help="write the results as JSON here (after every case)")
+    f.add_argument("--predict", action="store_true", help="print what the planner's time model predicts for the table on "
+                   "an H200 (no GPU needed) and exit")
+    f.set_defaults(func=run_fast)
+
     r = bsub.add_parser("report", help="render result JSON files as markdown tables")
     r.add_argument("files", nargs="+", type=Path)
     r.add_argument("--command", default="", help="the command that produced them, quoted in the output")
@@ -151,6 +164,41 @@ def run_e2e(args) -> int:
     data["environment"] = environment()
     _dump(data, args.out)
     print(e2e_section(data))
+    return 0
+
+
+def run_fast(args) -> int:
+    from lowvram.bench.fast import FAST_TARGETS, UPSTREAM, FastSetup, fit_fast
+    from lowvram.bench.fast import run_fast as run
+    from lowvram.bench.report import fast_section
+    from lowvram.placement.compile import inductor_cache_dir
+
+    if args.predict:
+        from lowvram.bench.fast import predicted_table
+
+        print("| case | planner's plan (predicted step / eager bf16) | bf16-only plan | target |")
+        print("|---|---|---|---|")
+        for r in predicted_table(args.ram_gib):
+            print(f"| {r['model']} {r['resolution']} @ {r['budget_gib']:g} GiB | {r['planner']['plan']} x{r['planner']['ratio']:.3f} "
+                  f"| {r['bf16_only']['plan']} x{r['bf16_only']['ratio']:.3f} | {r['target']} |")
+        return 0
+    _need_cuda()
+    unknown = [m for m in args.models if m not in ("14b", "1.3b")]
+    if unknown:
+        from lowvram.errors import UserError
+
+        raise UserError(f"--models: {', '.join(unknown)} unknown; use 14b and/or 1.3b")
+    upstream = tuple(u for u in UPSTREAM if not (args.no_upstream_compile and u.endswith("_compile")))
+    cases = tuple(c for c in FAST_TARGETS if c[1] in args.resolutions)
+    setup = FastSetup(models=tuple(args.models), ram_gib=args.ram_gib, upstream=upstream, cases=cases,
+                      leaf_compile_models=tuple(args.leaf_compile_models))
+    print(f"inductor cache: {inductor_cache_dir()}", flush=True)
+    data = run(setup, log=lambda s: print(s, flush=True), save=lambda d: _dump(d, args.out))
+    data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
+    data["fit"] = fit_fast(data)
+    _dump(data, args.out)
+    print(fast_section(data, data["command"]))
+    print("refit (planner/constants.py):", json.dumps(data["fit"], indent=1, default=str))
     return 0
 
 

@@ -98,7 +98,9 @@ def add_preference_arguments(p: argparse.ArgumentParser) -> None:
     """Planner preference options (defaults None: an option not given leaves the profile's value)."""
     g = p.add_argument_group("planner preferences")
     g.add_argument("--min-precision", choices=QUANT_ORDER, default=None, help="lowest transformer precision the planner may use (default: int4, anything)")
-    g.add_argument("--prefer", choices=("speed", "quality"), default=None, help="what wins when plans are close in time (default: speed)")
+    g.add_argument("--prefer", choices=("speed", "quality"), default=None, help="what wins when plans are close in time (default: speed); quality also keeps fp8/int8 matmuls out")
+    g.add_argument("--no-compile", dest="compile", action="store_false", default=None, help="never compile the transformer blocks (by default they are compiled when the job amortizes it)")
+    g.add_argument("--max-error", type=float, default=None, metavar="X", help="the largest per-forward relative error vs bf16 allowed for fp8/int8 matmuls (default 0.05; 0 keeps them out)")
     g.add_argument("--vram-reserve", type=gib_amount, default=None, metavar="GiB", help="VRAM to leave free for other programs")
     g.add_argument("--ram-reserve", type=gib_amount, default=None, metavar="GiB", help="RAM to leave free for other programs")
     g.add_argument("--vram-cap", type=gib_amount, default=None, metavar="GiB", help="the most VRAM lowvram may use")

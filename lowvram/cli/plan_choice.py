@@ -46,6 +46,14 @@ def load_forced_plan(path: str) -> Plan:
             raise UserError(f"--force-plan {path}: the plan runs on cuda but this machine has no CUDA GPU; set \"device\": \"cpu\".")
     elif plan.device != "cpu":
         raise UserError(f"--force-plan {path}: device {plan.device!r} is not supported; use \"cuda\" or \"cpu\".")
+    from lowvram.placement.fast_quant import check_device
+
+    for cp in plan.denoisers:
+        if cp.fast:
+            try:
+                check_device(cp.precision, plan.device)
+            except UserError as exc:
+                raise UserError(f"--force-plan {path}: {cp.name}: {exc}") from None
     return replace(plan, source="forced")
 
 

@@ -9,3 +9,13 @@ def quiet_library_logs() -> None:
     for lib in (diffusers_logging, transformers_logging):
         lib.disable_progress_bar()
         lib.set_verbosity_error()
+    quiet_torchao_import()
+
+
+def quiet_torchao_import() -> None:
+    """torchao (imported by diffusers' offload hooks once installed) warns about each optional CUDA extension its
+    wheel lacks, and torch about its enum registrations: set before the import, they stay quiet."""
+    import logging
+
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)

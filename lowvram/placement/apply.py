@@ -1,7 +1,7 @@
 """Apply a Plan to a loaded pipeline: quantize, attach offload hooks, move components per stage.
 
 `prepare` runs once after loading, in a fixed order: attention (SDPA) -> quantize (and cache the
-quantized weights) -> VAE tiling -> offload hooks. `enter_stage` then puts the stage's components on
+quantized weights) -> VAE tiling -> regional compile -> offload hooks (which wrap the compiled blocks). `enter_stage` then puts the stage's components on
 the compute device and takes the others off it, so stage peaks do not add up: the text encoder leaves
 before denoising, the denoiser before decoding, and at a two-expert model's boundary the active expert
 leaves before the next one arrives. Components under offload hooks are never moved with `.to()`: their
@@ -40,6 +40,7 @@ class PlacementState:
     deferred: set = field(default_factory=set)  # denoisers whose hooks are attached only for their phase
     quantized: dict = field(default_factory=dict)  # component -> level
     quantized_from_cache: set = field(default_factory=set)
+    compiled: set = field(default_factory=set)  # denoisers whose repeated blocks are compiled
     disk_dirs: dict = field(default_factory=dict)  # denoiser -> its disk-offload folder
     checkpoint: Optional[Path] = None
     # component (or "name.blocks.i") -> its CPU tensors while it sits on the GPU (moved whole): leaving is
@@ -130,7 +131,7 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
             st.quantized[name] = have
             continue
         # a single-file transformer is not the checkpoint folder's: the cache would key it by the wrong files
-        if quantize_weights(module, level) and checkpoint is not None and not hasattr(module, "_lowvram_source_file"):
+        if quantize_weights(module, level, plan.device) and checkpoint is not None and not hasattr(module, "_lowvram_source_file"):
             dtype = plan.component(name).dtype
             try:
                 quant_cache.save(module, checkpoint, name, level, dtype)
@@ -153,6 +154,15 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
         pipe.vae.enable_tiling()
 
     import torch
+
+    from lowvram.placement.compile import apply_compile, is_compiled
+
+    for cp in plan.denoisers:  # before the offload hooks: they wrap the compiled blocks
+        module = getattr(pipe, cp.name, None)
+        if module is not None and (cp.compile or is_compiled(module)):
+            apply_compile(module, cp.compile, cp.precision)
+            if cp.compile:
+                st.compiled.add(cp.name)
 
     for cp in plan.denoisers:
         module = getattr(pipe, cp.name, None)
@@ -441,6 +451,7 @@ def describe_device_state(pipe: Any) -> dict:
         components[name] = {
             "bytes_by_device": where,
             "offloaded": bool(st and name in st.offloaded),
+            "compiled": bool(st and name in st.compiled),
             "quantized": (st.quantized.get(name) if st else None),
         }
     result = {"components": components, "gpu_bytes": gpu_bytes}

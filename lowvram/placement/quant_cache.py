@@ -1,8 +1,10 @@
 """Cache of quantized components: quantize once, reload without materializing bf16 weights.
 
 Layout: cache_dir()/quantized/<identity>-<component>-<level>-<dtype>/ holding
-  model-NNNNN.safetensors   the quantized state dict in <= 2 GiB shards (quanto weights flattened to _data/_scale/...)
-  quantization_map.json     optimum.quanto.quantization_map(module)
+  model-NNNNN.safetensors   the quantized state dict in <= 2 GiB shards (quanto weights flattened to _data/_scale/...,
+                            torchao's to _weight_qdata/_weight_scale by torchao's own safetensors support)
+  quantization_map.json     optimum.quanto.quantization_map(module) (quanto levels)
+  torchao_metadata.json     torchao's per-tensor metadata (the fast levels fp8_fast / int8_fast)
   lowvram_quant.json        class, level, dtype, tied-weight aliases, the identity it was made from
 The identity hashes the checkpoint folder's path and its component files' names, sizes and mtimes,
 so a changed checkpoint gets a new entry. Entries are written into a temporary folder and renamed.
@@ -22,6 +24,7 @@ from typing import Any, Optional
 import torch
 
 from lowvram.paths import cache_dir
+from planner.plan import FAST_LEVELS
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ WEIGHTS_PATTERN = "model-{:05d}.safetensors"
 # safetensors serializes a whole file in memory before writing: shards bound that transient copy.
 SHARD_BYTES = 2 * 1024**3
 QMAP_FILE = "quantization_map.json"
+TORCHAO_FILE = "torchao_metadata.json"
 INFO_FILE = "lowvram_quant.json"
 
 
@@ -91,12 +95,26 @@ def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtyp
     target = entry_path(folder, component, level, dtype)
     target.parent.mkdir(parents=True, exist_ok=True)
     library, class_name = _component_class(folder, component)
-    tensors, aliases = _aliases({k: v.detach().to("cpu") for k, v in module.state_dict().items()})
+    state = {k: v.detach().to("cpu") for k, v in module.state_dict().items()}
+    torchao_meta = None
+    if level in FAST_LEVELS:
+        from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+        from lowvram.placement.quanto_offload import is_qtensor
+
+        # torchao's tensors as their plain inner tensors + the metadata that rebuilds them; the rest as it is
+        quantized = {k: v for k, v in state.items() if is_qtensor(v)}
+        flat, torchao_meta = flatten_tensor_state_dict(quantized)
+        state = {**{k: v for k, v in state.items() if k not in quantized}, **flat}
+    tensors, aliases = _aliases(state)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         for i, shard in enumerate(_shards(tensors, SHARD_BYTES)):
             safetensors.torch.save_file(shard, tmp / WEIGHTS_PATTERN.format(i))
-        (tmp / QMAP_FILE).write_text(json.dumps(quantization_map(module), indent=1))
+        if torchao_meta is not None:
+            (tmp / TORCHAO_FILE).write_text(json.dumps(torchao_meta, indent=1))
+        else:
+            (tmp / QMAP_FILE).write_text(json.dumps(quantization_map(module), indent=1))
         info = dict(
             lowvram_quant_cache_version=CACHE_VERSION,
             library=library,
@@ -139,7 +157,7 @@ def load(folder: Path, component: str, level: str, dtype: str) -> Optional[torch
     entry = entry_path(folder, component, level, dtype)
     try:
         info = json.loads((entry / INFO_FILE).read_text())
-        qmap = json.loads((entry / QMAP_FILE).read_text())
+        qmap = json.loads((entry / (TORCHAO_FILE if level in FAST_LEVELS else QMAP_FILE)).read_text())
     except (OSError, json.JSONDecodeError):
         return None
     if info.get("lowvram_quant_cache_version") != CACHE_VERSION:
@@ -154,22 +172,24 @@ def load(folder: Path, component: str, level: str, dtype: str) -> Optional[torch
 
 def _load_entry(folder: Path, component: str, entry: Path, info: dict, qmap: dict) -> Optional[torch.nn.Module]:
     import safetensors.torch
-    from optimum.quanto import quantize
 
     module = _empty_module(folder, component, info["library"], info["class_name"])
-    by_qtype: dict[tuple[str, str], list[str]] = {}
-    for name, q in qmap.items():
-        by_qtype.setdefault((q["weights"], q["activations"]), []).append(name)
-    for (weights, activations), names in by_qtype.items():
-        quantize(
-            module,
-            weights=None if weights == "none" else weights,
-            activations=None if activations == "none" else activations,
-            include=names,
-        )
     state_dict = {}
     for shard in sorted(entry.glob("model-*.safetensors")):
         state_dict.update(safetensors.torch.load_file(shard, device="cpu"))
+    if info.get("level") in FAST_LEVELS:
+        from lowvram.models.library_logs import quiet_torchao_import
+
+        quiet_torchao_import()
+        from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+
+        for alias, key in info.get("aliases", {}).items():  # a tied tensor was stored once: both names rebuild
+            state_dict[alias] = state_dict[key]
+        quantized, plain = unflatten_tensor_state_dict(state_dict, qmap)
+        state_dict = {**plain, **quantized}
+        info = dict(info, aliases={})
+    else:
+        _quantize_like(module, qmap)
     # assign=True: tensors are taken as they are (dtype included), nothing is copied into meta storage.
     module.load_state_dict(state_dict, strict=False, assign=True)
     for alias, key in info.get("aliases", {}).items():
@@ -180,6 +200,22 @@ def _load_entry(folder: Path, component: str, entry: Path, info: dict, qmap: dic
     for p in module.parameters():
         p.requires_grad_(False)
     return module.eval()
+
+
+def _quantize_like(module: torch.nn.Module, qmap: dict) -> None:
+    """quanto's modules where the map says, so that the saved quanto tensors load into them."""
+    from optimum.quanto import quantize
+
+    by_qtype: dict[tuple[str, str], list[str]] = {}
+    for name, q in qmap.items():
+        by_qtype.setdefault((q["weights"], q["activations"]), []).append(name)
+    for (weights, activations), names in by_qtype.items():
+        quantize(
+            module,
+            weights=None if weights == "none" else weights,
+            activations=None if activations == "none" else activations,
+            include=names,
+        )
 
 
 def _get_tensor(module: torch.nn.Module, dotted: str) -> Any:

@@ -1,4 +1,4 @@
-"""Make optimum-quanto weights compose with diffusers group offloading.
+"""Make quantized weights (optimum-quanto's and torchao's tensor subclasses) compose with diffusers group offloading.
 
 diffusers' hooks move a parameter with `param.data = param.data.to(device)`. A quanto weight is a
 tensor *wrapper* (`WeightQBytesTensor`, `WeightQBitsTensor`): assigning `.data` replaces the outer
@@ -10,11 +10,17 @@ groups key their pinned copies by parameter). Pinning and disk files work on the
 
 `QuantoModuleGroup` subclasses diffusers' `ModuleGroup` and changes only the tensor-level steps;
 `apply_group_offloading` is diffusers' own function, run while its module builds our group class.
+
+torchao's quantized tensors (`Float8Tensor`, `Int8Tensor`: lowvram.placement.fast_quant) are wrappers of the
+same kind and take the same path: diffusers moves them in memory itself, but its disk offload refuses them
+(safetensors holds plain tensors) and its streamed offload assigns `.data` for anything not torchao-typed;
+here both are handled by the wrapper's inner tensors, as for quanto.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from contextlib import contextmanager, nullcontext
 from typing import Iterator
@@ -30,7 +36,13 @@ _PATCH_LOCK = threading.RLock()
 
 
 def is_qtensor(t: torch.Tensor) -> bool:
-    return isinstance(t, QTensor)
+    """A quantized weight made of inner tensors: optimum-quanto's QTensor or a torchao tensor subclass."""
+    return isinstance(t, QTensor) or _is_torchao(t)
+
+
+def _is_torchao(t: torch.Tensor) -> bool:
+    utils = sys.modules.get("torchao.utils")  # no torchao tensor can exist before torchao was imported
+    return utils is not None and isinstance(t, utils.TorchAOBaseTensor)
 
 
 def _is_wrapper(t: torch.Tensor) -> bool:

@@ -30,7 +30,8 @@ from planner.probe import GIB, HardwareProbe
 JOB_FIELDS = tuple(f.name for f in fields(JobDefaults) if f.name not in ("cache", "teacache"))
 # Command-line flags of the planner preferences (GiB on the command line and in the file, bytes in Preferences).
 PREF_FLAGS = {"min_precision": "min_precision", "prefer": "prefer", "vram_reserve": "vram_reserve_gib",
-              "ram_reserve": "ram_reserve_gib", "vram_cap": "vram_cap_gib", "ram_cap": "ram_cap_gib"}
+              "ram_reserve": "ram_reserve_gib", "vram_cap": "vram_cap_gib", "ram_cap": "ram_cap_gib",
+              "compile": "compile", "max_error": "max_error"}
 
 
 def to_preferences(prefs: PlannerPrefs) -> Preferences:
@@ -40,6 +41,10 @@ def to_preferences(prefs: PlannerPrefs) -> Preferences:
         kwargs["min_quant"] = prefs.min_precision
     if prefs.prefer is not None:
         kwargs["prefer"] = prefs.prefer
+    if prefs.compile is not None:
+        kwargs["compile"] = prefs.compile
+    if prefs.max_error is not None:
+        kwargs["max_error"] = prefs.max_error
     for name in ("vram_reserve", "ram_reserve", "vram_cap", "ram_cap"):
         value = getattr(prefs, f"{name}_gib")
         if value is not None:

@@ -40,6 +40,10 @@ def describe_prefs(prefs: PlannerPrefs) -> str:
                          ("VRAM cap", prefs.vram_cap_gib), ("RAM cap", prefs.ram_cap_gib)):
         if value is not None:
             parts.append(f"{label} {value:g} GiB")
+    if prefs.compile is False:
+        parts.append("no compile")
+    if prefs.max_error is not None:
+        parts.append(f"fp8/int8 matmul error at most {prefs.max_error:g}")
     return ", ".join(parts) or "the planner's defaults"
 
 

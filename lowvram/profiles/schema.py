@@ -79,6 +79,8 @@ class PlannerPrefs:
     ram_reserve_gib: Optional[float] = field(default=None, metadata=limits("GiB of RAM to leave free", 0.0, 4096.0))
     vram_cap_gib: Optional[float] = field(default=None, metadata=limits("the most VRAM lowvram may use, in GiB", 0.25, 1024.0))
     ram_cap_gib: Optional[float] = field(default=None, metadata=limits("the most RAM lowvram may use, in GiB", 0.25, 4096.0))
+    compile: Optional[bool] = field(default=None, metadata=limits("whether the transformer blocks may be compiled"))
+    max_error: Optional[float] = field(default=None, metadata=limits("the largest per-forward relative error of fp8/int8 matmuls vs bf16", 0.0, 0.99))
 
 
 @dataclass(frozen=True)

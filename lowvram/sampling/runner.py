@@ -421,6 +421,19 @@ class _Stage:
         return False
 
 
+def _report_compile(loaded: LoadedModel, log: EventSink, clock: Clock) -> None:
+    """A denoiser whose compile failed ran eagerly (same result, slower): say so in the run's log."""
+    from lowvram.placement.compile import compile_failed
+
+    for name in loaded.denoiser_names:
+        cp = loaded.plan.get(name)
+        why = compile_failed(getattr(loaded.pipe, name)) if cp is not None and cp.compile else None
+        if why:
+            log(LogMessage(t=clock(), level="warning",
+                           message=f"{name}: compiling its blocks failed ({why}); it ran eagerly. Plan with --no-compile "
+                                   "to skip compiling next time."))
+
+
 def generate(
     job: Job,
     plan: Optional[Plan] = None,
@@ -495,6 +508,7 @@ def generate(
 
                 # the loop enters each expert's phase itself (the other expert leaves the GPU first)
                 latents = rec.run("denoise", denoise_from_checkpoint, enter=False)
+            _report_compile(loaded, log, clock)
             _check_cancel(cancel)
             watch = DecodeWatch(log, clock, cancel)  # a cancel stops the decode between frames; a finished decode is written
             with _Stage("decode", log, clock, sampler, peaks):
