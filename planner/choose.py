@@ -37,6 +37,10 @@ QUANT_ORDER = M.QUANT_ORDER
 TEXT_QUANTS = ("bf16", "int8")
 TEXT_PLACEMENTS = ("gpu", "offload", "cpu")  # "offload" is group offload WITHOUT streams, always
 VAE_PLACEMENTS = ("gpu", "gpu_tiled", "cpu")
+# The VAE decodes in fp32 (what Wan's and diffusers' pipelines do); a bf16 VAE on the GPU, tiled (half the weights
+# and activations, what ComfyUI runs by default) is planned only when the fp32 tiled decode does not fit: the
+# alternative is decoding on the CPU, hours for a 720p Wan2.2 video.
+VAE_OPTIONS = (("fp32", "gpu"), ("fp32", "gpu_tiled"), ("bf16", "gpu_tiled"), ("fp32", "cpu"))
 MAX_RUNNERS_UP = 3
 
 
@@ -207,12 +211,18 @@ def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Prefe
     for denoisers in denoiser_options(spec, job, budget, prefs):
         for teq in TEXT_QUANTS:
             for te in TEXT_PLACEMENTS:
-                for vae in VAE_PLACEMENTS:
+                fp32_tiled_fits = False
+                for vae_precision, vae in VAE_OPTIONS:
+                    if vae_precision == "bf16" and fp32_tiled_fits:
+                        continue
                     components = (ComponentPlan("text_encoder", teq, te),) + image + denoisers + (
-                        ComponentPlan("vae", "fp32", vae),)
+                        ComponentPlan("vae", vae_precision, vae),)
                     plan = Plan(device="cuda", components=plain(list(components)))
                     plan = _with_prediction(plan, spec, job, tp, budget, cache)
-                    out.append(_judge(plan, budget, _rule_out(plan, spec, prefs, probe, tp)))
+                    judged = _judge(plan, budget, _rule_out(plan, spec, prefs, probe, tp))
+                    out.append(judged)
+                    if (vae_precision, vae) == ("fp32", "gpu_tiled"):
+                        fp32_tiled_fits = judged.fits or judged.ruled_out
     return out
 
 
@@ -272,11 +282,12 @@ PRECISION_RANK = {p: i for i, p in enumerate(("fp32", "bf16", "stored", "fp8", "
 
 
 def precision_key(plan: Plan) -> tuple:
-    """Lower is more precise: the denoisers' precision, then the text encoder's. (A tiled VAE decodes the
-    same numbers up to tile blending: not a precision matter.)"""
+    """Lower is more precise: the denoisers' precision, then the text encoder's, then the VAE's. (A tiled VAE
+    decodes the same numbers up to tile blending: not a precision matter.)"""
     denoisers = max((PRECISION_RANK[c.precision] for c in plan.denoisers), default=0)
     te = plan.get("text_encoder")
-    return (denoisers, PRECISION_RANK[te.precision] if te else 0)
+    vae = plan.get("vae")
+    return (denoisers, PRECISION_RANK[te.precision] if te else 0, PRECISION_RANK[vae.precision] if vae else 0)
 
 
 def pick(fitting: list[Candidate], prefer: str) -> Candidate:
@@ -342,7 +353,8 @@ def make_plan(probe: HardwareProbe, spec: ModelSpec, job: Job, prefs: Preference
     chosen = pick(fitting, prefs.prefer).plan
     chosen = replace(chosen, reasons=chosen.reasons + _choice_reasons(chosen, fitting, tp, prefs)
                      + idle_reasons(chosen, candidates, budget)
-                     + why_denoiser(chosen, candidates, spec, job, tp, prefs, budget))
+                     + why_denoiser(chosen, candidates, spec, job, tp, prefs, budget)
+                     + _why_vae(chosen, candidates))
     lines = explain(probe, spec, job, budget, tp, chosen, candidates)
     return PlanResult(plan=chosen, candidates=tuple(candidates), explanation=tuple(lines))
 
@@ -357,6 +369,26 @@ def _choice_reasons(chosen: Plan, fitting: list[Candidate], tp: Throughput, pref
     else:
         first = f"within {100 * (chosen.predicted_seconds / fastest - 1):.1f}% of the fastest, at higher precision"
     return (first, f"time model: {tp.source}")
+
+
+def _why_vae(chosen: Plan, candidates: list[Candidate]) -> tuple[str, ...]:
+    """Why the VAE decodes in bf16, when it does: the fp32 decode's need against the budget, and the CPU's time."""
+    vae = chosen.get("vae")
+    if vae is None or vae.precision != "bf16":
+        return ()
+    twins = {c.plan.component("vae").placement: c for c in candidates
+             if c.plan.component("vae").precision == "fp32" and _same_but_vae(c.plan, chosen)}
+    why = "VAE bf16 on the GPU, tiled (half the memory of fp32; small rounding differences in the frames)"
+    tiled, cpu = twins.get("gpu_tiled"), twins.get("cpu")
+    if tiled is not None:
+        why += f": fp32 tiled is {tiled.rejected_reason or _compare(tiled.plan, chosen)}"
+    if cpu is not None:
+        why += f"; decoding on the CPU instead: {cpu.rejected_reason or _compare(cpu.plan, chosen)}"
+    return (why,)
+
+
+def _same_but_vae(plan: Plan, other: Plan) -> bool:
+    return [c for c in plan.components if c.name != "vae"] == [c for c in other.components if c.name != "vae"]
 
 
 def idle_reasons(chosen: Plan, candidates: list[Candidate], budget: Budget) -> tuple[str, ...]:
@@ -442,7 +474,7 @@ def _why_precision(chosen: Plan, candidates: list[Candidate], tp: Throughput, pr
         what = "fp8" if d.precision == "fp8_fast" else "int8"
         text = (f"precision {d.precision}: the blocks' matmuls run in {what} (torchao, activations and weights "
                 f"quantized per row), per-forward error {C.FAST_LEVEL_ERROR[d.precision]:.1%} vs bf16 "
-                f"(bound {prefs.max_error:.1%}); matmuls x{tp.fast_factor(d.precision):.2f} ({tp.fast_source})")
+                f"on the test model (bound {prefs.max_error:.1%}: about twice quanto fp8's there); matmuls x{tp.fast_factor(d.precision):.2f} ({tp.fast_source})")
         bf16 = _best_at(candidates, "bf16")
         if bf16 is not None and bf16.fits and bf16.plan.predicted_seconds > chosen.predicted_seconds:
             text += f", {100 * (1 - chosen.predicted_seconds / bf16.plan.predicted_seconds):.0f}% faster than bf16 here"
@@ -612,7 +644,7 @@ def explain(probe: HardwareProbe, spec: ModelSpec, job: Job, budget: Budget, tp:
     lines.append(f"chosen: {chosen.summary()} ({chosen.device})")
     lines += stage_table(chosen)
     lines += [f"  why: {r}" for r in chosen.reasons
-              if r.startswith(("idle expert", "the most precise", "precision ", "placement: ", "compile: "))]
+              if r.startswith(("idle expert", "the most precise", "precision ", "placement: ", "compile: ", "VAE "))]
     if not probe.has_gpu:
         return lines
     others = [c for c in candidates if config_key(c.plan) != config_key(chosen)]
@@ -639,9 +671,10 @@ def explain(probe: HardwareProbe, spec: ModelSpec, job: Job, budget: Budget, tp:
         if (teq, te) != (chosen_te.precision, chosen_te.placement):
             lines.append(f"  {teq} on {te}{' (no streams)' if te == 'offload' else ''}: {_verdict(_best(cs), chosen)}")
     lines.append(f"rejected VAE options (with the chosen {what}):")
-    for vae, cs in _by(same_d, lambda p: p.component("vae").placement).items():
-        if vae != chosen.component("vae").placement:
-            lines.append(f"  {vae}: {_verdict(_best(cs), chosen)}")
+    chosen_vae = chosen.component("vae")
+    for (vaeq, vae), cs in _by(same_d, lambda p: (p.component("vae").precision, p.component("vae").placement)).items():
+        if (vaeq, vae) != (chosen_vae.precision, chosen_vae.placement):
+            lines.append(f"  {vae if vaeq == 'fp32' else f'{vaeq} {vae}'}: {_verdict(_best(cs), chosen)}")
     return lines
 
 

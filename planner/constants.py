@@ -73,6 +73,14 @@ VAE_DECODE_TILED_BYTES_PER_PIXEL = (3493.0, 18.97)
 VAE_ENCODE_BYTES_PER_PIXEL = (14080.0, 12.5)
 VAE_ENCODE_TILED_BYTES_PER_PIXEL = (2316.0, 12.7)
 VAE_REFERENCE_BASE_DIM = 96
+# Wan2.2's VAE (TI2V-5B: 16x compression by a 2x2 patchify, decoder_base_dim 256, residual up/down
+# shortcuts) against the Wan2.1 coefficients above scaled by width and patch (memory._vae_scale): bench
+# wan22 run 13 (docs/benchmarks.md, H200, fp32, random weights, 1280x704x121) measured 21.04 GiB untiled and
+# 5.69 GiB tiled above the weights where the scaled coefficients said 14.21 and 3.40. Its extra shortcut
+# tensors and wider top level are what the Wan2.1 fit does not see; the measured ratios are applied to
+# patchified VAEs. Encode was not measured: it takes the untiled ratio (same blocks, same shortcuts).
+VAE_PATCHIFIED_FACTOR_UNTILED = 21.04 / 14.21
+VAE_PATCHIFIED_FACTOR_TILED = 5.69 / 3.40
 # diffusers' default tile (sample pixels) and stride: below one tile, tiling changes nothing.
 VAE_TILE = 256
 VAE_TILE_STRIDE = 192
@@ -204,8 +212,13 @@ FAST_BYTES_PER_LINEAR_PARAM = 1.003
 FAST_ACT_BYTES_PER_TOKEN_FFN = 1.0
 # Per-forward relative error of a fast level against bf16 (||out - out_bf16|| / ||out_bf16||, one transformer
 # forward). Measured on the CPU (tests/test_fast_quant.py's tiny Wan transformer, 2 blocks of 32-wide layers,
-# 3 seeds): fp8_fast 1.02-1.22%, int8_fast 0.50-0.53%; the largest, rounded up. The benchmark measures it on
-# the real shapes (`lowvram bench fast`, "per-forward error") and these are refit from it.
+# 3 seeds): fp8_fast 1.02-1.22%, int8_fast 0.50-0.53%; the largest, rounded up. On the 14B's real shapes
+# (random weights, 40 blocks; `lowvram bench fast`, H200 run 13, docs/benchmarks.md) the same measure gave
+# fp8_fast 10.5% and int8_fast 4.1%: about 8x the tiny model's for both, error compounding over 20x the blocks.
+# These figures stay the tiny model's because the bound below is set against quanto fp8 on that model; the
+# bench now measures quanto fp8 on the real shapes too (errors["quanto_fp8"]), and both are refit together
+# from the first run that has it. Random weights are not trained weights: the bench's figures rank the levels,
+# they are not a quality measure.
 FAST_LEVEL_ERROR: dict[str, float] = {"fp8_fast": 0.013, "int8_fast": 0.006}
 # The bound the planner uses: a fast level whose per-forward error is above it is not a candidate
 # (--max-error changes it). About twice the error of quanto's fp8 weight-only level, which lowvram allows by

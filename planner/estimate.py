@@ -153,7 +153,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     if image_input:
         # Wan2.1/2.2 I2V encode the first frame padded with zeros to the whole video; TI2V the first frame alone
         enc_frames = 1 if spec.expand_timesteps else f
-        vae_enc = M.vae_peak_bytes(spec, h, w, enc_frames, tiled=tiled, encode=True)
+        vae_enc = M.vae_peak_bytes(spec, h, w, enc_frames, tiled=tiled, encode=True, precision=vae.precision)
         flops = T.vae_flops(spec, h, w, enc_frames, encode=True) * (T.tiling_overhead() if tiled else 1.0)
         acts = [vae_enc]
         moved = vae_bytes
@@ -196,7 +196,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
 
     # --- decode ------------------------------------------------------------------------------------
     out = M.video_bytes(h, w, f)
-    dec_act = M.vae_peak_bytes(spec, h, w, f, tiled=tiled and vae_gpu)
+    dec_act = M.vae_peak_bytes(spec, h, w, f, tiled=tiled and vae_gpu, precision=vae.precision)
     dec_flops = T.vae_flops(spec, h, w, f) * (T.tiling_overhead() if tiled and vae_gpu else 1.0)
     dec_ram = base_ram + held.always + 2 * out  # the video, then its uint8 frames
     if vae_gpu:

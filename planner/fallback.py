@@ -2,7 +2,7 @@
 
 The ladder, one rung per call (each rung trades speed for VRAM), per component:
 
-- VAE:           gpu -> gpu_tiled -> cpu
+- VAE:           gpu -> gpu_tiled -> bf16 gpu_tiled -> cpu
 - text encoder:  gpu -> offload -> cpu
 - image encoder: gpu -> cpu
 - denoiser(s):   resident -> partial (half the blocks resident, halved again on each call while >= 1)
@@ -24,12 +24,12 @@ from typing import Callable, Optional
 from planner.plan import ComponentPlan, Plan, describe_change
 
 LADDERS = {
-    "vae": ("gpu", "gpu_tiled", "cpu"),
     "text_encoder": ("gpu", "offload", "cpu"),
     "image_encoder": ("gpu", "cpu"),
 }
-VAE_LADDER = LADDERS["vae"]
 TEXT_ENCODER_LADDER = LADDERS["text_encoder"]
+# (precision, placement): a bf16 tiled decode on the GPU (half the memory) before the CPU (many times slower)
+VAE_LADDER = (("fp32", "gpu"), ("fp32", "gpu_tiled"), ("bf16", "gpu_tiled"), ("fp32", "cpu"))
 
 # Components (by role) in the order they are leaned, per failing stage.
 STAGE_ORDER: dict[str, tuple[str, ...]] = {
@@ -41,7 +41,7 @@ STAGE_ORDER: dict[str, tuple[str, ...]] = {
 DEFAULT_ORDER = ("vae", "text_encoder", "image_encoder", "denoiser")
 
 
-def _next_on(ladder: tuple[str, ...], current: str) -> Optional[str]:
+def _next_on(ladder: tuple, current):
     i = ladder.index(current) if current in ladder else len(ladder) - 1
     return ladder[i + 1] if i + 1 < len(ladder) else None
 
@@ -53,6 +53,14 @@ def _leaner_simple(role: str) -> Callable[[Plan, Optional[int]], Optional[Plan]]
         return plan.with_component(dataclasses.replace(cp, placement=nxt)) if nxt else None
 
     return lean
+
+
+def _leaner_vae(plan: Plan, _blocks: Optional[int]) -> Optional[Plan]:
+    cp = plan.get("vae")
+    if cp is None:
+        return None
+    nxt = _next_on(VAE_LADDER, (cp.precision, cp.placement))
+    return plan.with_component(dataclasses.replace(cp, precision=nxt[0], placement=nxt[1])) if nxt else None
 
 
 def _leaner_denoiser(cp: ComponentPlan, num_blocks: Optional[int]) -> Optional[ComponentPlan]:
@@ -89,7 +97,7 @@ def _leaner_denoisers(plan: Plan, num_blocks: Optional[int]) -> Optional[Plan]:
 
 
 LEANERS: dict[str, Callable[[Plan, Optional[int]], Optional[Plan]]] = {
-    "vae": _leaner_simple("vae"),
+    "vae": _leaner_vae,
     "text_encoder": _leaner_simple("text_encoder"),
     "image_encoder": _leaner_simple("image_encoder"),
     "denoiser": _leaner_denoisers,

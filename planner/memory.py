@@ -28,6 +28,8 @@ def base_bytes(dtype: str) -> int:
 
 
 def _param_bytes(component: ComponentSpec, precision: str) -> int:
+    if component.name == "vae" and precision == "bf16":  # the VAE's leanest GPU rung: cast to bf16 (fp32 otherwise)
+        return 2
     return component.fixed_dtype_bytes or base_bytes(compute_dtype(precision))
 
 
@@ -135,22 +137,28 @@ def _per_pixel(coeffs: tuple[float, float], frames: int) -> float:
     return alpha + beta * frames
 
 
-def vae_peak_bytes(spec: ModelSpec, height: int, width: int, frames: int, tiled: bool, encode: bool = False) -> int:
+def vae_peak_bytes(spec: ModelSpec, height: int, width: int, frames: int, tiled: bool, encode: bool = False,
+                   precision: str = "fp32") -> int:
     """Peak activation bytes of a VAE decode (or, for image conditioning, encode) of the whole video.
 
     Untiled memory grows with H x W (the causal decoder runs latent frame by latent frame, so frames
     add little). Tiled decoding works one 256 px tile at a time, so below one tile it changes nothing
-    and it is never worse than untiled.
+    and it is never worse than untiled. A bf16 VAE holds every activation in half the bytes.
     """
     full = C.VAE_ENCODE_BYTES_PER_PIXEL if encode else C.VAE_DECODE_BYTES_PER_PIXEL
     tile = C.VAE_ENCODE_TILED_BYTES_PER_PIXEL if encode else C.VAE_DECODE_TILED_BYTES_PER_PIXEL
+    patchified = spec.vae_dims.scale_spatial > 8
     untiled = _per_pixel(full, frames) * height * width
+    peak = untiled * (C.VAE_PATCHIFIED_FACTOR_UNTILED if patchified else 1.0)
     if tiled:
         one_tile = _per_pixel(full, frames) * min(height, C.VAE_TILE) * min(width, C.VAE_TILE)
         tiled_peak = max(one_tile, _per_pixel(tile, frames) * height * width)
-        untiled = min(untiled, tiled_peak)
+        if tiled_peak < untiled:
+            # Wan2.2's patchified VAE needs more than the Wan2.1 fit says (constants: VAE_PATCHIFIED_FACTOR_*)
+            peak = tiled_peak * (C.VAE_PATCHIFIED_FACTOR_TILED if patchified and not encode else 1.0)
+            peak = min(peak, untiled * (C.VAE_PATCHIFIED_FACTOR_UNTILED if patchified else 1.0))
     runtime = 1.0 if encode else C.VAE_DECODE_RUNTIME_FACTOR
-    return int(untiled * _vae_scale(spec, encode) * runtime)
+    return int(peak * _vae_scale(spec, encode) * runtime * base_bytes(compute_dtype(precision)) / 4)
 
 
 def video_bytes(height: int, width: int, frames: int) -> int:

@@ -69,7 +69,7 @@ class ComponentPlan:
     rest are streamed) | block_offload (`blocks_per_group` blocks a group) | leaf_offload | disk_offload;
     `use_stream` overlaps copies with compute; `compile`: its repeated blocks are compiled (regional
     compile, lowvram.placement.compile; not under leaf_offload, whose per-layer hooks break the graph).
-    Text encoder: gpu | offload (no streams) | cpu. Image encoder: gpu | cpu. VAE: gpu | gpu_tiled | cpu.
+    Text encoder: gpu | offload (no streams) | cpu. Image encoder: gpu | cpu. VAE: gpu | gpu_tiled | cpu, fp32 or (on the GPU) bf16.
     `idle`: see IDLE_PLACES ("" for a single denoiser).
     """
 
@@ -115,6 +115,9 @@ class ComponentPlan:
                              "use int8 for a smaller text encoder")
         if self.precision in FAST_LEVELS and self.dtype != "bfloat16":
             raise ValueError(f"{self.name}: {self.precision} computes in bfloat16; leave compute_dtype empty")
+        if self.role == "vae" and (self.precision not in ("fp32", "bf16") or (self.precision == "bf16" and self.placement == "cpu")):
+            raise ValueError(f"{self.name}: the VAE decodes in fp32, or in bf16 on the GPU (half the memory); "
+                             f"got {self.precision} {self.placement}")
         if self.compile and self.role != "denoiser":
             raise ValueError(f"{self.name}: compile applies to the denoisers' repeated blocks only")
         if self.compile and self.placement == "leaf_offload":
@@ -168,7 +171,7 @@ class ComponentPlan:
         """What the plan does with it, without its name: 'bf16 on the GPU', 'on the GPU, tiled', ..."""
         if self.role == "denoiser":
             return self.describe()
-        if self.role == "text_encoder":
+        if self.role == "text_encoder" or (self.role == "vae" and self.precision != "fp32"):
             return f"{self.precision} {self.describe_placement()}"
         return self.describe_placement()
 

@@ -69,7 +69,8 @@ def switches(result):
 
 def test_decode_ladder_leans_the_vae_first():
     p = plan_with("cuda")
-    assert [q.component("vae").placement for q in ladder(p, "decode")[:2]] == ["gpu_tiled", "cpu"]
+    vae = [q.component("vae") for q in ladder(p, "decode")[:3]]
+    assert [(c.precision, c.placement) for c in vae] == [("fp32", "gpu_tiled"), ("bf16", "gpu_tiled"), ("fp32", "cpu")]
     assert leaner_plan(p, "decode").source == "fallback"
     assert "VAE gpu -> gpu_tiled" in leaner_plan(p, "decode").reasons[-1]
 
@@ -162,6 +163,25 @@ def test_oom_at_decode_retries_tiled(run, clean_latents, small_job, plan, tmp_pa
     recorded = Plan.from_dict(json.loads(hit.sidecar_path.read_text())["plan"])  # the sidecar has the plan used
     assert recorded.component("vae").placement == "gpu_tiled"
     assert torch.equal(hit.latents, clean_latents(job, hit.plan))
+
+
+def test_second_oom_at_decode_decodes_in_bf16_tiled(run, clean_latents, small_job, plan, loaded):
+    """The rung before the CPU: the VAE cast to bf16, tiled; the frames stay close to the fp32 decode's."""
+    from lowvram.sampling.runner import decode
+
+    job = small_job()
+    hit = run(job, plan, faults=FaultPlan.parse("decode,decode"))
+    assert [s.stage for s in switches(hit)] == ["decode", "decode"]
+    vae = hit.plan.component("vae")
+    assert (vae.precision, vae.placement) == ("bf16", "gpu_tiled") and hit.video_path.is_file()
+    assert loaded.pipe.vae.dtype == torch.bfloat16
+    assert torch.equal(hit.latents, clean_latents(job, hit.plan))
+    sidecar = json.loads(hit.sidecar_path.read_text())
+    assert Plan.from_dict(sidecar["plan"]).component("vae").precision == "bf16"
+    bf16_frames = decode(loaded, hit.plan, hit.latents)
+    loaded.pipe.vae.to(torch.float32)
+    fp32_frames = decode(loaded, hit.plan, hit.latents)
+    assert bf16_frames.dtype == fp32_frames.dtype and abs(bf16_frames - fp32_frames).max() < 0.05
 
 
 def test_context_manager_installs_faults_and_env_var_is_read(run, small_job, plan, tmp_path, monkeypatch):

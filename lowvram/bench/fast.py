@@ -263,6 +263,18 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
             host[level] = HostCopy.of(gpu, meta)
         log(f"[{model}] {level}: per-forward error vs eager bf16 {data['errors'][level]}")
         save()
+    # 3. the bound's reference at the same shapes: quanto's weight-only fp8, which lowvram allows by default
+    # (planner.constants.FAST_ERROR_BOUND is set against it)
+    from lowvram.placement.quantize import quantize_weights
+
+    gpu = None
+    clean_cuda()
+    gpu = host["bf16"].fresh().to(device)
+    quantize_weights(gpu, "fp8", device)
+    with torch.no_grad():
+        data["errors"]["quanto_fp8"] = rel_error(gpu(**x480)[0], ref)
+    log(f"[{model}] quanto fp8 (weight-only): per-forward error vs eager bf16 {data['errors']['quanto_fp8']}")
+    save()
     gpu = None
     clean_cuda()
     if model in setup.ffn_models:
@@ -423,8 +435,10 @@ def fit_fast(data: dict) -> dict:
             if "factor" in info:
                 out["FAST_LINEAR_FACTOR"].setdefault(level, {})[model] = info["factor"]
         for level, err in m.get("errors", {}).items():
+            # quanto fp8 is the bound's reference (FAST_ERROR_BOUND: about twice it), not a fast level
+            key = "quanto fp8 (FAST_ERROR_BOUND's reference)" if level == "quanto_fp8" else level
             if isinstance(err, float):
-                out["FAST_LEVEL_ERROR"][level] = max(err, out["FAST_LEVEL_ERROR"].get(level, 0.0))
+                out["FAST_LEVEL_ERROR"][key] = max(err, out["FAST_LEVEL_ERROR"].get(key, 0.0))
         for r in m.get("resident", {}).values():
             if r.get("warmup_extra_seconds") is not None:
                 warmups.append(r["warmup_extra_seconds"])

@@ -149,11 +149,17 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
                     module = cached
         st.quantized[name] = level
 
-    vae_plan = plan.get("vae")
-    if vae_plan is not None and vae_plan.placement == "gpu_tiled" and getattr(pipe, "vae", None) is not None:
-        pipe.vae.enable_tiling()
-
     import torch
+
+    vae_plan = plan.get("vae")
+    if vae_plan is not None and getattr(pipe, "vae", None) is not None:
+        if vae_plan.placement == "gpu_tiled":
+            pipe.vae.enable_tiling()
+        # fp32 as loaded; bf16 is the planner's leanest GPU rung (half the memory). The pipeline's encode and
+        # decode cast their inputs to the VAE's dtype.
+        want = getattr(torch, vae_plan.dtype)
+        if pipe.vae.dtype != want:
+            pipe.vae.to(want)
 
     from lowvram.placement.compile import apply_compile, is_compiled
 
