@@ -98,5 +98,6 @@ def test_cuda_two_experts_waiting_in_their_files_match_resident(small_job):
     loaded = load_model(resolve_model("tiny-random-a14b"), streamed)
     ours = generate(job, plan=streamed, loaded=loaded).latents
     st = placement.state(loaded.pipe)
-    assert st.deferred == {"transformer", "transformer_2"} and st.pinned_pool  # buffers kept for the next phase
+    # the buffers the high-noise expert left were refilled by the low-noise one, then freed for the decode
+    assert st.deferred == {"transformer", "transformer_2"} and not st.pinned_pool
     assert ((ours - resident).norm() / resident.norm()).item() < 1e-2

@@ -318,6 +318,8 @@ def enter_stage(pipe: Any, plan: Plan, stage: str, phase: Optional[str] = None) 
             left_gpu = False
     if left_gpu:
         _release_cached_vram()
+    if stage != "denoise" and st.pinned_pool:
+        release_pinned_pool(st)
 
 
 def _release_cached_vram() -> None:
@@ -326,6 +328,22 @@ def _release_cached_vram() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def release_pinned_pool(st: PlacementState) -> int:
+    """Free the page-locked buffers the experts handed each other once no expert streams any more (the decode
+    must not hold an expert's worth of pinned RAM), and give the pinned allocator's cache back to the OS.
+    Returns the bytes released."""
+    import torch
+
+    released = sum(t.numel() * t.element_size() for bucket in st.pinned_pool.values() for t in bucket)
+    st.pinned_pool.clear()
+    empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)  # torch >= 2.9
+    if empty is None:
+        empty = getattr(torch._C, "_host_emptyCache", None)
+    if empty is not None and torch.cuda.is_available():
+        empty()
+    return released
 
 
 def _on_cpu(module: Any) -> bool:
