@@ -9,7 +9,7 @@ from textual.widgets import Label
 from tui_support import cpu_app, fill_job, text_of, wait_for
 
 from lowvram.sampling.runner import generate
-from lowvram.telemetry import DecodeProgress, StepFinished
+from lowvram.telemetry import DecodeProgress, PhaseStarted, StepFinished
 from tui.screens.done import DoneScreen
 from tui.screens.job import JobScreen
 from tui.screens.plan import PlanScreen
@@ -379,3 +379,33 @@ async def test_tui_profile_option_fills_the_form_and_model_option_wins(tmp_path)
         if profile.job.steps is not None:
             assert values["steps"] == str(profile.job.steps)
         assert app.planner_prefs == profile.planner
+
+
+async def test_the_run_screen_says_which_expert_is_on_the_gpu(tmp_path):
+    """Wan2.2 A14B (demo): when the low-noise expert takes over, the stage line names it; the log says where."""
+    reached, looked = threading.Event(), threading.Event()
+
+    def run(job, plan, on_event, cancel, loaded=None):
+        def sink(event):
+            on_event(event)
+            if isinstance(event, PhaseStarted) and event.phase == "low":
+                reached.set()
+                looked.wait(timeout=30)
+
+        return generate(job, plan, sink, cancel, loaded=loaded)
+
+    app = cpu_app(generate=run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await fill_job(pilot, tmp_path / "a14b.mp4", model="tiny-random-a14b", steps="4")
+        await pilot.press("ctrl+r")
+        await wait_for_plan(pilot)
+        await pilot.press("enter")
+        await wait_for(pilot, reached.is_set, what="the low-noise expert's phase")
+        screen = app.screen
+        assert isinstance(screen, RunScreen)
+        await wait_for(pilot, lambda: "low-noise expert" in text_of(screen.query_one("#stage", Label)), what="the stage line")
+        assert text_of(screen.query_one("#stage", Label)) == "stage: denoise, low-noise expert on the GPU"
+        looked.set()
+        await app.workers.wait_for_complete()
+        await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), what="the done screen")
+        assert (tmp_path / "a14b.mp4").stat().st_size > 0

@@ -23,6 +23,7 @@ from textual.worker import Worker, WorkerState
 from lowvram.cli.console import fmt_seconds
 from lowvram.errors import CancelledError, UserError
 from lowvram.job import Job
+from planner.plan import PHASE_LABEL
 from lowvram.telemetry import (
     CacheScheduled,
     DecodeProgress,
@@ -32,6 +33,7 @@ from lowvram.telemetry import (
     RunFailed,
     RunFinished,
     RunStarted,
+    PhaseStarted,
     StageStarted,
     StepFinished,
     TransformerCall,
@@ -155,6 +157,10 @@ class RunScreen(WideLayout, Screen):
             progress.step(event)
         elif isinstance(event, DecodeProgress):
             progress.decode(event)
+        elif isinstance(event, PhaseStarted):
+            # which of a two-expert model's experts is on the GPU now
+            if self.state == RUNNING:
+                progress.set_stage(f"stage: denoise, {PHASE_LABEL.get(event.phase, event.component)} on the GPU")
         elif isinstance(event, StageStarted):
             self.stage = event.stage
             if event.stage == "decode":
