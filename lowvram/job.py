@@ -8,6 +8,7 @@ from typing import Optional
 
 from lowvram.caching.setting import CacheSetting, TeaCacheSetting  # noqa: F401 (TeaCacheSetting: the old name)
 from lowvram.errors import UserError
+from lowvram.loras.spec import LoraSpec, check_loras
 
 DEFAULT_NEGATIVE = ""
 
@@ -30,6 +31,14 @@ class Job:
     cache: CacheSetting = CacheSetting()
     guidance_2: Optional[float] = None  # two-expert models: the low-noise expert's guidance (None: the model's)
     shift: Optional[float] = None  # flow shift of the sampler (None: the model card's rule for this size)
+    loras: tuple[LoraSpec, ...] = ()  # applied in order (lowvram.loras); checked against the model before it loads
+    notes: tuple[str, ...] = ()  # what was set for the user and why (a LoRA's preset steps, a cache turned off)
+
+    def __post_init__(self) -> None:
+        # A sidecar's or a JSON file's lists of dicts -> the frozen forms
+        loras = tuple(LoraSpec(**lora) if isinstance(lora, dict) else lora for lora in (self.loras or ()))
+        object.__setattr__(self, "loras", loras)
+        object.__setattr__(self, "notes", tuple(self.notes or ()))
 
     def with_(self, **changes) -> "Job":
         return replace(self, **changes)
@@ -58,6 +67,7 @@ def validate_job(job: Job) -> None:
         problems.append(f"--guidance-2 {job.guidance_2} must be a finite number >= 0 (1.0 or less turns guidance off)")
     if job.shift is not None and not (0 < job.shift <= 100):  # also catches nan
         problems.append(f"--shift {job.shift} must be a number above 0 and at most 100 (Wan uses 3 to 12)")
+    problems += check_loras(job.loras)
     if job.fps < 1:
         problems.append(f"--fps {job.fps} must be at least 1")
     if job.seed < 0 or job.seed >= 2**64:  # torch seeds are unsigned 64-bit

@@ -16,7 +16,7 @@ from lowvram.errors import UserError
 from lowvram.job import Job
 from planner import constants as C
 from planner import memory as M
-from planner.estimate import forward_seconds, guidance_for, passes_for, phase_steps, predict, shift_for
+from planner.estimate import forward_seconds, guidance_for, lora_footprints, passes_for, phase_steps, predict, shift_for
 from planner.plan import (
     FAST_LEVELS,
     FAST_STORAGE,
@@ -28,6 +28,7 @@ from planner.plan import (
     component_label,
     config_key,
     plain,
+    with_loras,
 )
 from planner.probe import GIB, HardwareProbe, describe_probe
 from planner.spec import ModelSpec
@@ -163,44 +164,62 @@ def _with_prediction(plan: Plan, spec: ModelSpec, job: Job, tp: Throughput, budg
 COMPILED_PRECISIONS = ("fp32", "bf16") + FAST_LEVELS
 
 
-def _compile_options(precision: str, placement: str, prefs: Preferences) -> tuple[bool, ...]:
+def _compile_options(precision: str, placement: str, prefs: Preferences, lora: str = "") -> tuple[bool, ...]:
     """Eager and/or compiled. Fast levels only compiled (eager they are slower than bf16); never under leaf
-    offload (no gain: its hooks split every block); nothing compiled when the user turned compile off."""
+    offload (no gain: its hooks split every block); nothing compiled when the user turned compile off. Unfused
+    LoRA adapters run eager (peft's layers inside compiled blocks are not measured yet)."""
     if precision in FAST_LEVELS:
         return (True,) if prefs.compile and placement != "leaf_offload" else ()
-    if prefs.compile and precision in COMPILED_PRECISIONS and placement != "leaf_offload":
+    if prefs.compile and precision in COMPILED_PRECISIONS and placement != "leaf_offload" and lora != "unfused":
         return (False, True)
     return (False,)
 
 
 def _denoiser_placements(spec: ModelSpec, precision: str, tokens: int, budget: Budget,
-                         prefs: Preferences = Preferences()) -> list[ComponentPlan]:
-    kinds = [ComponentPlan("transformer", precision, "resident")]
+                         prefs: Preferences = Preferences(), lora: str = "", loras: tuple = ()) -> list[ComponentPlan]:
+    kinds = [ComponentPlan("transformer", precision, "resident", lora=lora)]
     # the most blocks that fit beside the streamed ones: resident blocks never cost time, so use the VRAM there is
-    k = M.partial_blocks(spec, "transformer", precision, tokens, budget.vram)
+    # (unfused LoRA adapters take some of it)
+    k = M.partial_blocks(spec, "transformer", precision, tokens, budget.vram, lora, loras)
     if 0 < k < spec.transformer.num_blocks:
-        kinds.append(ComponentPlan("transformer", precision, "partial", resident_blocks=k))
-    kinds += [ComponentPlan("transformer", precision, kind) for kind in ("block_offload", "leaf_offload", "disk_offload")]
-    return [replace(cp, compile=c) for cp in kinds for c in _compile_options(precision, cp.placement, prefs)]
+        kinds.append(ComponentPlan("transformer", precision, "partial", resident_blocks=k, lora=lora))
+    kinds += [ComponentPlan("transformer", precision, kind, lora=lora) for kind in ("block_offload", "leaf_offload", "disk_offload")]
+    return [replace(cp, compile=c) for cp in kinds for c in _compile_options(precision, cp.placement, prefs, lora)]
+
+
+def lora_modes(job: Job, precision: str) -> tuple[str, ...]:
+    """How the job's LoRAs may be carried at this precision: fused into the weights (not into a stored fp8 /
+    GGUF file's: there are no full-precision weights to fuse into) or as unfused adapters (eager, beside
+    quanto or unquantized weights: peft's layers over torchao's fast levels are not measured yet)."""
+    if not job.loras:
+        return ("",)
+    if precision == "stored":
+        return ("unfused",)
+    return ("fused",) if precision in FAST_LEVELS else ("fused", "unfused")
 
 
 def denoiser_options(spec: ModelSpec, job: Job, budget: Budget, prefs: Preferences) -> list[tuple[ComponentPlan, ...]]:
-    """Every denoiser setting to try: one component per denoiser. Two experts share precision and placement
-    (they have one shape) and differ in where each waits while the other runs."""
+    """Every denoiser setting to try: one component per denoiser. Two experts share precision, placement and
+    how they carry LoRAs (they have one shape) and differ in where each waits while the other runs."""
     tokens = spec.tokens(job.width, job.height, job.frames)
     out = []
     stored = spec.denoisers[0].stored
     # an fp8 / GGUF single file runs as stored (its bf16 weights are not there to quantize otherwise)
     precisions = ("stored",) if stored is not None and stored.dequant_bytes_per_param > 0 else prefs.denoiser_precisions
+    two = spec.two_experts
+    # the larger LoRA footprint of the two experts sizes the resident blocks of both
+    footprints = max((tuple(lora.footprint for lora in job.loras if lora.footprint is not None and d.name in lora.components(two))
+                      for d in spec.denoisers), key=lambda fs: sum(f.params for f in fs)) if job.loras else ()
     for precision in precisions:
-        for cp in _denoiser_placements(spec, precision, tokens, budget, prefs):
-            if not spec.two_experts:
-                out.append((cp,))
-                continue
-            # where the idle expert waits only matters for what is streamed (pinned copies); a resident expert
-            # waits in its file
-            for idle in ("pinned", "mmap") if cp.placement != "resident" else ("mmap",):
-                out.append((replace(cp, idle=idle), replace(cp, name="transformer_2", idle=idle)))
+        for mode in lora_modes(job, precision):
+            for cp in _denoiser_placements(spec, precision, tokens, budget, prefs, mode, footprints):
+                if not two:
+                    out.append((cp,))
+                    continue
+                # where the idle expert waits only matters for what is streamed (pinned copies); a resident expert
+                # waits in its file
+                for idle in ("pinned", "mmap") if cp.placement != "resident" else ("mmap",):
+                    out.append((replace(cp, idle=idle), replace(cp, name="transformer_2", idle=idle)))
     return out
 
 
@@ -218,6 +237,7 @@ def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Prefe
                     components = (ComponentPlan("text_encoder", teq, te),) + image + denoisers + (
                         ComponentPlan("vae", vae_precision, vae),)
                     plan = Plan(device="cuda", components=plain(list(components)))
+                    plan = with_loras(plan, job.loras)  # a denoiser no LoRA applies to carries none
                     plan = _with_prediction(plan, spec, job, tp, budget, cache)
                     judged = _judge(plan, budget, _rule_out(plan, spec, prefs, probe, tp))
                     out.append(judged)
@@ -313,14 +333,13 @@ def cpu_plan(spec: ModelSpec, job: Job, tp: Throughput, cache=None) -> Plan:
         components.append(ComponentPlan("image_encoder", "fp32", "cpu"))
     components += [ComponentPlan(d.name, precision, "resident") for d in spec.denoisers]
     components.append(ComponentPlan("vae", "fp32", "cpu"))
-    plan = Plan(
-        device="cpu", components=plain(components),
-        reasons=(
-            "no CUDA GPU: everything runs on the CPU",
-            f"precision {precision}: " + ("the demo model is tiny and CPU float32 matmuls are the fast, safe path"
-                                          if spec.is_demo else "float32 would double the RAM of a real model"),
-        ),
-    )
+    reasons = ("no CUDA GPU: everything runs on the CPU",
+               f"precision {precision}: " + ("the demo model is tiny and CPU float32 matmuls are the fast, safe path"
+                                             if spec.is_demo else "float32 would double the RAM of a real model"))
+    if job.loras:
+        reasons += ("LoRAs fused into the weights: on the CPU the weights stay in RAM anyway, and adapters would add "
+                    "their matmuls to every step",)
+    plan = with_loras(Plan(device="cpu", components=plain(components), reasons=reasons), job.loras, default="fused")
     plan = _with_prediction(plan, spec, job, tp, cache=cache)
     # Every forward on the CPU reads all of a denoiser's weights: they must stay in RAM (page cache) to run at
     # compute speed, so they count in the budget here.
@@ -397,7 +416,7 @@ def idle_reasons(chosen: Plan, candidates: list[Candidate], budget: Budget) -> t
         return ()
     idle = chosen.denoisers[0].idle
     other = "mmap" if idle == "pinned" else "pinned"
-    twin_key = (chosen.device, tuple(replace(c, idle=other) if c.role == "denoiser" else c for c in chosen.components))
+    twin_key = (chosen.device, tuple(replace(c, idle=other) if c.role == "denoiser" else c for c in chosen.components), chosen.loras)
     twin = next((c for c in candidates if config_key(c.plan) == twin_key), None)
     if idle == "pinned":
         why = "both experts' streamed weights stay in page-locked RAM for the whole run, so the switch only copies"
@@ -418,9 +437,9 @@ def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Prefere
     """What generate and the TUI call: probe this machine (unless given), read the model's spec, plan."""
     from planner.calibration import load_calibration, warm_compiles
     from planner.probe import probe_hardware
-    from lowvram.models.specs import spec_for_model
+    from lowvram.models.specs import spec_for_model, with_fused_cached
 
-    spec = spec_for_model(job.model, job.base)
+    spec = with_fused_cached(spec_for_model(job.model, job.base), job)
     check_job(job, spec, inputs)
     measured = probe is None  # this machine: its compile records count (a what-if machine has none)
     probe = probe if probe is not None else probe_hardware()
@@ -444,7 +463,7 @@ def check_job(job: Job, spec: ModelSpec, inputs: bool = True) -> None:
 
 def _twin(chosen: Plan, candidates: list[Candidate], **change) -> Optional[Candidate]:
     """The candidate that differs from the chosen plan only in the denoisers' fields `change`."""
-    key = (chosen.device, tuple(replace(c, **change) if c.role == "denoiser" else c for c in chosen.components))
+    key = (chosen.device, tuple(replace(c, **change) if c.role == "denoiser" else c for c in chosen.components), chosen.loras)
     return next((c for c in candidates if config_key(c.plan) == key), None)
 
 
@@ -568,8 +587,10 @@ def _count(n: int) -> str:
 
 
 def _denoiser_label(plan: Plan) -> str:
-    d = plan.denoisers[0]
+    d = next((c for c in plan.denoisers if c.lora), plan.denoisers[0])
     label = f"{d.precision} {d.describe_placement()}" + (", compiled" if d.compile else "")
+    if d.lora:
+        label += ", LoRA " + ("fused" if d.lora == "fused" else "adapters on the GPU")
     return label + (f", idle expert in {'pinned RAM' if d.idle == 'pinned' else 'its weights file'}" if d.idle else "")
 
 
@@ -616,7 +637,7 @@ def _by(cands: list[Candidate], key) -> dict:
 
 def _denoiser_key(plan: Plan) -> tuple:
     d = plan.denoisers[0]
-    return d.precision, d.placement, d.idle, d.compile
+    return d.precision, d.placement, d.idle, d.compile, tuple(c.lora for c in plan.denoisers)
 
 
 def _same_denoisers(a: Plan, b: Plan) -> bool:
@@ -644,7 +665,8 @@ def explain(probe: HardwareProbe, spec: ModelSpec, job: Job, budget: Budget, tp:
     lines.append(f"chosen: {chosen.summary()} ({chosen.device})")
     lines += stage_table(chosen)
     lines += [f"  why: {r}" for r in chosen.reasons
-              if r.startswith(("idle expert", "the most precise", "precision ", "placement: ", "compile: ", "VAE "))]
+              if r.startswith(("idle expert", "the most precise", "precision ", "placement: ", "compile: ", "VAE ", "LoRAs fused"))]
+    lines += lora_lines(spec, job, tp, chosen, candidates)
     if not probe.has_gpu:
         return lines
     others = [c for c in candidates if config_key(c.plan) != config_key(chosen)]
@@ -676,6 +698,51 @@ def explain(probe: HardwareProbe, spec: ModelSpec, job: Job, budget: Budget, tp:
         if (vaeq, vae) != (chosen_vae.precision, chosen_vae.placement):
             lines.append(f"  {vae if vaeq == 'fp32' else f'{vaeq} {vae}'}: {_verdict(_best(cs), chosen)}")
     return lines
+
+
+def lora_lines(spec: ModelSpec, job: Job, tp: Throughput, chosen: Plan, candidates: list[Candidate]) -> list[str]:
+    """How the chosen plan carries the job's LoRAs, and what the other way would cost (memory and time): the
+    best plan carrying them the other way."""
+    if not job.loras:
+        return []
+    lines = ["LoRAs: " + "; ".join(r.describe() for r in chosen.loras)]
+    mode = next((c.lora for c in chosen.denoisers if c.lora), "")
+    other = "unfused" if mode == "fused" else "fused"
+    # the other way at its best: the fastest plan carrying the LoRAs that way (else the closest to fitting)
+    others = [c for c in candidates if any(d.lora == other for d in c.plan.denoisers)]
+    fitting = [c for c in others if c.fits]
+    twin = pick(fitting, "speed") if fitting else (_best(others) if others else None)
+    steps = sum(phase_steps(spec, job).values())
+    if mode == "fused":
+        quantized = any(c.quantized for c in chosen.denoisers if c.lora)
+        why = ("fused into the base weights before they are quantized and placed: nothing added per step"
+               + ("; the quantized weights are cached per LoRA set (the files' hashes and scales)" if quantized else ""))
+    else:
+        fps = {c.name: lora_footprints(chosen, job, c.name) for c in chosen.denoisers if c.lora}
+        adapters = max(M.adapter_bytes(f, chosen.component(n).dtype) for n, f in fps.items())
+        why = (f"kept as adapters resident on the GPU ({gib(adapters)}) while the base weights are placed as planned; "
+               "nothing is re-quantized or re-written when the LoRA set changes")
+    lines.append(f"  LoRA {mode}: {why}")
+    if twin is None:
+        if mode == "unfused" and chosen.denoisers[0].precision == "stored":
+            lines.append("  fused: not possible: a stored fp8 / GGUF file has no full-precision weights to fuse into")
+        return lines
+    d_vram = twin.plan.peak_vram_bytes - chosen.peak_vram_bytes
+    d_ram = twin.plan.peak_ram_bytes - chosen.peak_ram_bytes
+    d_run = twin.plan.predicted_seconds - chosen.predicted_seconds
+    d_step = (twin.plan.stage_seconds("denoise") - chosen.stage_seconds("denoise")) / max(1, steps)
+    verdict = twin.rejected_reason if not twin.fits else _compare(twin.plan, chosen)
+    lines.append(f"  LoRA {other} instead ({_denoiser_label(twin.plan)}): peak VRAM {_signed(d_vram, gib)}, RAM "
+                 f"{_signed(d_ram, gib)}, {_signed(d_run, _short_seconds)} per run ({_signed(d_step, _short_seconds)} per step): {verdict}")
+    return lines
+
+
+def _signed(value: float, fmt) -> str:
+    return ("+" if value >= 0 else "-") + fmt(abs(value))
+
+
+def _short_seconds(s: float) -> str:
+    return f"{s * 1000:.0f} ms" if s < 1 else fmt_seconds(s)
 
 
 # --- Nothing fits ---------------------------------------------------------------------------------------------

@@ -121,6 +121,30 @@ GPU_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("RTX 3060", 25.6),
 )
 UNKNOWN_GPU_BF16_TFLOPS = 25.6  # estimate: assume the slowest card of the table rather than a fast one
+# Memory bandwidth, GB/s (datasheet: NVIDIA product pages; H100 SXM5, A100 80 GB SXM4). Matched like the table
+# above. Elementwise work (unfused LoRA adapters add, scale and write whole outputs) runs at this speed.
+GPU_MEMORY_GBPS: tuple[tuple[str, float], ...] = (
+    ("H200", 4800.0),
+    ("H100", 3350.0),
+    ("A100", 2039.0),
+    ("L40S", 864.0),
+    ("RTX 6000 Ada", 960.0),
+    ("A6000", 768.0),
+    ("RTX 4090", 1008.0),
+    ("RTX 4080", 716.8),
+    ("RTX 4070 Ti", 504.2),
+    ("RTX 4070", 504.2),
+    ("RTX 4060 Ti", 288.0),
+    ("RTX 4060", 272.0),
+    ("RTX 3090", 936.2),
+    ("RTX 3080", 760.3),
+    ("RTX 3070", 448.0),
+    ("RTX 3060", 360.0),
+)
+UNKNOWN_GPU_MEMORY_GBPS = 360.0  # estimate: the slowest card of the table, as for TFLOPS
+# Achieved fraction of the datasheet bandwidth by large elementwise kernels (estimate: ~80% is what
+# bandwidth tests reach on these GPUs); refit from `lowvram bench lora`.
+MEMORY_EFFICIENCY = 0.8
 # Achieved fraction of the datasheet rate over a whole forward. Bench (docs/benchmarks.md, H200, all on
 # GPU, bf16, SDPA): 1.3B 0.618 s at 32,760 tokens / 2.468 s at 75,600; 14B 3.266 s / 12.253 s, against
 # the FLOPs of planner.timing.transformer_flops: 0.463, 0.512, 0.520, 0.538; the mean. (REFERENCE.md's
@@ -224,6 +248,26 @@ FAST_LEVEL_ERROR: dict[str, float] = {"fp8_fast": 0.013, "int8_fast": 0.006}
 # (--max-error changes it). About twice the error of quanto's fp8 weight-only level, which lowvram allows by
 # default: 2.5-2.9% per forward on the same shapes and seeds (quanto int8: 0.70-0.73%).
 FAST_ERROR_BOUND = 0.05
+
+# --- LoRAs (lowvram.loras; docs/loras.md) ------------------------------------------------------------
+# Unfused adapters (peft's LoRA Linear: result + lora_B(lora_A(x)) * scaling) per adapted layer and token:
+# the two low-rank matmuls (their FLOPs, LoraFootprint.flops_per_token), then elementwise passes over the
+# layer's output: lora_B writes it, the scaling reads and writes it, the sum reads two and writes one:
+# 6 passes of out_features values in the compute dtype. Estimate from peft's forward; refit from
+# `lowvram bench lora` (docs/benchmarks.md).
+LORA_OUTPUT_PASSES = 6
+# Low-rank matmuls (rank 16-128 against 5120-13824 wide layers) run well below the dense rate: estimate, the
+# fraction of MATMUL_EFFICIENCY they reach; refit from the bench.
+LORA_MATMUL_EFFICIENCY = 0.5
+# Extra activation peak of unfused adapters: while `result + delta * scaling` is formed, the adapter's output
+# and its scaled copy (or the scaled copy and the sum) are alive beside the layer's own output: two copies of
+# the widest adapted layer's output. Estimate from peft's forward; refit from the bench's peak VRAM.
+LORA_EXTRA_OUTPUT_COPIES = 2
+# Loading a LoRA: the file's tensors (up to float32) and diffusers' converted copy are alive at once
+# (estimate: two copies at 4 bytes per parameter).
+LORA_LOAD_BYTES_PER_PARAM = 8
+# Fusing runs on the CPU before the weights are placed: per adapted layer B @ A (2 x rank x in x out FLOPs,
+# peft computes it in float32 on the CPU) and an add; CPU_FLOPS applies.
 
 # --- Reserves and RAM -------------------------------------------------------------------------------
 # VRAM kept free: ComfyUI's reserve for the driver and other programs (0.4-0.6 GB) plus its minimum

@@ -67,6 +67,61 @@ class _Held:
     per_phase: dict  # denoiser -> pinned bytes held only during its phase
 
 
+def lora_footprints(plan: Plan, job: Job, name: str) -> tuple:
+    """The footprints (lowvram.loras.LoraFootprint) of the job's LoRAs that apply to denoiser `name`."""
+    return tuple(lora.footprint for lora in job.loras
+                 if lora.footprint is not None and name in lora.components(plan.two_experts))
+
+
+def lora_ram_bytes(plan: Plan, spec: ModelSpec, job: Job) -> tuple[int, int]:
+    """(unfused adapters' host copies, fused weights that no longer map their file: memory.fused_heap_bytes):
+    process RAM the LoRAs hold for the whole run."""
+    adapters = fused = 0
+    for cp in plan.denoisers:
+        loras = lora_footprints(plan, job, cp.name)
+        if cp.lora == "unfused":
+            adapters += M.adapter_bytes(loras, cp.dtype)
+        elif plan.device == "cuda":
+            fused += M.fused_heap_bytes(spec, cp, loras)
+    return adapters, fused
+
+
+def cache_level(plan: Plan, job: Job, cp: ComponentPlan) -> str:
+    """The quantized-cache entry a component needs, as ModelSpec.quantized_cached names it: its level, and for a
+    denoiser with fused LoRAs the LoRA set ("int8@lora<key>": lowvram.loras.spec.lora_set_key)."""
+    if cp.lora != "fused":
+        return cp.precision
+    from lowvram.loras.spec import lora_set_key
+
+    return f"{cp.precision}@lora{lora_set_key(l for l in job.loras if cp.name in l.components(plan.two_experts))}"
+
+
+def lora_forward_seconds(plan: Plan, cp: ComponentPlan, loras: tuple, tokens: int, tp: T.Throughput) -> float:
+    """What unfused adapters add to one forward: their low-rank matmuls and the elementwise passes over each
+    adapted layer's output (constants.LORA_*). Fused LoRAs add nothing."""
+    if cp.lora != "unfused" or not loras:
+        return 0.0
+    flops = tokens * sum(f.flops_per_token for f in loras)
+    if plan.device != "cuda":
+        return flops / tp.cpu_flops
+    traffic = tokens * sum(f.out_per_token for f in loras) * C.LORA_OUTPUT_PASSES * M.base_bytes(cp.dtype)
+    bandwidth = tp.gpu_bandwidth or C.UNKNOWN_GPU_MEMORY_GBPS * 1e9 * C.MEMORY_EFFICIENCY
+    return flops / (tp.gpu_flops * C.LORA_MATMUL_EFFICIENCY) + traffic / bandwidth
+
+
+def lora_load_seconds(plan: Plan, job: Job, tp: T.Throughput) -> float:
+    """Reading the LoRA files, and fusing on the CPU where the fused weights are not cached: a quantized
+    denoiser's fused weights go to the quantized-weights cache (keyed by the LoRAs' hashes and scales) on the
+    first run, like quantizing itself, which this model does not count either; unquantized ones fuse every run."""
+    seconds = 0.0
+    for cp in plan.denoisers:
+        loras = lora_footprints(plan, job, cp.name)
+        seconds += sum(f.params for f in loras) * 2 / tp.disk_read
+        if cp.lora == "fused" and not cp.quantized:
+            seconds += sum(2.0 * f.rank * f.target_params for f in loras) / tp.cpu_flops
+    return seconds
+
+
 def _held(plan: Plan, spec: ModelSpec) -> _Held:
     always, per_phase = 0, {}
     for cp in plan.denoisers:
@@ -99,6 +154,10 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     h, w, f = job.height, job.width, job.frames
     tokens = spec.tokens(w, h, f)
     held = _held(plan, spec)
+    # what the LoRAs hold all run counts as RAM at every stage (not as pinned weights: no page-locking time);
+    # fused weights replace their mapped pages
+    adapters, fused = lora_ram_bytes(plan, spec, job)
+    base_ram += adapters + fused
     te = plan.component("text_encoder")
     vae = plan.component("vae")
     ie = plan.get("image_encoder")
@@ -113,24 +172,27 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
 
     # Copies from memory-mapped weights: page cache (pageable speed) when it all fits in RAM, else disk.
     peak_heap_guess = base_ram + held.always + max(held.per_phase.values(), default=0) + 2 * M.video_bytes(h, w, f)
-    cached = ram_budget is None or mapped_bytes(plan, spec) + peak_heap_guess <= ram_budget
+    cached = ram_budget is None or mapped_bytes(plan, spec) - fused + peak_heap_guess <= ram_budget
     from_map = tp.h2d_pageable if cached else min(tp.h2d_pageable, tp.disk_read) if on_gpu else tp.disk_read
     pin_rate = min(from_map, C.PIN_BPS)
 
     # --- load --------------------------------------------------------------------------------------
     precisions = {cp.name: cp.precision for cp in plan.components}
     to_quantize = [cp for cp in plan.components if cp.quantized and spec.get(cp.name)
-                   and (cp.name, cp.precision) not in spec.quantized_cached]
+                   and (cp.name, cache_level(plan, job, cp)) not in spec.quantized_cached]
     quantized = [M.component_bytes(spec.component(cp.name), cp.precision) for cp in to_quantize]
     # first run: a component is quantized whole in RAM, saved to the weights cache shard by shard, and swapped
     # for the cache's memory-mapped copy (one at a time); later runs load the cache
     transient = max([M.staging_bytes(spec, precisions)] + [q + C.QUANT_SAVE_SHARD_BYTES for q in quantized])
+    transient += max((sum(f.params for f in lora_footprints(plan, job, cp.name)) for cp in plan.denoisers),
+                     default=0) * C.LORA_LOAD_BYTES_PER_PARAM  # one LoRA file's tensors and their converted copy
     load_ram = base_ram + held.always + transient
     read_bytes = sum(M.component_bytes(c, "bf16") for c in spec.components)
     disk_offload = sum(M.denoiser_split(spec, cp)[2] for cp in plan.denoisers) if on_gpu else 0
     load_s = read_bytes / tp.disk_read + disk_offload / tp.disk_read  # read the checkpoint; write offload files
     load_s += sum(spec.component(cp.name).params for cp in to_quantize) / C.QUANTIZE_PARAMS_PER_SECOND
     load_s += held.always / pin_rate if on_gpu else 0.0  # page-lock the weights streamed all run
+    load_s += lora_load_seconds(plan, job, tp)
     stages = [StagePeak("load", 0, load_ram, load_s)]
 
     # --- encode ------------------------------------------------------------------------------------
@@ -177,16 +239,19 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     for cp in plan.denoisers:
         n = steps.get(cp.name, 0)
         passes = passes_for(guidance_for(spec, job, cp.name))
-        forward_s = forward_seconds(plan, cp, spec, tokens, tp)
+        loras = lora_footprints(plan, job, cp.name)
+        forward_s = forward_seconds(plan, cp, spec, tokens, tp) + lora_forward_seconds(plan, cp, loras, tokens, tp)
         ram = base_ram + held.always + held.per_phase.get(cp.name, 0)
         if on_gpu:
-            vram = M.denoiser_vram_bytes(spec, cp, tokens)
+            vram = M.denoiser_vram_bytes(spec, cp, tokens, loras)
             resident, streamed, _ = M.denoiser_split(spec, cp)
             switch = resident / from_map + (streamed / pin_rate if cp.idle == "mmap" else 0.0)
             seconds = switch + denoise_calls(n, passes, cache, cp.name) * forward_s
         else:
             vram = 0
             ram += M.transformer_activation_bytes(spec.dims, tokens, cp.dtype)
+            if cp.lora == "unfused":
+                ram += M.adapter_activation_bytes(loras, tokens, cp.dtype)
             seconds = denoise_calls(n, passes, cache, cp.name) * forward_s
         if cp.compile and not compiled and n > 0:
             seconds += compile_seconds(plan, tp)
@@ -257,5 +322,6 @@ def forward_seconds(plan: Plan, cp: ComponentPlan, spec: ModelSpec, tokens: int,
     raise ValueError(f"unknown denoiser placement {kind!r}")
 
 
-__all__ = ["block_compute_seconds", "cfg_passes", "compile_seconds", "forward_seconds", "guidance_for", "mapped_bytes", "passes_for",
-           "phase_steps", "predict", "shift_for"]
+__all__ = ["block_compute_seconds", "cfg_passes", "compile_seconds", "forward_seconds", "guidance_for", "lora_footprints",
+           "lora_forward_seconds", "lora_load_seconds", "lora_ram_bytes", "mapped_bytes", "passes_for", "phase_steps", "predict",
+           "shift_for"]

@@ -169,8 +169,37 @@ def video_bytes(height: int, width: int, frames: int) -> int:
 # --- Denoiser placements ------------------------------------------------------------------------------
 
 
-def denoiser_vram_bytes(spec: ModelSpec, cp: ComponentPlan, tokens: int) -> int:
-    """Peak VRAM of a denoiser's phase (weights on the GPU + activations) for its placement."""
+def adapter_bytes(loras: tuple = (), dtype: str = "bfloat16") -> int:
+    """Unfused LoRA adapters (LoraFootprint per LoRA) in the compute dtype: on the GPU for the whole phase, and
+    their host copies in RAM for the whole run."""
+    return sum(f.params for f in loras) * base_bytes(dtype)
+
+
+def adapter_activation_bytes(loras: tuple, tokens: int, dtype: str = "bfloat16") -> int:
+    """The activation peak unfused adapters add: copies of the widest adapted layer's output (constants)."""
+    widest = max((f.max_out for f in loras), default=0)
+    return C.LORA_EXTRA_OUTPUT_COPIES * tokens * widest * base_bytes(dtype)
+
+
+def fused_heap_bytes(spec: ModelSpec, cp: ComponentPlan, loras: tuple = ()) -> int:
+    """Process RAM that fusing LoRAs into unquantized weights costs: the rewritten weights no longer map their
+    file. Streamed weights are copied to page-locked memory (already counted) and the rewritten ones dropped;
+    those moved whole to the GPU (resident blocks), or kept to come back to (an idle expert waiting in its
+    file), stay in RAM for the run. Quantized weights are rewritten by quantization anyway."""
+    if cp.lora != "fused" or not loras or cp.precision not in ("fp32", "bf16"):
+        return 0
+    t = spec.component(cp.name)
+    rewritten = min(sum(f.target_params for f in loras), t.whole.linear_params) * _param_bytes(t, cp.precision)
+    if cp.idle == "mmap" or cp.placement == "resident":
+        return rewritten
+    if cp.placement == "partial":
+        return rewritten * cp.resident_blocks // max(1, t.num_blocks)
+    return 0
+
+
+def denoiser_vram_bytes(spec: ModelSpec, cp: ComponentPlan, tokens: int, loras: tuple = ()) -> int:
+    """Peak VRAM of a denoiser's phase (weights on the GPU + activations) for its placement; `loras`: the
+    footprints of the LoRAs it carries (unfused adapters stay on the GPU; fused ones cost nothing here)."""
     t = spec.component(cp.name)
     q = cp.precision
     act = transformer_activation_bytes(spec.dims, tokens, cp.dtype)
@@ -194,6 +223,9 @@ def denoiser_vram_bytes(spec: ModelSpec, cp: ComponentPlan, tokens: int) -> int:
         weights = buffers * largest_leaf_bytes(t, q)
     else:
         raise ValueError(f"unknown denoiser placement {kind!r}")
+    if cp.lora == "unfused" and loras:
+        weights += adapter_bytes(loras, cp.dtype)
+        act += adapter_activation_bytes(loras, tokens, cp.dtype)
     return weights + act + dequant
 
 
@@ -227,10 +259,11 @@ def pinned_bytes(spec: ModelSpec, cp: ComponentPlan) -> int:
     return int(streamed * C.PINNED_RAM_PER_WEIGHT_BYTE)
 
 
-def partial_blocks(spec: ModelSpec, name: str, precision: str, tokens: int, vram_budget: int) -> int:
+def partial_blocks(spec: ModelSpec, name: str, precision: str, tokens: int, vram_budget: int, lora: str = "",
+                   loras: tuple = ()) -> int:
     """How many blocks can stay resident while the rest stream: the spare VRAM of block offload, in blocks."""
     t = spec.component(name)
-    streaming = denoiser_vram_bytes(spec, ComponentPlan(name, precision, "block_offload"), tokens)
+    streaming = denoiser_vram_bytes(spec, ComponentPlan(name, precision, "block_offload", lora=lora), tokens, loras)
     block = block_bytes(t, precision)
     if block <= 0:
         return 0

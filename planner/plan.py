@@ -36,6 +36,10 @@ PLACEMENTS: dict[str, tuple[str, ...]] = {
 # "mmap": it waits in its weights file (memory-mapped: page cache, no process RAM); its streamed part is
 #         pinned when its phase starts and released when it ends.
 IDLE_PLACES: tuple[str, ...] = ("pinned", "mmap")
+# How a denoiser carries the job's LoRAs: "" (none for it), "fused" (merged into its weights before they are
+# quantized and placed: no cost per step), "unfused" (kept as small adapters resident on the GPU while the
+# base weights are placed as planned: VRAM and time each step, nothing re-quantized).
+LORA_MODES: tuple[str, ...] = ("", "fused", "unfused")
 
 STAGES: tuple[str, ...] = ("load", "encode", "denoise", "decode")
 # The phases of the denoise stage of a two-expert model, and the denoiser that runs in each.
@@ -82,11 +86,12 @@ class ComponentPlan:
     idle: str = ""
     compute_dtype: str = ""  # "" follows the precision (float32 for fp32, else bfloat16); "float32" for CPU plans
     compile: bool = False
+    lora: str = ""  # denoisers: see LORA_MODES
 
     def __post_init__(self) -> None:
         for name, kind in (("name", str), ("precision", str), ("placement", str), ("resident_blocks", int),
                            ("blocks_per_group", int), ("use_stream", bool), ("idle", str), ("compute_dtype", str),
-                           ("compile", bool)):
+                           ("compile", bool), ("lora", str)):
             value = getattr(self, name)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise TypeError(f"component {self.name!r}: {name} must be a {kind.__name__}, got {value!r}")
@@ -124,6 +129,8 @@ class ComponentPlan:
             raise ValueError(f"{self.name}: compile does not work under leaf_offload (a hook on every layer breaks "
                              "the compiled block into pieces that torch recompiles per layer); use block_offload "
                              "or partial with compile, or leaf_offload without it")
+        if self.lora not in LORA_MODES or self.lora and self.role != "denoiser":
+            raise ValueError(f"{self.name}: lora {self.lora!r} is not one of fused, unfused (denoisers only) or empty")
 
     @property
     def role(self) -> str:
@@ -180,9 +187,29 @@ class ComponentPlan:
         text = f"{self.precision} {self.describe_placement()}"
         if self.compile:
             text += ", compiled"
+        if self.lora:
+            text += "; " + LORA_LABEL[self.lora]
         if self.idle:
             text += "; waits " + ("in pinned RAM" if self.idle == "pinned" else "in its weights file (memory-mapped)")
         return text
+
+
+LORA_LABEL = {"fused": "LoRA fused into its weights", "unfused": "LoRA adapters resident on the GPU"}
+
+
+@dataclass(frozen=True)
+class LoraRecord:
+    """A LoRA of the job as the plan applies it (the file is the job's): for the sidecar and the explanation."""
+
+    name: str
+    sha256: str
+    scale: float
+    expert: str  # "both", "high", "low" ("both" on a one-expert model)
+    fused: bool
+
+    def describe(self) -> str:
+        where = "" if self.expert in ("", "both") else f" @{self.expert}"
+        return f"{self.name} x{self.scale:g}{where}: {'fused' if self.fused else 'adapters'}"
 
 
 @dataclass(frozen=True)
@@ -220,6 +247,7 @@ class Plan:
     predicted_seconds: float = 0.0
     reasons: tuple[str, ...] = ()
     source: str = "planner"  # "planner", "placeholder", "forced", "profile", "fallback"
+    loras: tuple[LoraRecord, ...] = ()  # the job's LoRAs as applied (ComponentPlan.lora decides; this records)
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.components]
@@ -268,7 +296,8 @@ class Plan:
     def summary(self) -> str:
         if self.device == "cpu":
             precisions = sorted({c.precision for c in self.components}) or ["fp32"]
-            return f"everything on the CPU ({'/'.join(precisions)})"
+            lora = next((LORA_LABEL[c.lora] for c in self.denoisers if c.lora), "")
+            return f"everything on the CPU ({'/'.join(precisions)})" + (f"; {lora}" if lora else "")
         return "; ".join(f"{component_label(c.name, self.two_experts)} {c.words()}" for c in self.components)
 
     # --- serialisation ------------------------------------------------------------------------------
@@ -291,12 +320,13 @@ class Plan:
         data["components"] = tuple(ComponentPlan(**c) for c in components)
         data["predicted"] = tuple(StagePeak(**s) for s in data.get("predicted", ()))
         data["reasons"] = tuple(data.get("reasons", ()))
+        data["loras"] = tuple(LoraRecord(**r) if isinstance(r, dict) else r for r in data.get("loras", ()))
         return cls(**data)
 
 
 def config_key(plan: Plan) -> tuple:
-    """What a plan decides, without its predictions and reasons."""
-    return (plan.device, plan.components)
+    """What a plan decides, without its predictions and reasons (a loaded model with other LoRAs differs)."""
+    return (plan.device, plan.components, plan.loras)
 
 
 def describe_change(old: Plan, new: Plan) -> str:
@@ -321,6 +351,8 @@ def describe_change(old: Plan, new: Plan) -> str:
             changes.append(f"{label} waits {before.idle or '-'} -> {c.idle or '-'}")
         if before.compile != c.compile:
             changes.append(f"{label} {'compiled' if c.compile else 'no longer compiled'}")
+        if before.lora != c.lora:
+            changes.append(f"{label} LoRA {before.lora or '-'} -> {c.lora or '-'}")
     return "; ".join(changes) or "no change"
 
 
@@ -374,6 +406,28 @@ def fit_to(plan: Plan, names: tuple[str, ...]) -> Plan:
     return plan if components == plan.components else replace(plan, components=components)
 
 
+def with_loras(plan: Plan, loras: tuple = (), default: str = "unfused") -> Plan:
+    """The plan with its LoRA decisions for the job's `loras` (lowvram.loras.LoraSpec): each denoiser a LoRA
+    applies to keeps its mode, or gets `default` when the plan has none (a forced or test plan); the others
+    get none; and one LoraRecord per LoRA. A plan without LoRAs comes back without any."""
+    names = {c.name for c in plan.denoisers}
+    two = len(names) > 1
+    targets = {name for lora in loras for name in lora.components(two) if name in names}
+    components = tuple(
+        replace(c, lora=(c.lora or default) if c.name in targets else "") if c.role == "denoiser" else c
+        for c in plan.components
+    )
+    modes = {c.name: c.lora for c in components}
+    records = tuple(
+        LoraRecord(lora.name, lora.sha256, float(lora.scale), lora.expert or "both",
+                   all(modes.get(n) == "fused" for n in lora.components(two) if n in names))
+        for lora in loras
+    )
+    if components == plan.components and records == plan.loras:
+        return plan
+    return replace(plan, components=components, loras=records)
+
+
 def plain(components: list[ComponentPlan]) -> tuple[ComponentPlan, ...]:
     """Components in pipeline order: encoders, denoisers, VAE (how plans print and compare)."""
     order = {"text_encoder": 0, "image_encoder": 1, "transformer": 2, "transformer_2": 3, "vae": 4}
@@ -381,7 +435,8 @@ def plain(components: list[ComponentPlan]) -> tuple[ComponentPlan, ...]:
 
 
 __all__ = [
-    "ComponentPlan", "DENOISER_PLACEMENTS", "FAST_LEVELS", "FAST_STORAGE", "IDLE_PLACES", "PHASE_LABEL", "PHASE_OF", "PLACEMENTS", "PRECISIONS", "component_label",
+    "ComponentPlan", "DENOISER_PLACEMENTS", "FAST_LEVELS", "FAST_STORAGE", "IDLE_PLACES", "LORA_MODES", "LoraRecord", "PHASE_LABEL", "PHASE_OF",
+    "PLACEMENTS", "PRECISIONS", "component_label",
     "Plan", "QUANT_LEVELS", "Quant", "STAGES", "StagePeak", "compute_dtype", "config_key", "describe_change", "plain",
-    "role_of", "fit_to", "simple_plan",
+    "role_of", "fit_to", "simple_plan", "with_loras",
 ]

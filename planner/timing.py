@@ -30,6 +30,7 @@ class Throughput:
     compile_seconds: float = C.COMPILE_SECONDS_COLD  # compiling the blocks once, cold
     warm_precisions: tuple[str, ...] = ()  # compiled before at this job's shapes: inductor's cache has them
     fast_source: str = "REFERENCE.md anchors (H200)"
+    gpu_bandwidth: float = 0.0  # achieved bytes/s of elementwise kernels (datasheet x MEMORY_EFFICIENCY)
 
     def time_factor(self, precision: str) -> float:
         """A forward's time at `precision` relative to bf16 at the same placement (quanto's measured
@@ -117,6 +118,15 @@ def infer_gpu(vram_gib: float, compute_capability: Optional[tuple[int, int]] = N
     return None
 
 
+def gpu_datasheet_bandwidth(gpu_name: Optional[str]) -> float:
+    """Datasheet memory bandwidth in bytes/s; the slow default when the GPU is not in the table."""
+    name = _squash(gpu_name)
+    for marker, gbps in C.GPU_MEMORY_GBPS:
+        if _squash(marker) in name:
+            return gbps * 1e9
+    return C.UNKNOWN_GPU_MEMORY_GBPS * 1e9
+
+
 def _squash(name: Optional[str]) -> str:
     """'NVIDIA GeForce RTX 4090' and 'rtx4090' match alike."""
     return "".join((name or "").upper().split())
@@ -172,6 +182,7 @@ def throughput_for(probe: HardwareProbe, calibration=None, warm_precisions: tupl
             compile_seconds=compile_seconds,
             warm_precisions=tuple(warm_precisions),
             **_calibrated_gains(calibration),
+            gpu_bandwidth=gpu_datasheet_bandwidth(probe.gpu_name) * C.MEMORY_EFFICIENCY,
         )
     tflops, klass = gpu_datasheet_tflops(probe.gpu_name)
     datacenter = _datacenter(probe)
@@ -188,6 +199,7 @@ def throughput_for(probe: HardwareProbe, calibration=None, warm_precisions: tupl
         compute_capability=cc,
         compile_seconds=compile_seconds,
         warm_precisions=tuple(warm_precisions),
+        gpu_bandwidth=gpu_datasheet_bandwidth(probe.gpu_name) * C.MEMORY_EFFICIENCY,
     )
 
 

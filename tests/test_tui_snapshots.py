@@ -36,11 +36,12 @@ TEACACHE_JOB = JOB.with_(cache=CacheSetting("teacache", threshold=0.2))
 class FakeLoaded:
     """Stands in for a LoadedModel: the scripted runtime below never touches it."""
 
-    def __init__(self, name: str, plan: Plan):
+    def __init__(self, name: str, plan: Plan, loras: tuple = ()):
         from lowvram.models.names import ModelRef
 
         self.ref = ModelRef(name=name, kind="demo", location="/demo")
         self.plan = plan
+        self.loras = loras
 
 
 def scripted_events(steps_done: int):

@@ -29,9 +29,11 @@ class LowvramApp(App):
         Binding("question_mark", "help", "Help", show=False),  # an Input takes "?" as text: F1 always works
     ]
 
-    def __init__(self, services: Services, job: Job, profile: Optional[str] = None, model_override: Optional[str] = None) -> None:
+    def __init__(self, services: Services, job: Job, profile: Optional[str] = None, model_override: Optional[str] = None,
+                 loras_override: Optional[tuple] = None) -> None:
         super().__init__()
         self.model_override = model_override
+        self.loras_override = loras_override
         self.services = services
         self.initial_job = job
         self.profile = profile
@@ -51,6 +53,8 @@ class LowvramApp(App):
                 # Command-line options override the profile, as in `generate`.
                 job = loaded.with_(model=self.model_override) if self.model_override else loaded
                 profile = self.profile
+                if self.loras_override is not None:  # --lora given: it wins over the profile's, as in `generate`
+                    job = job.with_(loras=self.loras_override, notes=())
             except UserError as exc:
                 self.notify(str(exc), title="Profile not loaded", severity="error", timeout=10)
         self.push_screen(JobScreen(job, profile, profile_name=self._profile_name(profile)))
@@ -109,8 +113,11 @@ class LowvramApp(App):
     def show_done(self, job: Job, summary: RunSummary) -> None:
         self.switch_screen(DoneScreen(job, summary))
 
-    def back_to_job(self) -> None:
+    def back_to_job(self, job: Optional[Job] = None) -> None:
+        """Back to the form; `job` (the planned one: what its LoRAs set) refills it."""
         self._pop_to_job()
+        if job is not None and isinstance(self.screen, JobScreen):
+            self.screen.fill(job)
 
     def _pop_to_job(self) -> None:
         while not isinstance(self.screen, JobScreen) and len(self.screen_stack) > 2:
@@ -134,9 +141,13 @@ class LowvramApp(App):
         self.loaded = loaded
 
 
-def create_app(model: Optional[str] = None, profile: Optional[str] = None, services: Optional[Services] = None, job: Optional[Job] = None) -> LowvramApp:
-    """The app with the given (or real) services. `job` prefills the form; `model` picks the model."""
+def create_app(model: Optional[str] = None, profile: Optional[str] = None, services: Optional[Services] = None, job: Optional[Job] = None,
+               loras: Optional[tuple] = None) -> LowvramApp:
+    """The app with the given (or real) services. `job` prefills the form; `model` picks the model; `loras`
+    (LoraSpecs of --lora) the LoRAs, over a profile's."""
     job = job or default_job(model)
     if model and job.model != model:
         job = job.with_(model=model)
-    return LowvramApp(services or Services(), job, profile, model_override=model)
+    if loras is not None:
+        job = job.with_(loras=loras)
+    return LowvramApp(services or Services(), job, profile, model_override=model, loras_override=loras)

@@ -17,6 +17,7 @@ from typing import Optional
 from lowvram.caching.setting import CacheSetting
 from lowvram.errors import UserError
 from lowvram.job import Job, validate_job
+from lowvram.loras.spec import format_lora_arg, parse_lora_arg
 from lowvram.models.names import DEMO_NAMES, SHORT_NAMES, resolve_model
 
 # Presets as (width, height); Wan2.1 is trained at these two sizes.
@@ -25,14 +26,15 @@ CUSTOM = "custom"
 KNOWN_MODELS = list(DEMO_NAMES) + list(SHORT_NAMES)
 
 
-FIELDS = ("model", "prompt", "negative", "image", "preset", "width", "height", "frames", "steps", "guidance", "seed", "teacache_mode", "teacache_value", "out")
+FIELDS = ("model", "prompt", "negative", "image", "loras", "preset", "width", "height", "frames", "steps", "guidance", "seed", "teacache_mode", "teacache_value", "out")
 # The words a message uses for each field (the form's own labels, in lower case where they start a sentence).
 FIELD_WORDS = {"width": "width", "height": "height", "frames": "frames", "steps": "steps", "guidance": "guidance",
-               "seed": "seed", "fps": "fps", "out": "output", "image": "image", "model": "model"}
+               "seed": "seed", "fps": "fps", "out": "output", "image": "image", "model": "model", "loras": "LoRA"}
 # validate_job and resolve_model name the command-line option; the form names the field instead.
-_OPTION_FIELDS = {"--width": "width", "--height": "height", "--frames": "frames", "--steps": "steps", "--guidance-2": "form",
+_OPTION_FIELDS = {"--lora": "loras", "--width": "width", "--height": "height", "--frames": "frames", "--steps": "steps", "--guidance-2": "form",
                   "--guidance": "guidance", "--seed": "seed", "--out": "out", "--image": "image", "--fps": "form", "--model": "model",
                   "the prompt": "prompt"}
+LORA_SEPARATOR = ";"  # between the LoRAs of the LoRAs field
 
 
 class FormErrors(UserError):
@@ -84,6 +86,7 @@ def values_from_job(job: Job) -> dict[str, str]:
         "prompt": job.prompt,
         "negative": job.negative_prompt,
         "image": job.image or "",
+        "loras": f"{LORA_SEPARATOR} ".join(format_lora_arg(lora) for lora in job.loras),
         "preset": preset_for(job.width, job.height),
         "width": str(job.width),
         "height": str(job.height),
@@ -140,6 +143,7 @@ def check_values(values: dict[str, str], base: Optional[Job] = None, seed: Optio
             resolve_model(model, base.base)
         except UserError as exc:
             errors["model"] = in_form_words(str(exc))
+    loras, notes = _loras(values.get("loras") or "", base, model, errors)
     # Fields that did not parse take the base job's value, so the rules below still check every other field.
     fallback = {"width": base.width, "height": base.height, "frames": base.frames, "steps": base.steps, "guidance": base.guidance}
     job = Job(
@@ -153,6 +157,8 @@ def check_values(values: dict[str, str], base: Optional[Job] = None, seed: Optio
         out=(values.get("out") or "").strip() or None,
         cache=cache,
         base=base.base,
+        loras=loras,
+        notes=notes,
         seed=job_seed if job_seed is not None else 0,
         **{k: (v if v is not None else fallback[k]) for k, v in numbers.items()},
     )
@@ -168,6 +174,19 @@ def check_values(values: dict[str, str], base: Optional[Job] = None, seed: Optio
     if not errors:
         check.job = job
     return check
+
+
+def _loras(text: str, base: Job, model: str, errors: dict[str, str]) -> tuple[tuple, tuple]:
+    """(LoraSpecs, notes): the form's LoRAs `FILE[:SCALE][@high|@low]; ...`. Unchanged since the form was
+    filled (and the same model): the job's own, already checked, with the notes of what they set; new ones
+    are checked and their presets applied when the job is planned (tui.services.plan_job)."""
+    if text.strip() == values_from_job(base)["loras"].strip() and base.model == model:
+        return base.loras, base.notes
+    try:
+        return tuple(parse_lora_arg(part) for part in text.split(LORA_SEPARATOR) if part.strip()), ()
+    except UserError as exc:
+        errors["loras"] = in_form_words(str(exc))
+        return (), ()
 
 
 def model_problems(job: Job) -> dict[str, str]:

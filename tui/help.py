@@ -12,6 +12,9 @@ FIELD_HELP = {
     "negative": "What to avoid. The default is the Wan team's own negative prompt, in Chinese (garish colours, "
                 "overexposed, static, blurry, extra fingers, ...). Empty: nothing.",
     "image": "The first frame, for image-to-video models (i2v); the video takes the image's shape.",
+    "loras": "LoRA files (.safetensors), separated by ';': FILE, FILE:0.8 (strength), FILE@high / FILE@low (one "
+             "expert of a Wan2.2 A14B model). Checked when planned; a step-distillation LoRA sets its steps, "
+             "guidance and shift (shown on the plan).",
     "preset": "480p (832x480) or 720p (1280x720), the sizes Wan2.1 was trained at; custom: type width and height.",
     "width": "Video width in pixels, a multiple of 16.",
     "height": "Video height in pixels, a multiple of 16.",
@@ -76,6 +79,9 @@ def job_summary(values: dict[str, str]) -> list[str]:
         lines.append(f"{steps} steps x {passes} pass{'es' if passes > 1 else ''} = {steps * passes} transformer calls")
     except (KeyError, ValueError):
         pass
+    loras = [part.strip() for part in values.get("loras", "").split(";") if part.strip()]
+    if loras:
+        lines.append(f"{len(loras)} LoRA{'s' if len(loras) > 1 else ''}: {', '.join(loras)}")
     mode = values.get("teacache_mode", "off")
     value = values.get("teacache_value", "").strip()
     lines.append("TeaCache off" if mode == "off" else f"TeaCache {'threshold' if mode == 'threshold' else 'target speed-up'} {value or '?'}")

@@ -55,6 +55,7 @@ class PlanView:
     preview: Optional[SkipPreview] = None
     preferences: str = ""  # the profile's planner preferences in effect, described
     suggestions: tuple = ()  # planner.suggest.Suggestion: what would help a very slow plan
+    job: Optional[Job] = None  # the job as planned: its LoRAs checked, their presets applied (job.notes say which)
 
 
 def default_probe() -> Any:
@@ -73,10 +74,12 @@ def describe_probe(probe: Any) -> tuple[str, ...]:
 def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
     """The planner's plan for this job on this probe, with the alternatives it weighed (its time counting
     only the calls the job's step cache computes, when that is known before the run)."""
+    from lowvram.loras.resolve import resolve_job_loras
     from planner.choose import plan_for_job
 
     from planner.choose import NoPlanFits, Preferences
 
+    job = resolve_job_loras(job)  # new LoRAs: checked against the model, their presets applied (the form shows them)
     cache = _cache_counts(job)
     preferences = ""
     planner_prefs = Preferences()
@@ -105,7 +108,7 @@ def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
         for c in result.candidates
     )
     return PlanView(plan=result.plan, alternatives=alternatives, explanation=tuple(result.explanation), hardware=describe_probe(probe),
-                    preferences=preferences, suggestions=suggestions(result, job, probe, planner_prefs, cache))
+                    preferences=preferences, suggestions=suggestions(result, job, probe, planner_prefs, cache), job=job)
 
 
 def suggestions(outcome: Any, job: Job, probe: Any, prefs: Any, cache: Any = None) -> tuple:
@@ -213,11 +216,11 @@ def _generate(*args, **kwargs):
     return generate(*args, **kwargs)
 
 
-def _load_model(model: str, plan: Plan):
+def _load_model(model: str, plan: Plan, loras: tuple = ()):
     from lowvram.models.names import resolve_model
     from lowvram.sampling.runner import load_model
 
-    return load_model(resolve_model(model), plan)
+    return load_model(resolve_model(model), plan, loras)
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,7 @@ class Services:
     plan: Callable[..., PlanView] = plan_job
     preview: Callable[[Job, Plan], SkipPreview] = cache_preview
     generate: Callable[..., Any] = _generate
-    load_model: Callable[[str, Plan], Any] = _load_model
+    load_model: Callable[..., Any] = _load_model
     load_profile: Callable[[str, Job], tuple[Job, Any]] = load_profile
     save_profile: Callable[..., str] = save_profile
     profiles: Callable[[], list] = list_profiles

@@ -231,6 +231,10 @@ def render(datas: Iterable[dict], command: str = "") -> str:
             out.append(cache_section(d, command))
         elif kind == "fast":
             out.append(fast_section(d, command or d.get("command", "")))
+        elif kind == "lora":
+            from lowvram.bench.lora import lora_section
+
+            out.append(lora_section(d))
         else:
             out.append(model_section(d, command))
     return "\n\n".join(out) + "\n"

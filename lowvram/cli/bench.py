@@ -92,6 +92,18 @@ def register(sub) -> None:
                    "an H200 (no GPU needed) and exit")
     f.set_defaults(func=run_fast)
 
+    lo = bsub.add_parser("lora", help="a rank-R LoRA fused vs as adapters vs none: step time and peak VRAM under the planner's plans at each budget (issue 15)")
+    lo.add_argument("--model", default="14b", choices=("1.3b", "14b"))
+    lo.add_argument("--budgets", type=_floats, default=(12.0, 24.0), help="comma-separated GiB budgets (default 12,24)")
+    lo.add_argument("--rank", type=int, default=64)
+    lo.add_argument("--resolution", default="480p", choices=("480p", "720p"))
+    lo.add_argument("--steps", type=int, default=3, help="steps measured per case; the first is not counted (default %(default)s)")
+    lo.add_argument("--guidance", type=float, default=1.0, help="1.0: one pass per step, as a distillation LoRA runs (default %(default)s)")
+    lo.add_argument("--ram-gib", type=float, default=64.0)
+    lo.add_argument("--min-precision", default="bf16", choices=("bf16", "fp8", "int8", "int4"), help="lowest precision the plans may use (default bf16: no CPU quantizing per case)")
+    lo.add_argument("--out", type=Path, default=None)
+    lo.set_defaults(func=run_lora)
+
     r = bsub.add_parser("report", help="render result JSON files as markdown tables")
     r.add_argument("files", nargs="+", type=Path)
     r.add_argument("--command", default="", help="the command that produced them, quoted in the output")
@@ -213,6 +225,21 @@ def run_cache(args) -> int:
     data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
     _dump(data, args.out)
     print(cache_section(data))
+    return 0
+
+
+def run_lora(args) -> int:
+    from lowvram.bench.lora import lora_section
+    from lowvram.bench.lora import run_lora as run
+    from lowvram.bench.matrix import environment
+
+    _need_cuda()
+    data = run(args.model, args.budgets, args.rank, args.resolution, args.steps, args.guidance, args.ram_gib,
+               log=lambda s: print(s, flush=True), min_precision=args.min_precision)
+    data["environment"] = environment()
+    data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
+    _dump(data, args.out)
+    print(lora_section(data))
     return 0
 
 

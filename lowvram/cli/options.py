@@ -20,8 +20,17 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None, help="video width, a multiple of 16 (32 for TI2V-5B) (default: the model card's, e.g. 832; 256 for the demo models)")
     p.add_argument("--height", type=int, default=None, help="video height, a multiple of 16 (32 for TI2V-5B) (default: the model card's, e.g. 480; 144 for the demo models)")
     p.add_argument("--frames", type=int, default=None, help="number of frames, 4k+1 (default: the model card's, 81 or 121; 17 for the demo models)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model card's, 40 or 50; 8 for the demo models)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model card's, 40 or 50; 8 for the demo models; a step-distillation LoRA's own, e.g. 4)")
+    add_lora_argument(p)
     add_cache_arguments(p)
+
+
+def add_lora_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE][@high|@low]",
+                   help="a LoRA (.safetensors: diffusers, original Wan / ComfyUI, kohya or musubi layout), repeatable; "
+                        "SCALE multiplies its strength (default 1.0); @high / @low put it on one expert of a Wan2.2 A14B "
+                        "model (default: both). A bare file name is looked up in the LoRA folders (LOWVRAM_LORA_DIRS). "
+                        "Given, it replaces a profile's LoRAs; '--lora none' runs without. docs/loras.md")
 
 
 def cache_threshold(text: str) -> float:

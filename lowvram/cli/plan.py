@@ -49,9 +49,11 @@ def run(args) -> int:
                           "explanation": list(result.explanation), "notes": notes, "suggestions": advice,
                           "cache": cache.to_dict() if cache is not None else {"message": preview.message}}, indent=2, default=str))
         return 0
+    from lowvram.cli.plan_choice import lora_lines
+
     for line in notes:
         print(line, file=sys.stderr)
-    for line in [*result.explanation, *advice]:
+    for line in [*lora_lines(job), *result.explanation, *advice]:
         print(line)
     if job.cache.enabled:
         print()

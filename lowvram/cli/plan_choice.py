@@ -57,11 +57,19 @@ def load_forced_plan(path: str) -> Plan:
     return replace(plan, source="forced")
 
 
+def lora_lines(job) -> list[str]:
+    """The job's LoRAs and what they set (presets, a cache turned off), for the user."""
+    lines = [f"LoRA {lora.describe()}" for lora in job.loras]
+    return lines + [f"  {note}" for note in job.notes]
+
+
 def choose_plan(job, prefs=None, forced_path: Optional[str] = None, say: Callable[[str], None] = print) -> Plan:
     """The plan to run, announced with its predicted peaks per stage (and what would help when it is very slow)."""
     from lowvram.caching.plan import preview_for_job
     from planner.choose import Preferences, stage_table
 
+    for line in lora_lines(job):
+        say(line)
     preview = preview_for_job(job)  # the step cache's plan, before anything loads (bad cache input: exit 2)
     for line in preview.lines if job.cache.enabled else ():
         say(line)

@@ -7,6 +7,9 @@ def register(sub) -> None:
     p = sub.add_parser("tui", help="interactive terminal UI: set up a job, see the plan, watch the run", description="Open the lowvram terminal UI. Keyboard-first; works in an 80x24 terminal; F1 shows the keys.")
     p.add_argument("--model", default=None, metavar="M", help="model to preselect (default: tiny-random, the demo model)")
     p.add_argument("--profile", default=None, metavar="FILE", help="profile TOML whose settings fill the form (--model overrides its model)")
+    from lowvram.cli.options import add_lora_argument
+
+    add_lora_argument(p)
     p.set_defaults(func=run)
 
 
@@ -15,9 +18,10 @@ def run(args) -> int:
     import os
     import sys
 
+    from lowvram.profiles.apply import loras_from_args
     from tui.app import create_app
 
-    app = create_app(model=args.model, profile=args.profile)
+    app = create_app(model=args.model, profile=args.profile, loras=loras_from_args(args))
     # Our own loop: asyncio.run() would wait at exit for a run's worker thread that an abort could not stop.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

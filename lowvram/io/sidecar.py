@@ -12,7 +12,7 @@ from lowvram.io.output import write_json_atomic
 from lowvram.telemetry import Event, MemorySample
 
 SIDECAR_VERSION = 1
-LIBRARIES = ("lowvram", "torch", "diffusers", "transformers", "accelerate", "optimum-quanto", "safetensors")
+LIBRARIES = ("lowvram", "torch", "diffusers", "transformers", "accelerate", "optimum-quanto", "safetensors", "peft")
 
 
 def library_versions() -> dict[str, str]:
@@ -41,6 +41,23 @@ def model_identity(loaded: Any) -> dict[str, Any]:
 
         identity.update(random_weights=True, label=DEMO_LABEL, demo_seed=DEMO_SEED, demo_version=DEMO_VERSION)
     return identity
+
+
+def lora_record(job, loaded, plan) -> list[dict]:
+    """Each LoRA as it ran: file name, sha256, scale, expert, whether it was fused (as the pipeline holds it:
+    a stored fp8 / GGUF file keeps its LoRAs as adapters even under a fused plan), and the file's path."""
+    from lowvram.placement import state
+
+    st = state(loaded.pipe) if loaded is not None and getattr(loaded, "pipe", None) is not None else None
+    modes = dict(st.lora_modes) if st is not None else {c.name: c.lora for c in plan.denoisers if c.lora}
+    out = []
+    for lora in job.loras:
+        names = [n for n in lora.components(plan.two_experts) if n in modes]
+        out.append({
+            "name": lora.name, "sha256": lora.sha256, "scale": lora.scale, "expert": lora.expert or "both",
+            "fused": bool(names) and all(modes[n] == "fused" for n in names), "components": names, "path": lora.path,
+        })
+    return out
 
 
 def _thin_memory(events: list[Event], every: float = 1.0) -> list[Event]:
@@ -80,6 +97,8 @@ def build_sidecar(job, loaded, plan, events, step_seconds, peaks, total_seconds,
             "stages": peaks,
         },
         "cache": cache_record(job, events),
+        "loras": lora_record(job, loaded, plan),
+        "notes": list(job.notes),
         "step_seconds": step_seconds,
         "telemetry": [e.to_dict() for e in _thin_memory(events)],
     }

@@ -17,8 +17,9 @@ def spec_for_model(name: str, base: Optional[str] = None) -> ModelSpec:
     return replace(spec, quantized_cached=_quantized_cached(name, base, spec))
 
 
-def _quantized_cached(name: str, base: Optional[str], spec: ModelSpec) -> tuple[tuple[str, str], ...]:
-    """(component, level) entries of the quantized cache for this model's local folder (none before a download)."""
+def _quantized_cached(name: str, base: Optional[str], spec: ModelSpec, keys: dict | None = None) -> tuple[tuple[str, str], ...]:
+    """(component, level) entries of the quantized cache for this model's local folder (none before a download).
+    `keys`: {denoiser: fused LoRA set key}: those entries are looked up too, as (name, "level@lora<key>")."""
     from lowvram.models.names import resolve_model
 
     try:
@@ -32,11 +33,24 @@ def _quantized_cached(name: str, base: Optional[str], spec: ModelSpec) -> tuple[
 
     out = []
     for c in spec.components:
-        for level in ("fp8", "int8", "int4"):
-            for dtype in ("bfloat16", "float32"):
-                if (quant_cache.entry_path(folder, c.name, level, dtype) / quant_cache.INFO_FILE).is_file():
-                    out.append((c.name, level))
+        for key in ("",) + ((keys[c.name],) if keys and c.name in keys else ()):
+            for level in ("fp8", "int8", "int4"):
+                for dtype in ("bfloat16", "float32"):
+                    if (quant_cache.entry_path(folder, c.name, level, dtype, key) / quant_cache.INFO_FILE).is_file():
+                        out.append((c.name, f"{level}@lora{key}" if key else level))
     return tuple(dict.fromkeys(out))
+
+
+def with_fused_cached(spec: ModelSpec, job) -> ModelSpec:
+    """The spec with what the quantized cache holds of each denoiser with the job's LoRAs fused in (an entry per
+    LoRA set: lowvram.loras.spec.lora_set_key), so the planner counts quantizing only when it is missing."""
+    if not job.loras:
+        return spec
+    from lowvram.loras.spec import lora_set_key
+
+    keys = {d.name: lora_set_key(lora for lora in job.loras if d.name in lora.components(spec.two_experts)) for d in spec.denoisers}
+    keys = {name: key for name, key in keys.items() if key}
+    return replace(spec, quantized_cached=_quantized_cached(job.model, job.base, spec, keys))
 
 
 def _spec_for_model(name: str, base: Optional[str] = None) -> ModelSpec:
@@ -45,29 +59,78 @@ def _spec_for_model(name: str, base: Optional[str] = None) -> ModelSpec:
     Known checkpoints need no download. An unknown hub id is read from its config files, fetched
     first if they are not cached (small *.json files, no weights).
     """
-    from lowvram.models.names import DEMO_NAMES, SHORT_NAMES, resolve_model
+    from lowvram.models.names import DEMO_NAMES, resolve_model
+
+    short = known_short_name(name, base)
+    if short is not None:
+        return replace(known_spec(short), name=name)
+    if base is None and name in DEMO_NAMES:
+        return spec_from_folder(config_folder(name), name=name, is_demo=True)
+    ref = resolve_model(name, base)
+    if ref.files:  # single-file transformer(s): the base's spec, with the files' stored sizes
+        return _with_stored(_spec_for_model(ref.base), ref)
+    return spec_from_folder(config_folder(name, base), name=name)
+
+
+def known_short_name(name: str, base: Optional[str] = None) -> Optional[str]:
+    """The short name of a model lowvram knows by name or hub id (its configs ship with lowvram), else None."""
+    from lowvram.models.names import SHORT_NAMES
+
+    if base is not None:
+        return None
+    lowered = name.lower()
+    if lowered in SHORT_NAMES:
+        return lowered
+    return {hub.lower(): short for short, hub in SHORT_NAMES.items()}.get(lowered)
+
+
+def config_folder(name: str, base: Optional[str] = None) -> Path:
+    """A folder with the model's config files (the pipeline itself, or its configs only): the demo is built,
+    an unknown hub id's configs are fetched; a single-file model's is its base's."""
+    from lowvram.models.names import DEMO_NAMES, resolve_model
 
     if base is None and name in DEMO_NAMES:
         from lowvram.models.demo import ensure_demo
 
-        return spec_from_folder(ensure_demo(name), name=name, is_demo=True)
-    lowered = name.lower()
-    if base is None and lowered in SHORT_NAMES:
-        return replace(known_spec(lowered), name=name)
-    by_hub_id = {hub.lower(): short for short, hub in SHORT_NAMES.items()}
-    if base is None and lowered in by_hub_id:
-        return replace(known_spec(by_hub_id[lowered]), name=name)
+        return ensure_demo(name)
     ref = resolve_model(name, base)
-    if ref.files:  # single-file transformer(s): the base's spec, with the files' stored sizes
-        return _with_stored(_spec_for_model(ref.base), ref)
+    if ref.files:
+        return config_folder(ref.base)
     if ref.kind == "local":
-        return spec_from_folder(Path(ref.location), name=name)
+        return Path(ref.location)
     cached = _hub_cache_folder(ref.location)
     if cached is not None:
-        return spec_from_folder(cached, name=name)
+        return cached
     from lowvram.models.hub import fetch_configs
 
-    return spec_from_folder(fetch_configs(ref.location), name=name)
+    return fetch_configs(ref.location)
+
+
+def transformer_config(name: str, base: Optional[str] = None) -> dict:
+    """The denoiser's diffusers config (both experts of a two-expert model share it), without downloading weights."""
+    import json
+
+    from lowvram.errors import UserError
+    from lowvram.models.known_configs import WAN_TRANSFORMER_CONFIGS
+
+    short = known_short_name(name, base)
+    if short is not None:
+        return dict(WAN_TRANSFORMER_CONFIGS[short])
+    from lowvram.models.names import DEMO_NAMES, resolve_model
+
+    if base is not None or name not in DEMO_NAMES:
+        ref = resolve_model(name, base)
+        if ref.files:  # a single file fits its base's transformer (checked when it was resolved)
+            return transformer_config(ref.base)
+    folder = config_folder(name, base)
+    for denoiser in DENOISERS:
+        path = folder / denoiser / "config.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise UserError(f"{path}: cannot read it as JSON ({exc}); the checkpoint looks damaged.") from exc
+    raise UserError(f"--model {name}: {folder} has no transformer/config.json; it is not a Wan pipeline.")
 
 
 def _with_stored(spec: ModelSpec, ref) -> ModelSpec:

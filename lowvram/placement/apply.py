@@ -1,7 +1,9 @@
 """Apply a Plan to a loaded pipeline: quantize, attach offload hooks, move components per stage.
 
-`prepare` runs once after loading, in a fixed order: attention (SDPA) -> quantize (and cache the
-quantized weights) -> VAE tiling -> regional compile -> offload hooks (which wrap the compiled blocks). `enter_stage` then puts the stage's components on
+`prepare` runs once after loading, in a fixed order: attention (SDPA) -> fuse LoRAs (ComponentPlan.lora
+"fused") -> quantize (and cache the quantized weights, keyed by the fused LoRAs too) -> unfused LoRA adapters
+-> VAE tiling -> regional compile -> offload hooks (which wrap the compiled blocks and leave the adapters alone:
+they move with the denoiser's phase). `enter_stage` then puts the stage's components on
 the compute device and takes the others off it, so stage peaks do not add up: the text encoder leaves
 before denoising, the denoiser before decoding, and at a two-expert model's boundary the active expert
 leaves before the next one arrives. Components under offload hooks are never moved with `.to()`: their
@@ -50,6 +52,9 @@ class PlacementState:
     unpinned: dict = field(default_factory=dict)
     # page-locked buffers a detached expert leaves for the next one (lowvram.placement.quanto_offload.pinned_pool)
     pinned_pool: dict = field(default_factory=dict)
+    # denoiser -> how it carries the job's LoRAs now: "fused" or "unfused" (may differ from the plan's when
+    # a stored fp8 / GGUF file cannot be fused into)
+    lora_modes: dict = field(default_factory=dict)
 
     @property
     def disk_dir(self) -> Optional[str]:
@@ -103,8 +108,9 @@ def _blocks(module: Any) -> Any:
     return getattr(module, _block_list_name(module))
 
 
-def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> PlacementState:
-    """Called once after loading, with every component on the CPU."""
+def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None, loras: tuple = ()) -> PlacementState:
+    """Called once after loading, with every component on the CPU. `loras`: the job's LoraSpecs (resolved),
+    carried per the plan's ComponentPlan.lora."""
     from safetensors import SafetensorError
 
     from lowvram.placement import offload, quant_cache
@@ -115,6 +121,10 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
     checkpoint = checkpoint or checkpoint_folder_of(pipe)
     st = PlacementState(plan=plan, checkpoint=checkpoint)
     use_sdpa(pipe)
+    applied = getattr(pipe, LORAS_ATTR, None)  # kept through reset(): a fallback plan keeps the LoRAs as they are
+    if applied is None:
+        applied = _fuse_loras(pipe, plan, loras)
+    st.lora_modes = dict(applied)
 
     for name, level in quant_levels(plan):
         module = getattr(pipe, name, None)
@@ -130,11 +140,15 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
             st.quantized_from_cache.add(name)
             st.quantized[name] = have
             continue
-        # a single-file transformer is not the checkpoint folder's: the cache would key it by the wrong files
-        if quantize_weights(module, level, plan.device) and checkpoint is not None and not hasattr(module, "_lowvram_source_file"):
+        # a single-file transformer is not the checkpoint folder's: the cache would key it by the wrong files; a
+        # denoiser holding adapters already (an OOM fallback to a quantized plan) is quantized but not cached
+        cacheable = checkpoint is not None and not hasattr(module, "_lowvram_source_file") and not _has_adapters(module)
+        if quantize_weights(module, level, plan.device) and cacheable:
             dtype = plan.component(name).dtype
+            fused = getattr(module, FUSED_KEY_ATTR, "")
             try:
-                quant_cache.save(module, checkpoint, name, level, dtype)
+                # fused LoRAs key their own entry (the key stays on the module through an OOM fallback's re-prepare)
+                quant_cache.save(module, checkpoint, name, level, dtype, fused)
             # A full disk must not fail the run: next start quantizes again. safetensors reports its
             # I/O errors (full disk included) as SafetensorError, not OSError.
             except (OSError, SafetensorError) as exc:
@@ -143,11 +157,17 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
                 # The quantized weights were built in process memory; the cache entry just written holds the
                 # same tensors and loads memory-mapped: swap it in so this run, too, holds them as page cache
                 # (a first run of a two-expert model would otherwise keep both quantized experts in RAM).
-                cached = quant_cache.load(checkpoint, name, level, dtype)
+                cached = quant_cache.load(checkpoint, name, level, dtype, fused)
                 if cached is not None:
+                    if fused:
+                        setattr(cached, FUSED_KEY_ATTR, fused)
                     setattr(pipe, name, cached)
                     module = cached
         st.quantized[name] = level
+
+    if getattr(pipe, LORAS_ATTR, None) is None:
+        _add_adapters(pipe, plan, loras, st.lora_modes)
+        setattr(pipe, LORAS_ATTR, dict(st.lora_modes))
 
     import torch
 
@@ -189,6 +209,63 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None) -> Placeme
     return st
 
 
+LORAS_ATTR = "_lowvram_loras"  # on the pipeline: {denoiser: "fused" | "unfused"} once its LoRAs are in
+FUSED_KEY_ATTR = "_lowvram_fused_loras"  # on a denoiser: lowvram.loras.apply.lora_key of its fused LoRAs
+
+
+def fused_key(plan: Plan, loras: tuple, name: str) -> str:
+    """The fused LoRA set of denoiser `name` for the caches' keys ("" when it carries none fused)."""
+    from lowvram.loras.apply import lora_key, loras_for
+
+    cp = plan.get(name)
+    return lora_key(loras_for(plan, loras, name)) if cp is not None and cp.lora == "fused" else ""
+
+
+def _fuse_loras(pipe: Any, plan: Plan, loras: tuple) -> dict:
+    """Fuse the LoRAs of denoisers the plan carries them "fused" into; returns {denoiser: mode} of every
+    denoiser with LoRAs. A denoiser that came from the quantized cache has its LoRAs fused already (its entry
+    is keyed by them); a stored fp8 / GGUF file cannot be fused into and keeps them as adapters."""
+    import torch
+
+    from lowvram.loras.apply import fuse, loras_for
+    from lowvram.placement.quantize import is_quantized
+
+    modes = {}
+    for cp in plan.denoisers:
+        module = getattr(pipe, cp.name, None)
+        pairs = loras_for(plan, loras, cp.name)
+        if module is None or not pairs or not cp.lora:
+            continue
+        mode = cp.lora
+        if mode == "fused" and getattr(module, "_lowvram_stored", None) is not None:
+            log.warning("%s is stored as %s: its LoRAs are kept as adapters (there are no full-precision weights to fuse into)",
+                        cp.name, module._lowvram_stored.label)
+            mode = "unfused"
+        if mode == "fused":
+            if not is_quantized(module):  # a quantized one came from the cache entry of these LoRAs
+                fuse(module, pairs, getattr(torch, cp.dtype))
+            setattr(module, FUSED_KEY_ATTR, fused_key(plan, loras, cp.name))
+        modes[cp.name] = mode
+    return modes
+
+
+def _has_adapters(module: Any) -> bool:
+    from lowvram.placement.quanto_offload import RESIDENT_ATTR
+
+    return any(getattr(m, RESIDENT_ATTR, False) for m in module.modules())
+
+
+def _add_adapters(pipe: Any, plan: Plan, loras: tuple, modes: dict) -> None:
+    """Load the unfused LoRAs as adapters, after quantization (the base weights are quantized, not them)."""
+    import torch
+
+    from lowvram.loras.apply import load_adapters, loras_for
+
+    for name, mode in modes.items():
+        if mode == "unfused":
+            load_adapters(getattr(pipe, name), loras_for(plan, loras, name), getattr(torch, plan.component(name).dtype))
+
+
 def _attach(pipe: Any, cp: ComponentPlan, st: PlacementState) -> None:
     """Attach a denoiser's offload hooks per its placement (pinning its streamed weights)."""
     import torch
@@ -219,6 +296,7 @@ def _detach(pipe: Any, name: str, st: PlacementState) -> None:
     module = getattr(pipe, name)
     offload.offload_groups(module)
     _move_blocks(module, name, st.resident_blocks.get(name, []), "cpu", st)
+    _move_adapters(module, name, st.resident_blocks.get(name, []), "cpu", st)
     saved = st.unpinned.pop(name, None)
     if saved is not None:
         _restore_host(saved)  # the module points at its memory-mapped tensors again, not at the pinned copies
@@ -245,7 +323,8 @@ def _disk_dir(module: Any, checkpoint: Optional[Path], cp: ComponentPlan) -> Pat
     root = cache_dir() / "offload"
     if checkpoint is not None:
         ident = quant_cache.checkpoint_identity(checkpoint, cp.name)
-        return root / f"{ident}-{cp.name}-{cp.precision}-{cp.dtype}"
+        key = getattr(module, FUSED_KEY_ATTR, "")  # fused LoRAs rewrote the weights: their files are another entry
+        return root / (f"{ident}-{cp.name}-{cp.precision}-{cp.dtype}" + (f"-lora{key}" if key else ""))
     root.mkdir(parents=True, exist_ok=True)
     private = Path(tempfile.mkdtemp(prefix="unkeyed-", dir=root))
     weakref.finalize(module, shutil.rmtree, private, True)
@@ -311,6 +390,7 @@ def enter_stage(pipe: Any, plan: Plan, stage: str, phase: Optional[str] = None) 
                     offload.offload_groups(module)
                 if name in DENOISERS:
                     left_gpu |= _move_blocks(module, name, st.resident_blocks.get(name, []), target, st)
+                    left_gpu |= _move_adapters(module, name, st.resident_blocks.get(name, []), target, st)
                 continue
             left_gpu |= _move_whole(module, name, target, st)
         if left_gpu and not arriving:
@@ -416,6 +496,20 @@ def _move_blocks(module: Any, name: str, indices: list, device: str, st: Placeme
     return left
 
 
+def _move_adapters(module: Any, name: str, resident: list, device: str, st: PlacementState) -> bool:
+    """Move a streamed denoiser's LoRA adapters (resident on the GPU for its phase; those of its resident
+    blocks move with their block)."""
+    from lowvram.placement.quanto_offload import RESIDENT_ATTR
+
+    blocks = _blocks(module)
+    skip = {id(m) for i in resident for m in blocks[i].modules()}
+    left = False
+    for i, adapter in enumerate(m for m in module.modules() if getattr(m, RESIDENT_ATTR, False)):
+        if id(adapter) not in skip:
+            left |= _move_whole(adapter, f"{name}.lora.{i}", device, st)
+    return left
+
+
 def leave_all(pipe: Any) -> None:
     """Move everything back to the CPU (end of run, failure, cancel)."""
     from lowvram.placement import offload
@@ -431,6 +525,7 @@ def leave_all(pipe: Any) -> None:
             offload.offload_groups(module)
             if name in DENOISERS:
                 _move_blocks(module, name, st.resident_blocks.get(name, []), "cpu", st)
+                _move_adapters(module, name, st.resident_blocks.get(name, []), "cpu", st)
         elif st is not None:
             _move_whole(module, name, "cpu", st)
         else:
@@ -494,15 +589,16 @@ def describe_device_state(pipe: Any) -> dict:
     return result
 
 
-def load_cached_components(folder: Path, plan: Plan) -> dict:
-    """Quantized components from the cache, built without bf16 weights; pass them to from_pretrained."""
+def load_cached_components(folder: Path, plan: Plan, loras: tuple = ()) -> dict:
+    """Quantized components from the cache, built without bf16 weights; pass them to from_pretrained. A
+    denoiser with fused LoRAs comes from the entry of its LoRA set (files' hashes and scales), never another's."""
     from lowvram.placement import quant_cache
 
     out = {}
     for name, level in quant_levels(plan):
         if not (Path(folder) / name).is_dir():
             continue
-        module = quant_cache.load(folder, name, level, plan.component(name).dtype)
+        module = quant_cache.load(folder, name, level, plan.component(name).dtype, fused_key(plan, loras, name))
         if module is not None:
             out[name] = module
     return out
@@ -533,7 +629,7 @@ def reset(pipe: Any) -> None:
     leave_all(pipe)
 
 
-def reapply(pipe: Any, old_plan: Plan, new_plan: Plan) -> None:
-    """Switch a loaded pipeline from `old_plan` to `new_plan` (after an OOM)."""
+def reapply(pipe: Any, old_plan: Plan, new_plan: Plan, loras: tuple = ()) -> None:
+    """Switch a loaded pipeline from `old_plan` to `new_plan` (after an OOM). Its LoRAs stay as they are."""
     reset(pipe)
-    prepare(pipe, new_plan)
+    prepare(pipe, new_plan, loras=loras)

@@ -1,13 +1,15 @@
 """Cache of quantized components: quantize once, reload without materializing bf16 weights.
 
-Layout: cache_dir()/quantized/<identity>-<component>-<level>-<dtype>/ holding
+Layout: cache_dir()/quantized/<identity>-<component>-<level>-<dtype>[-lora<key>]/ holding
   model-NNNNN.safetensors   the quantized state dict in <= 2 GiB shards (quanto weights flattened to _data/_scale/...,
                             torchao's to _weight_qdata/_weight_scale by torchao's own safetensors support)
   quantization_map.json     optimum.quanto.quantization_map(module) (quanto levels)
   torchao_metadata.json     torchao's per-tensor metadata (the fast levels fp8_fast / int8_fast)
   lowvram_quant.json        class, level, dtype, tied-weight aliases, the identity it was made from
 The identity hashes the checkpoint folder's path and its component files' names, sizes and mtimes,
-so a changed checkpoint gets a new entry. Entries are written into a temporary folder and renamed.
+so a changed checkpoint gets a new entry. A component with LoRAs fused into it before quantizing has its own
+entry per LoRA set (`-lora<key>`: lowvram.loras.apply.lora_key, the files' sha256 and scales), so a cached
+int8 model is never reused for another LoRA set, nor the plain model for a fused one. Entries are written into a temporary folder and renamed.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ def checkpoint_identity(folder: Path, component: str) -> str:
     return h.hexdigest()[:16]
 
 
-def entry_path(folder: Path, component: str, level: str, dtype: str) -> Path:
-    return cache_dir() / "quantized" / f"{checkpoint_identity(folder, component)}-{component}-{level}-{dtype}"
+def entry_path(folder: Path, component: str, level: str, dtype: str, lora_key: str = "") -> Path:
+    lora = f"-lora{lora_key}" if lora_key else ""
+    return cache_dir() / "quantized" / f"{checkpoint_identity(folder, component)}-{component}-{level}-{dtype}{lora}"
 
 
 def _component_class(folder: Path, component: str) -> tuple[str, str]:
@@ -87,12 +90,12 @@ def _shards(tensors: dict[str, torch.Tensor], limit: int) -> list[dict[str, torc
     return shards
 
 
-def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtype: str) -> Path:
+def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtype: str, lora_key: str = "") -> Path:
     """Write the quantized module to its cache entry (atomically). Returns the entry's path."""
     import safetensors.torch
     from optimum.quanto import quantization_map
 
-    target = entry_path(folder, component, level, dtype)
+    target = entry_path(folder, component, level, dtype, lora_key)
     target.parent.mkdir(parents=True, exist_ok=True)
     library, class_name = _component_class(folder, component)
     state = {k: v.detach().to("cpu") for k, v in module.state_dict().items()}
@@ -124,6 +127,7 @@ def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtyp
             dtype=dtype,
             aliases=aliases,
             checkpoint=str(Path(folder).resolve()),
+            fused_loras=lora_key,
         )
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
         try:
@@ -152,9 +156,10 @@ def _empty_module(folder: Path, component: str, library: str, class_name: str) -
         return cls(config)
 
 
-def load(folder: Path, component: str, level: str, dtype: str) -> Optional[torch.nn.Module]:
-    """The cached quantized component on the CPU, or None when there is no (valid) entry."""
-    entry = entry_path(folder, component, level, dtype)
+def load(folder: Path, component: str, level: str, dtype: str, lora_key: str = "") -> Optional[torch.nn.Module]:
+    """The cached quantized component on the CPU (with the LoRA set `lora_key` fused), or None when there is
+    no (valid) entry."""
+    entry = entry_path(folder, component, level, dtype, lora_key)
     try:
         info = json.loads((entry / INFO_FILE).read_text())
         qmap = json.loads((entry / (TORCHAO_FILE if level in FAST_LEVELS else QMAP_FILE)).read_text())

@@ -51,7 +51,8 @@ def quantize_weights(module: torch.nn.Module, level: str, device: str = "cuda") 
         return False
     from optimum.quanto import freeze, quantize
 
-    quantize(module, weights=qtype)
+    # unfused LoRA adapters (peft's lora_A / lora_B) stay in the compute dtype: only the base weights are quantized
+    quantize(module, weights=qtype, exclude=["*lora_A*", "*lora_B*"])
     freeze(module)
     for p in module.parameters():
         p.requires_grad_(False)

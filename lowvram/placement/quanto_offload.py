@@ -33,6 +33,9 @@ from optimum.quanto.tensor import QTensor
 from lowvram.io.output import replacing
 
 _PATCH_LOCK = threading.RLock()
+# A module marked with this attribute keeps its tensors where placement puts them: offload groups neither
+# stream nor pin them (unfused LoRA adapters: resident on the GPU while the base weights stream).
+RESIDENT_ATTR = "_lowvram_resident"
 
 
 def is_qtensor(t: torch.Tensor) -> bool:
@@ -111,15 +114,29 @@ def is_pinned(t: torch.Tensor) -> bool:
     return all(leaf.is_pinned() for _, leaf in leaf_tensors(t))
 
 
+def resident_tensors(modules) -> set[int]:
+    """ids of the tensors of modules marked RESIDENT_ATTR under `modules`."""
+    out: set[int] = set()
+    for m in modules:
+        for sub in m.modules():
+            if getattr(sub, RESIDENT_ATTR, False):
+                out.update(id(t) for t in list(sub.parameters()) + list(sub.buffers()))
+    return out
+
+
 def group_tensors(group: _go.ModuleGroup) -> list[torch.Tensor]:
-    """Every parameter and buffer an offload group moves (its modules' and its loose ones), each once."""
+    """Every parameter and buffer an offload group moves (its modules' and its loose ones), each once;
+    resident ones (RESIDENT_ATTR) are not the group's to move."""
     out = []
     for m in group.modules:
         out.extend(m.parameters())
         out.extend(m.buffers())
     out.extend(group.parameters)
     out.extend(group.buffers)
-    return list(dict.fromkeys(out))
+    resident = getattr(group, "_lowvram_resident", None)
+    if resident is None:
+        resident = resident_tensors(group.modules)
+    return [t for t in dict.fromkeys(out) if id(t) not in resident]
 
 
 # Page-locked buffers handed from one streamed component to the next (a two-expert model's experts have one
@@ -155,7 +172,26 @@ def harvest_pinned(module: torch.nn.Module, pool: dict) -> int:
 
 
 class QuantoModuleGroup(_go.ModuleGroup):
-    """diffusers' ModuleGroup with quanto-aware tensor moves; plain tensors take diffusers' own path."""
+    """diffusers' ModuleGroup with quanto-aware tensor moves (plain tensors take diffusers' own path) that
+    leaves resident tensors (RESIDENT_ATTR: LoRA adapters) alone."""
+
+    def __init__(self, modules, *args, **kwargs):
+        # before diffusers' __init__: it pins (or maps to disk files) every tensor of the group
+        self._lowvram_resident = resident_tensors(modules)
+        super().__init__(modules, *args, **kwargs)
+        if self._lowvram_resident and self.offload_to_disk_path is not None:
+            self.tensor_to_key = {t: k for t, k in self.tensor_to_key.items() if id(t) not in self._lowvram_resident}
+            self.key_to_tensor = {k: t for t, k in self.tensor_to_key.items()}
+
+    def _init_cpu_param_dict(self):
+        if self.stream is None:
+            return {}
+        return {t: self._to_cpu(t, self.low_cpu_mem_usage) for t in group_tensors(self)}
+
+    def _process_tensors_from_modules(self, pinned_memory=None, default_stream=None):
+        for t in group_tensors(self):
+            source = pinned_memory[t] if pinned_memory else (t if is_qtensor(t) else t.data)
+            self._transfer_tensor_to_device(t, source, default_stream)
 
     def _to_cpu(self, tensor, low_cpu_mem_usage):  # called as self._to_cpu by _init_cpu_param_dict
         if not is_qtensor(tensor):
@@ -194,6 +230,10 @@ class QuantoModuleGroup(_go.ModuleGroup):
 
     def _offload_to_memory(self):
         if self.stream is None:
+            if self._lowvram_resident:  # module.to() would take the resident tensors along
+                for t in group_tensors(self):
+                    move_(t, self.offload_device)
+                return
             # diffusers calls module.to(), which swaps wrapper subclasses correctly; loose params/buffers
             # of the group need the same treatment.
             for group_module in self.modules:

@@ -17,17 +17,19 @@ from typing import Any, Optional, Union
 from lowvram.caching.setting import CacheSetting
 from lowvram.errors import UserError
 from lowvram.job import Job
+from lowvram.loras.spec import LoraSpec
 from lowvram.profiles.schema import (
     JobDefaults,
     MachineFingerprint,
     PlannerPrefs,
     Profile,
+    ProfileLora,
 )
 from planner.choose import Preferences
 from planner.plan import Plan
 from planner.probe import GIB, HardwareProbe
 
-JOB_FIELDS = tuple(f.name for f in fields(JobDefaults) if f.name not in ("cache", "teacache"))
+JOB_FIELDS = tuple(f.name for f in fields(JobDefaults) if f.name not in ("cache", "teacache", "loras"))
 # Command-line flags of the planner preferences (GiB on the command line and in the file, bytes in Preferences).
 PREF_FLAGS = {"min_precision": "min_precision", "prefer": "prefer", "vram_reserve": "vram_reserve_gib",
               "ram_reserve": "ram_reserve_gib", "vram_cap": "vram_cap_gib", "ram_cap": "ram_cap_gib",
@@ -107,6 +109,34 @@ def merge_cache(base: Optional[CacheSetting], args: Any) -> Optional[CacheSettin
     return replace(current, **changes)
 
 
+def loras_from_args(args: Any) -> Optional[tuple[LoraSpec, ...]]:
+    """The --lora options as LoraSpecs (files not read yet); None when none was given, () for `--lora none`."""
+    from lowvram.loras.spec import parse_lora_arg
+
+    given = getattr(args, "lora", None)
+    if given is None:
+        return None
+    if [g.strip().lower() for g in given] == ["none"]:
+        return ()
+    if any(g.strip().lower() == "none" for g in given):
+        raise UserError("--lora none runs without LoRAs: drop it, or the other --lora options.")
+    return tuple(parse_lora_arg(g) for g in given)
+
+
+def profile_loras(profile: Profile) -> tuple[LoraSpec, ...]:
+    """A profile's LoRAs, found by file name in the LoRA folders and checked by sha256 (UserError naming the
+    hash when a file is missing or different)."""
+    from lowvram.loras.files import find_lora
+
+    return tuple(LoraSpec(path=str(find_lora(lora.name, lora.sha256.lower())), scale=lora.scale, expert=lora.expert or "",
+                          sha256=lora.sha256.lower()) for lora in profile.job.loras or ())
+
+
+def _cache_given(args: Any) -> bool:
+    return any(getattr(args, name, None) not in (None, False) for name in (
+        "cache", "cache_threshold", "cache_speedup", "cache_calibrate", "teacache", "teacache_speedup", "no_teacache"))
+
+
 def job_from_args(args: Any, cache: Optional[CacheSetting] = None) -> Job:
     """A Job from options given as attributes of `args` (None: not given, the model's default applies);
     `cache` when the cache options were already merged over a profile's."""
@@ -132,6 +162,7 @@ def job_from_args(args: Any, cache: Optional[CacheSetting] = None) -> Job:
         cache=cache if cache is not None else merge_cache(None, args) or CacheSetting(),
         guidance_2=pick("guidance_2"),
         shift=pick("shift"),
+        loras=loras_from_args(args) or (),
     )
 
 
@@ -143,6 +174,12 @@ def apply_profile(source: Union[argparse.Namespace, Job], profile: Optional[Prof
     args = copy.copy(source)
     if getattr(args, "prompt", None) is None:
         args.prompt = ""  # plan and profile commands have no prompt
+    given = {name for name in JOB_FIELDS if getattr(source, name, None) is not None}
+    loras = loras_from_args(source)
+    if loras is None and profile is not None and profile.job.loras:
+        # the profile's LoRAs, saved with its job settings: those win over the LoRAs' presets too
+        loras = profile_loras(profile)
+        given |= {name for name in JOB_FIELDS if getattr(profile.job, name) is not None}
     if profile is not None:
         if getattr(args, "model", None) is None:
             args.model = profile.model
@@ -153,20 +190,29 @@ def apply_profile(source: Union[argparse.Namespace, Job], profile: Optional[Prof
             if getattr(args, name, None) is None and value is not None:
                 setattr(args, name, value)
     cache = merge_cache(profile.job.cache if profile else None, source)
-    job = job_from_args(args, cache)  # no --model and no profile: its default model
+    job = job_from_args(args, cache).with_(loras=loras or ())  # no --model and no profile: its default model
+    if job.loras:  # checked against the model now (exit 2 before anything loads); their presets where not given
+        from lowvram.loras.resolve import resolve_job_loras
+
+        job = resolve_job_loras(job, given, _cache_given(source))
     prefs = prefs_with_args(profile.planner if profile else PlannerPrefs(), source)
     return job, to_preferences(prefs)
 
 
 def _job_over(job: Job, profile: Profile) -> Job:
-    changes: dict[str, Any] = {"model": profile.model, "base": profile.base}
+    changes: dict[str, Any] = {"model": profile.model, "base": profile.base, "loras": profile_loras(profile), "notes": ()}
     for name in JOB_FIELDS:
         value = getattr(profile.job, name)
         if value is not None:
             changes[name] = value
     if profile.job.cache is not None:
         changes["cache"] = profile.job.cache
-    return job.with_(**changes)
+    job = job.with_(**changes)
+    if job.loras:  # the profile's settings were saved with its LoRAs: they win over the LoRAs' presets
+        from lowvram.loras.resolve import resolve_job_loras
+
+        job = resolve_job_loras(job, {name for name in JOB_FIELDS if getattr(profile.job, name) is not None})
+    return job
 
 
 def load_profile_file(path: Optional[str]) -> Optional[Profile]:
@@ -213,14 +259,18 @@ def probe_like(machine: MachineFingerprint) -> HardwareProbe:
 
 
 def job_defaults(job: Job) -> JobDefaults:
-    """Everything a profile keeps of a job: all but the prompt, image, seed and output path. The default
-    negative prompt (Wan's own) is left out, so the file stays readable and follows lowvram's default."""
+    """Everything a profile keeps of a job: all but the prompt, image, seed and output path; LoRAs by file name,
+    sha256, scale and expert. The default negative prompt (Wan's own) is left out, so the file stays readable and
+    follows lowvram's default."""
+    from lowvram.loras.files import sha256_of
     from lowvram.models.defaults import WAN_NEGATIVE_PROMPT
 
     kept = {name: getattr(job, name) for name in JOB_FIELDS}
     if kept.get("negative_prompt") == WAN_NEGATIVE_PROMPT:
         kept["negative_prompt"] = None
-    return JobDefaults(**kept, cache=job.cache)
+    loras = tuple(ProfileLora(name=lora.name, sha256=lora.sha256 or sha256_of(Path(lora.path)), scale=float(lora.scale),
+                              expert=lora.expert or None) for lora in job.loras)
+    return JobDefaults(**kept, cache=job.cache, loras=loras or None)
 
 
 def profile_from_job(job: Job, prefs: PlannerPrefs = PlannerPrefs(), name: str = "", description: str = "",

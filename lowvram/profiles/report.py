@@ -54,6 +54,9 @@ def describe_profile(profile: Profile, source: str = "") -> list[str]:
             lines.extend(textwrap.wrap(para, 96, initial_indent="  ", subsequent_indent="  ") or [""])
     lines.append(f"model: {profile.model}")
     lines.append(f"job defaults: {describe_job(profile.job)}")
+    for lora in profile.job.loras or ():
+        where = f" @{lora.expert}" if lora.expert and lora.expert != "both" else ""
+        lines.append(f"LoRA: {lora.name} x{lora.scale:g}{where} (sha256 {lora.sha256}; found by name in the LoRA folders)")
     lines.append(f"planner: {describe_prefs(profile.planner)}")
     if profile.saved_on is not None:
         lines.append(f"saved on: {profile.saved_on.describe()}")

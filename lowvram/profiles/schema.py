@@ -32,6 +32,22 @@ def limits(expect: str, lo: float | None = None, hi: float | None = None, multip
 
 
 @dataclass(frozen=True)
+class ProfileLora:
+    """A LoRA by identity: found on any machine by file name in the LoRA folders and checked by sha256."""
+
+    name: str = field(metadata=limits("the LoRA's file name (found in the LoRA folders: LOWVRAM_LORA_DIRS)", max_len=1000))
+    sha256: str = field(metadata=limits("the file's sha256, 64 hexadecimal digits", max_len=64))
+    scale: float = field(default=1.0, metadata=limits("the LoRA's strength (1.0 = as trained, 0 = off)", -100.0, 100.0))
+    expert: Optional[Literal["both", "high", "low"]] = field(default=None, metadata=limits("the expert of a Wan2.2 A14B model it applies to"))
+
+    def __post_init__(self) -> None:
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256.lower()):
+            raise UserError(f"LoRA {self.name}: sha256 {self.sha256!r} is not 64 hexadecimal digits")
+        if "/" in self.name or "\\" in self.name:
+            raise UserError(f"LoRA {self.name!r}: give the file name only; lowvram finds it in the LoRA folders")
+
+
+@dataclass(frozen=True)
 class JobDefaults:
     """What to make, apart from the prompt: any field left out falls back to lowvram's default."""
 
@@ -45,6 +61,7 @@ class JobDefaults:
     negative_prompt: Optional[str] = field(default=None, metadata=limits("text describing what to avoid", max_len=20000))
     fps: Optional[int] = field(default=None, metadata=limits("frames per second of the mp4", 1, 240))
     cache: Optional[CacheSetting] = None  # [job.cache]: method = "none" | "teacache" | "magcache", threshold or speedup, ...
+    loras: Optional[tuple[ProfileLora, ...]] = None  # [[job.loras]]: name, sha256, scale, expert
     teacache: Optional["TeaCacheTable"] = None  # schema 1's [job.teacache]: read into `cache`, never written
 
     def __post_init__(self) -> None:

@@ -34,6 +34,7 @@ HEADER = (
 TABLE_COMMENTS = {
     ("job",): "Job defaults: options given on the command line win over these.",
     ("job", "cache"): "Step skipping: method none, teacache or magcache, with a threshold or a target speedup (docs/caching.md).",
+    ("job", "loras"): "A LoRA: found by file name in the LoRA folders (LOWVRAM_LORA_DIRS) and checked by sha256 (docs/loras.md).",
     ("planner",): "Planner preferences: what the planner may trade away on the machine that loads this profile.",
     ("saved_on",): "For information only: the machine this profile was saved on.",
     ("saved_plan",): "For information only: the plan chosen on that machine. lowvram re-plans on every load.",
@@ -111,6 +112,8 @@ def _emit(lines: list[str], path: tuple[str, ...], table: dict, comments: dict) 
         elif _is_table_array(v):
             for item in v:
                 lines.append("")
+                if sub in comments:
+                    lines.append(f"# {comments[sub]}")
                 lines.append(f"[[{header}]]")
                 _emit(lines, sub, item, comments)
 

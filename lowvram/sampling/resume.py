@@ -195,21 +195,29 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
         raise ValueError(f"unknown {where} fields {unknown}")
     values = {}
     for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            values[name] = _from_dict(hint, value, f"{where}.{name}")
-            continue
-        args = typing.get_args(hint)
-        allowed = tuple(a for a in args if a is not type(None)) or (hint,)
-        if value is None and type(None) in args:
-            values[name] = None
-            continue
-        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-            raise ValueError(f"{where}.{name}={value!r} has the wrong type")
-        values[name] = value
+        values[name] = _typed(hints[name], value, f"{where}.{name}")
     return cls(**values)
+
+
+def _typed(hint: Any, value: Any, where: str) -> Any:
+    """`value` checked against a field's type hint: scalars, Optional, nested dataclasses, tuple[X, ...]."""
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, where)
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}={value!r} is not a list")
+        return tuple(_typed(args[0], item, f"{where}[{i}]") for i, item in enumerate(value))
+    allowed = tuple(a for a in args if a is not type(None)) or (hint,)
+    if value is None and type(None) in args:
+        return None
+    if len(allowed) == 1 and dataclasses.is_dataclass(allowed[0]):  # Optional[SomeDataclass]
+        return _from_dict(allowed[0], value, where)
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+        raise ValueError(f"{where}={value!r} has the wrong type")
+    return value
 
 
 def _job_from_dict(data: Any) -> Job:

@@ -39,7 +39,7 @@ from lowvram.telemetry import (
     ignore,
 )
 from lowvram.telemetry.memory import MemorySampler
-from planner.plan import PHASE_OF, Plan, fit_to, simple_plan
+from planner.plan import PHASE_OF, Plan, fit_to, simple_plan, with_loras
 
 
 def placeholder_plan(components: tuple[str, ...] = ("text_encoder", "transformer", "vae")) -> Plan:
@@ -58,6 +58,7 @@ class LoadedModel:
     pipe: Any
     info: CheckpointInfo
     plan: Plan
+    loras: tuple = ()  # the LoraSpecs in its denoisers (fused or as adapters, per plan)
 
     @property
     def task(self) -> str:
@@ -139,25 +140,32 @@ def loaded_components(loaded: LoadedModel) -> tuple[str, ...]:
                  if getattr(loaded.pipe, c, None) is not None)
 
 
-def preload_components(ref: ModelRef, folder: Path, plan: Plan) -> dict:
+def preload_components(ref: ModelRef, folder: Path, plan: Plan, loras: tuple = ()) -> dict:
     """Components loaded before the pipeline so that none is built in memory: quantized ones from the quantized
-    cache, ones stored in another dtype than the plan's (the Wan checkpoints' float32 transformers) from the
-    converted cache, memory-mapped (lowvram.models.dtype_cache)."""
+    cache (a denoiser with fused LoRAs from the entry of that LoRA set), ones stored in another dtype than the
+    plan's (the Wan checkpoints' float32 transformers) from the converted cache, memory-mapped
+    (lowvram.models.dtype_cache)."""
     from lowvram.models import dtype_cache
 
-    quantized = placement.load_cached_components(folder, plan)
+    quantized = placement.load_cached_components(folder, plan, loras)
     skip = tuple(quantized) + tuple(c.name for c in plan.components if c.quantized or c.precision == "stored")
     skip += ("transformer", "transformer_2") if ref.files else ()  # single files load from the files themselves
     dtypes = {c.name: c.dtype for c in plan.components if c.role in ("denoiser", "text_encoder")}
     return {**dtype_cache.preload(folder, dtypes, skip=skip), **quantized}
 
 
-def load_model(ref: ModelRef, plan: Plan) -> LoadedModel:
+def load_model(ref: ModelRef, plan: Plan, loras: tuple = ()) -> LoadedModel:
+    """Load and place the pipeline per `plan`, with the job's LoRAs (resolved LoraSpecs) in its denoisers."""
     # Quantized components come from the quantized cache when present (no bf16 copy is ever built).
+    plan = with_loras(plan, loras)
     dtypes = {c.name: c.dtype for c in plan.components}
-    pipe, info = load_pipeline(ref, dtypes=dtypes, preload=lambda folder: preload_components(ref, folder, plan))
-    placement.prepare(pipe, plan)
-    return LoadedModel(ref=ref, pipe=pipe, info=info, plan=plan)
+    pipe, info = load_pipeline(ref, dtypes=dtypes, preload=lambda folder: preload_components(ref, folder, plan, loras))
+    placement.prepare(pipe, plan, loras=loras)
+    return LoadedModel(ref=ref, pipe=pipe, info=info, plan=plan, loras=tuple(loras))
+
+
+def _lora_identity(loras: tuple) -> tuple:
+    return tuple((lora.sha256 or lora.path, float(lora.scale), lora.expert or "both") for lora in loras)
 
 
 def _denoiser(pipe: Any) -> Any:
@@ -456,7 +464,14 @@ def generate(
     validate_job(job)
     ref = loaded.ref if loaded is not None else resolve_model(job.model, job.base)
     names = loaded_components(loaded) if loaded is not None else model_components(ref)
+    # LoRAs checked against the model from their headers before anything loads (settings as given: no presets)
+    from lowvram.loras.resolve import PRESET_FIELDS, resolve_job_loras
+
+    job = resolve_job_loras(job, given=PRESET_FIELDS + ("guidance_2",), cache_given=True)
     plan = fit_to(plan or (loaded.plan if loaded is not None else placeholder_plan(names)), names)
+    plan = with_loras(plan, job.loras)  # a forced or test plan without LoRA modes carries them as adapters
+    if loaded is not None and _lora_identity(loaded.loras) != _lora_identity(job.loras):
+        raise ValueError("the loaded model carries other LoRAs than the job's: load the model again for this LoRA set")
     video_path, note = choose_output(job.out, job.prompt, job.seed)
     log = EventLog(forward=on_event)
     clock = Clock()
@@ -468,10 +483,10 @@ def generate(
         try:
             if loaded is None:
                 with _Stage("load", log, clock, sampler, peaks):
-                    loaded = rec.run("load", lambda p: load_model(ref, p))
+                    loaded = rec.run("load", lambda p: load_model(ref, p, job.loras))
             rec.pipe = loaded.pipe
             if placement_differs(loaded.plan, plan):  # a loaded model (TUI) given another plan, or after a fallback
-                placement.reapply(loaded.pipe, loaded.plan, plan)
+                placement.reapply(loaded.pipe, loaded.plan, plan, job.loras)
                 loaded.plan = plan
             check_task(job, loaded.task, ref.name)
             log(

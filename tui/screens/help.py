@@ -28,7 +28,7 @@ def help_text(screen_name: str, with_fields: bool) -> list:
         fields.add_column(style="bold", no_wrap=True)
         fields.add_column()
         for key, label in (("model", "Model"), ("prompt", "Prompt"), ("negative", "Negative"), ("image", "Image"),
-                           ("preset", "Resolution"), ("frames", "Frames"), ("steps", "Steps"), ("guidance", "Guidance"),
+                           ("loras", "LoRAs"), ("preset", "Resolution"), ("frames", "Frames"), ("steps", "Steps"), ("guidance", "Guidance"),
                            ("seed", "Seed"), ("teacache_mode", "TeaCache"), ("out", "Output"), ("profile", "Profile")):
             fields.add_row(label, FIELD_HELP[key])
         parts.append(fields)

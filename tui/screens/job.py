@@ -69,6 +69,7 @@ class JobScreen(WideLayout, Screen):
                 yield from self._row("prompt", "Prompt", Input(v["prompt"], id="prompt", compact=True, placeholder="what the video should show"))
                 yield from self._row("negative", "Negative", Input(v["negative"], id="negative", compact=True, placeholder="what to avoid (empty: nothing)"))
                 yield from self._row("image", "Image (I2V)", Input(v["image"], id="image", compact=True, placeholder="first frame, for image-to-video models"))
+                yield from self._row("loras", "LoRAs", Input(v["loras"], id="loras", compact=True, placeholder="FILE[:SCALE][@high|@low]; ... (optional)"))
                 yield from self._row(
                     "preset",
                     "Resolution",

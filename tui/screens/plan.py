@@ -32,7 +32,8 @@ def describe_job(job: Job, random_seed: bool = False) -> str:
     cache = "TeaCache off" if not tc.enabled else tc.describe()
     image = f", image {job.image}" if job.image else ""
     seed = f"seed {job.seed}" + (" (random)" if random_seed else "")
-    return f"{job.model}: {job.width}x{job.height}, {job.frames} frames, {job.steps} steps, guidance {job.guidance:g}, {seed}, {cache}{image}"
+    loras = (", LoRA " + ", ".join(lora.describe() for lora in job.loras)) if job.loras else ""
+    return f"{job.model}: {job.width}x{job.height}, {job.frames} frames, {job.steps} steps, guidance {job.guidance:g}, {seed}, {cache}{image}{loras}"
 
 
 def plan_parts(job: Job, view: PlanView, width: int = 78, random_seed: bool = False) -> tuple[list, list]:
@@ -42,6 +43,7 @@ def plan_parts(job: Job, view: PlanView, width: int = 78, random_seed: bool = Fa
 
     heading = lambda s: Text(s, style="bold underline")  # noqa: E731
     left: list = [heading("Job"), Text(describe_job(job, random_seed))]
+    left += [Text(note, style="cyan") for note in job.notes]  # what the LoRAs set, and why
     left += [Text("⚠ " + w, style="yellow") for w in job_warnings(job)]
     left += [Text(""), heading("Hardware")] + [Text(line) for line in view.hardware] + [Text("")]
     plan = view.plan
@@ -147,8 +149,9 @@ class PlanScreen(WideLayout, Screen):
         services = self.app.services
         probe = services.probe()
         view = services.plan(self.job, probe, self.app.planner_prefs)
-        preview = services.preview(self.job, view.plan)
-        return replace(view, preview=preview), probe
+        job = view.job or self.job  # its LoRAs checked and their presets applied
+        preview = services.preview(job, view.plan)
+        return replace(view, preview=preview, job=job), probe
 
     def render_plan(self) -> None:
         if self.view is None:
@@ -172,6 +175,7 @@ class PlanScreen(WideLayout, Screen):
             return
         if event.state == WorkerState.SUCCESS:
             self.view, self.app.last_probe = event.worker.result
+            self.job = self.view.job or self.job
             self.app.last_plan = self.view.plan
             self.render_plan()
         elif event.state == WorkerState.ERROR:
@@ -197,4 +201,4 @@ class PlanScreen(WideLayout, Screen):
         self.app.start_run(self.job, self.view)
 
     def action_back(self) -> None:
-        self.app.back_to_job()
+        self.app.back_to_job(self.job if self.view is not None else None)

@@ -121,7 +121,7 @@ class RunScreen(WideLayout, Screen):
         if loaded is None:
             self.post_message(ModelLoading(job.model))
             started = time.perf_counter()
-            loaded = services.load_model(job.model, plan)
+            loaded = services.load_model(job.model, plan, job.loras)
             self.post_message(ModelReady(job.model, time.perf_counter() - started, reused=False))
         else:
             self.post_message(ModelReady(job.model, 0.0, reused=True))
