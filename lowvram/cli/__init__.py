@@ -66,8 +66,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.command != "bench":  # the benchmark measures upstream recipes with torch's default allocator
         use_expandable_segments()
+    import contextlib
+
+    from lowvram.cli.interrupt import stop_like_ctrl_c
+
     try:
-        return int(args.func(args) or 0)
+        with stop_like_ctrl_c() if args.command != "tui" else contextlib.nullcontext():  # the TUI owns its terminal
+            return int(args.func(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

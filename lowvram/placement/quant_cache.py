@@ -7,7 +7,13 @@ Layout: cache_dir()/quantized/<identity>-<component>-<level>-<dtype>/ holding
   torchao_metadata.json     torchao's per-tensor metadata (the fast levels fp8_fast / int8_fast)
   lowvram_quant.json        class, level, dtype, tied-weight aliases, the identity it was made from
 The identity hashes the checkpoint folder's path and its component files' names, sizes and mtimes,
-so a changed checkpoint gets a new entry. Entries are written into a temporary folder and renamed.
+so a changed checkpoint gets a new entry. Entries are written into a scratch folder (lowvram.io.scratch: a
+crashed writer's folder is swept at the next start) and renamed into place.
+
+Two processes that need the same missing entry do not both quantize it: the first one to miss holds the entry's
+lock (`<entry>.lock`, a file lock the system releases when its process dies) from the miss until its save(); the
+second waits on the lock, then loads the entry. A holder that never saves (its run failed in between) keeps the
+lock until it exits: a waiter gives up after FILL_WAIT_S and quantizes itself.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -87,13 +92,52 @@ def _shards(tensors: dict[str, torch.Tensor], limit: int) -> list[dict[str, torc
     return shards
 
 
+FILL_WAIT_S = 30 * 60  # longer than quantizing a 14B transformer on a slow machine
+_filling: dict[Path, Any] = {}  # entry -> the lock this process holds from its miss until its save()
+
+
+def _lock(entry: Path) -> Optional[Any]:
+    """Take the entry's fill lock, waiting for a process that fills it now; None when the wait timed out."""
+    from filelock import FileLock, Timeout
+
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(entry.parent / f"{entry.name}.lock"), timeout=FILL_WAIT_S, thread_local=False)
+        lock.acquire()
+    except Timeout:
+        log.warning("waited %d s for another process to fill %s; quantizing here too", FILL_WAIT_S, entry)
+        return None
+    except OSError as exc:  # a read-only or full cache folder: the cache is an optimisation, never a failure
+        log.warning("cannot lock the quantized cache entry %s: %s", entry, exc)
+        return None
+    return lock
+
+
+def _unlock(lock: Optional[Any]) -> None:
+    if lock is not None:
+        lock.release()
+
+
 def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtype: str) -> Path:
-    """Write the quantized module to its cache entry (atomically). Returns the entry's path."""
+    """Write the quantized module to its cache entry (atomically, under the entry's lock). Returns the entry's path."""
+    target = entry_path(folder, component, level, dtype)
+    lock = _filling.pop(target, None) or _lock(target)
+    try:
+        if (target / INFO_FILE).is_file():  # another process filled it meanwhile (our wait timed out)
+            return target
+        return _write(module, folder, component, level, dtype, target)
+    finally:
+        _unlock(lock)
+
+
+def _write(module: torch.nn.Module, folder: Path, component: str, level: str, dtype: str, target: Path) -> Path:
     import safetensors.torch
     from optimum.quanto import quantization_map
 
-    target = entry_path(folder, component, level, dtype)
+    from lowvram.io import scratch
+
     target.parent.mkdir(parents=True, exist_ok=True)
+    scratch.sweep(target.parent)
     library, class_name = _component_class(folder, component)
     state = {k: v.detach().to("cpu") for k, v in module.state_dict().items()}
     torchao_meta = None
@@ -107,7 +151,7 @@ def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtyp
         flat, torchao_meta = flatten_tensor_state_dict(quantized)
         state = {**{k: v for k, v in state.items() if k not in quantized}, **flat}
     tensors, aliases = _aliases(state)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp = scratch.new_dir(target.parent, "quantized")
     try:
         for i, shard in enumerate(_shards(tensors, SHARD_BYTES)):
             safetensors.torch.save_file(shard, tmp / WEIGHTS_PATTERN.format(i))
@@ -153,8 +197,26 @@ def _empty_module(folder: Path, component: str, library: str, class_name: str) -
 
 
 def load(folder: Path, component: str, level: str, dtype: str) -> Optional[torch.nn.Module]:
-    """The cached quantized component on the CPU, or None when there is no (valid) entry."""
+    """The cached quantized component on the CPU, or None when there is no (valid) entry: then this process
+    holds the entry's fill lock until its save() (another process filling it now is waited for first)."""
+    from lowvram.io import scratch
+
     entry = entry_path(folder, component, level, dtype)
+    scratch.sweep(entry.parent)
+    module = _load(folder, component, entry)
+    if module is not None or entry in _filling:
+        return module
+    lock = _lock(entry)
+    module = _load(folder, component, entry)  # filled by the process we waited for
+    if module is not None:
+        _unlock(lock)
+        return module
+    if lock is not None:
+        _filling[entry] = lock
+    return None
+
+
+def _load(folder: Path, component: str, entry: Path) -> Optional[torch.nn.Module]:
     try:
         info = json.loads((entry / INFO_FILE).read_text())
         qmap = json.loads((entry / (TORCHAO_FILE if level in FAST_LEVELS else QMAP_FILE)).read_text())
