@@ -12,8 +12,9 @@ crashed writer's folder is swept at the next start) and renamed into place.
 
 Two processes that need the same missing entry do not both quantize it: the first one to miss holds the entry's
 lock (`<entry>.lock`, a file lock the system releases when its process dies) from the miss until its save(); the
-second waits on the lock, then loads the entry. A holder that never saves (its run failed in between) keeps the
-lock until it exits: a waiter gives up after FILL_WAIT_S and quantizes itself.
+second waits on the lock, then loads the entry. A load that ends without saving an entry it missed (it failed,
+or fell back to another level) gives the lock up then (`release_fills`, called by lowvram.sampling.runner.load_model);
+a waiter never waits longer than FILL_WAIT_S.
 """
 
 from __future__ import annotations
@@ -116,6 +117,12 @@ def _lock(entry: Path) -> Optional[Any]:
 def _unlock(lock: Optional[Any]) -> None:
     if lock is not None:
         lock.release()
+
+
+def release_fills() -> None:
+    """Give up the entries this process missed but has not filled (its load ended without a save for them)."""
+    while _filling:
+        _unlock(_filling.popitem()[1])
 
 
 def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtype: str) -> Path:

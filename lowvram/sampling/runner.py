@@ -153,10 +153,15 @@ def preload_components(ref: ModelRef, folder: Path, plan: Plan) -> dict:
 
 
 def load_model(ref: ModelRef, plan: Plan) -> LoadedModel:
-    # Quantized components come from the quantized cache when present (no bf16 copy is ever built).
-    dtypes = {c.name: c.dtype for c in plan.components}
-    pipe, info = load_pipeline(ref, dtypes=dtypes, preload=lambda folder: preload_components(ref, folder, plan))
-    placement.prepare(pipe, plan)
+    from lowvram.placement import quant_cache
+
+    try:
+        # Quantized components come from the quantized cache when present (no bf16 copy is ever built).
+        dtypes = {c.name: c.dtype for c in plan.components}
+        pipe, info = load_pipeline(ref, dtypes=dtypes, preload=lambda folder: preload_components(ref, folder, plan))
+        placement.prepare(pipe, plan)  # quantizes what the cache missed and fills the cache
+    finally:
+        quant_cache.release_fills()  # entries this load missed but did not fill: other processes may fill them
     return LoadedModel(ref=ref, pipe=pipe, info=info, plan=plan)
 
 
