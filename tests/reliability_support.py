@@ -1,0 +1,106 @@
+"""Helpers for the reliability tests: real `lowvram` processes, waiting on their output, small disks, plans."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--width", "64", "--height", "64", "--frames", "5"]
+
+
+def env(**changes: str) -> dict:
+    out = dict(os.environ)
+    out["PYTHONPATH"] = str(REPO) + os.pathsep + out.get("PYTHONPATH", "")
+    out.pop("LOWVRAM_INJECT_OOM", None)
+    out.update(changes)
+    return out
+
+
+def lowvram(args: list[str], stderr_path: Path, cwd: Path, prelude: str = "", **env_changes: str) -> subprocess.Popen:
+    """A real `lowvram ARGS` process; `prelude` is Python run first inside it (to inject a fault or a delay)."""
+    code = f"{prelude}\nimport sys\nfrom lowvram.cli import main\nsys.exit(main(sys.argv[1:]))"
+    err = open(stderr_path, "w")
+    try:
+        return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=err, cwd=cwd, env=env(**env_changes), text=True)
+    finally:
+        err.close()  # the child has its own copy
+
+
+def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120, log: Optional[Path] = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            detail = log.read_text() if log is not None and log.exists() else ""
+            raise AssertionError(f"gave up waiting (exit {proc.poll()}):\n{detail}")
+        time.sleep(0.05)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> int:
+    try:
+        return proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def scratch_entries(folder: Path) -> list[Path]:
+    """lowvram's scratch files and claims (hidden), which a finished run never leaves behind."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.startswith(".lowvram-"))
+
+
+def write_plan(path: Path, **changes) -> Path:
+    """A CPU plan file for --force-plan; `transformer` may be a dict of TransformerPlacement fields."""
+    from planner.plan import Plan, TransformerPlacement
+
+    if isinstance(changes.get("transformer"), dict):
+        changes["transformer"] = TransformerPlacement(**changes["transformer"])
+    plan = Plan(device="cpu", dtype="float32", source="forced", **changes)
+    path.write_text(json.dumps(plan.to_dict()))
+    return path
+
+
+def can_mount() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform.startswith("linux")
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str, read_only: bool = False) -> Iterator[Path]:
+    """A small real file system (tmpfs) at `folder`: a disk that fills up, or one that cannot be written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size},mode=0777" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        import pytest
+
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill(folder: Path, leave: int = 0) -> Path:
+    """Fill the file system under `folder` until at most `leave` bytes are free; returns the filler file."""
+    import shutil
+
+    filler = folder / "filler.bin"
+    block = b"\0" * (1 << 16)
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while (free := shutil.disk_usage(folder).free) > leave:
+            os.write(fd, block[: min(len(block), free - leave)])
+    except OSError:  # ENOSPC: full
+        pass
+    finally:
+        os.close(fd)
+    return filler
