@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability_support import SMALL, finish, lowvram, scratch_entries, wait_for, write_plan
+from reliability_support import GATED_SAVES, SMALL, finish, lowvram, scratch_entries, wait_for, write_plan
 
 
 def sha256(path: Path) -> str:
@@ -63,21 +63,6 @@ def test_links_planted_at_predictable_names_are_never_written_through(demo_t2v_p
     assert (tmp_path / "w.mp4").is_symlink() and not (tmp_path / "nowhere.mp4").exists()
     for result in (first, second):
         assert json.loads(result.sidecar_path.read_text())["video_file"]["sha256"] == sha256(result.video_path)
-
-
-# Run in a child before lowvram: after its first safetensors write, the child waits until the file $SAVE_GATE
-# exists (a slow disk, held as long as the test needs, instead of a guessed sleep).
-GATED_SAVES = """
-import os, sys, time, safetensors.torch as st
-_save = st.save_file
-def gated_save(tensors, filename, *args, **kwargs):
-    out = _save(tensors, filename, *args, **kwargs)
-    sys.stderr.write(f"SAVED {filename}\\n"); sys.stderr.flush()
-    while not os.path.exists(os.environ["SAVE_GATE"]):
-        time.sleep(0.05)
-    return out
-st.save_file = gated_save
-"""
 
 
 def test_a_second_disk_offload_run_leaves_the_first_ones_folder_alone(demo_t2v_path, tmp_path):

@@ -36,9 +36,11 @@ def stop_like_ctrl_c() -> Iterator[None]:
         yield
         return
 
+    terminal = _terminal_fds()
+
     def on_signal(signum, frame):
         if _is_hangup(signum):
-            _detach_from_terminal()
+            _detach_from_terminal(terminal)
         raise KeyboardInterrupt
 
     previous = {}
@@ -52,16 +54,26 @@ def stop_like_ctrl_c() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _detach_from_terminal() -> None:
-    """The terminal hung up: writing to it now fails (EIO). Point stdout/stderr that were on it at /dev/null."""
+def _terminal_fds() -> tuple[int, ...]:
+    """stdout/stderr that are on a terminal, found while it is there (after a hang-up isatty() says no)."""
+    out = []
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                out.append(fd)
+        except OSError:
+            pass
+    return tuple(out)
+
+
+def _detach_from_terminal(fds: tuple[int, ...]) -> None:
+    """The terminal hung up: writing to it now fails (EIO). Point the fds that were on it at /dev/null."""
+    if not fds:
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        for fd in (1, 2):
-            try:
-                if os.isatty(fd):
-                    os.dup2(devnull, fd)
-            except OSError:
-                os.dup2(devnull, fd)
+        for fd in fds:
+            os.dup2(devnull, fd)
     finally:
         os.close(devnull)
 
@@ -74,6 +86,7 @@ def cancel_on_interrupt(stream: TextIO | None = None) -> Iterator[threading.Even
         yield cancel
         return
     out = stream or sys.stderr
+    terminal = _terminal_fds()
 
     def say(text: str) -> None:
         try:
@@ -85,7 +98,7 @@ def cancel_on_interrupt(stream: TextIO | None = None) -> Iterator[threading.Even
     def on_signal(signum, frame):
         name = NAMES.get(signum, f"signal {signum}")
         if _is_hangup(signum):
-            _detach_from_terminal()
+            _detach_from_terminal(terminal)
         if not cancel.is_set():
             cancel.set()
             say(f"\n{name}: stopping at the next step (the latents are kept for --resume); press Ctrl-C again to stop at once\n")
