@@ -86,10 +86,6 @@ def write_plan(path: Path, **changes) -> Path:
     return path
 
 
-def can_mount() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform.startswith("linux")
-
-
 @contextlib.contextmanager
 def tmpfs(folder: Path, size: str, read_only: bool = False) -> Iterator[Path]:
     """A small real file system (tmpfs) at `folder`: a disk that fills up, or one that cannot be written."""
