@@ -345,6 +345,7 @@ def _latent_geometry(job: Job, configs: dict) -> tuple[Optional[int], tuple[int,
 def _check_layout(job: Job, layout: dict, configs: dict) -> None:
     """Shapes and sizes of every tensor, before any is read: against the job and, when known, the model."""
     from lowvram.io.output import estimate_output_bytes
+    from lowvram.models.task import task_from_configs
 
     allowed = {"latents"} | {f"cond.{n}" for n in COND_TENSORS}
     extra = [k for k in layout if k not in allowed and not k.startswith("sched.")]
@@ -385,6 +386,8 @@ def _check_layout(job: Job, layout: dict, configs: dict) -> None:
     extra_channels = (transformer.get("in_channels") or 0) - (transformer.get("out_channels") or 16)
     if transformer and extra_channels > 0 and condition is None:
         raise ValueError(f"the first-frame condition is missing: this model takes {extra_channels} condition channels")
+    if transformer and condition is not None and task_from_configs(configs["index"], transformer) == "t2v":
+        raise ValueError("a first-frame condition is given, but this text-to-video model takes none")
     if condition is not None:  # Wan I2V: all latent frames; TI2V: the first frame's latents, blended in by the mask
         cshape, cdtype = condition
         if len(cshape) != 5 or cshape[0] != 1 or cshape[3:] != want[3:] or cshape[2] not in (frames, 1) or cdtype not in FLOAT_DTYPES:
