@@ -136,10 +136,14 @@ WRITER = """
 import sys, numpy as np
 from pathlib import Path
 from lowvram.cli.interrupt import cancel_on_interrupt
-from lowvram.io.output import write_video_atomic
+from lowvram.io.output import reserve_output
 frames = np.random.default_rng(0).integers(0, 256, (4000, 128, 128, 3), dtype=np.uint8)  # noise: slow to encode
-with cancel_on_interrupt():
-    write_video_atomic(frames, Path(sys.argv[1]), 16)
+reservation = reserve_output(sys.argv[1], "p", 0)
+try:
+    with cancel_on_interrupt():
+        reservation.publish(reservation.stage_video(frames, 16), lambda video, side: {})
+finally:
+    reservation.release()
 """
 
 

@@ -12,7 +12,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 
 from reliability_support import GATED_SAVES, SMALL, finish, lowvram, scratch_entries, wait_for, write_plan
 

@@ -99,15 +99,6 @@ def _numbered(path: Path, n: int) -> Path:
     return path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
 
 
-def unique_path(path: Path) -> Path:
-    """`path` if free, else path-1, path-2, ... (checked against the video and its sidecar). Not a reservation:
-    `reserve_output` is what a run uses."""
-    n = 0
-    while _taken(_numbered(path, n)):
-        n += 1
-    return _numbered(path, n)
-
-
 # ---------------------------------------------------------------------------------------------- publishing
 
 
@@ -118,7 +109,7 @@ def publish_file(tmp: Path, final: Path) -> None:
     system without hard links: a check, then a rename (safe against other lowvram runs: they hold claims).
     """
     try:
-        os.link(tmp, final, follow_symlinks=False)
+        os.link(tmp, final)
     except FileExistsError:
         raise
     except OSError as exc:
@@ -159,7 +150,7 @@ def _make_claim(video: Path, run_id: str) -> Optional[Path]:
     with scratch.scratch_file(video.parent, "claim") as tmp:
         tmp.write_text(body)
         try:
-            os.link(tmp, claim, follow_symlinks=False)
+            os.link(tmp, claim)
             return claim
         except FileExistsError:
             return None
@@ -355,19 +346,9 @@ def reserve_output(out: Optional[str], prompt: str, seed: int) -> Reservation:
         reservation = _reserve(wanted, secrets.token_hex(8))
     except OSError as exc:
         raise UserError(f"cannot write in {wanted.parent} ({_reason(exc)}); choose another --out folder or fix its permissions") from None
-    if out is not None and reservation.video != wanted:
+    if reservation.video != wanted:  # the default name too: the same prompt and seed again
         reservation.note = f"{wanted} already exists; writing {reservation.video} instead (lowvram never overwrites a file)"
     return reservation
-
-
-def choose_output(out: Optional[str], prompt: str, seed: int) -> tuple[Path, Optional[str]]:
-    """The name a run would get now, without reserving it (for display); a run uses `reserve_output`."""
-    wanted = Path(out).expanduser() if out is not None else Path(DEFAULT_OUT_DIR) / f"{slugify(prompt)}-seed{seed}.mp4"
-    chosen = unique_path(wanted)
-    note = None
-    if chosen != wanted:  # the default name too: the same prompt and seed again
-        note = f"{wanted} already exists; writing {chosen} instead (lowvram never overwrites a file)"
-    return chosen, note
 
 
 # ---------------------------------------------------------------------------------------------- checks before loading
@@ -456,13 +437,6 @@ def check_mp4(path: Path) -> None:
             pos += box
     if pos != size or not {b"ftyp", b"mdat", b"moov"} <= seen:
         raise OSError(errno.EIO, "ffmpeg did not finish the mp4 (is the disk full?)", str(path))
-
-
-def write_video_atomic(frames: Any, path: Path, fps: int) -> None:
-    """Encode to a scratch file beside `path`, then publish it under `path` (never replacing a file there)."""
-    with scratch.scratch_file(path.parent, "mp4") as tmp:
-        encode_mp4(frames, tmp, fps)
-        publish_file(tmp, path)
 
 
 def write_json_atomic(data: Any, path: Path) -> None:
