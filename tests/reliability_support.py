@@ -15,18 +15,23 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--width", "64", "--height", "64", "--frames", "5"]
 
 
-# Run in a child before lowvram: after its first safetensors write whose name contains $SAVE_GATE_MATCH, the
-# child waits until the file $SAVE_GATE exists (a slow disk, held as long as the test needs, not a guessed sleep).
-# It says "SAVED <name>" on stderr first.
+# Run in a child before lowvram: at its first safetensors write whose name contains $SAVE_GATE_MATCH, the child
+# waits until the file $SAVE_GATE exists (a slow disk, held as long as the test needs, not a guessed sleep): after
+# the write ("SAVED <name>" on stderr), or before it with SAVE_GATE_BEFORE=1 ("SAVING <name>").
 GATED_SAVES = """
 import os, sys, time, safetensors.torch as st
 _save = st.save_file
+def _hold(word, filename):
+    sys.stderr.write(f"{word} {filename}\\n"); sys.stderr.flush()
+    while not os.path.exists(os.environ["SAVE_GATE"]):
+        time.sleep(0.05)
 def gated_save(tensors, filename, *args, **kwargs):
+    gated = os.environ.get("SAVE_GATE_MATCH", "") in str(filename)
+    if gated and os.environ.get("SAVE_GATE_BEFORE"):
+        _hold("SAVING", filename)
     out = _save(tensors, filename, *args, **kwargs)
-    if os.environ.get("SAVE_GATE_MATCH", "") in str(filename):
-        sys.stderr.write(f"SAVED {filename}\\n"); sys.stderr.flush()
-        while not os.path.exists(os.environ["SAVE_GATE"]):
-            time.sleep(0.05)
+    if gated and not os.environ.get("SAVE_GATE_BEFORE"):
+        _hold("SAVED", filename)
     return out
 st.save_file = gated_save
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
 from pathlib import Path
 
 
@@ -44,20 +45,21 @@ def test_two_runs_with_one_out_name_keep_both_results(demo_t2v_path, tmp_path):
 def test_links_planted_at_predictable_names_are_never_written_through(demo_t2v_path, small_job, cpu_plan, tmp_path):
     """The old fixed temporary name, the final names and the name of a claim: links there are never followed
     or replaced, and the run takes the next free name."""
-    from lowvram.io.output import _claim_path
     from lowvram.sampling.runner import generate
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     (tmp_path / ".v.partial.mp4").symlink_to(victim)  # the temporary name before issue 17
-    (tmp_path / "w.mp4").symlink_to(tmp_path / "nowhere.mp4")  # dangling: exists() says no, the name is taken all the same
-    _claim_path(tmp_path / "w-1.mp4").symlink_to(victim)  # a planted claim is a taken name, not a file to fill
-
     first = generate(small_job(out=str(tmp_path / "v.mp4")), cpu_plan)
-    second = generate(small_job(out=str(tmp_path / "w.mp4")), cpu_plan)
-
     assert victim.read_text() == "precious"
     assert first.video_path == tmp_path / "v.mp4" and not first.video_path.is_symlink()
+
+    from lowvram.io.output import _claim_path
+
+    (tmp_path / "w.mp4").symlink_to(tmp_path / "nowhere.mp4")  # dangling: exists() says no, the name is taken all the same
+    _claim_path(tmp_path / "w-1.mp4").symlink_to(victim)  # a planted claim is a taken name, not a file to fill
+    second = generate(small_job(out=str(tmp_path / "w.mp4")), cpu_plan)
+    assert victim.read_text() == "precious"
     assert second.video_path == tmp_path / "w-2.mp4"
     assert (tmp_path / "w.mp4").is_symlink() and not (tmp_path / "nowhere.mp4").exists()
     for result in (first, second):
@@ -65,27 +67,35 @@ def test_links_planted_at_predictable_names_are_never_written_through(demo_t2v_p
 
 
 def test_a_second_disk_offload_run_leaves_the_first_ones_folder_alone(demo_t2v_path, tmp_path):
-    """Run A writes its offloaded weights slowly; run B starts meanwhile with the same checkpoint and plan.
-    Both finish (before issue 17, B deleted A's half-written folder); both offload folders are gone after."""
+    """Run A has written part of its offloaded weights; run B, same checkpoint and plan, starts and is killed
+    before it writes any. Before issue 17 B had deleted A's half-written folder (one folder per checkpoint), so A
+    failed reading its weights back; now each run has its own folder, and A's goes when A ends."""
     from lowvram.paths import cache_dir
 
     plan = write_plan(tmp_path / "disk.json", transformer={"kind": "disk_offload"})
     args = ["generate", "a cat", *SMALL, "--steps", "2", "--force-plan", str(plan), "--quiet"]
     root = cache_dir() / "offload"
     before = set(root.iterdir()) if root.is_dir() else set()
-    a_log, b_log = tmp_path / "a.txt", tmp_path / "b.txt"
-    gate = tmp_path / "go"
-    a = lowvram([*args, "--out", str(tmp_path / "a.mp4")], a_log, tmp_path, prelude=GATED_SAVES, SAVE_GATE=str(gate))
+    a_log, b_log, a_gate = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "a-go"
+    a = lowvram([*args, "--out", str(tmp_path / "a.mp4")], a_log, tmp_path, prelude=GATED_SAVES, SAVE_GATE=str(a_gate))
+    b = None
     try:
-        wait_for(lambda: "SAVED" in a_log.read_text(), a, log=a_log)  # A is writing its offload folder, held there
-        b = lowvram([*args, "--out", str(tmp_path / "b.mp4")], b_log, tmp_path)
-        assert finish(b) == 0, b_log.read_text()  # a whole run of B while A's folder is half written
-        gate.touch()
+        wait_for(lambda: "SAVED" in a_log.read_text(), a, log=a_log)  # A has written one group file, held there
+        b = lowvram([*args, "--out", str(tmp_path / "b.mp4")], b_log, tmp_path, prelude=GATED_SAVES,
+                    SAVE_GATE=str(tmp_path / "never"), SAVE_GATE_BEFORE="1")
+        wait_for(lambda: "SAVING" in b_log.read_text(), b, log=b_log)  # B has set up its folder, writes nothing yet
+        b.send_signal(signal.SIGKILL)
+        b.wait()
+        a_gate.touch()
         assert finish(a) == 0, a_log.read_text()
     finally:
-        if a.poll() is None:
-            a.kill()
-    assert (tmp_path / "a.mp4").is_file() and (tmp_path / "b.mp4").is_file()
+        for proc in (a, b):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert (tmp_path / "a.mp4").is_file()
+    from lowvram.io import scratch
+
+    scratch.sweep(root)  # B's folder: it was killed, so the next run's sweep removes it
     assert set(root.iterdir()) == before
 
 
