@@ -80,14 +80,11 @@ def scratch_entries(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name.startswith(".lowvram-"))
 
 
-def write_plan(path: Path, **changes) -> Path:
-    """A CPU plan file for --force-plan; `transformer` may be a dict of TransformerPlacement fields."""
-    from planner.plan import Plan, TransformerPlacement
+def write_plan(path: Path, precision: str = "", placement: str = "resident") -> Path:
+    """A CPU plan file for --force-plan: every denoiser at `precision` (fp32 by default) and `placement`."""
+    from plans import TP, plan_with
 
-    if isinstance(changes.get("transformer"), dict):
-        changes["transformer"] = TransformerPlacement(**changes["transformer"])
-    plan = Plan(device="cpu", dtype="float32", source="forced", **changes)
-    path.write_text(json.dumps(plan.to_dict()))
+    path.write_text(json.dumps(plan_with("cpu", precision=precision, transformer=TP(placement)).to_dict()))
     return path
 
 

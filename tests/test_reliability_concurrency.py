@@ -72,7 +72,7 @@ def test_a_second_disk_offload_run_leaves_the_first_ones_folder_alone(demo_t2v_p
     failed reading its weights back; now each run has its own folder, and A's goes when A ends."""
     from lowvram.paths import cache_dir
 
-    plan = write_plan(tmp_path / "disk.json", transformer={"kind": "disk_offload"})
+    plan = write_plan(tmp_path / "disk.json", placement="disk_offload")
     args = ["generate", "a cat", *SMALL, "--steps", "2", "--force-plan", str(plan), "--quiet"]
     root = cache_dir() / "offload"
     before = set(root.iterdir()) if root.is_dir() else set()
@@ -104,7 +104,7 @@ def test_two_runs_missing_one_quantized_entry_quantize_it_once(demo_t2v_path, tm
     loads it instead of quantizing again (two 14B quantizations at once exhaust a 32 GB machine's RAM)."""
     cache = tmp_path / "cache"
     shutil.copytree(demo_t2v_path, cache / "demo" / demo_t2v_path.name)  # a cache with no quantized entries yet
-    plan = write_plan(tmp_path / "int8.json", transformer_quant="int8")
+    plan = write_plan(tmp_path / "int8.json", precision="int8")
     args = ["generate", "a cat", *SMALL, "--steps", "1", "--force-plan", str(plan), "--quiet"]
     says_quantized = """
 import sys

@@ -116,14 +116,14 @@ def test_a_killed_generate_leaves_nothing_after_the_next_run(demo_t2v_path, tmp_
             if proc.poll() is None:
                 proc.kill()
 
-    int8 = write_plan(tmp_path / "int8.json", transformer_quant="int8")
-    disk = write_plan(tmp_path / "disk.json", transformer={"kind": "disk_offload"})
+    int8 = write_plan(tmp_path / "int8.json", precision="int8")
+    disk = write_plan(tmp_path / "disk.json", placement="disk_offload")
     killed(int8, "SAVED", tmp_path / "a.txt", prelude=GATED_SAVES, SAVE_GATE=str(gate), SAVE_GATE_MATCH="quantized")
     killed(disk, "step 3/400", tmp_path / "b.txt")
     left = {name: scratch_entries(cache / name) for name in ("quantized", "offload")}
     assert all(left.values()) and scratch_entries(out), left  # a half-written entry, an offload folder, claims
 
-    both = write_plan(tmp_path / "both.json", transformer_quant="int8", transformer={"kind": "disk_offload"})
+    both = write_plan(tmp_path / "both.json", precision="int8", placement="disk_offload")
     log = tmp_path / "c.txt"
     assert finish(lowvram([*base, "--steps", "1", "--force-plan", str(both)], log, tmp_path, LOWVRAM_CACHE_DIR=str(cache))) == 0, log.read_text()
     assert scratch_entries(out) == [] and scratch_entries(cache / "quantized") == [] and scratch_entries(cache / "offload") == []

@@ -122,8 +122,9 @@ def test_a_ti2v_model_takes_an_image_or_none(tmp_path, demo_t2v_path, image_file
 
     folder = ti2v_folder(tmp_path, demo_t2v_path)
     assert model_task(resolve_model(str(folder)), model_configs(resolve_model(str(folder)))) == "ti2v"
-    for image in (None, str(image_file)):
-        check_inputs_before_load(Job(prompt="a cat", model=str(folder), width=64, height=64, frames=5, steps=1, image=image, out=str(tmp_path / "x.mp4")))
+    for model in (str(folder), "tiny-random-ti2v", "wan2.2-ti2v-5b"):
+        for image in (None, str(image_file)):
+            check_inputs_before_load(Job(prompt="a cat", model=model, width=64, height=64, frames=5, steps=1, image=image, out=str(tmp_path / "x.mp4")))
 
 
 # ---------------------------------------------------------------------------------------------- bounds
@@ -251,13 +252,13 @@ def resume_file(tmp_path_factory):
     from lowvram.errors import CancelledError
     from lowvram.sampling.runner import generate
     from lowvram.telemetry import StepFinished
-    from planner.plan import Plan
+    from plans import plan_with
 
     folder = tmp_path_factory.mktemp("resume")
     job = Job(prompt="a cat", width=64, height=64, frames=5, steps=3, seed=1, out=str(folder / "g.mp4"))
     cancel = threading.Event()
     with pytest.raises(CancelledError):
-        generate(job, Plan(device="cpu", dtype="float32"), on_event=lambda e: isinstance(e, StepFinished) and cancel.set(), cancel=cancel)
+        generate(job, plan_with("cpu"), on_event=lambda e: isinstance(e, StepFinished) and cancel.set(), cancel=cancel)
     from safetensors import safe_open
 
     path = folder / "g.latents.safetensors"
