@@ -334,3 +334,22 @@ def test_any_changed_sampler_value_is_refused(resume_file, tmp_path_factory, dat
         lambda v: not (type(v) is type(old) and v == old)))
     with pytest.raises(UserError):
         load_resume_file(rewrite(tmp_path_factory.mktemp("s"), _set(header, attr, {"value": new}), tensors))
+
+
+@pytest.mark.parametrize("model, with_image", [("tiny-random-i2v", True), ("tiny-random-a14b", False), ("tiny-random-ti2v", True), ("tiny-random-ti2v", False)])
+def test_real_resume_files_of_every_demo_family_pass_the_checks(model, with_image, tmp_path, image_file):
+    """No false refusals: a run of each model family cancelled after a step gives a file that loads and finishes."""
+    from lowvram.errors import CancelledError
+    from lowvram.sampling.runner import generate
+    from lowvram.telemetry import RunCancelled, StepFinished
+    from plans import plan_with
+
+    job = Job(prompt="a cat", model=model, width=64, height=64, frames=5, steps=3, seed=1, out=str(tmp_path / "r.mp4"),
+              image=str(image_file) if with_image else None)
+    cancel, events = threading.Event(), []
+    with pytest.raises(CancelledError):
+        generate(job, plan_with("cpu"), on_event=lambda e: events.append(e) or (isinstance(e, StepFinished) and cancel.set()), cancel=cancel)
+    (cancelled,) = [e for e in events if isinstance(e, RunCancelled)]
+    state = load_resume_file(cancelled.latents_path)
+    assert state.checkpoint.step == 1
+    assert generate(state.job, state.plan, resume=state).video_path.is_file()
