@@ -119,3 +119,27 @@ def fill(folder: Path, leave: int = 0) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+def cancelled_resume_file(folder: Path) -> tuple[Path, dict, dict]:
+    """A real resume file: a demo run (64x64, 5 frames, 3 steps) cancelled after its first step.
+    Returns (its path, its header, its tensors)."""
+    import threading
+
+    import pytest
+    from safetensors import safe_open
+
+    from lowvram.errors import CancelledError
+    from lowvram.job import Job
+    from lowvram.sampling.resume import FORMAT
+    from lowvram.sampling.runner import generate
+    from lowvram.telemetry import StepFinished
+    from plans import plan_with
+
+    job = Job(prompt="a cat", width=64, height=64, frames=5, steps=3, seed=1, out=str(folder / "g.mp4"))
+    cancel = threading.Event()
+    with pytest.raises(CancelledError):
+        generate(job, plan_with("cpu"), on_event=lambda e: isinstance(e, StepFinished) and cancel.set(), cancel=cancel)
+    path = folder / "g.latents.safetensors"
+    with safe_open(str(path), "pt") as fh:
+        return path, json.loads(fh.metadata()[FORMAT]), {k: fh.get_tensor(k) for k in fh.keys()}

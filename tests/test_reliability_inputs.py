@@ -26,7 +26,7 @@ from lowvram.cli import main
 from lowvram.errors import UserError
 from lowvram.job import MAX_FRAMES, MAX_SIDE, MAX_STEPS, Job, validate_job
 from lowvram.sampling.resume import FORMAT, load_resume_file
-from reliability_support import SMALL, env
+from reliability_support import SMALL, cancelled_resume_file, env
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 BASE = ["generate", "a cat", *SMALL, "--steps", "1"]
@@ -248,22 +248,8 @@ def test_profile_nesting_never_exhausts_the_stack(depth, inline, junk):
 
 @pytest.fixture(scope="module")
 def resume_file(tmp_path_factory):
-    """A real resume file: a demo run (64x64, 5 frames, 3 steps) cancelled after its first step."""
-    from lowvram.errors import CancelledError
-    from lowvram.sampling.runner import generate
-    from lowvram.telemetry import StepFinished
-    from plans import plan_with
-
-    folder = tmp_path_factory.mktemp("resume")
-    job = Job(prompt="a cat", width=64, height=64, frames=5, steps=3, seed=1, out=str(folder / "g.mp4"))
-    cancel = threading.Event()
-    with pytest.raises(CancelledError):
-        generate(job, plan_with("cpu"), on_event=lambda e: isinstance(e, StepFinished) and cancel.set(), cancel=cancel)
-    from safetensors import safe_open
-
-    path = folder / "g.latents.safetensors"
-    with safe_open(str(path), "pt") as fh:
-        return json.loads(fh.metadata()[FORMAT]), {k: fh.get_tensor(k) for k in fh.keys()}
+    _, header, tensors = cancelled_resume_file(tmp_path_factory.mktemp("resume"))
+    return header, tensors
 
 
 def rewrite(folder: Path, header: dict, tensors: dict) -> str:
