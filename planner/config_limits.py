@@ -95,5 +95,6 @@ def check_configs(folder: Any, configs: Mapping[str, Mapping[str, Any]]) -> None
     if problems:
         raise UserError(
             f"{folder}: the model's configs hold numbers no Wan checkpoint has ({'; '.join(problems[:5])}). "
-            "The checkpoint is damaged or not a Wan2.1 or Wan2.2 pipeline: download or convert it again."
+            "The checkpoint is damaged or not a Wan pipeline: use a Wan2.1 / Wan2.2 diffusers checkpoint folder "
+            "(download or convert it again)."
         )
