@@ -129,3 +129,67 @@ def test_a_killed_generate_leaves_nothing_after_the_next_run(demo_t2v_path, tmp_
     assert scratch_entries(out) == [] and scratch_entries(cache / "quantized") == [] and scratch_entries(cache / "offload") == []
     assert (out / "v.mp4").is_file() and (out / "v.json").is_file()
     assert not [p for p in os.listdir(cache / "offload")]
+
+
+CONVERTER = """
+import sys
+from pathlib import Path
+from lowvram.models import dtype_cache
+dtype_cache.convert(Path(sys.argv[1]), "transformer", "bfloat16")
+"""
+
+
+def test_converted_cache_entries_are_written_once_and_a_killed_converter_leaves_nothing(demo_t2v_path, tmp_path):
+    """Converter A is killed half-way through its entry (a real SIGKILL while its scratch folder holds a shard);
+    B then converts the same entry while C wants it too: C waits for B's entry instead of converting again, and
+    A's half-written folder is gone."""
+    from lowvram.models import dtype_cache
+
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_t2v_path, cache / "demo" / demo_t2v_path.name)
+    folder = cache / "demo" / demo_t2v_path.name
+    run_env = env(LOWVRAM_CACHE_DIR=str(cache), SAVE_GATE=str(tmp_path / "never"))
+    a_log = tmp_path / "a.txt"
+    with open(a_log, "w") as err:
+        a = subprocess.Popen([sys.executable, "-c", GATED_SAVES + CONVERTER, str(folder)], stderr=err, env=run_env)
+    try:
+        wait_for(lambda: "SAVED" in a_log.read_text(), a, log=a_log)
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+    finally:
+        if a.poll() is None:
+            a.kill()
+    root = cache / "converted"
+    assert scratch_entries(root)  # A's half-written entry
+
+    # B converts and is held inside its first shard write; C starts meanwhile and must wait for B's entry
+    says = """
+import sys, safetensors.torch as st, filelock
+_save, _acquire = st.save_file, filelock.FileLock.acquire
+def save_file(*args, **kwargs):
+    sys.stderr.write("CONVERTING\\n"); sys.stderr.flush()
+    return _save(*args, **kwargs)
+def acquire(self, *args, **kwargs):
+    sys.stderr.write("LOCKING\\n"); sys.stderr.flush()
+    return _acquire(self, *args, **kwargs)
+st.save_file, filelock.FileLock.acquire = save_file, acquire
+"""
+    b_log, c_log, b_gate = tmp_path / "b.txt", tmp_path / "c.txt", tmp_path / "b-go"
+    with open(b_log, "w") as err:
+        b = subprocess.Popen([sys.executable, "-c", GATED_SAVES + CONVERTER, str(folder)], stderr=err, env=dict(run_env, SAVE_GATE=str(b_gate)))
+    c = None
+    try:
+        wait_for(lambda: "SAVED" in b_log.read_text(), b, log=b_log)
+        with open(c_log, "w") as err:
+            c = subprocess.Popen([sys.executable, "-c", says + CONVERTER, str(folder)], stderr=err, env=run_env)
+        wait_for(lambda: "LOCKING" in c_log.read_text() or "CONVERTING" in c_log.read_text(), c, log=c_log)
+        b_gate.touch()
+        assert finish(b) == 0 and finish(c) == 0, b_log.read_text() + c_log.read_text()
+    finally:
+        for proc in (b, c):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert "CONVERTING" not in c_log.read_text()  # C used B's entry
+    entry = root / dtype_cache.entry_path(folder, "transformer", "bfloat16").name  # (this process's cache is another)
+    assert (entry / dtype_cache.COMPLETE).is_file()
+    assert scratch_entries(root) == []

@@ -11,10 +11,10 @@ so a changed checkpoint gets a new entry. Entries are written into a scratch fol
 crashed writer's folder is swept at the next start) and renamed into place.
 
 Two processes that need the same missing entry do not both quantize it: the first one to miss holds the entry's
-lock (`<entry>.lock`, a file lock the system releases when its process dies) from the miss until its save(); the
+lock (lowvram.io.locks: `<entry>.lock`, released by the system when its process dies) from the miss until its save(); the
 second waits on the lock, then loads the entry. A load that ends without saving an entry it missed (it failed,
 or fell back to another level) gives the lock up then (`release_fills`, called by lowvram.sampling.runner.load_model);
-a waiter never waits longer than FILL_WAIT_S.
+a waiter never waits longer than lowvram.io.locks.FILL_WAIT_S.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import torch
 
+from lowvram.io import locks
 from lowvram.paths import cache_dir
 from planner.plan import FAST_LEVELS
 
@@ -93,48 +94,25 @@ def _shards(tensors: dict[str, torch.Tensor], limit: int) -> list[dict[str, torc
     return shards
 
 
-FILL_WAIT_S = 30 * 60  # longer than quantizing a 14B transformer on a slow machine
 _filling: dict[Path, Any] = {}  # entry -> the lock this process holds from its miss until its save()
-
-
-def _lock(entry: Path) -> Optional[Any]:
-    """Take the entry's fill lock, waiting for a process that fills it now; None when the wait timed out."""
-    from filelock import FileLock, Timeout
-
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(entry.parent / f"{entry.name}.lock"), timeout=FILL_WAIT_S, thread_local=False)
-        lock.acquire()
-    except Timeout:
-        log.warning("waited %d s for another process to fill %s; quantizing here too", FILL_WAIT_S, entry)
-        return None
-    except OSError as exc:  # a read-only or full cache folder: the cache is an optimisation, never a failure
-        log.warning("cannot lock the quantized cache entry %s: %s", entry, exc)
-        return None
-    return lock
-
-
-def _unlock(lock: Optional[Any]) -> None:
-    if lock is not None:
-        lock.release()
 
 
 def release_fills() -> None:
     """Give up the entries this process missed but has not filled (its load ended without a save for them)."""
     while _filling:
-        _unlock(_filling.popitem()[1])
+        locks.unlock(_filling.popitem()[1])
 
 
 def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtype: str) -> Path:
     """Write the quantized module to its cache entry (atomically, under the entry's lock). Returns the entry's path."""
     target = entry_path(folder, component, level, dtype)
-    lock = _filling.pop(target, None) or _lock(target)
+    lock = _filling.pop(target, None) or locks.lock_entry(target)
     try:
         if (target / INFO_FILE).is_file():  # another process filled it meanwhile (our wait timed out)
             return target
         return _write(module, folder, component, level, dtype, target)
     finally:
-        _unlock(lock)
+        locks.unlock(lock)
 
 
 def _write(module: torch.nn.Module, folder: Path, component: str, level: str, dtype: str, target: Path) -> Path:
@@ -213,10 +191,10 @@ def load(folder: Path, component: str, level: str, dtype: str) -> Optional[torch
     module = _load(folder, component, entry)
     if module is not None or entry in _filling:
         return module
-    lock = _lock(entry)
+    lock = locks.lock_entry(entry)
     module = _load(folder, component, entry)  # filled by the process we waited for
     if module is not None:
-        _unlock(lock)
+        locks.unlock(lock)
         return module
     if lock is not None:
         _filling[entry] = lock
