@@ -126,12 +126,20 @@ def image_problem(path_text: str) -> Optional[str]:
 TASKS = ("t2v", "i2v", "ti2v")
 
 
-def check_task(job: Job, task: str, model_name: str) -> None:
-    """What a model accepts: t2v takes no image, i2v needs one (the first frame), ti2v takes one optionally."""
-    if task == "i2v" and job.image is None:
-        raise UserError(f"{model_name} is an image-to-video model: give the first frame with --image PATH.")
+def task_problem(job: Job, task: str, model_name: str, inputs: bool = True) -> Optional[str]:
+    """What a model accepts: t2v takes no image, i2v needs one (the first frame), ti2v takes one optionally. The
+    problem in the options' words, or None. `inputs=False` (planning only): a missing first frame is no problem yet."""
     if task == "t2v" and job.image is not None:
-        raise UserError(
-            f"{model_name} is a text-to-video model and takes no --image. Drop --image, or use an image-to-video "
-            "model (e.g. wan2.1-i2v-14b-480p, or tiny-random-i2v for the demo)."
+        return (
+            f"{model_name} is a text-to-video model and takes no --image: drop --image, or use an image-to-video "
+            "model (wan2.2-i2v-a14b, wan2.1-i2v-14b-480p, wan2.2-ti2v-5b; tiny-random-i2v or tiny-random-ti2v for the demo)"
         )
+    if inputs and task == "i2v" and job.image is None:
+        return f"{model_name} is an image-to-video model: give the first frame with --image PATH"
+    return None
+
+
+def check_task(job: Job, task: str, model_name: str) -> None:
+    problem = task_problem(job, task, model_name)
+    if problem:
+        raise UserError(problem + ".")

@@ -39,7 +39,7 @@ def run(args) -> int:
     from lowvram.models.task import check_inputs_before_load
 
     job, prefs = job_and_prefs_from_args(args)
-    check_inputs_before_load(job, writes=False, image_given=False)  # the model's configs are sane before the planner reads them
+    check_inputs_before_load(job, writes=False, inputs=False)  # the model's configs are sane before the planner reads them
     probe = machine_from_args(args)
     notes = job_notes(args, job)
     preview = preview_for_job(job)  # the step cache's schedule: a model without its data exits 2 here

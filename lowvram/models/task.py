@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from lowvram.errors import UserError
-from lowvram.job import Job, check_task, validate_job
+from lowvram.job import Job, task_problem, validate_job
 from lowvram.models.names import DEMO_NAMES, SHORT_NAMES, ModelRef, resolve_model
 
 CONFIG_MAX_BYTES = 1 << 20  # a component config is a few KiB
@@ -109,20 +109,21 @@ def model_task(ref: ModelRef, configs: Optional[dict] = None) -> Optional[str]:
     return task_from_name(ref.name)
 
 
-def check_inputs_before_load(job: Job, writes: bool = True, resumed: bool = False, image_given: bool = True) -> ModelRef:
+def check_inputs_before_load(job: Job, writes: bool = True, resumed: bool = False, inputs: bool = True) -> ModelRef:
     """Everything about `job` that can be known without loading the model. Raises UserError (exit 2) naming the fix.
 
     Bounds and the image (decoded in full, within the pixel limit), the model (found, its configs sane), the task
     against the image, and with `writes` the output folder (writable, room for the video and the latents).
     `resumed`: the job continues from a resume file, whose conditioning is saved: its image is not needed again.
-    `image_given=False`: the command takes no image (`lowvram plan`), so the task is not checked against one.
+    `inputs=False` (planning only: `lowvram plan`): a missing first frame is no problem yet.
     """
     validate_job(job.with_(image=None) if resumed else job)
     ref = resolve_model(job.model, job.base)
     configs = model_configs(ref)
     task = model_task(ref, configs)
-    if task is not None and image_given and not resumed:
-        check_task(job, task, ref.name)
+    problem = task_problem(job, task, ref.name, inputs) if task is not None and not resumed else None
+    if problem:
+        raise UserError(problem + ".")
     if writes:
         from lowvram.io.output import check_output_folder
 
