@@ -276,8 +276,8 @@ def _data_depth_over(data: Any, limit: int = MAX_DEPTH) -> bool:
         node, depth = stack.pop()
         if depth > limit:
             return True
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        stack.extend((child, depth + 1) for child in children)
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))  # tables, arrays
     return False
 
 
