@@ -188,11 +188,11 @@ def load(folder: Path, component: str, level: str, dtype: str) -> Optional[torch
 
     entry = entry_path(folder, component, level, dtype)
     scratch.sweep(entry.parent)
-    module = _load(folder, component, entry)
+    module = _load(folder, component, level, entry)
     if module is not None or entry in _filling:
         return module
     lock = locks.lock_entry(entry)
-    module = _load(folder, component, entry)  # filled by the process we waited for
+    module = _load(folder, component, level, entry)  # filled by the process we waited for
     if module is not None:
         locks.unlock(lock)
         return module
@@ -201,7 +201,7 @@ def load(folder: Path, component: str, level: str, dtype: str) -> Optional[torch
     return None
 
 
-def _load(folder: Path, component: str, entry: Path) -> Optional[torch.nn.Module]:
+def _load(folder: Path, component: str, level: str, entry: Path) -> Optional[torch.nn.Module]:
     try:
         info = json.loads((entry / INFO_FILE).read_text())
         qmap = json.loads((entry / (TORCHAO_FILE if level in FAST_LEVELS else QMAP_FILE)).read_text())
