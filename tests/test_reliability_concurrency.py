@@ -110,9 +110,9 @@ def test_two_runs_missing_one_quantized_entry_quantize_it_once(demo_t2v_path, tm
 import sys
 from lowvram.placement import quantize
 _quantize = quantize.quantize_weights
-def quantize_weights(module, level):
+def quantize_weights(module, level, *args, **kwargs):
     sys.stderr.write(f"QUANTIZING {level}\\n"); sys.stderr.flush()
-    return _quantize(module, level)
+    return _quantize(module, level, *args, **kwargs)
 quantize.quantize_weights = quantize_weights
 import filelock
 _acquire = filelock.FileLock.acquire
