@@ -79,11 +79,11 @@ def _well_typed(cal: Calibration) -> bool:
 
 
 def save_calibration(cal: Calibration, path: Optional[Path] = None) -> Path:
+    from lowvram.io.output import write_json_atomic  # a scratch file of its own: two calibrations never mix
+
     path = Path(path or calibration_path())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cal.to_dict(), indent=2))
-    tmp.replace(path)
+    write_json_atomic(cal.to_dict(), path)
     return path
 
 

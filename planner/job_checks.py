@@ -6,11 +6,8 @@ the model's own: its spatial multiple (16, or 32 for Wan2.2 TI2V-5B), whether it
 
 from __future__ import annotations
 
-from lowvram.job import Job
+from lowvram.job import Job, task_problem
 from planner.spec import ModelSpec
-
-TASK_WORDS = {"t2v": "text-to-video", "i2v": "image-to-video", "ti2v": "text-and-image-to-video"}
-
 
 def job_problems(job: Job, spec: ModelSpec, inputs: bool = True) -> list[str]:
     """Each thing to change, in the options' words; empty when the job fits the model. `inputs=False` when only
@@ -29,13 +26,9 @@ def job_problems(job: Job, spec: ModelSpec, inputs: bool = True) -> list[str]:
     if job.frames < 1 or (job.frames - 1) % t:
         k = max(0, (job.frames - 1) // t)
         problems.append(f"--frames {job.frames} must be of the form {t}k+1 for {spec.name} (e.g. {t * k + 1} or {t * k + t + 1})")
-    if spec.task == "t2v" and job.image is not None:
-        problems.append(
-            f"{spec.name} is a {TASK_WORDS['t2v']} model and takes no --image: drop --image, or use an image-to-video "
-            "model (wan2.2-i2v-a14b, wan2.1-i2v-14b-480p, wan2.2-ti2v-5b; tiny-random-i2v or tiny-random-ti2v for the demo)"
-        )
-    if inputs and spec.task == "i2v" and job.image is None:
-        problems.append(f"{spec.name} is an {TASK_WORDS['i2v']} model: give the first frame with --image PATH")
+    task = task_problem(job, spec.task, spec.name, inputs)  # one wording: lowvram checks it before planning too
+    if task:
+        problems.append(task)
     if job.guidance_2 is not None and not spec.two_experts and job.guidance_2 != job.guidance:
         problems.append(
             f"--guidance-2 sets the low-noise expert's guidance of a two-expert Wan2.2 A14B model; {spec.name} has one "

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lowvram.errors import UserError
+from planner.config_limits import check_configs
 
 TEXT_SEQ_LEN = 512  # Wan pipelines pad prompts to 512 tokens (max_sequence_length)
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 at 224 px
@@ -458,8 +459,8 @@ def known_spec(short_name: str) -> ModelSpec:
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot read it as JSON ({exc}). Is this a diffusers Wan pipeline folder?") from exc
+    except (OSError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise UserError(f"{path}: cannot read it as JSON ({exc}). Is this a diffusers Wan pipeline folder?") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: a JSON {type(data).__name__}, not an object of settings. Is this a diffusers Wan pipeline folder?")
     return data
@@ -500,6 +501,7 @@ def spec_from_folder(folder: Path, name: Optional[str] = None, is_demo: bool = F
             f"{folder}: a two-expert Wan2.2 pipeline (boundary_ratio {index['boundary_ratio']}) needs both experts, "
             f"but only {have} is there. Download the whole checkpoint (both transformer/ and transformer_2/)."
         )
+    check_configs(folder, {c: e[1] for c, e in entries.items() if e is not None})  # before anything counts layers
     try:
         spec = _assemble_from_configs(folder, index, entries, name or folder.name, is_demo)
     except (TypeError, ValueError, AttributeError, KeyError, ImportError) as exc:

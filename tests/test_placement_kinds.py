@@ -186,8 +186,9 @@ def test_transformer_attention_is_torch_sdpa(monkeypatch, demo_t2v_path):
     placement.leave_all(loaded.pipe)
 
 
-def test_disk_offload_without_checkpoint_uses_a_private_folder(demo_t2v_path):
-    """A pipeline-like object with no checkpoint identity (the benchmark's) must not share offload files."""
+def test_disk_offload_uses_a_private_folder_removed_with_the_module(demo_t2v_path):
+    """Every disk-offloaded transformer gets a scratch folder of its own (never shared with another run), gone
+    with the module."""
     import gc
     from pathlib import Path
     from types import SimpleNamespace
@@ -199,7 +200,9 @@ def test_disk_offload_without_checkpoint_uses_a_private_folder(demo_t2v_path):
     pipe = SimpleNamespace(transformer=WanTransformer3DModel.from_pretrained(demo_t2v_path / "transformer"))
     placement.prepare(pipe, OFFLOAD_ONLY["disk_offload"])
     folder = Path(placement.state(pipe).disk_dir)
-    assert folder.name.startswith("unkeyed-") and list(folder.glob("*.safetensors"))
+    from lowvram.io.scratch import owner_of, owner_tag
+
+    assert owner_of(folder.name) == owner_tag() and list(folder.glob("*.safetensors"))
     del pipe
     gc.collect()
     assert not folder.exists()

@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def videos(folder: Path) -> list[Path]:
-    """Every mp4 in the folder, hidden temporary ones included."""
-    return sorted(p for p in folder.iterdir() if p.name.endswith(".mp4") or ".partial" in p.name)
+    """Every mp4 in the folder, hidden scratch files (lowvram.io.scratch) included."""
+    return sorted(p for p in folder.iterdir() if p.name.endswith(".mp4") or p.name.startswith(".lowvram-"))
 
 
 def test_cancel_after_a_step_keeps_latents_and_resume_matches(small_job, cpu_plan, tmp_path):
@@ -84,9 +84,9 @@ def _env() -> dict:
     return env
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_in_the_cli_keeps_the_latents(demo_t2v_path, tmp_path, sig):
-    """Ctrl-C stops at the next step boundary; SIGTERM aborts at once. Either way: exit 130, latents kept, no video."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_sigterm_or_sighup_in_the_cli_keeps_the_latents(demo_t2v_path, tmp_path, sig):
+    """Ctrl-C, SIGTERM and SIGHUP all stop at the next step boundary: exit 130, latents kept, no video."""
     from lowvram.cli import main
 
     out = tmp_path / "v.mp4"
@@ -104,7 +104,7 @@ def test_ctrl_c_or_sigterm_in_the_cli_keeps_the_latents(demo_t2v_path, tmp_path,
     text = log.read_text()
     assert code == 130, text
     assert "Traceback" not in text
-    assert ("cancelling at the next step boundary" in text) == (sig == signal.SIGINT)
+    assert "stopping at the next step (the latents are kept for --resume)" in text
     assert "step 400/400" not in text
     kept = tmp_path / "v.latents.safetensors"
     assert f"latents kept in {kept}" in text
@@ -136,25 +136,28 @@ WRITER = """
 import sys, numpy as np
 from pathlib import Path
 from lowvram.cli.interrupt import cancel_on_interrupt
-from lowvram.io.output import write_video_atomic
+from lowvram.io.output import reserve_output
 frames = np.random.default_rng(0).integers(0, 256, (4000, 128, 128, 3), dtype=np.uint8)  # noise: slow to encode
-with cancel_on_interrupt():
-    write_video_atomic(frames, Path(sys.argv[1]), 16)
+reservation = reserve_output(sys.argv[1], "p", 0)
+try:
+    with cancel_on_interrupt():
+        reservation.publish(reservation.stage_video(frames, 16), lambda video, side: {})
+finally:
+    reservation.release()
 """
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_kill_during_write_leaves_no_video(tmp_path, sig):
-    """A second Ctrl-C (or SIGTERM) while the mp4 is being encoded: no video and no partial file remain."""
+    """A second Ctrl-C (or SIGTERM) while the mp4 is being encoded: no video and no scratch file remain."""
     out = tmp_path / "w.mp4"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out)], stderr=subprocess.PIPE, env=_env(), text=True)
     try:
-        _wait_for(lambda: any(".partial" in p.name for p in tmp_path.iterdir()), 120, proc)
+        _wait_for(lambda: any(p.name.startswith(".lowvram-") for p in tmp_path.iterdir()), 120, proc)
         time.sleep(0.3)
+        proc.send_signal(sig)  # the first one only asks for a stop at the next safe point
+        time.sleep(0.2)
         proc.send_signal(sig)
-        if sig == signal.SIGINT:  # the first Ctrl-C only asks for a cancel at a step boundary
-            time.sleep(0.2)
-            proc.send_signal(sig)
         proc.wait(60)
     finally:
         if proc.poll() is None:

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from lowvram.cli import main
 from lowvram.errors import UserError
 from lowvram.sampling.resume import FORMAT, load_resume_file
-from plans import plan_with
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -110,25 +109,9 @@ def test_resume_header_that_is_not_ours_fails_clearly(meta_json, tmp_path_factor
 @pytest.fixture(scope="module")
 def good_resume(tmp_path_factory):
     """A real resume file: a demo run cancelled after its first step."""
-    import threading
+    from reliability_support import cancelled_resume_file
 
-    from lowvram.errors import CancelledError
-    from lowvram.job import Job
-    from lowvram.sampling.runner import generate
-    from lowvram.telemetry import StepFinished
-
-    folder = tmp_path_factory.mktemp("good")
-    job = Job(prompt="a cat", width=64, height=64, frames=5, steps=3, seed=1, out=str(folder / "g.mp4"))
-    cancel = threading.Event()
-    with pytest.raises(CancelledError):
-        generate(job, plan_with("cpu"), on_event=lambda e: isinstance(e, StepFinished) and cancel.set(), cancel=cancel)
-    path = folder / "g.latents.safetensors"
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as fh:
-        header = json.loads(fh.metadata()[FORMAT])
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    return path, header, tensors
+    return cancelled_resume_file(tmp_path_factory.mktemp("good"))
 
 
 def _mutate(node, path, value):

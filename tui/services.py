@@ -73,12 +73,15 @@ def describe_probe(probe: Any) -> tuple[str, ...]:
 
 def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
     """The planner's plan for this job on this probe, with the alternatives it weighed (its time counting
-    only the calls the job's step cache computes, when that is known before the run)."""
+    only the calls the job's step cache computes, when that is known before the run). The job is checked as
+    `lowvram generate` checks it before loading (UserError naming the fix)."""
     from lowvram.loras.resolve import resolve_job_loras
+    from lowvram.models.task import check_inputs_before_load
     from planner.choose import plan_for_job
 
     from planner.choose import NoPlanFits, Preferences
 
+    check_inputs_before_load(job)
     job = resolve_job_loras(job)  # new LoRAs: checked against the model, their presets applied (the form shows them)
     cache = _cache_counts(job)
     preferences = ""

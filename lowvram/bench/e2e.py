@@ -29,10 +29,9 @@ from lowvram.bench.measure import GIB, clean_cuda, set_budget
 from lowvram.bench.recipes import (
     BenchPipe,
     bench_job,
-    bench_probe,
     predicted_stage_vram,
 )
-from lowvram.bench.shapes import RESOLUTIONS, TEXT_TOKENS, UMT5_XXL, latent_shape
+from lowvram.bench.shapes import TEXT_TOKENS, UMT5_XXL, latent_shape
 
 
 def scheduler():

@@ -53,6 +53,14 @@ def use_expandable_segments() -> None:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", ALLOC_CONF)
 
 
+def _say(text: str) -> None:
+    """The last word on stderr; a terminal that is gone (closed window) does not change the exit code."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from lowvram.errors import CancelledError, UserError
 
@@ -66,16 +74,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.command != "bench":  # the benchmark measures upstream recipes with torch's default allocator
         use_expandable_segments()
+    import contextlib
+
+    from lowvram.cli.interrupt import stop_like_ctrl_c
+
     try:
-        return int(args.func(args) or 0)
+        with stop_like_ctrl_c() if args.command != "tui" else contextlib.nullcontext():  # the TUI owns its terminal
+            return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _say("interrupted")
         return 130
-    except CancelledError:  # Ctrl-C once: the run stopped at a step boundary and said where the latents are
-        print("cancelled", file=sys.stderr)
+    except CancelledError:  # stopped at a step boundary (Ctrl-C, SIGTERM, SIGHUP); it said where the latents are
+        _say("cancelled")
         return 130
     except BrokenPipeError:  # the reader went away (`lowvram plan | head`): stop quietly, as a SIGPIPE would
         import os

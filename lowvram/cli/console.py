@@ -114,23 +114,30 @@ class ConsoleReporter:
         self.tty = self.stream.isatty()
         self._bar_open = False
         self._stages: list[StageFinished] = []
+        self._gone = False
+
+    def _write(self, text: str) -> None:
+        """Write and flush; a terminal that went away (closed window: EIO, a closed pipe) must not end the run."""
+        if self._gone:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self._gone = True
 
     def _bar(self, text: str, last: bool) -> None:
         if self.tty:
-            self.stream.write("\r" + text)
             self._bar_open = not last
-            if last:
-                self.stream.write("\n")
-            self.stream.flush()
+            self._write("\r" + text + ("\n" if last else ""))
         else:
             self._line(text)
 
     def _line(self, text: str) -> None:
         if self._bar_open:
-            self.stream.write("\n")
             self._bar_open = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
+            text = "\n" + text
+        self._write(text + "\n")
 
     def __call__(self, event: Event) -> None:
         if self.quiet and not isinstance(event, (RunFinished, RunFailed, RunCancelled, PlanSwitched)):

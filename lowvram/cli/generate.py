@@ -72,7 +72,7 @@ def run(args) -> int:
     from lowvram.cli.console import ConsoleReporter
     from lowvram.cli.inputs import job_notes
     from lowvram.cli.interrupt import cancel_on_interrupt
-    from lowvram.models.names import resolve_model
+    from lowvram.models.task import check_inputs_before_load
     from lowvram.sampling.runner import generate
 
     if getattr(args, "resume", None):
@@ -83,7 +83,8 @@ def run(args) -> int:
 
     jobs, prefs = jobs_from_args(args)  # validated: fail fast, before any model loads
     first = jobs[0]
-    resolve_model(first.model, first.base)
+    for job in jobs:  # before planning and loading: bad input, what the model accepts, the output folder
+        check_inputs_before_load(job)
     say = (lambda _line: None) if args.quiet else print
     for line in job_notes(args, first):
         if not line.startswith("seed:"):

@@ -36,8 +36,10 @@ def run(args) -> int:
     from lowvram.caching.plan import preview_for_job
     from lowvram.cli.inputs import job_and_prefs_from_args, job_notes, machine_from_args
     from lowvram.cli.plan_choice import plan_with_advice
+    from lowvram.models.task import check_inputs_before_load
 
     job, prefs = job_and_prefs_from_args(args)
+    check_inputs_before_load(job, writes=False, inputs=False)  # the model's configs are sane before the planner reads them
     probe = machine_from_args(args)
     notes = job_notes(args, job)
     preview = preview_for_job(job)  # the step cache's schedule: a model without its data exits 2 here

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from lowvram.caching.record import cache_record
-from lowvram.io.output import write_json_atomic
 from lowvram.telemetry import Event, MemorySample
 
 SIDECAR_VERSION = 1
@@ -132,7 +130,3 @@ def expert_record(loaded, plan, events, peaks) -> dict:
         "switch_step": starts.get("transformer_2"),
         "phases": phases,
     }
-
-
-def write_sidecar(data: dict, path: Path) -> None:
-    write_json_atomic(data, path)

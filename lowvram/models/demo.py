@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from lowvram.paths import cache_dir
@@ -69,7 +68,10 @@ def ensure_demo(name: str = "tiny-random") -> Path:
     from lowvram.models.library_logs import quiet_library_logs
 
     quiet_library_logs()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    from lowvram.io import scratch
+
+    scratch.sweep(target.parent)  # what a build killed half-way left
+    tmp = scratch.new_dir(target.parent, target.name)
     try:
         kind, boundary = DEMO_KINDS[name]
         pipe = build_demo_pipeline(kind, boundary)

@@ -9,7 +9,9 @@ memory-mapped: its pages are page cache the kernel can drop and read again, whic
 
 Layout: cache_dir()/converted/<identity>-<component>-<dtype>/ holds the component's config files and its
 safetensors shards under their original names (the index too, when sharded), so diffusers' / transformers'
-from_pretrained reads it like the original. Entries are written into a temporary folder and renamed.
+from_pretrained reads it like the original. Entries are written into a scratch folder (lowvram.io.scratch: a
+converter killed half-way leaves nothing for good) and renamed, under the entry's lock (lowvram.io.locks: two
+processes that miss one entry convert it once).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from lowvram.io import locks, scratch
 from lowvram.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -72,16 +74,24 @@ def convert(folder: Path, component: str, dtype: str, keep: tuple[str, ...] = ()
 
     `keep`: module names whose weights the model class keeps in float32 (`_keep_in_fp32_modules`: Wan's norms,
     time embedder, ...): they stay as stored, as a converting load leaves them."""
+    target = entry_path(folder, component, dtype)
+    if (target / COMPLETE).is_file():
+        return target
+    with locks.entry_locked(target):  # another process converting the same entry is waited for, not raced
+        if (target / COMPLETE).is_file():
+            return target
+        return _write(folder, component, dtype, keep, target)
+
+
+def _write(folder: Path, component: str, dtype: str, keep: tuple[str, ...], target: Path) -> Path:
     import safetensors.torch
     import torch
     from safetensors import safe_open
 
-    target = entry_path(folder, component, dtype)
-    if (target / COMPLETE).is_file():
-        return target
     source = Path(folder) / component
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    scratch.sweep(target.parent)  # what a converter killed half-way left (up to a whole shard)
+    tmp = scratch.new_dir(target.parent, "converted")
     try:
         for path in sorted(source.iterdir()):
             if path.is_file() and not path.name.endswith(".safetensors"):

@@ -311,22 +311,18 @@ def _detach(pipe: Any, name: str, st: PlacementState) -> None:
 
 
 def _disk_dir(module: Any, checkpoint: Optional[Path], cp: ComponentPlan) -> Path:
-    """Offloaded weights of a known checkpoint are kept for the next run (keyed like the quantized
-    cache); without a checkpoint identity a private folder is used and removed with the module."""
+    """A folder of this run's own for the offloaded weights (lowvram.io.scratch): another run never shares,
+    reuses or deletes it. It goes with the module (or at exit); a crashed run's is swept by the next one."""
     import shutil
-    import tempfile
     import weakref
 
+    from lowvram.io import scratch
     from lowvram.paths import cache_dir
-    from lowvram.placement import quant_cache
 
     root = cache_dir() / "offload"
-    if checkpoint is not None:
-        ident = quant_cache.checkpoint_identity(checkpoint, cp.name)
-        key = getattr(module, FUSED_KEY_ATTR, "")  # fused LoRAs rewrote the weights: their files are another entry
-        return root / (f"{ident}-{cp.name}-{cp.precision}-{cp.dtype}" + (f"-lora{key}" if key else ""))
     root.mkdir(parents=True, exist_ok=True)
-    private = Path(tempfile.mkdtemp(prefix="unkeyed-", dir=root))
+    scratch.sweep(root)
+    private = scratch.new_dir(root, "offload")
     weakref.finalize(module, shutil.rmtree, private, True)
     return private
 

@@ -9,7 +9,14 @@ Layout: cache_dir()/quantized/<identity>-<component>-<level>-<dtype>[-lora<key>]
 The identity hashes the checkpoint folder's path and its component files' names, sizes and mtimes,
 so a changed checkpoint gets a new entry. A component with LoRAs fused into it before quantizing has its own
 entry per LoRA set (`-lora<key>`: lowvram.loras.apply.lora_key, the files' sha256 and scales), so a cached
-int8 model is never reused for another LoRA set, nor the plain model for a fused one. Entries are written into a temporary folder and renamed.
+int8 model is never reused for another LoRA set, nor the plain model for a fused one. Entries are written into a
+scratch folder (lowvram.io.scratch: a crashed writer's folder is swept at the next start) and renamed into place.
+
+Two processes that need the same missing entry do not both quantize it: the first one to miss holds the entry's
+lock (lowvram.io.locks: `<entry>.lock`, released by the system when its process dies) from the miss until its save(); the
+second waits on the lock, then loads the entry. A load that ends without saving an entry it missed (it failed,
+or fell back to another level) gives the lock up then (`release_fills`, called by lowvram.sampling.runner.load_model);
+a waiter never waits longer than lowvram.io.locks.FILL_WAIT_S.
 """
 
 from __future__ import annotations
@@ -19,12 +26,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from lowvram.io import locks
 from lowvram.paths import cache_dir
 from planner.plan import FAST_LEVELS
 
@@ -90,13 +97,35 @@ def _shards(tensors: dict[str, torch.Tensor], limit: int) -> list[dict[str, torc
     return shards
 
 
+_filling: dict[Path, Any] = {}  # entry -> the lock this process holds from its miss until its save()
+
+
+def release_fills() -> None:
+    """Give up the entries this process missed but has not filled (its load ended without a save for them)."""
+    while _filling:
+        locks.unlock(_filling.popitem()[1])
+
+
 def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtype: str, lora_key: str = "") -> Path:
-    """Write the quantized module to its cache entry (atomically). Returns the entry's path."""
+    """Write the quantized module to its cache entry (atomically, under the entry's lock). Returns the entry's path."""
+    target = entry_path(folder, component, level, dtype, lora_key)
+    lock = _filling.pop(target, None) or locks.lock_entry(target)
+    try:
+        if (target / INFO_FILE).is_file():  # another process filled it meanwhile (our wait timed out)
+            return target
+        return _write(module, folder, component, level, dtype, target, lora_key)
+    finally:
+        locks.unlock(lock)
+
+
+def _write(module: torch.nn.Module, folder: Path, component: str, level: str, dtype: str, target: Path, lora_key: str) -> Path:
     import safetensors.torch
     from optimum.quanto import quantization_map
 
-    target = entry_path(folder, component, level, dtype, lora_key)
+    from lowvram.io import scratch
+
     target.parent.mkdir(parents=True, exist_ok=True)
+    scratch.sweep(target.parent)
     library, class_name = _component_class(folder, component)
     state = {k: v.detach().to("cpu") for k, v in module.state_dict().items()}
     torchao_meta = None
@@ -110,7 +139,7 @@ def save(module: torch.nn.Module, folder: Path, component: str, level: str, dtyp
         flat, torchao_meta = flatten_tensor_state_dict(quantized)
         state = {**{k: v for k, v in state.items() if k not in quantized}, **flat}
     tensors, aliases = _aliases(state)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp = scratch.new_dir(target.parent, "quantized")
     try:
         for i, shard in enumerate(_shards(tensors, SHARD_BYTES)):
             safetensors.torch.save_file(shard, tmp / WEIGHTS_PATTERN.format(i))
@@ -157,9 +186,27 @@ def _empty_module(folder: Path, component: str, library: str, class_name: str) -
 
 
 def load(folder: Path, component: str, level: str, dtype: str, lora_key: str = "") -> Optional[torch.nn.Module]:
-    """The cached quantized component on the CPU (with the LoRA set `lora_key` fused), or None when there is
-    no (valid) entry."""
+    """The cached quantized component on the CPU (with the LoRA set `lora_key` fused), or None when there is no
+    (valid) entry: then this process holds the entry's fill lock until its save() (another process filling it
+    now is waited for first)."""
+    from lowvram.io import scratch
+
     entry = entry_path(folder, component, level, dtype, lora_key)
+    scratch.sweep(entry.parent)
+    module = _load(folder, component, level, entry)
+    if module is not None or entry in _filling:
+        return module
+    lock = locks.lock_entry(entry)
+    module = _load(folder, component, level, entry)  # filled by the process we waited for
+    if module is not None:
+        locks.unlock(lock)
+        return module
+    if lock is not None:
+        _filling[entry] = lock
+    return None
+
+
+def _load(folder: Path, component: str, level: str, entry: Path) -> Optional[torch.nn.Module]:
     try:
         info = json.loads((entry / INFO_FILE).read_text())
         qmap = json.loads((entry / (TORCHAO_FILE if level in FAST_LEVELS else QMAP_FILE)).read_text())

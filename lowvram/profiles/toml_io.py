@@ -11,7 +11,6 @@ import dataclasses
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +24,9 @@ from lowvram.profiles.validate import (
 )
 
 MAX_BYTES = 1 << 20  # a profile is a few KiB; anything near this is not a profile
+# A profile nests three levels ([saved_plan.transformer]); tomllib recurses per level of [ or { and a 1 KiB
+# file of brackets exhausts Python's stack: the depth is checked first, without recursion.
+MAX_DEPTH = 16
 
 HEADER = (
     "lowvram profile: data only, read with `lowvram profile show FILE`.",
@@ -161,16 +163,24 @@ def save(profile: Profile, path: str | os.PathLike, overwrite: bool = False) -> 
         text = dumps(profile).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise UserError(f"cannot save the profile: a text value is not valid Unicode ({exc.reason}); retype it.") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from lowvram.io import scratch
+    from lowvram.io.output import publish_file
+
+    scratch.sweep(path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with scratch.scratch_file(path.parent, "toml") as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                publish_file(tmp, path)  # no-clobber: a file that appeared since the check above stays
+    except FileExistsError:
+        raise UserError(f"{path} already exists; choose another name or pass --force to replace it.") from None
+    except OSError as exc:
+        raise UserError(f"cannot save the profile to {path}: {exc.strerror or exc}; choose another folder or free some space.") from None
     return path
 
 
@@ -227,6 +237,53 @@ def _toml_error(source: str, text: str, exc: Exception) -> ProfileError:
     )
 
 
+def _too_deep(text: str, limit: int = MAX_DEPTH) -> Optional[int]:
+    """The 1-based line where arrays/inline tables nest deeper than `limit`, or None. Strings and comments
+    are skipped (a bracket inside them does not count); invalid TOML is left for tomllib to report."""
+    depth, line, i, n = 0, 1, 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+        elif ch == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif ch in "\"'":
+            triple = text.startswith(ch * 3, i)
+            close, i = (ch * 3, i + 3) if triple else (ch, i + 1)
+            while i < n and not text.startswith(close, i):
+                if text[i] == "\\" and ch == '"':
+                    i += 1
+                elif text[i] == "\n":
+                    line += 1
+                    if not triple:
+                        break
+                i += 1
+            i += len(close)
+            continue
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return line
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return None
+
+
+def _data_depth_over(data: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether parsed data nests deeper than `limit` (dotted keys nest without brackets). No recursion."""
+    stack = [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))  # tables, arrays
+    return False
+
+
 def loads(text: str, source: str = "<text>") -> Profile:
     """Parse and check a profile. Raises ProfileError (a UserError, exit code 2) on any problem."""
     try:
@@ -235,10 +292,18 @@ def loads(text: str, source: str = "<text>") -> Profile:
         raise ProfileError(source, "reading profiles needs Python 3.11 or newer (the standard tomllib); upgrade Python") from None
     if not text.strip():
         raise ProfileError(source, "the file is empty; a profile needs at least schema_version, name and model (see `lowvram profile save`)")
+    too_deep = f"nested more than {MAX_DEPTH} levels deep (a profile nests 3); this is not a profile"
+    line = _too_deep(text)
+    if line is not None:
+        raise ProfileError(source, too_deep, line=line)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _toml_error(source, text, exc) from None
+    except RecursionError:  # a nesting the scan above did not see
+        raise ProfileError(source, too_deep) from None
+    if _data_depth_over(data):
+        raise ProfileError(source, too_deep)
     where = Where(source, lambda path: locate(text, path))
     check_version(data, where)
     saved = data.get("saved_plan")

@@ -18,9 +18,8 @@ from lowvram.errors import UserError
 from lowvram.sampling import faults
 from lowvram.sampling.resume import (
     DenoiseCheckpoint,
+    keep_latents,
     make_checkpoint,
-    resume_path_for,
-    save_resume_file,
 )
 from lowvram.telemetry import EventSink, LogMessage, PlanSwitched
 from planner.fallback import describe_change, leaner_plan
@@ -164,10 +163,7 @@ class Recovery:
         """Write the resume file when there is something to resume (encode finished); else None."""
         if self.checkpoint is None or self.cond is None:
             return None
-        from safetensors import SafetensorError
-
-        try:
-            return save_resume_file(resume_path_for(video_path), job, self.plan, self.cond, self.checkpoint, reason)
-        except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as SafetensorError
-            self.sink(LogMessage(t=self.clock(), level="error", message=f"could not keep the latents: {exc}"))
-            return None
+        kept, problems = keep_latents(video_path, job, self.plan, self.cond, self.checkpoint, reason)
+        for problem in problems:
+            self.sink(LogMessage(t=self.clock(), level="error" if kept is None else "warning", message=problem))
+        return kept

@@ -16,9 +16,9 @@ from typing import Any, Callable, Optional
 
 from lowvram import placement
 from lowvram.errors import CancelledError
-from lowvram.job import Job, check_task, validate_job
+from lowvram.job import Job, check_task
 from lowvram.models.loading import CheckpointInfo, load_pipeline
-from lowvram.models.names import ModelRef, resolve_model
+from lowvram.models.names import ModelRef
 from lowvram.sampling import faults as fault_injection
 from lowvram.sampling.decode_watch import DecodeWatch
 from lowvram.sampling.eta import Eta
@@ -156,11 +156,16 @@ def preload_components(ref: ModelRef, folder: Path, plan: Plan, loras: tuple = (
 
 def load_model(ref: ModelRef, plan: Plan, loras: tuple = ()) -> LoadedModel:
     """Load and place the pipeline per `plan`, with the job's LoRAs (resolved LoraSpecs) in its denoisers."""
-    # Quantized components come from the quantized cache when present (no bf16 copy is ever built).
+    from lowvram.placement import quant_cache
+
     plan = with_loras(plan, loras)
-    dtypes = {c.name: c.dtype for c in plan.components}
-    pipe, info = load_pipeline(ref, dtypes=dtypes, preload=lambda folder: preload_components(ref, folder, plan, loras))
-    placement.prepare(pipe, plan, loras=loras)
+    try:
+        # Quantized components come from the quantized cache when present (no bf16 copy is ever built).
+        dtypes = {c.name: c.dtype for c in plan.components}
+        pipe, info = load_pipeline(ref, dtypes=dtypes, preload=lambda folder: preload_components(ref, folder, plan, loras))
+        placement.prepare(pipe, plan, loras=loras)  # quantizes what the cache missed and fills the cache
+    finally:
+        quant_cache.release_fills()  # entries this load missed but did not fill: other processes may fill them
     return LoadedModel(ref=ref, pipe=pipe, info=info, plan=plan, loras=tuple(loras))
 
 
@@ -458,11 +463,12 @@ def generate(
     `resume` (lowvram.sampling.resume.load_resume_file) finishes the run later, without encoding again.
     `faults` injects OOMs for tests (lowvram.sampling.faults).
     """
-    from lowvram.io.output import choose_output, sidecar_path, write_video_atomic
-    from lowvram.io.sidecar import build_sidecar, write_sidecar
+    from lowvram.io.output import WriteFailed, reserve_output
+    from lowvram.io.sidecar import build_sidecar
+    from lowvram.models.task import check_inputs_before_load
 
-    validate_job(job)
-    ref = loaded.ref if loaded is not None else resolve_model(job.model, job.base)
+    ref = check_inputs_before_load(job, resumed=resume is not None)
+    ref = loaded.ref if loaded is not None else ref
     names = loaded_components(loaded) if loaded is not None else model_components(ref)
     # LoRAs checked against the model from their headers before anything loads (settings as given: no presets)
     from lowvram.loras.resolve import PRESET_FIELDS, resolve_job_loras
@@ -472,11 +478,13 @@ def generate(
     plan = with_loras(plan, job.loras)  # a forced or test plan without LoRA modes carries them as adapters
     if loaded is not None and _lora_identity(loaded.loras) != _lora_identity(job.loras):
         raise ValueError("the loaded model carries other LoRAs than the job's: load the model again for this LoRA set")
-    video_path, note = choose_output(job.out, job.prompt, job.seed)
+    output = reserve_output(job.out, job.prompt, job.seed)  # held until the end: concurrent runs get other names
+    video_path = output.video
     log = EventLog(forward=on_event)
     clock = Clock()
-    if note:
-        log(LogMessage(t=clock(), level="warning", message=note))
+    noted = output.note
+    if noted:
+        log(LogMessage(t=clock(), level="warning", message=noted))
     peaks: dict = {}
     rec = Recovery(plan, log, clock)
     with MemorySampler(log, clock=clock) as sampler, fault_injection.installed(fault_injection.resolve(faults)):
@@ -488,7 +496,8 @@ def generate(
             if placement_differs(loaded.plan, plan):  # a loaded model (TUI) given another plan, or after a fallback
                 placement.reapply(loaded.pipe, loaded.plan, plan, job.loras)
                 loaded.plan = plan
-            check_task(job, loaded.task, ref.name)
+            if resume is None:
+                check_task(job, loaded.task, ref.name)  # known before loading unless the model was not on disk
             log(
                 RunStarted(
                     t=clock(),
@@ -530,13 +539,23 @@ def generate(
                 frames = rec.run("decode", lambda p: decode(loaded, p, latents, watch))
             plan = loaded.plan = rec.plan  # after a fallback the pipeline is placed per the leaner plan
             with _Stage("write", log, clock, sampler, peaks):
-                write_video_atomic(frames, video_path, job.fps)
-            side = sidecar_path(video_path)
+                staged = output.stage_video(frames, job.fps)
+
+            def sidecar(video: Path, side: Path) -> dict:  # for the final names, the run's end included
+                now = clock()
+                done = RunFinished(t=now, video_path=str(video), sidecar_path=str(side), seconds=now)
+                return build_sidecar(job, loaded, plan, log.events + [done], step_seconds, peaks, done.t)
+
+            video_path, side = output.publish(staged, sidecar)  # video and sidecar appear together
             total = clock()
+            if output.note != noted:  # a file appeared at the name during the run: published under the next one
+                log(LogMessage(t=total, level="warning", message=output.note))
             log(RunFinished(t=total, video_path=str(video_path), sidecar_path=str(side), seconds=total))
-            data = build_sidecar(job, loaded, plan, log.events, step_seconds, peaks, total)
-            write_sidecar(data, side)
             return RunResult(video_path, side, total, plan, log.events, step_seconds, peaks, latents.detach().cpu(), loaded)
+        except WriteFailed as exc:  # the denoising is done: keep it, say how to finish with --resume
+            kept = rec.save(job, video_path, "write failed")
+            log(RunFailed(t=clock(), stage="write", message=exc.summary, latents_path=str(kept or "")))
+            raise exc.with_latents(kept) from None
         except (CancelledError, KeyboardInterrupt):  # KeyboardInterrupt: a second Ctrl-C or SIGTERM, abort now
             stages = log.of(StageStarted)
             kept = rec.save(job, video_path, "cancelled")
@@ -549,5 +568,6 @@ def generate(
             log(RunFailed(t=clock(), stage=exc.stage, message=f"out of memory even with the leanest plan ({exc.detail})", latents_path=str(kept or "")))
             raise failed from None
         finally:
+            output.release()
             if loaded is not None:
                 placement.leave_all(loaded.pipe)

@@ -3,7 +3,6 @@ a file path typed in; and a dialog that saves the form's settings under a name."
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from rich.text import Text
 from textual import on
