@@ -203,6 +203,7 @@ def override_probe(probe: HardwareProbe, vram_gib: Optional[float] = None, ram_g
     """What-if on top of a real probe: keep the GPU's identity (name, compute capability), replace the sizes."""
     changes: dict = {"source": "synthetic"}
     if vram_gib is not None:
+        changes["gpus"] = ()  # a what-if GPU: one (`with_gpus` gives several)
         if vram_gib == 0:
             changes.update(gpu_name=None, compute_capability=None, vram_total=0, vram_free=0)
         else:

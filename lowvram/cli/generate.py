@@ -7,6 +7,7 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="generate a video from a prompt", description="Generate a video with a Wan2.1 model and write an mp4 plus a JSON sidecar.")
     from lowvram.cli.options import (
         add_generation_arguments,
+        add_gpus_argument,
         add_job_arguments,
         add_preference_arguments,
         add_profile_argument,
@@ -24,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the result")
     p.add_argument("--resume", default=None, metavar="FILE", help="finish a cancelled or out-of-memory run from its kept <out>.latents.safetensors (no prompt)")
     add_preference_arguments(p)
+    add_gpus_argument(p, what_if=False)
     add_force_plan_argument(p)
     p.set_defaults(func=run)
 

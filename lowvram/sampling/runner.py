@@ -121,8 +121,15 @@ def _resumed_conditioning(resume: ResumeState) -> "Conditioning":
                         c["condition"], c.get("first_frame_mask"))
 
 
-def _check_cancel(cancel: Optional[threading.Event]) -> None:
-    if cancel is not None and cancel.is_set():
+def _check_cancel(cancel: Optional[threading.Event], plan: Optional[Plan] = None) -> None:
+    """Raise CancelledError when asked to stop. The processes of a context-parallel run agree first (a cancel in
+    one stops all of them at the same step boundary, or the others would wait on it forever)."""
+    stop = cancel is not None and cancel.is_set()
+    if plan is not None and plan.parallel:
+        from lowvram.parallel import group
+
+        stop = group.any_rank(stop)
+    if stop:
         raise CancelledError("cancelled")
 
 
@@ -276,6 +283,13 @@ def denoise(
     boundary = boundary_timestep(pipe)
     guidance_2 = job.guidance_2 if job.guidance_2 is not None else job.guidance
     tdtype = _denoiser(pipe).dtype
+    if plan.parallel:
+        from lowvram.parallel.group import enable_context_parallel
+
+        tokens = latent_tokens(latents.shape, _denoiser(pipe).config.patch_size)
+        for name in loaded.denoiser_names:
+            enable_context_parallel(getattr(pipe, name), plan, tokens)
+    from lowvram.placement.devices import current_device
     cfg = cond.negative_embeds is not None
     step_seconds: list[float] = []
     active: Optional[str] = None
@@ -287,7 +301,7 @@ def denoise(
         for i, t in enumerate(timesteps):
             if i < start:
                 continue
-            _check_cancel(cancel)
+            _check_cancel(cancel, plan)
             fault_injection.check("denoise", i)
             name = expert_for(float(t), boundary)
             if name != active:
@@ -314,10 +328,11 @@ def denoise(
             kwargs = dict(hidden_states=model_in, timestep=timestep, attention_kwargs=None, return_dict=False)
             if cond.image_embeds is not None:
                 kwargs["encoder_hidden_states_image"] = cond.image_embeds
-            with transformer.cache_context("cond", step_index=i):
+            # an expert on its own card streams there: its streams are that card's (lowvram.placement.devices)
+            with current_device(placement.component_device(plan, name)), transformer.cache_context("cond", step_index=i):
                 noise_pred = transformer(encoder_hidden_states=cond.prompt_embeds, **kwargs)[0]
             if cfg:
-                with transformer.cache_context("uncond", step_index=i):
+                with current_device(placement.component_device(plan, name)), transformer.cache_context("uncond", step_index=i):
                     noise_uncond = transformer(encoder_hidden_states=cond.negative_embeds, **kwargs)[0]
                 noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
@@ -346,6 +361,13 @@ def denoise(
     if expand and condition is not None:
         latents = (1 - mask) * condition + mask * latents  # the conditioning frame, exactly
     return latents, step_seconds
+
+
+def latent_tokens(shape: tuple, patch_size: tuple) -> int:
+    """Tokens of a latent video (1, C, F, H, W) for a transformer with this patch size."""
+    _, _, f, h, w = shape
+    pt, ph, pw = patch_size
+    return (f // pt) * (h // ph) * (w // pw)
 
 
 def job_shift(loaded: LoadedModel, job: Job) -> float:
@@ -378,6 +400,10 @@ def decode(loaded: LoadedModel, plan: Plan, latents: Any, watch: Optional[Decode
     return frames[0]
 
 
+def _merge_max(a: dict, b: dict) -> dict:
+    return {k: max(a.get(k, 0), b.get(k, 0)) for k in set(a) | set(b)}
+
+
 class _Stage:
     """Context manager: StageStarted/StageFinished with measured peaks; for a two-expert model's denoise
     stage also one peak window per phase (`phase(name, step)` at each expert switch), kept as
@@ -387,6 +413,7 @@ class _Stage:
         self.name, self.sink, self.clock, self.sampler, self.peaks = name, sink, clock, sampler, peaks
         self.current: Optional[tuple[str, float]] = None  # (phase key, started)
         self.folded = (0, 0)  # peaks of the finished phases
+        self.per_gpu: dict = {}  # GPU -> the stage's peak so far (plans on several GPUs)
 
     def __enter__(self):
         self.started = time.perf_counter()
@@ -396,9 +423,12 @@ class _Stage:
 
     def _close_phase(self) -> tuple[int, int]:
         vram, ram = self.sampler.window_peaks()
+        self.per_gpu = _merge_max(self.per_gpu, self.sampler.vram_peaks())
         if self.current is not None:
             key, started = self.current
             self.peaks[key] = {"vram_bytes": vram, "ram_bytes": ram, "seconds": time.perf_counter() - started}
+            if len(self.per_gpu) > 1:
+                self.peaks[key]["vram_by_gpu"] = self.sampler.vram_peaks()
         vram, ram = max(vram, self.folded[0]), max(ram, self.folded[1])
         self.folded = (vram, ram)
         return vram, ram
@@ -417,6 +447,8 @@ class _Stage:
             vram, ram = self._close_phase()
             seconds = time.perf_counter() - self.started
             self.peaks[self.name] = {"vram_bytes": vram, "ram_bytes": ram, "seconds": seconds}
+            if len(self.per_gpu) > 1:
+                self.peaks[self.name]["vram_by_gpu"] = dict(self.per_gpu)
             self.sink(StageFinished(t=self.clock(), stage=self.name, seconds=seconds, peak_vram_bytes=vram, peak_ram_bytes=ram))
         return False
 
@@ -432,6 +464,28 @@ def _report_compile(loaded: LoadedModel, log: EventSink, clock: Clock) -> None:
             log(LogMessage(t=clock(), level="warning",
                            message=f"{name}: compiling its blocks failed ({why}); it ran eagerly. Plan with --no-compile "
                                    "to skip compiling next time."))
+def sampled_devices(plan: Plan) -> tuple[str, ...]:
+    """The GPUs a one-process plan uses, for the memory sampler (() is the current device: one GPU, or this
+    process's GPU in a context-parallel run)."""
+    if plan.device != "cuda" or plan.parallel or len(plan.gpus) < 2:
+        return ()
+    return tuple(f"cuda:{i}" for i in plan.gpus)
+
+
+def check_plan_runs_here(plan: Plan, job: Job) -> None:
+    """A context-parallel plan runs in a group of processes (lowvram generate starts them), without a step cache."""
+    from lowvram.errors import UserError
+    from lowvram.parallel import group
+
+    if not plan.parallel:
+        return
+    if job.cache.enabled:
+        raise UserError(f"the plan is context parallel on {plan.parallel_gpus} GPUs, which does not run with a step cache "
+                        "yet; drop --cache (or plan for one GPU with --gpus 1).")
+    if group.world() != plan.parallel_gpus:
+        raise UserError(f"the plan is context parallel on {plan.parallel_gpus} processes and this is "
+                        f"{'one process' if group.world() == 1 else f'one of {group.world()}'}; run it with "
+                        "`lowvram generate` (it starts one process per GPU).")
 
 
 def generate(
@@ -453,21 +507,26 @@ def generate(
     from lowvram.io.output import choose_output, sidecar_path, write_video_atomic
     from lowvram.io.sidecar import build_sidecar, write_sidecar
 
+    from lowvram.parallel import group
+
     validate_job(job)
     ref = loaded.ref if loaded is not None else resolve_model(job.model, job.base)
     names = loaded_components(loaded) if loaded is not None else model_components(ref)
     plan = fit_to(plan or (loaded.plan if loaded is not None else placeholder_plan(names)), names)
+    check_plan_runs_here(plan, job)
     video_path, note = choose_output(job.out, job.prompt, job.seed)
     log = EventLog(forward=on_event)
     clock = Clock()
     if note:
         log(LogMessage(t=clock(), level="warning", message=note))
     peaks: dict = {}
-    rec = Recovery(plan, log, clock)
-    with MemorySampler(log, clock=clock) as sampler, fault_injection.installed(fault_injection.resolve(faults)):
+    rec = Recovery(plan, log, clock, ladder=not plan.parallel)
+    writer = group.is_writer()  # one process of a context-parallel run decodes, writes and keeps the latents
+    sampler = MemorySampler(log, clock=clock, devices=sampled_devices(plan))
+    with sampler, fault_injection.installed(fault_injection.resolve(faults)):
         try:
             if loaded is None:
-                with _Stage("load", log, clock, sampler, peaks):
+                with _Stage("load", log, clock, sampler, peaks), group.first_then_others() if plan.parallel else contextlib.nullcontext():
                     loaded = rec.run("load", lambda p: load_model(ref, p))
             rec.pipe = loaded.pipe
             if placement_differs(loaded.plan, plan):  # a loaded model (TUI) given another plan, or after a fallback
@@ -488,14 +547,14 @@ def generate(
                 from lowvram.models.demo import DEMO_LABEL
 
                 log(LogMessage(t=clock(), level="warning", message=f"model: {DEMO_LABEL}"))
-            _check_cancel(cancel)
+            _check_cancel(cancel, plan)
             if resume is None:
                 with _Stage("encode", log, clock, sampler, peaks):
                     cond = rec.run("encode", lambda p: encode(loaded, job, p))
             else:
                 cond, rec.checkpoint = _resumed_conditioning(resume), resume.checkpoint
             rec.cond = vars(cond)
-            _check_cancel(cancel)
+            _check_cancel(cancel, plan)
             step_seconds: list[float] = []
 
             with _Stage("denoise", log, clock, sampler, peaks) as stage:
@@ -509,7 +568,12 @@ def generate(
                 # the loop enters each expert's phase itself (the other expert leaves the GPU first)
                 latents = rec.run("denoise", denoise_from_checkpoint, enter=False)
             _report_compile(loaded, log, clock)
-            _check_cancel(cancel)
+            _check_cancel(cancel, plan)
+            extra = {}
+            if plan.parallel:
+                extra["processes"] = [{"rank": r, "stages": p} for r, p in enumerate(group.gather(peaks))]
+                if not writer:  # the others are done: the writer decodes and writes
+                    return RunResult(None, None, clock(), plan, log.events, step_seconds, peaks, latents.detach().cpu(), loaded)
             watch = DecodeWatch(log, clock, cancel)  # a cancel stops the decode between frames; a finished decode is written
             with _Stage("decode", log, clock, sampler, peaks):
                 frames = rec.run("decode", lambda p: decode(loaded, p, latents, watch))
@@ -519,17 +583,17 @@ def generate(
             side = sidecar_path(video_path)
             total = clock()
             log(RunFinished(t=total, video_path=str(video_path), sidecar_path=str(side), seconds=total))
-            data = build_sidecar(job, loaded, plan, log.events, step_seconds, peaks, total)
+            data = build_sidecar(job, loaded, plan, log.events, step_seconds, peaks, total, extra)
             write_sidecar(data, side)
             return RunResult(video_path, side, total, plan, log.events, step_seconds, peaks, latents.detach().cpu(), loaded)
         except (CancelledError, KeyboardInterrupt):  # KeyboardInterrupt: a second Ctrl-C or SIGTERM, abort now
             stages = log.of(StageStarted)
-            kept = rec.save(job, video_path, "cancelled")
+            kept = rec.save(job, video_path, "cancelled") if writer else None
             step = rec.checkpoint.step if rec.checkpoint is not None else -1
             log(RunCancelled(t=clock(), stage=stages[-1].stage if stages else "", step=step, latents_path=str(kept or "")))
             raise
         except OutOfMemoryExhausted as exc:
-            kept = rec.save(job, video_path, "out of memory")
+            kept = rec.save(job, video_path, "out of memory") if writer else None
             failed = exc.with_latents(kept)
             log(RunFailed(t=clock(), stage=exc.stage, message=f"out of memory even with the leanest plan ({exc.detail})", latents_path=str(kept or "")))
             raise failed from None

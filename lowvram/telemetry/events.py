@@ -137,6 +137,7 @@ class MemorySample(Event):
     ram_used: int = 0  # this process's RAM that cannot be dropped (resident set minus memory-mapped file pages)
     ram_available: int = 0
     ram_mapped: int = 0  # memory-mapped file pages (weights in the page cache: the kernel can drop them)
+    device: str = ""  # the GPU of the vram_* fields ("cuda:1"); "" for the process's only (current) GPU
 
 
 @dataclass(frozen=True)
