@@ -401,7 +401,11 @@ class Plan:
         if self.parallel:
             where = "GPUs" if self.device == "cuda" else "CPU processes"
             parts.append(f"context parallel ({self.parallel}) on {self.parallel_gpus} {where}")
-        parts += [f"{component_label(c.name, self.two_experts)} {c.words()}" for c in self.components]
+        for c in self.components:
+            text = c.words()
+            if self.device == "cpu" and c.role == "denoiser":  # a CPU plan's denoiser is "resident" on the CPU
+                text = text.replace("on the GPU", "on the CPU")
+            parts.append(f"{component_label(c.name, self.two_experts)} {text}")
         return "; ".join(parts)
 
     # --- serialisation ------------------------------------------------------------------------------

@@ -55,6 +55,17 @@ def _thin_memory(events: list[Event], every: float = 1.0) -> list[Event]:
     return out
 
 
+def latents_record(latents) -> dict:
+    """The denoised latents' shape and a hash of their float32 bytes: two runs that made the same latents (one GPU
+    and several, a resumed run) can be told apart from ones that did not, without the file."""
+    import hashlib
+
+    import torch
+
+    data = latents.detach().to("cpu", torch.float32).contiguous()
+    return {"shape": list(data.shape), "sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest()}
+
+
 def build_sidecar(job, loaded, plan, events, step_seconds, peaks, total_seconds, extra: dict | None = None) -> dict:
     plan_dict = plan.to_dict()
     data = {

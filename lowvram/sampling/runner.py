@@ -505,7 +505,7 @@ def generate(
     `faults` injects OOMs for tests (lowvram.sampling.faults).
     """
     from lowvram.io.output import choose_output, sidecar_path, write_video_atomic
-    from lowvram.io.sidecar import build_sidecar, write_sidecar
+    from lowvram.io.sidecar import build_sidecar, latents_record, write_sidecar
 
     from lowvram.parallel import group
 
@@ -583,7 +583,7 @@ def generate(
             side = sidecar_path(video_path)
             total = clock()
             log(RunFinished(t=total, video_path=str(video_path), sidecar_path=str(side), seconds=total))
-            data = build_sidecar(job, loaded, plan, log.events, step_seconds, peaks, total, extra)
+            data = build_sidecar(job, loaded, plan, log.events, step_seconds, peaks, total, {**extra, "latents": latents_record(latents)})
             write_sidecar(data, side)
             return RunResult(video_path, side, total, plan, log.events, step_seconds, peaks, latents.detach().cpu(), loaded)
         except (CancelledError, KeyboardInterrupt):  # KeyboardInterrupt: a second Ctrl-C or SIGTERM, abort now
