@@ -77,6 +77,8 @@ def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
 
     from planner.choose import NoPlanFits, Preferences
 
+    from dataclasses import replace
+
     cache = _cache_counts(job)
     preferences = ""
     planner_prefs = Preferences()
@@ -86,6 +88,8 @@ def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
 
         planner_prefs = to_preferences(prefs)
         preferences = describe_prefs(prefs)
+    # the TUI runs a job in a thread of its own process: several GPUs only within it (no context parallel processes)
+    planner_prefs = replace(planner_prefs, context_parallel=False)
     try:
         result = plan_for_job(job, probe=probe, prefs=planner_prefs, cache=cache)
     except NoPlanFits as exc:

@@ -447,9 +447,12 @@ class _Stage:
             vram, ram = self._close_phase()
             seconds = time.perf_counter() - self.started
             self.peaks[self.name] = {"vram_bytes": vram, "ram_bytes": ram, "seconds": seconds}
+            by_gpu = ()
             if len(self.per_gpu) > 1:
                 self.peaks[self.name]["vram_by_gpu"] = dict(self.per_gpu)
-            self.sink(StageFinished(t=self.clock(), stage=self.name, seconds=seconds, peak_vram_bytes=vram, peak_ram_bytes=ram))
+                by_gpu = tuple(sorted(self.per_gpu.items()))
+            self.sink(StageFinished(t=self.clock(), stage=self.name, seconds=seconds, peak_vram_bytes=vram, peak_ram_bytes=ram,
+                                    peak_vram_by_gpu=by_gpu))
         return False
 
 

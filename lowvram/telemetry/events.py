@@ -43,8 +43,9 @@ class StageStarted(Event):
 class StageFinished(Event):
     stage: str = ""
     seconds: float = 0.0
-    peak_vram_bytes: int = 0
+    peak_vram_bytes: int = 0  # the fullest GPU's
     peak_ram_bytes: int = 0
+    peak_vram_by_gpu: tuple = ()  # (("cuda:0", bytes), ("cuda:1", bytes)) when the run uses several GPUs
 
 
 @dataclass(frozen=True)
