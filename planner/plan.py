@@ -394,7 +394,7 @@ class Plan:
     # --- words --------------------------------------------------------------------------------------
 
     def summary(self) -> str:
-        if self.device == "cpu" and not self.parallel:
+        if self.device == "cpu" and not self.parallel and not any(c.devices for c in self.components):
             precisions = sorted({c.precision for c in self.components}) or ["fp32"]
             return f"everything on the CPU ({'/'.join(precisions)})"
         parts = []
