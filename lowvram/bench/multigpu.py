@@ -376,9 +376,11 @@ def run_a14b(setup: Setup, cap_gib: float = 24.0, ram_gib: float = 128.0, plan=N
     from planner.estimate import passes_for, phase_steps
     from planner.spec import known_spec
 
-    if plan is None:
-        plan = bf16_plans("wan2.2-t2v-a14b", setup.resolution, planner_probe(setup, (cap_gib, cap_gib), ram_gib),
-                          context_parallel=False).plan
+    if plan is None:  # the planner's best one-expert-per-GPU plan (chosen or not: that is what is measured)
+        result = bf16_plans("wan2.2-t2v-a14b", setup.resolution, planner_probe(setup, (cap_gib, cap_gib), ram_gib),
+                            context_parallel=False)
+        apart = [c for c in result.candidates if c.fits and c.plan.experts_apart]
+        plan = min(apart, key=lambda c: c.plan.predicted_seconds).plan
     measured = spawn(_a14b_part, setup, 1, plan.to_dict(), cap_gib)
     h, w, f = setup.resolution
     job = Job(prompt="bench", model="wan2.2-t2v-a14b", width=w, height=h, frames=f, steps=40, guidance=4.0, guidance_2=3.0)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-
 
 def register(sub) -> None:
-    p = sub.add_parser("worker", help=argparse.SUPPRESS, description="One process of a context-parallel run.")
+    # no help: left out of `lowvram --help` (it is started by `lowvram generate`)
+    p = sub.add_parser("worker", description="One process of a context-parallel run (started by `lowvram generate`).")
     p.add_argument("run_dir", help="the run folder lowvram.parallel.launch wrote")
     p.add_argument("--one-gpu", action="store_true", help="finish the run on one GPU after an out-of-memory")
     p.set_defaults(func=run)
