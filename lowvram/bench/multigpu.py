@@ -486,37 +486,41 @@ def run_smoke(setup: Setup, folder: Path) -> dict:
 def table(data: dict) -> str:
     """The results as a short markdown table (one row per part)."""
     rows = ["| part | one GPU | two GPUs | ratio | target | output vs one GPU |", "|---|---|---|---|---|---|"]
+
+    def row(*cells: str) -> None:
+        rows.append("| " + " | ".join(cells + ("",) * (6 - len(cells))) + " |")
+
+    def l2(d: dict) -> str:
+        return f"rel. L2 {d['relative_l2']:.1e}"
+
     for part in PARTS:
         if "error" in data.get(part, {}):
-            rows.append(f"| {part} | error: {data[part]['error'][:100]} | | | | |")
+            row(part, f"error: {data[part]['error'][:100]}")
     cp = data.get("cp720")
     if cp and "error" not in cp:
-        rows.append(f"| 14B 720p, context parallel (eager) | {cp['one_gpu']['forward_seconds']:.2f} s/forward | "
-                    f"{cp['context_parallel']['forward_seconds']:.2f} s | x{cp['ratio']:.3f} | <= x{cp['target']} | "
-                    f"rel. L2 {cp['context_parallel']['vs_one_gpu']['relative_l2']:.1e} |")
+        target = f"<= x{cp['target']}"
+        row("14B 720p, context parallel (eager)", f"{cp['one_gpu']['forward_seconds']:.2f} s/forward",
+            f"{cp['context_parallel']['forward_seconds']:.2f} s", f"x{cp['ratio']:.3f}", target,
+            l2(cp["context_parallel"]["vs_one_gpu"]))
         compiled = cp.get("context_parallel_compiled", {})
         if "forward_seconds" in compiled:
-            rows.append(f"| 14B 720p, context parallel + regional compile | | {compiled['forward_seconds']:.2f} s | "
-                        f"x{cp['ratio_compiled']:.3f} | <= x{cp['target']} | rel. L2 {compiled['vs_one_gpu']['relative_l2']:.1e} |")
+            row("14B 720p, context parallel + regional compile", "", f"{compiled['forward_seconds']:.2f} s",
+                f"x{cp['ratio_compiled']:.3f}", target, l2(compiled["vs_one_gpu"]))
         elif compiled:
-            rows.append(f"| 14B 720p, context parallel + regional compile | | {compiled['error'][:60]} | | | |")
+            row("14B 720p, context parallel + regional compile", "", compiled["error"][:60])
     sp = data.get("split480")
     if sp and "error" not in sp:
-        rows.append(f"| 14B 480p, {sp['caps_gib']:g} GiB caps | {sp['one_gpu']['forward_seconds']:.2f} s/forward "
-                    f"({sp['one_gpu']['plan'][:40]}) | {sp['two_gpus']['forward_seconds']:.2f} s ({sp['two_gpus']['plan'][:40]}) | "
-                    f"x{sp['ratio']:.3f} | < x1 | |")
+        one, two = sp["one_gpu"], sp["two_gpus"]
+        row(f"14B 480p, {sp['caps_gib']:g} GiB caps", f"{one['forward_seconds']:.2f} s/forward ({one['plan'][:40]})",
+            f"{two['forward_seconds']:.2f} s ({two['plan'][:40]})", f"x{sp['ratio']:.3f}", "< x1")
     a = data.get("a14b")
     if a and "error" not in a:
-        rows.append(f"| A14B 480p e2e, one expert per {a['cap_gib']:g} GiB GPU | {a['resident_end_to_end_seconds']:.0f} s "
-                    f"(both resident) | {a['apart_end_to_end_seconds']:.0f} s | x{a['ratio']:.3f} | <= x{a['target']} | "
-                    f"rel. L2 {a['measured']['vs_resident']['relative_l2']:.1e} |")
-    sm = data.get("smoke")
-    if sm:
-        for name in ("ulysses", "ring", "split", "a14b_apart"):
-            if name in sm:
-                v = sm[name]
-                rows.append(f"| smoke {name} | | {v.get('error', '%.1f s' % v.get('seconds', 0))[:60]} | | | "
-                            f"{'bit-equal' if v.get('bit_equal') else v.get('vs_one_gpu', {}).get('max_abs_diff', '-')} |")
+        row(f"A14B 480p e2e, one expert per {a['cap_gib']:g} GiB GPU", f"{a['resident_end_to_end_seconds']:.0f} s (both resident)",
+            f"{a['apart_end_to_end_seconds']:.0f} s", f"x{a['ratio']:.3f}", f"<= x{a['target']}", l2(a["measured"]["vs_resident"]))
+    for name, v in ((n, data.get("smoke", {}).get(n)) for n in ("ulysses", "ring", "split", "a14b_apart")):
+        if v:
+            same = "bit-equal" if v.get("bit_equal") else str(v.get("vs_one_gpu", {}).get("max_abs_diff", "-"))
+            row(f"smoke {name}", "", v.get("error", "%.1f s" % v.get("seconds", 0))[:60], "", "", same)
     return "\n".join(rows) + "\n"
 
 
