@@ -396,7 +396,8 @@ def idle_reasons(chosen: Plan, candidates: list[Candidate], budget: Budget) -> t
         return ()
     idle = chosen.denoisers[0].idle
     other = "mmap" if idle == "pinned" else "pinned"
-    twin_key = (chosen.device, tuple(replace(c, idle=other) if c.role == "denoiser" else c for c in chosen.components))
+    twin_key = config_key(replace(chosen, components=tuple(replace(c, idle=other) if c.role == "denoiser" else c
+                                                           for c in chosen.components)))
     twin = next((c for c in candidates if config_key(c.plan) == twin_key), None)
     if idle == "pinned":
         why = "both experts' streamed weights stay in page-locked RAM for the whole run, so the switch only copies"
@@ -443,7 +444,8 @@ def check_job(job: Job, spec: ModelSpec, inputs: bool = True) -> None:
 
 def _twin(chosen: Plan, candidates: list[Candidate], **change) -> Optional[Candidate]:
     """The candidate that differs from the chosen plan only in the denoisers' fields `change`."""
-    key = (chosen.device, tuple(replace(c, **change) if c.role == "denoiser" else c for c in chosen.components))
+    key = config_key(replace(chosen, components=tuple(replace(c, **change) if c.role == "denoiser" else c
+                                                      for c in chosen.components)))
     return next((c for c in candidates if config_key(c.plan) == key), None)
 
 

@@ -81,7 +81,8 @@ def _verdict(candidate, new: Plan) -> str:
 
 def _without_resident_blocks(plan: Plan) -> tuple:
     """A plan's decisions with the denoisers' resident block counts left out."""
-    return (plan.device, tuple(replace(c, resident_blocks=0) if c.role == "denoiser" else c for c in plan.components))
+    return config_key(replace(plan, components=tuple(replace(c, resident_blocks=0) if c.role == "denoiser" else c
+                                                     for c in plan.components)))
 
 
 def _why(saved: Plan, result: PlanResult, gpus_here: int = 1) -> list[str]:
