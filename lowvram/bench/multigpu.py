@@ -12,8 +12,10 @@
           expert resident on the uncapped card (both experts resident on one large GPU run at that speed).
           End to end is composed: the model card's 40 steps split at the boundary, times two forwards a step,
           plus the planner's encode and decode (the same on both sides). Target: within x1.05.
-- smoke:  the demo models on two GPUs in about a minute: context parallel (ulysses and ring) in two processes,
-          a layer split and one expert per GPU in one process, each against the one-GPU latents.
+- smoke:  the demo models on two GPUs in about a minute and a half: context parallel (ulysses) in two processes,
+          a layer split and one expert per GPU in one process, each against the one-GPU latents; ring attention on a
+          small transformer of its own (cuDNN's kernel wants a head size the demo does not have); `lowvram generate`
+          with the ulysses plan through the real launcher (torch.distributed.run, NCCL).
 
 Few forwards are measured (default: 1 warm-up, 2 timed; 720p: 1 timed); steps and runs are composed from their
 median, and the JSON says so. Every part runs in its own processes, so one part's memory does not count in the
@@ -53,6 +55,7 @@ class Setup:
     iters: int = 2
     compile: bool = False
     isolate: bool = True  # one-process parts in a process of their own (GPU memory); the CPU tests run them here
+    parallel: str = ""  # cp part: ulysses or ring ("" picks as the planner does, by the heads)
 
     def dev(self, index: int) -> str:
         return f"cuda:{index}" if self.device == "cuda" else "cpu"
@@ -223,7 +226,7 @@ def _cp_part(rank: int, processes: int, setup: Setup) -> dict:
         one, times, reference = time_forwards(setup, lambda: model(**inputs)[0], iters)
         data["one_gpu"] = {"forward_seconds": one, "times": times, "peaks": peaks(setup)}
     group.barrier()
-    kind = "ulysses" if model.config.num_attention_heads % processes == 0 else "ring"
+    kind = setup.parallel or ("ulysses" if model.config.num_attention_heads % processes == 0 else "ring")
     plan = Plan(device="cuda" if setup.device == "cuda" else "cpu", parallel=kind, parallel_gpus=processes)
     enable_context_parallel(model, plan, data["tokens"])
     two, times, out = time_forwards(setup, lambda: model(**inputs)[0], iters)
@@ -414,8 +417,15 @@ def _smoke_cp(rank: int, processes: int, setup: Setup, plan_data: dict, job_data
     return {"latents": result.latents.tolist(), "video": str(result.video_path)}
 
 
+# ring attention runs cuDNN's kernel, which wants a head size that is a multiple of 8 (the demo's is 12): the ring
+# smoke runs a small transformer of its own, forward against forward
+RING_SMOKE = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=16, out_channels=16,
+                  text_dim=32, freq_dim=256, ffn_dim=256, num_layers=2, cross_attn_norm=True,
+                  qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+
+
 def smoke_plans(device: str) -> dict:
-    """The demo's plans on two devices: one GPU, ulysses, ring (bf16: cuDNN's kernel), a layer split."""
+    """The demo's plans on two devices: one GPU, ulysses, a layer split."""
     from planner.plan import ComponentPlan, Plan
 
     gpu = device == "cuda"
@@ -430,11 +440,7 @@ def smoke_plans(device: str) -> dict:
         return Plan("cuda" if gpu else "cpu", comps, **fields)
 
     d0, d1 = ("cuda:0", "cuda:1") if gpu else ("cpu:0", "cpu:1")
-    plans = {"one": plan(), "ulysses": plan(parallel="ulysses", parallel_gpus=2),
-             "split": plan(devices=(d0, d1), split=(1,))}
-    if gpu:
-        plans.update(one_bf16=plan("bf16"), ring=plan("bf16", parallel="ring", parallel_gpus=2))
-    return plans
+    return {"one": plan(), "ulysses": plan(parallel="ulysses", parallel_gpus=2), "split": plan(devices=(d0, d1), split=(1,))}
 
 
 def run_smoke(setup: Setup, folder: Path) -> dict:
@@ -471,13 +477,51 @@ def run_smoke(setup: Setup, folder: Path) -> dict:
     a14b = Job(prompt="a cat", model="tiny-random-a14b", width=64, height=64, frames=5, steps=4, seed=3)
     run("a14b_one", one, a14b)
     run("a14b_apart", replace(one, components=plain([c for c in one.components if c.role != "denoiser"] + [first, second])), a14b)
-    pairs = {"ulysses": "one", "split": "one", "ring": "one_bf16", "a14b_apart": "a14b_one"}
+    pairs = {"ulysses": "one", "split": "one", "a14b_apart": "a14b_one"}
     for name, ref in pairs.items():
         if name in latents and ref in latents:
             out[name]["vs_one_gpu"] = compare(latents[name], latents[ref])
             out[name]["bit_equal"] = bool(torch.equal(latents[name].cpu(), latents[ref].cpu()))
+    if setup.device == "cuda":
+        out["ring"] = _smoke_ring(setup)
+        out["cli"] = _smoke_cli(plans["ulysses"], job, folder, latents.get("one"))
     out["ok"] = all("error" not in v for v in out.values() if isinstance(v, dict))
     return out
+
+
+def _smoke_ring(setup: Setup) -> dict:
+    """Ring attention (cuDNN, bf16) in two processes against one GPU, a forward of a small transformer."""
+    t0 = time.perf_counter()
+    try:
+        ring = replace(setup, config=RING_SMOKE, resolution=(64, 64, 5), parallel="ring", compile=False, warmup=1, iters=1)
+        data = spawn(_cp_part, ring, 2)
+        return {"seconds": time.perf_counter() - t0, "vs_one_gpu": data["context_parallel"]["vs_one_gpu"],
+                "bit_equal": data["context_parallel"]["vs_one_gpu"]["max_abs_diff"] == 0.0}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+
+
+def _smoke_cli(plan, job, folder: Path, one_latents) -> dict:
+    """`lowvram generate --force-plan` with the ulysses plan: the launcher, torch.distributed.run, NCCL, the first
+    process writing; its sidecar's latents hash against the one-GPU run's."""
+    import subprocess
+    import sys
+
+    from lowvram.io.sidecar import latents_record
+
+    t0 = time.perf_counter()
+    plan_path, video = folder / "cli-plan.json", folder / "cli.mp4"
+    plan_path.write_text(json.dumps(plan.to_dict()))
+    args = [sys.executable, "-m", "lowvram", "generate", job.prompt, "--model", job.model, "--width", str(job.width),
+            "--height", str(job.height), "--frames", str(job.frames), "--steps", str(job.steps), "--seed", str(job.seed),
+            "--force-plan", str(plan_path), "--out", str(video), "--quiet"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        return {"error": f"exit {done.returncode}: {done.stderr.strip()[-400:]}"}
+    sidecar = json.loads(video.with_suffix(".json").read_text())
+    same = one_latents is not None and sidecar["latents"]["sha256"] == latents_record(one_latents)["sha256"]
+    return {"seconds": time.perf_counter() - t0, "processes": len(sidecar.get("processes", [])), "bit_equal": same,
+            "videos": sorted(p.name for p in folder.glob("cli*.mp4"))}
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -517,7 +561,7 @@ def table(data: dict) -> str:
     if a and "error" not in a:
         row(f"A14B 480p e2e, one expert per {a['cap_gib']:g} GiB GPU", f"{a['resident_end_to_end_seconds']:.0f} s (both resident)",
             f"{a['apart_end_to_end_seconds']:.0f} s", f"x{a['ratio']:.3f}", f"<= x{a['target']}", l2(a["measured"]["vs_resident"]))
-    for name, v in ((n, data.get("smoke", {}).get(n)) for n in ("ulysses", "ring", "split", "a14b_apart")):
+    for name, v in ((n, data.get("smoke", {}).get(n)) for n in ("ulysses", "ring", "split", "a14b_apart", "cli")):
         if v:
             same = "bit-equal" if v.get("bit_equal") else str(v.get("vs_one_gpu", {}).get("max_abs_diff", "-"))
             row(f"smoke {name}", "", v.get("error", "%.1f s" % v.get("seconds", 0))[:60], "", "", same)

@@ -82,7 +82,12 @@ def main(argv: Sequence[str]) -> int:
     spec = read_run(folder)
     processes = spec.plan.parallel_gpus
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the processes; inherited by them until they handle it
-    failure = run_processes(folder, processes)
+    try:
+        failure = run_processes(folder, processes)
+    except Exception as exc:  # torch.distributed.run could not start them (a port, a missing backend)
+        print(f"error: could not start {processes} processes with torch.distributed.run: {exc} "
+              f"(run folder: {folder}); plan for one GPU with --gpus 1", file=sys.stderr)
+        return 1
     statuses = read_statuses(folder)
     result = outcome(statuses, processes, failure)
     if result == "ok":

@@ -598,7 +598,8 @@ def generate(
         except OutOfMemoryExhausted as exc:
             kept = rec.save(job, video_path, "out of memory") if writer else None
             failed = exc.with_latents(kept)
-            log(RunFailed(t=clock(), stage=exc.stage, message=f"out of memory even with the leanest plan ({exc.detail})", latents_path=str(kept or "")))
+            what = "even with the leanest plan" if rec.ladder else f"with context parallel on {plan.parallel_gpus} GPUs"
+            log(RunFailed(t=clock(), stage=exc.stage, message=f"out of memory {what} ({exc.detail})", latents_path=str(kept or "")))
             raise failed from None
         finally:
             if loaded is not None:
