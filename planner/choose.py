@@ -16,6 +16,7 @@ from lowvram.errors import UserError
 from lowvram.job import Job
 from planner import constants as C
 from planner import memory as M
+from planner import multi_gpu
 from planner.estimate import forward_seconds, guidance_for, lora_footprints, passes_for, phase_steps, predict, shift_for
 from planner.plan import (
     FAST_LEVELS,
@@ -30,9 +31,10 @@ from planner.plan import (
     plain,
     with_loras,
 )
-from planner.probe import GIB, HardwareProbe, describe_probe
+from planner.probe import HardwareProbe, describe_probe
 from planner.spec import ModelSpec
 from planner.timing import Throughput, throughput_for
+from planner.words import fmt_seconds, gib
 
 QUANT_ORDER = M.QUANT_ORDER
 TEXT_QUANTS = ("bf16", "int8")
@@ -64,6 +66,8 @@ class Preferences:
     prefer: Literal["speed", "quality"] = "speed"
     compile: bool = True
     max_error: float = C.FAST_ERROR_BOUND
+    # multi-process context parallelism is a candidate (the TUI runs jobs in a thread, one process: it says False)
+    context_parallel: bool = True
 
     def __post_init__(self) -> None:
         if self.min_quant not in QUANT_ORDER:
@@ -125,29 +129,33 @@ class NoPlanFits(UserError):
 
 @dataclass(frozen=True)
 class Budget:
+    """What a plan may use: VRAM of GPU 0 (`vram`) and of every GPU (`vrams`, caps and reserves per card), RAM, disk."""
+
     vram: int
     ram: int
     disk: int
+    vrams: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, probe: HardwareProbe, prefs: Preferences) -> "Budget":
-        vram = min(probe.vram_free, prefs.vram_cap) if prefs.vram_cap else probe.vram_free
+        def card(free: int) -> int:
+            free = min(free, prefs.vram_cap) if prefs.vram_cap else free
+            return max(0, free - prefs.vram_reserve)
+
         ram = min(probe.ram_available, prefs.ram_cap) if prefs.ram_cap else probe.ram_available
-        vram = vram - prefs.vram_reserve if probe.has_gpu else 0
-        return cls(vram=max(0, vram), ram=max(0, ram - prefs.ram_reserve), disk=probe.disk_free)
+        vrams = tuple(card(g.vram_free) for g in probe.gpus) if probe.has_gpu else ()
+        return cls(vram=vrams[0] if vrams else 0, ram=max(0, ram - prefs.ram_reserve), disk=probe.disk_free, vrams=vrams)
 
+    def gpu(self, index: int) -> int:
+        """The VRAM budget of cuda:index (0 for a GPU the machine does not have)."""
+        if index < len(self.vrams):
+            return self.vrams[index]
+        return self.vram if index == 0 else 0
 
-def gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
-
-
-def fmt_seconds(s: float) -> str:
-    s = max(0.0, s)
-    if s < 60:
-        return f"{s:.1f}s"
-    m, sec = divmod(int(round(s)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+    def describe(self) -> str:
+        if len(self.vrams) > 1:
+            return "VRAM " + ", ".join(f"cuda:{i} {gib(v)}" for i, v in enumerate(self.vrams))
+        return f"VRAM {gib(self.vram)}"
 
 
 # --- Candidates ----------------------------------------------------------------------------------------
@@ -225,9 +233,13 @@ def denoiser_options(spec: ModelSpec, job: Job, budget: Budget, prefs: Preferenc
 
 def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Preferences, tp: Throughput,
                    budget: Budget, cache=None) -> list[Candidate]:
+    """Every one-GPU plan, then (several GPUs) every multi-GPU one (planner.multi_gpu), each predicted and judged."""
+    settings = [(d, {}) for d in denoiser_options(spec, job, budget, prefs)]
+    settings += multi_gpu.options(spec, job, probe, budget.vrams, prefs.denoiser_precisions, prefs.context_parallel,
+                                  lambda precision, placement: _compile_options(precision, placement, prefs))
     out = []
     image = (ComponentPlan("image_encoder", "fp32", "gpu"),) if spec.image_encoder is not None else ()
-    for denoisers in denoiser_options(spec, job, budget, prefs):
+    for denoisers, plan_fields in settings:
         for teq in TEXT_QUANTS:
             for te in TEXT_PLACEMENTS:
                 fp32_tiled_fits = False
@@ -236,7 +248,7 @@ def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Prefe
                         continue
                     components = (ComponentPlan("text_encoder", teq, te),) + image + denoisers + (
                         ComponentPlan("vae", vae_precision, vae),)
-                    plan = Plan(device="cuda", components=plain(list(components)))
+                    plan = Plan(device="cuda", components=plain(list(components)), **plan_fields)
                     plan = with_loras(plan, job.loras)  # a denoiser no LoRA applies to carries none
                     plan = _with_prediction(plan, spec, job, tp, budget, cache)
                     judged = _judge(plan, budget, _rule_out(plan, spec, prefs, probe, tp))
@@ -272,21 +284,39 @@ def _rule_out(plan: Plan, spec: ModelSpec, prefs: Preferences, probe: HardwarePr
 
 
 def _judge(plan: Plan, budget: Budget, ruled_out: str = "") -> Candidate:
-    short = max(0, plan.peak_vram_bytes - budget.vram) + max(0, plan.peak_ram_bytes - budget.ram)
+    short = vram_short(plan, budget) + max(0, plan.peak_ram_bytes - budget.ram)
     reason = ruled_out or over_budget(plan, budget)
     return Candidate(plan, not reason, reason, short, bool(ruled_out))
 
 
+def vram_short(plan: Plan, budget: Budget) -> int:
+    """How much VRAM the plan lacks, summed over the GPUs it uses (0 when every card's peak fits its budget)."""
+    per_gpu = plan.peak_vram_per_gpu or (plan.peak_vram_bytes,)
+    return sum(max(0, v - budget.gpu(i)) for i, v in enumerate(per_gpu))
+
+
+def _stage_on(plan: Plan, gpu: int) -> StagePeak:
+    def on(s: StagePeak) -> int:
+        return s.vram_per_gpu[gpu] if gpu < len(s.vram_per_gpu) else (s.vram_bytes if gpu == 0 else 0)
+
+    worst = max(plan.predicted, key=on)
+    return replace(worst, vram_bytes=on(worst))
+
+
 def over_budget(plan: Plan, budget: Budget) -> str:
-    """'' when the plan fits; else which budget it exceeds, by how much, in which stage."""
-    worst_v = max(plan.predicted, key=lambda s: s.vram_bytes)
+    """'' when the plan fits; else which budget it exceeds, by how much, in which stage (on which GPU)."""
     worst_r = max(plan.predicted, key=lambda s: s.ram_bytes)
     reasons = []
-    if worst_v.vram_bytes > budget.vram:
-        reasons.append(
-            f"over VRAM by {gib(worst_v.vram_bytes - budget.vram)} in {worst_v.label} "
-            f"(needs {gib(worst_v.vram_bytes)}, budget {gib(budget.vram)})"
-        )
+    per_gpu = plan.peak_vram_per_gpu
+    for i in range(max(1, len(per_gpu))):
+        worst_v = _stage_on(plan, i)
+        card = budget.gpu(i)
+        where = f" on cuda:{i}" if len(per_gpu) > 1 else ""
+        if worst_v.vram_bytes > card:
+            reasons.append(
+                f"over VRAM{where} by {gib(worst_v.vram_bytes - card)} in {worst_v.label} "
+                f"(needs {gib(worst_v.vram_bytes)}, budget {gib(card)})"
+            )
     if worst_r.ram_bytes > budget.ram:
         reasons.append(
             f"over RAM by {gib(worst_r.ram_bytes - budget.ram)} in {worst_r.label} "
@@ -317,8 +347,9 @@ def pick(fitting: list[Candidate], prefer: str) -> Candidate:
         return min(fitting, key=lambda c: (precision_key(c.plan), c.plan.predicted_seconds, c.plan.peak_ram_bytes))
     fastest = min(c.plan.predicted_seconds for c in fitting)
     near = [c for c in fitting if c.plan.predicted_seconds <= fastest * (1 + C.TIE_TOLERANCE[prefer])]
-    # equal time: the plan that holds less RAM (e.g. an idle expert in its file rather than pinned)
-    return min(near, key=lambda c: (precision_key(c.plan), round(c.plan.predicted_seconds, 6), c.plan.peak_ram_bytes))
+    # equal time: the plan that holds less RAM (e.g. an idle expert in its file rather than pinned), on fewer GPUs
+    return min(near, key=lambda c: (precision_key(c.plan), round(c.plan.predicted_seconds, 6), c.plan.peak_ram_bytes,
+                                    c.plan.gpu_count))
 
 
 # --- The CPU ---------------------------------------------------------------------------------------------
@@ -416,7 +447,8 @@ def idle_reasons(chosen: Plan, candidates: list[Candidate], budget: Budget) -> t
         return ()
     idle = chosen.denoisers[0].idle
     other = "mmap" if idle == "pinned" else "pinned"
-    twin_key = (chosen.device, tuple(replace(c, idle=other) if c.role == "denoiser" else c for c in chosen.components), chosen.loras)
+    twin_key = config_key(replace(chosen, components=tuple(replace(c, idle=other) if c.role == "denoiser" else c
+                                                           for c in chosen.components)))
     twin = next((c for c in candidates if config_key(c.plan) == twin_key), None)
     if idle == "pinned":
         why = "both experts' streamed weights stay in page-locked RAM for the whole run, so the switch only copies"
@@ -463,7 +495,8 @@ def check_job(job: Job, spec: ModelSpec, inputs: bool = True) -> None:
 
 def _twin(chosen: Plan, candidates: list[Candidate], **change) -> Optional[Candidate]:
     """The candidate that differs from the chosen plan only in the denoisers' fields `change`."""
-    key = (chosen.device, tuple(replace(c, **change) if c.role == "denoiser" else c for c in chosen.components), chosen.loras)
+    key = config_key(replace(chosen, components=tuple(replace(c, **change) if c.role == "denoiser" else c
+                                                      for c in chosen.components)))
     return next((c for c in candidates if config_key(c.plan) == key), None)
 
 
@@ -575,10 +608,22 @@ def _why_compile(chosen: Plan, candidates: list[Candidate], spec: ModelSpec, job
 
 
 def stage_table(plan: Plan) -> list[str]:
-    lines = [f"  {'stage':<26} {'VRAM':>10} {'RAM':>10} {'time':>9}"]
+    """Predicted peaks per stage; a plan on several GPUs gets one VRAM column per GPU."""
+    gpus = len(plan.peak_vram_per_gpu) if len(plan.peak_vram_per_gpu) > 1 else 0
+    if not gpus:
+        lines = [f"  {'stage':<26} {'VRAM':>10} {'RAM':>10} {'time':>9}"]
+        for s in plan.predicted:
+            lines.append(f"  {s.label:<26} {gib(s.vram_bytes):>10} {gib(s.ram_bytes):>10} {fmt_seconds(s.seconds):>9}")
+        lines.append(f"  {'peak':<26} {gib(plan.peak_vram_bytes):>10} {gib(plan.peak_ram_bytes):>10} {fmt_seconds(plan.predicted_seconds):>9}")
+        return lines
+    head = "".join(f"{'cuda:' + str(i):>10} " for i in range(gpus))
+    lines = [f"  {'stage':<26} {head}{'RAM':>10} {'time':>9}"]
     for s in plan.predicted:
-        lines.append(f"  {s.label:<26} {gib(s.vram_bytes):>10} {gib(s.ram_bytes):>10} {fmt_seconds(s.seconds):>9}")
-    lines.append(f"  {'peak':<26} {gib(plan.peak_vram_bytes):>10} {gib(plan.peak_ram_bytes):>10} {fmt_seconds(plan.predicted_seconds):>9}")
+        per = s.vram_per_gpu or (s.vram_bytes,) + (0,) * (gpus - 1)
+        cols = "".join(f"{gib(v):>10} " for v in per)
+        lines.append(f"  {s.label:<26} {cols}{gib(s.ram_bytes):>10} {fmt_seconds(s.seconds):>9}")
+    cols = "".join(f"{gib(v):>10} " for v in plan.peak_vram_per_gpu)
+    lines.append(f"  {'peak':<26} {cols}{gib(plan.peak_ram_bytes):>10} {fmt_seconds(plan.predicted_seconds):>9}")
     return lines
 
 
@@ -647,7 +692,7 @@ def _same_denoisers(a: Plan, b: Plan) -> bool:
 def explain(probe: HardwareProbe, spec: ModelSpec, job: Job, budget: Budget, tp: Throughput, chosen: Plan,
             candidates: list[Candidate]) -> list[str]:
     lines = describe_probe(probe)
-    lines.append(f"budget: VRAM {gib(budget.vram)}, RAM {gib(budget.ram)} (free/available minus the reserves)")
+    lines.append(f"budget: {budget.describe()}, RAM {gib(budget.ram)} (free/available minus the reserves)")
     tokens = spec.tokens(job.width, job.height, job.frames)
     denoisers = spec.denoisers
     size = (f"two experts of {_count(denoisers[0].params)} params" if spec.two_experts
@@ -669,6 +714,12 @@ def explain(probe: HardwareProbe, spec: ModelSpec, job: Job, budget: Budget, tp:
     lines += lora_lines(spec, job, tp, chosen, candidates)
     if not probe.has_gpu:
         return lines
+    one_gpu = [c for c in candidates if not multi_gpu.kind_of(c.plan)]
+    fitting_one = [c for c in one_gpu if c.fits]
+    lines += multi_gpu.explanation_lines(chosen, candidates, min(fitting_one, key=lambda c: c.plan.predicted_seconds)
+                                         if fitting_one else None)
+    candidates = one_gpu if not multi_gpu.kind_of(chosen) else [
+        c for c in candidates if multi_gpu.kind_of(c.plan) == multi_gpu.kind_of(chosen)]
     others = [c for c in candidates if config_key(c.plan) != config_key(chosen)]
     options = _by(others, _denoiser_key)
     options.pop(_denoiser_key(chosen), None)  # its variants come below
@@ -765,12 +816,13 @@ def _smaller_jobs(spec: ModelSpec, job: Job) -> list[Job]:
 
 def _no_plan_fits(probe, spec, job, prefs, calibration, candidates, budget, suggest_smaller) -> NoPlanFits:
     allowed = [c for c in candidates if not c.ruled_out] or candidates
-    ram_ok = [c for c in allowed if c.plan.peak_ram_bytes <= budget.ram]  # so short of VRAM only
-    vram_ok = [c for c in allowed if c.plan.peak_vram_bytes <= budget.vram]  # so short of RAM only
+    # "a GPU with X free" speaks of one card: what one-GPU plans need
+    ram_ok = [c for c in allowed if c.plan.peak_ram_bytes <= budget.ram and not multi_gpu.kind_of(c.plan)]
+    vram_ok = [c for c in allowed if vram_short(c.plan, budget) == 0]  # so short of RAM only
     leanest = _best(allowed)
     lines = [
         f"no plan fits {spec.name} at {job.width}x{job.height}, {job.frames} frames on this machine "
-        f"(VRAM budget {gib(budget.vram)}, RAM budget {gib(budget.ram)}, reserves included).",
+        f"({budget.describe().replace('VRAM', 'VRAM budget', 1)}, RAM budget {gib(budget.ram)}, reserves included).",
         f"The leanest plan ({leanest.plan.summary()}) is {leanest.rejected_reason}.",
     ]
     vram_needed = ram_needed = None

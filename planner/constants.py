@@ -248,6 +248,27 @@ FAST_LEVEL_ERROR: dict[str, float] = {"fp8_fast": 0.013, "int8_fast": 0.006}
 # (--max-error changes it). About twice the error of quanto's fp8 weight-only level, which lowvram allows by
 # default: 2.5-2.9% per forward on the same shapes and seeds (quanto int8: 0.70-0.73%).
 FAST_ERROR_BOUND = 0.05
+# --- More than one GPU (planner.multi_gpu) ------------------------------------------------------------
+# GPU-to-GPU bandwidth, bytes/s, as NCCL moves it (context parallel all-to-alls, layer-split activations).
+# NVLink cards (H100/H200 SXM, A100 SXM): fitted to diffusers' context parallel on two H200s (issue 19:
+# ulysses 2, eager bf16, 14B: 0.55 of the one-GPU step at 480p, 0.52 at 720p; one-GPU steps 3.266 s and
+# 12.253 s, docs/benchmarks.md) with CP_BLOCK_OVERHEAD_SECONDS below: two equations, two unknowns.
+# Consumer cards (GeForce: no peer-to-peer) go through host memory over PCIe 4 x16: estimate, about half of
+# the pinned host-to-device rate (one device-to-host and one host-to-device copy per byte). `lowvram bench
+# multigpu` measures both.
+GPU_LINK_BPS_NVLINK = 321 * GB
+GPU_LINK_BPS_PCIE = 10 * GB
+NVLINK_GPU_MARKERS = ("H200", "H100", "A100")
+# Fixed cost per transformer block of a context-parallel forward (collective launches and waits, smaller
+# matmuls per rank): the other unknown of the fit above (0.100 s per 40-block forward).
+CP_BLOCK_OVERHEAD_SECONDS = 2.5e-3
+# Ulysses all-to-alls per block, each of (tokens / N) x dim bf16 values per rank, (N-1)/N of it leaving:
+# self-attention q, k, v and its output, cross-attention q and its output (its text k/v are 512 tokens:
+# left out). diffusers 0.42 WanAttnProcessor: every attention goes through the context-parallel dispatch.
+CP_ULYSSES_TENSORS = 6
+# Ring attention (rotate_method "allgather") gathers every rank's k and v of the self-attention: 2 tensors of
+# (tokens / N) x dim from each of the N - 1 others; the gathered k/v (2 x tokens x dim) stay in memory.
+CP_RING_TENSORS = 2
 
 # --- LoRAs (lowvram.loras; docs/loras.md) ------------------------------------------------------------
 # Unfused adapters (peft's LoRA Linear: result + lora_B(lora_A(x)) * scaling) per adapted layer and token:

@@ -14,7 +14,7 @@ disk time at each use instead of memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from lowvram.caching.estimate import CallCounts, denoise_calls
@@ -128,7 +128,7 @@ def _held(plan: Plan, spec: ModelSpec) -> _Held:
         if plan.device != "cuda":
             continue
         pinned = M.pinned_bytes(spec, cp)
-        if cp.idle == "mmap":
+        if cp.idle == "mmap" and not plan.experts_apart:
             per_phase[cp.name] = pinned
         else:
             always += pinned
@@ -140,6 +140,60 @@ def mapped_bytes(plan: Plan, spec: ModelSpec) -> int:
     return sum(M.component_bytes(spec.component(cp.name), cp.precision) for cp in plan.components if spec.get(cp.name))
 
 
+def gpu_index(device: str) -> int:
+    """'cuda:1' -> 1; anything else (the plan's own 'cuda', 'cpu') -> 0."""
+    return int(device[5:]) if device.startswith("cuda:") and device[5:].isdigit() else 0
+
+
+class _PerGpu:
+    """VRAM of one stage on each GPU: weights add up per card, activations take the largest per card."""
+
+    def __init__(self) -> None:
+        self.weights: dict[int, int] = {}
+        self.acts: dict[int, int] = {}
+
+    def add(self, gpu: int, weights: int = 0, act: int = 0) -> None:
+        self.weights[gpu] = self.weights.get(gpu, 0) + weights
+        self.acts[gpu] = max(self.acts.get(gpu, 0), act)
+
+    def totals(self, gpus: int) -> tuple[int, ...]:
+        return tuple(self.weights.get(i, 0) + self.acts.get(i, 0) for i in range(gpus))
+
+
+def _peak(stage: str, per_gpu: tuple[int, ...], ram: int, seconds: float, phase: str = "") -> StagePeak:
+    """A StagePeak: vram_bytes the largest card's; the per-card list only when the plan uses several."""
+    vram = max(per_gpu, default=0)
+    return StagePeak(stage, vram, ram, seconds, phase, per_gpu if len(per_gpu) > 1 else ())
+
+
+def denoiser_gpu_bytes(spec: ModelSpec, cp: ComponentPlan, tokens: int, loras: tuple = ()) -> dict[int, int]:
+    """A denoiser's VRAM on each card while it computes: a layer split puts its non-block modules and the first
+    blocks on its first device and the rest on the next ones (activations, and LoRA adapters, on every card
+    they visit: counted on each, a slight over-estimate)."""
+    if not cp.layer_split:
+        return {gpu_index(cp.devices[0]) if cp.devices else 0: M.denoiser_vram_bytes(spec, cp, tokens, loras)}
+    t = spec.component(cp.name)
+    per_block = M.block_bytes(t, cp.precision)
+    on_every = M.denoiser_vram_bytes(spec, cp, tokens, loras) - M.rest_bytes(t, cp.precision) - t.num_blocks * per_block
+    out: dict[int, int] = {}
+    for i, device in enumerate(cp.block_devices(t.num_blocks)):
+        g = gpu_index(device)
+        out[g] = out.get(g, on_every) + per_block
+    first = gpu_index(cp.devices[0])
+    out[first] = out.get(first, on_every) + M.rest_bytes(t, cp.precision)
+    return out
+
+
+def context_parallel_vram(spec: ModelSpec, cp: ComponentPlan, tokens: int, plan: Plan, loras: tuple = ()) -> int:
+    """One rank's VRAM while the denoiser computes its share: activations of tokens / N, plus the collectives'
+    buffers (ulysses: a copy of q, k, v; ring: the gathered k and v of the whole sequence)."""
+    n = plan.parallel_gpus
+    local = -(-tokens // n)
+    d = spec.dims.dim
+    buffers = 3 * local * d * 2 if plan.parallel == "ulysses" else 2 * tokens * d * 2
+    return M.denoiser_vram_bytes(spec, cp, local, loras) + buffers
+
+
 def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget: Optional[int] = None,
             cache: Optional[CallCounts] = None) -> tuple[tuple[StagePeak, ...], float]:
     """The plan's predicted StagePeaks (load, encode, denoise or its phases, decode) and total seconds.
@@ -148,8 +202,15 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     process in it, they are read from disk again at each use (slower copies, same RAM). `cache`: the
     calls the job's step cache computes per denoiser (lowvram.caching), when known; a skipped call is
     counted as free.
+
+    Several GPUs: each stage's VRAM is counted per card (StagePeak.vram_per_gpu). A context-parallel plan runs
+    one process per GPU: each holds the one-GPU placement and computes 1/N of the tokens; RAM adds up over the
+    processes (memory-mapped weights are shared page cache); only the first process decodes and writes.
     """
     on_gpu = plan.device == "cuda"
+    ranks = plan.parallel_gpus if plan.parallel else 1
+    # cards one process uses (a context-parallel process uses one: its own)
+    cards = 1 if plan.parallel or not on_gpu else max(plan.gpus, default=0) + 1
     base_ram = C.PROCESS_RAM_BASE_CPU + (C.PROCESS_RAM_CUDA_EXTRA if on_gpu else 0)
     h, w, f = job.height, job.width, job.frames
     tokens = spec.tokens(w, h, f)
@@ -169,9 +230,14 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     te_bytes = M.component_bytes(spec.text_encoder, te.precision)
     vae_bytes = M.component_bytes(spec.vae, vae.precision)
     ie_bytes = M.component_bytes(spec.image_encoder, ie.precision) if ie is not None and spec.image_encoder else 0
+    te_at, vae_at = gpu_index(plan.device_of("text_encoder")), gpu_index(plan.device_of("vae"))
+
+    def every_rank(per_gpu: tuple[int, ...]) -> tuple[int, ...]:
+        """A context-parallel stage runs the same on every process, each on its own GPU."""
+        return per_gpu * ranks
 
     # Copies from memory-mapped weights: page cache (pageable speed) when it all fits in RAM, else disk.
-    peak_heap_guess = base_ram + held.always + max(held.per_phase.values(), default=0) + 2 * M.video_bytes(h, w, f)
+    peak_heap_guess = ranks * (base_ram + held.always + max(held.per_phase.values(), default=0)) + 2 * M.video_bytes(h, w, f)
     cached = ram_budget is None or mapped_bytes(plan, spec) - fused + peak_heap_guess <= ram_budget
     from_map = tp.h2d_pageable if cached else min(tp.h2d_pageable, tp.disk_read) if on_gpu else tp.disk_read
     pin_rate = min(from_map, C.PIN_BPS)
@@ -186,28 +252,28 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     transient = max([M.staging_bytes(spec, precisions)] + [q + C.QUANT_SAVE_SHARD_BYTES for q in quantized])
     transient += max((sum(f.params for f in lora_footprints(plan, job, cp.name)) for cp in plan.denoisers),
                      default=0) * C.LORA_LOAD_BYTES_PER_PARAM  # one LoRA file's tensors and their converted copy
-    load_ram = base_ram + held.always + transient
+    # a context-parallel run loads one process at a time (the first one fills lowvram's caches, the others read them)
+    load_ram = ranks * (base_ram + held.always) + transient
     read_bytes = sum(M.component_bytes(c, "bf16") for c in spec.components)
     disk_offload = sum(M.denoiser_split(spec, cp)[2] for cp in plan.denoisers) if on_gpu else 0
     load_s = read_bytes / tp.disk_read + disk_offload / tp.disk_read  # read the checkpoint; write offload files
     load_s += sum(spec.component(cp.name).params for cp in to_quantize) / C.QUANTIZE_PARAMS_PER_SECOND
     load_s += held.always / pin_rate if on_gpu else 0.0  # page-lock the weights streamed all run
     load_s += lora_load_seconds(plan, job, tp)
-    stages = [StagePeak("load", 0, load_ram, load_s)]
+    stages = [_peak("load", (0,) * cards * ranks, load_ram, load_s)]
 
     # --- encode ------------------------------------------------------------------------------------
     te_passes = passes_for(max(job.guidance, guidance_for(spec, job, "transformer_2")))
     te_act = M.text_encoder_activation_bytes(spec.text_dims, dtype=te.dtype)
     te_flops = te_passes * T.text_encoder_flops(spec.text_encoder) * tp.time_factor(te.precision)
-    enc_vram, gpu_acts, cpu_acts = 0, [0], [0]
+    enc = _PerGpu()
+    cpu_acts = [0]
     if te_gpu:
-        enc_vram += te_bytes
-        gpu_acts.append(te_act)
+        enc.add(te_at, te_bytes, te_act)
         encode_s = te_bytes / from_map + te_flops / tp.gpu_flops
     elif te_offload:
         # group offload without streams: one block on the GPU at a time, the rest (embedding) as one group
-        enc_vram += M.rest_bytes(spec.text_encoder, te.precision) + M.block_bytes(spec.text_encoder, te.precision)
-        gpu_acts.append(te_act)
+        enc.add(te_at, M.rest_bytes(spec.text_encoder, te.precision) + M.block_bytes(spec.text_encoder, te.precision), te_act)
         encode_s = te_passes * te_bytes / from_map * C.NO_STREAM_COPY_FACTOR + te_flops / tp.gpu_flops
     else:
         cpu_acts.append(te_act)
@@ -224,54 +290,71 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
             flops += T.image_encoder_flops(spec.image_encoder)
             moved += ie_bytes
         if vae_gpu:
-            enc_vram += moved
-            gpu_acts += acts
+            enc.add(vae_at, moved, max(acts))
             encode_s += moved / from_map + flops / tp.gpu_flops
         else:
             cpu_acts += acts
             encode_s += flops / tp.cpu_flops
-    enc_vram += max(gpu_acts)
-    stages.append(StagePeak("encode", enc_vram, base_ram + held.always + max(cpu_acts), encode_s))
+    enc_ram = ranks * (base_ram + held.always + max(cpu_acts))
+    stages.append(_peak("encode", every_rank(enc.totals(cards)), enc_ram, encode_s))
 
     # --- denoise (one phase per denoiser) ------------------------------------------------------------
     steps = phase_steps(spec, job)
     compiled = False  # both experts have one block shape: the first compiled phase pays for both
+    apart = plan.experts_apart
+    earlier_compute = 0.0
     for cp in plan.denoisers:
         n = steps.get(cp.name, 0)
         passes = passes_for(guidance_for(spec, job, cp.name))
         loras = lora_footprints(plan, job, cp.name)
         forward_s = forward_seconds(plan, cp, spec, tokens, tp) + lora_forward_seconds(plan, cp, loras, tokens, tp)
-        ram = base_ram + held.always + held.per_phase.get(cp.name, 0)
+        ram = ranks * (base_ram + held.always + held.per_phase.get(cp.name, 0))
         if on_gpu:
-            vram = M.denoiser_vram_bytes(spec, cp, tokens, loras)
+            den = _PerGpu()
+            if plan.parallel:
+                den.add(0, context_parallel_vram(spec, cp, tokens, plan, loras))
+            else:
+                for g, b in denoiser_gpu_bytes(spec, cp, tokens, loras).items():
+                    den.add(g, b)
+            if apart:  # the other expert is on its own card too (weights only) for the whole stage
+                for other in plan.denoisers:
+                    if other is not cp:
+                        for g, b in denoiser_gpu_bytes(spec, other, 0, lora_footprints(plan, job, other.name)).items():
+                            den.add(g, b)
             resident, streamed, _ = M.denoiser_split(spec, cp)
             switch = resident / from_map + (streamed / pin_rate if cp.idle == "mmap" else 0.0)
-            seconds = switch + denoise_calls(n, passes, cache, cp.name) * forward_s
+            compute = denoise_calls(n, passes, cache, cp.name) * forward_s
+            if apart and cp is not plan.denoisers[0]:
+                # it was copied to its card in the background while the first expert computed
+                switch = max(0.0, switch - earlier_compute)
+            earlier_compute = compute
+            seconds = switch + compute
+            per_gpu = every_rank(den.totals(cards))
         else:
-            vram = 0
-            ram += M.transformer_activation_bytes(spec.dims, tokens, cp.dtype)
+            per_gpu = (0,) * ranks
+            ram += ranks * M.transformer_activation_bytes(spec.dims, -(-tokens // ranks), cp.dtype)
             if cp.lora == "unfused":
-                ram += M.adapter_activation_bytes(loras, tokens, cp.dtype)
+                ram += ranks * M.adapter_activation_bytes(loras, -(-tokens // ranks), cp.dtype)
             seconds = denoise_calls(n, passes, cache, cp.name) * forward_s
         if cp.compile and not compiled and n > 0:
             seconds += compile_seconds(plan, tp)
             compiled = True
         phase = PHASE_OF[cp.name] if plan.two_experts else ""
-        stages.append(StagePeak("denoise", vram, ram, seconds, phase))
+        stages.append(_peak("denoise", per_gpu, ram, seconds, phase))
 
-    # --- decode ------------------------------------------------------------------------------------
+    # --- decode (the first process only) -------------------------------------------------------------
     out = M.video_bytes(h, w, f)
     dec_act = M.vae_peak_bytes(spec, h, w, f, tiled=tiled and vae_gpu, precision=vae.precision)
     dec_flops = T.vae_flops(spec, h, w, f) * (T.tiling_overhead() if tiled and vae_gpu else 1.0)
     dec_ram = base_ram + held.always + 2 * out  # the video, then its uint8 frames
+    dec = _PerGpu()
     if vae_gpu:
-        dec_vram = vae_bytes + dec_act
+        dec.add(vae_at, vae_bytes, dec_act)
         decode_s = vae_bytes / from_map + dec_flops / tp.gpu_flops
     else:
-        dec_vram = 0
         dec_ram += dec_act
         decode_s = dec_flops / tp.cpu_flops
-    stages.append(StagePeak("decode", dec_vram, dec_ram, decode_s))
+    stages.append(_peak("decode", dec.totals(cards) + (0,) * (ranks - 1), dec_ram, decode_s))
     return tuple(stages), sum(s.seconds for s in stages)
 
 
@@ -294,8 +377,22 @@ def block_compute_seconds(cp: ComponentPlan, spec: ModelSpec, tokens: int, tp: T
 
 
 def forward_seconds(plan: Plan, cp: ComponentPlan, spec: ModelSpec, tokens: int, tp: T.Throughput) -> float:
-    """One forward of denoiser `cp` under its placement (compiled: its compute at the placement's compile
-    factor; the copies are not faster)."""
+    """One forward of denoiser `cp` under its placement (compiled: its compute at the placement's compile factor;
+    the copies are not faster). Per process of a context-parallel plan: its share of the work plus the
+    collectives; a layer split adds the activations crossing between cards."""
+    if plan.parallel:
+        # each process computes 1/N of the work (its tokens against all of them) and streams what it streams
+        n = plan.parallel_gpus
+        share = replace(tp, gpu_flops=tp.gpu_flops * n, cpu_flops=tp.cpu_flops * n)
+        return _forward_one_gpu(plan, cp, spec, tokens, share) + T.context_parallel_comm_seconds(
+            spec, tokens, n, plan.parallel, tp.gpu_link)
+    one = _forward_one_gpu(plan, cp, spec, tokens, tp)
+    if cp.layer_split and plan.device == "cuda":
+        return one + (len(cp.devices) - 1) * T.layer_split_crossing_bytes(spec, tokens) / tp.gpu_link
+    return one
+
+
+def _forward_one_gpu(plan: Plan, cp: ComponentPlan, spec: ModelSpec, tokens: int, tp: T.Throughput) -> float:
     n = spec.dims.num_layers
     if plan.device != "cuda":
         return n * T.transformer_block_flops(spec, tokens) / tp.cpu_flops
@@ -322,6 +419,6 @@ def forward_seconds(plan: Plan, cp: ComponentPlan, spec: ModelSpec, tokens: int,
     raise ValueError(f"unknown denoiser placement {kind!r}")
 
 
-__all__ = ["block_compute_seconds", "cfg_passes", "compile_seconds", "forward_seconds", "guidance_for", "lora_footprints",
-           "lora_forward_seconds", "lora_load_seconds", "lora_ram_bytes", "mapped_bytes", "passes_for", "phase_steps", "predict",
-           "shift_for"]
+__all__ = ["block_compute_seconds", "cfg_passes", "compile_seconds", "context_parallel_vram", "denoiser_gpu_bytes",
+           "forward_seconds", "gpu_index", "guidance_for", "lora_footprints", "lora_forward_seconds", "lora_load_seconds",
+           "lora_ram_bytes", "mapped_bytes", "passes_for", "phase_steps", "predict", "shift_for"]

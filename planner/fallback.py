@@ -9,6 +9,9 @@ The ladder, one rung per call (each rung trades speed for VRAM), per component:
                  -> block_offload (1 block/group) -> leaf_offload (not compiled) -> int8 weights (last resort, it changes
                  the numbers; from bf16/fp32 only: fp8 and int8 are already 1 byte, int4 is not worth the
                  quality). Both experts of a two-expert model step down together (they have one shape).
+                 On several GPUs (a layer split, one expert per card) the first rung is one GPU, with half of
+                 each denoiser's blocks resident there (the experts then take turns): the plan any one-GPU
+                 machine would fall back to. A context-parallel plan falls back to one GPU in its launcher.
 
 Which component goes first depends on the stage that ran out: decode leans the VAE, encode the text
 encoder (then the image encoder and the VAE, which encode the first frame), denoise and load the
@@ -21,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
-from planner.plan import ComponentPlan, Plan, describe_change
+from planner.plan import ComponentPlan, Plan, describe_change, one_gpu
 
 LADDERS = {
     "text_encoder": ("gpu", "offload", "cpu"),
@@ -87,6 +90,12 @@ def _leaner_denoiser(cp: ComponentPlan, num_blocks: Optional[int]) -> Optional[C
 
 
 def _leaner_denoisers(plan: Plan, num_blocks: Optional[int]) -> Optional[Plan]:
+    if plan.parallel or any(c.devices for c in plan.denoisers):
+        flat = one_gpu(plan)
+        for cp in flat.denoisers:
+            lean = _leaner_denoiser(cp, num_blocks) if cp.placement == "resident" else cp
+            flat = flat.with_component(lean)
+        return flat
     new = plan
     for cp in plan.denoisers:
         lean = _leaner_denoiser(cp, num_blocks)

@@ -4,6 +4,14 @@ A plan holds one `ComponentPlan` per component the model has (text encoder, imag
 denoisers, VAE), each with its own precision and placement. A two-expert Wan2.2 model has two
 denoisers: `transformer` (the high-noise expert) and `transformer_2` (the low-noise expert); each runs
 in its own phase of the denoise stage and says where it waits while the other one runs (`idle`).
+
+More than one GPU (planner.multi_gpu):
+- `ComponentPlan.devices` names the GPUs a component's weights are on ("cuda:0", "cuda:1"); empty = the
+  plan's device (GPU 0). A denoiser on two devices is split by layers: blocks [0, split[0]) on devices[0],
+  the rest on devices[1] (its other modules on devices[0]); a second expert on "cuda:1" is one expert per card.
+- `Plan.parallel` ("ulysses" | "ring") runs the denoisers with diffusers' context parallelism, one process
+  per GPU (`parallel_gpus` of them), each holding the plan's components as a one-GPU plan would.
+A plan without these keys is a one-GPU plan (profiles and resume files written before them read as such).
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ IDLE_PLACES: tuple[str, ...] = ("pinned", "mmap")
 LORA_MODES: tuple[str, ...] = ("", "fused", "unfused")
 
 STAGES: tuple[str, ...] = ("load", "encode", "denoise", "decode")
+# Context parallelism (diffusers' ContextParallelConfig): ulysses splits the heads (they must divide by the GPU
+# count), ring passes key/value chunks around (any head count; needs an attention kernel that returns its LSE).
+PARALLEL_KINDS: tuple[str, ...] = ("ulysses", "ring")
 # The phases of the denoise stage of a two-expert model, and the denoiser that runs in each.
 PHASE_OF: dict[str, str] = {"transformer": "high", "transformer_2": "low"}
 PHASE_LABEL: dict[str, str] = {"high": "high-noise expert", "low": "low-noise expert"}
@@ -87,6 +98,8 @@ class ComponentPlan:
     compute_dtype: str = ""  # "" follows the precision (float32 for fp32, else bfloat16); "float32" for CPU plans
     compile: bool = False
     lora: str = ""  # denoisers: see LORA_MODES
+    devices: tuple[str, ...] = ()  # "" = the plan's device; see the module docstring
+    split: tuple[int, ...] = ()  # a layer split: the block index where each next device starts
 
     def __post_init__(self) -> None:
         for name, kind in (("name", str), ("precision", str), ("placement", str), ("resident_blocks", int),
@@ -95,6 +108,12 @@ class ComponentPlan:
             value = getattr(self, name)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise TypeError(f"component {self.name!r}: {name} must be a {kind.__name__}, got {value!r}")
+        for name, kind in (("devices", str), ("split", int)):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+                raise TypeError(f"component {self.name!r}: {name} must be a list of {kind.__name__}s, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        self._check_devices()
         if self.precision not in PRECISIONS:
             raise ValueError(f"{self.name}: precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         allowed = PLACEMENTS.get(self.role)
@@ -132,9 +151,45 @@ class ComponentPlan:
         if self.lora not in LORA_MODES or self.lora and self.role != "denoiser":
             raise ValueError(f"{self.name}: lora {self.lora!r} is not one of fused, unfused (denoisers only) or empty")
 
+    def _check_devices(self) -> None:
+        for d in self.devices:
+            kind, _, index = d.partition(":")
+            if not (kind == "cuda" and index.isdigit() or kind == "cpu" and (index == "" or index.isdigit())):
+                raise ValueError(f"{self.name}: device {d!r} is not 'cuda:N' (or 'cpu:N' in a CPU plan)")
+        if len(set(self.devices)) != len(self.devices) and not all(d == "cpu" for d in self.devices):
+            raise ValueError(f"{self.name}: devices {list(self.devices)} name a GPU twice")
+        if len(self.devices) > 1:
+            if self.role != "denoiser" or self.placement != "resident":
+                raise ValueError(f"{self.name}: only a resident denoiser can be split across devices "
+                                 f"(got {self.placement} {self.role})")
+            if len(self.split) != len(self.devices) - 1:
+                raise ValueError(f"{self.name}: {len(self.devices)} devices need {len(self.devices) - 1} split point(s), "
+                                 f"got {list(self.split)}")
+            if any(b <= a for a, b in zip((0,) + self.split, self.split)):
+                raise ValueError(f"{self.name}: split points must be increasing block indices > 0, got {list(self.split)}")
+        elif self.split:
+            raise ValueError(f"{self.name}: split {list(self.split)} needs two devices or more, got {list(self.devices)}")
+
     @property
     def role(self) -> str:
         return role_of(self.name)
+
+    @property
+    def layer_split(self) -> bool:
+        return len(self.devices) > 1
+
+    def block_devices(self, num_blocks: int) -> tuple[str, ...]:
+        """The device of each block of a layer split (blocks past the last split point are on the last device)."""
+        if not self.layer_split:
+            raise ValueError(f"{self.name} is not split across devices")
+        if self.split[-1] >= num_blocks:
+            raise ValueError(f"{self.name}: split at block {self.split[-1]} but the model has {num_blocks} blocks")
+        out, d = [], 0
+        for i in range(num_blocks):
+            while d < len(self.split) and i >= self.split[d]:
+                d += 1
+            out.append(self.devices[d])
+        return tuple(out)
 
     @property
     def dtype(self) -> str:
@@ -179,14 +234,27 @@ class ComponentPlan:
         if self.role == "denoiser":
             return self.describe()
         if self.role == "text_encoder" or (self.role == "vae" and self.precision != "fp32"):
-            return f"{self.precision} {self.describe_placement()}"
-        return self.describe_placement()
+            return f"{self.precision} {self.describe_placement()}" + _on(self)
+        return self.describe_placement() + _on(self)
+
+    def describe_devices(self) -> str:
+        """'' on the plan's device; 'blocks 0-19 on cuda:0, 20-39 on cuda:1' for a split; 'on cuda:1' otherwise."""
+        if not self.devices:
+            return ""
+        if not self.layer_split:
+            return f"on {self.devices[0]}"
+        starts = (0,) + self.split
+        parts = [f"blocks {a}-{b - 1} on {d}" for a, b, d in zip(starts, self.split, self.devices)]
+        parts.append(f"blocks {starts[-1]}+ on {self.devices[-1]}")
+        return ", ".join(parts)
 
     def describe(self) -> str:
         """'bf16 26 blocks resident, ..., compiled; waits in pinned RAM'."""
         text = f"{self.precision} {self.describe_placement()}"
         if self.compile:
             text += ", compiled"
+        if self.devices:
+            text += f" ({self.describe_devices()})"
         if self.lora:
             text += "; " + LORA_LABEL[self.lora]
         if self.idle:
@@ -221,6 +289,10 @@ class StagePeak:
     ram_bytes: int
     seconds: float = 0.0
     phase: str = ""  # "high" / "low" for the denoise phases of a two-expert model
+    vram_per_gpu: tuple[int, ...] = ()  # bytes on each GPU (index = cuda:N) when the plan uses several; vram_bytes is their max
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vram_per_gpu", tuple(self.vram_per_gpu))
 
     @property
     def key(self) -> str:
@@ -248,11 +320,32 @@ class Plan:
     reasons: tuple[str, ...] = ()
     source: str = "planner"  # "planner", "placeholder", "forced", "profile", "fallback"
     loras: tuple[LoraRecord, ...] = ()  # the job's LoRAs as applied (ComponentPlan.lora decides; this records)
+    parallel: str = ""  # "" (one process) or a PARALLEL_KINDS context parallelism across `parallel_gpus` processes
+    parallel_gpus: int = 1
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.components]
         if len(set(names)) != len(names):
             raise ValueError(f"a plan names each component once, got {names}")
+        if not isinstance(self.parallel_gpus, int) or isinstance(self.parallel_gpus, bool):
+            raise TypeError(f"parallel_gpus must be a whole number, got {self.parallel_gpus!r}")
+        if self.parallel:
+            if self.parallel not in PARALLEL_KINDS:
+                raise ValueError(f"parallel {self.parallel!r} is not one of {', '.join(PARALLEL_KINDS)} (or empty)")
+            if self.parallel_gpus < 2:
+                raise ValueError(f"context parallelism ({self.parallel}) needs parallel_gpus >= 2, got {self.parallel_gpus}")
+            if self.parallel == "ring" and self.device != "cuda":
+                raise ValueError("ring attention needs CUDA (its attention kernel returns the log-sum-exp); use ulysses")
+            if any(c.devices for c in self.components):
+                raise ValueError("a context-parallel plan places each process on its own GPU: leave the components' devices empty")
+        elif self.parallel_gpus != 1:
+            raise ValueError(f"parallel_gpus {self.parallel_gpus} without a parallel kind: set parallel, or parallel_gpus 1")
+        for c in self.components:
+            # a CPU plan may name "devices" cpu:0, cpu:1: the multi-GPU code paths then run on the CPU (the tests)
+            if self.device == "cpu" and any(not d.startswith("cpu") for d in c.devices):
+                raise ValueError(f"{c.name}: a CPU plan cannot place it on {', '.join(c.devices)}")
+            if self.device == "cuda" and any(d.startswith("cpu") for d in c.devices):
+                raise ValueError(f"{c.name}: devices of a GPU plan are cuda:N (placement 'cpu' puts a component on the CPU)")
 
     # --- access -------------------------------------------------------------------------------------
 
@@ -273,6 +366,36 @@ class Plan:
     def two_experts(self) -> bool:
         return len(self.denoisers) > 1
 
+    def device_of(self, name: str) -> str:
+        """Where a component runs during its stage: its first device, else the plan's (GPU 0 on a GPU plan)."""
+        cp = self.get(name)
+        if cp is None or cp.placement == "cpu":
+            return "cpu"
+        if cp.devices:
+            return cp.devices[0]
+        return "cpu" if self.device == "cpu" else "cuda:0"
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        """The GPU indices the plan uses: one per process of a context-parallel plan; () on the CPU."""
+        if self.device != "cuda":
+            return ()
+        if self.parallel:
+            return tuple(range(self.parallel_gpus))
+        used = {0}
+        for c in self.components:
+            used |= {int(d[5:]) for d in c.devices if d.startswith("cuda:")}
+        return tuple(sorted(used))
+
+    @property
+    def gpu_count(self) -> int:
+        return max(1, len(self.gpus)) if self.device == "cuda" else 0
+
+    @property
+    def experts_apart(self) -> bool:
+        """Two experts on different GPUs: both stay on their cards for the whole denoise stage (no switch)."""
+        return self.two_experts and len({self.device_of(c.name) for c in self.denoisers}) > 1
+
     def with_component(self, new: ComponentPlan) -> "Plan":
         """The plan with one component replaced (matched by name)."""
         self.component(new.name)
@@ -285,6 +408,15 @@ class Plan:
         return max((s.vram_bytes for s in self.predicted), default=0)
 
     @property
+    def peak_vram_per_gpu(self) -> tuple[int, ...]:
+        """The predicted peak on each GPU the plan uses (one entry for a one-GPU plan)."""
+        n = max((len(s.vram_per_gpu) for s in self.predicted), default=0)
+        if n == 0:
+            return (self.peak_vram_bytes,) if self.device == "cuda" else ()
+        return tuple(max((s.vram_per_gpu[i] if i < len(s.vram_per_gpu) else (s.vram_bytes if i == 0 else 0))
+                         for s in self.predicted) for i in range(n))
+
+    @property
     def peak_ram_bytes(self) -> int:
         return max((s.ram_bytes for s in self.predicted), default=0)
 
@@ -294,11 +426,20 @@ class Plan:
     # --- words --------------------------------------------------------------------------------------
 
     def summary(self) -> str:
-        if self.device == "cpu":
+        if self.device == "cpu" and not self.parallel and not any(c.devices for c in self.components):
             precisions = sorted({c.precision for c in self.components}) or ["fp32"]
             lora = next((LORA_LABEL[c.lora] for c in self.denoisers if c.lora), "")
             return f"everything on the CPU ({'/'.join(precisions)})" + (f"; {lora}" if lora else "")
-        return "; ".join(f"{component_label(c.name, self.two_experts)} {c.words()}" for c in self.components)
+        parts = []
+        if self.parallel:
+            where = "GPUs" if self.device == "cuda" else "CPU processes"
+            parts.append(f"context parallel ({self.parallel}) on {self.parallel_gpus} {where}")
+        for c in self.components:
+            text = c.words()
+            if self.device == "cpu" and c.role == "denoiser":  # a CPU plan's denoiser is "resident" on the CPU
+                text = text.replace("on the GPU", "on the CPU")
+            parts.append(f"{component_label(c.name, self.two_experts)} {text}")
+        return "; ".join(parts)
 
     # --- serialisation ------------------------------------------------------------------------------
 
@@ -317,16 +458,31 @@ class Plan:
         components = data.get("components", ())
         if not isinstance(components, (list, tuple)) or not all(isinstance(c, dict) for c in components):
             raise TypeError("'components' must be a list of objects")
-        data["components"] = tuple(ComponentPlan(**c) for c in components)
+        data["components"] = tuple(ComponentPlan(**c) for c in components)  # lists of devices become tuples there
         data["predicted"] = tuple(StagePeak(**s) for s in data.get("predicted", ()))
         data["reasons"] = tuple(data.get("reasons", ()))
         data["loras"] = tuple(LoraRecord(**r) if isinstance(r, dict) else r for r in data.get("loras", ()))
         return cls(**data)
 
 
+def _on(c: ComponentPlan) -> str:
+    return f" ({c.describe_devices()})" if c.devices else ""
+
+
 def config_key(plan: Plan) -> tuple:
     """What a plan decides, without its predictions and reasons (a loaded model with other LoRAs differs)."""
-    return (plan.device, plan.components, plan.loras)
+    return (plan.device, plan.components, plan.loras, plan.parallel, plan.parallel_gpus)
+
+
+def one_gpu(plan: Plan) -> Plan:
+    """The plan with everything on one GPU (GPU 0) and one process: the same placements otherwise (a layer-split
+    denoiser becomes resident on GPU 0: the fallback ladder then leans it). Predictions are dropped."""
+    components = tuple(replace(c, devices=(), split=()) for c in plan.components)
+    if plan.two_experts and plan.device == "cuda":
+        # on one GPU the experts take turns: the idle one waits pinned when streamed, else in its file
+        components = tuple(replace(c, idle=c.idle or ("pinned" if c.streamed else "mmap")) if c.role == "denoiser" else c
+                           for c in components)
+    return replace(plan, components=components, parallel="", parallel_gpus=1, predicted=(), predicted_seconds=0.0)
 
 
 def describe_change(old: Plan, new: Plan) -> str:
@@ -334,6 +490,9 @@ def describe_change(old: Plan, new: Plan) -> str:
     changes = []
     if old.device != new.device:
         changes.append(f"device {old.device} -> {new.device}")
+    if (old.parallel, old.parallel_gpus) != (new.parallel, new.parallel_gpus):
+        said = {True: lambda p: f"context parallel ({p.parallel}) on {p.parallel_gpus} GPUs", False: lambda p: "one process"}
+        changes.append(f"{said[bool(old.parallel)](old)} -> {said[bool(new.parallel)](new)}")
     for c in new.components:
         before = old.get(c.name)
         if before is None or before == c:
@@ -353,6 +512,8 @@ def describe_change(old: Plan, new: Plan) -> str:
             changes.append(f"{label} {'compiled' if c.compile else 'no longer compiled'}")
         if before.lora != c.lora:
             changes.append(f"{label} LoRA {before.lora or '-'} -> {c.lora or '-'}")
+        if (before.devices, before.split) != (c.devices, c.split):
+            changes.append(f"{label} {before.describe_devices() or 'on GPU 0'} -> {c.describe_devices() or 'on GPU 0'}")
     return "; ".join(changes) or "no change"
 
 
@@ -435,8 +596,8 @@ def plain(components: list[ComponentPlan]) -> tuple[ComponentPlan, ...]:
 
 
 __all__ = [
-    "ComponentPlan", "DENOISER_PLACEMENTS", "FAST_LEVELS", "FAST_STORAGE", "IDLE_PLACES", "LORA_MODES", "LoraRecord", "PHASE_LABEL", "PHASE_OF",
-    "PLACEMENTS", "PRECISIONS", "component_label",
+    "ComponentPlan", "DENOISER_PLACEMENTS", "FAST_LEVELS", "FAST_STORAGE", "IDLE_PLACES", "LORA_MODES", "LoraRecord",
+    "PARALLEL_KINDS", "PHASE_LABEL", "PHASE_OF", "PLACEMENTS", "PRECISIONS", "component_label", "one_gpu",
     "Plan", "QUANT_LEVELS", "Quant", "STAGES", "StagePeak", "compute_dtype", "config_key", "describe_change", "plain",
     "role_of", "fit_to", "simple_plan", "with_loras",
 ]

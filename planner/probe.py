@@ -1,7 +1,10 @@
-"""What this machine has: GPU, VRAM (free, live), RAM, swap, disk. The planner's only view of the hardware.
+"""What this machine has: GPUs, VRAM (free, live), RAM, swap, disk. The planner's only view of the hardware.
 
 `probe_hardware()` is the one function here with side effects; everything else builds probes from
-numbers (what-if planning with `--vram/--ram`, and the tests' typical machines).
+numbers (what-if planning with `--vram/--ram/--gpus`, and the tests' typical machines).
+
+A probe lists every CUDA device (`gpus`); its top-level GPU fields are the first GPU's, as they were
+before probes knew more than one, so single-GPU code reads a probe as it always did.
 """
 
 from __future__ import annotations
@@ -15,8 +18,33 @@ GIB = 1024**3
 
 
 @dataclass(frozen=True)
+class GpuInfo:
+    """One CUDA device: its index (cuda:N), name, compute capability and VRAM in bytes."""
+
+    index: int
+    name: Optional[str]
+    compute_capability: Optional[tuple[int, int]]
+    vram_total: int
+    vram_free: int
+
+    def __post_init__(self) -> None:
+        if self.index < 0 or self.vram_total < 0 or self.vram_free < 0:
+            raise ValueError(f"GPU {self.index}: index and VRAM must be >= 0")
+        if self.compute_capability is not None:
+            object.__setattr__(self, "compute_capability", tuple(self.compute_capability))
+
+    @property
+    def device(self) -> str:
+        return f"cuda:{self.index}"
+
+
+@dataclass(frozen=True)
 class HardwareProbe:
-    """One look at the machine. All sizes in bytes. Without CUDA the GPU fields are None / 0."""
+    """One look at the machine. All sizes in bytes. Without CUDA the GPU fields are None / 0.
+
+    `gpus`: every CUDA device; the top-level gpu_name / compute_capability / vram_* fields are GPU 0's and
+    win over gpus[0] (so `replace(probe, vram_free=...)` changes GPU 0). Left empty, it is GPU 0 alone.
+    """
 
     gpu_name: Optional[str]
     compute_capability: Optional[tuple[int, int]]
@@ -29,6 +57,7 @@ class HardwareProbe:
     disk_free: int = 0  # of the lowvram cache folder, where disk offload writes
     os: str = ""
     source: str = "probe"  # "probe" (measured here) or "synthetic" (what-if / tests)
+    gpus: tuple[GpuInfo, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("vram_total", "vram_free", "ram_total", "ram_available", "swap_total", "swap_free", "disk_free"):
@@ -36,10 +65,25 @@ class HardwareProbe:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.compute_capability is not None:
             object.__setattr__(self, "compute_capability", tuple(self.compute_capability))
+        gpus = tuple(g if isinstance(g, GpuInfo) else GpuInfo(**g) for g in self.gpus)
+        if not self.has_gpu:
+            gpus = ()
+        else:  # GPU 0 is the top-level fields; the others as given, numbered in order
+            first = GpuInfo(0, self.gpu_name, self.compute_capability, self.vram_total, self.vram_free)
+            gpus = (first,) + tuple(replace(g, index=i) for i, g in enumerate(gpus[1:], 1))
+        object.__setattr__(self, "gpus", gpus)
 
     @property
     def has_gpu(self) -> bool:
         return self.gpu_name is not None and self.vram_total > 0
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self.gpus)
+
+    def first_gpus(self, count: int) -> "HardwareProbe":
+        """The probe as if only its first `count` GPUs were there (a one-GPU fallback, `--gpus 1`)."""
+        return replace(self, gpus=self.gpus[:max(1, count)])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +93,7 @@ class HardwareProbe:
         data = dict(data)
         if data.get("compute_capability") is not None:
             data["compute_capability"] = tuple(data["compute_capability"])
+        data["gpus"] = tuple(GpuInfo(**g) for g in data.get("gpus") or ())
         return cls(**data)
 
 
@@ -60,12 +105,14 @@ def probe_hardware() -> HardwareProbe:
 
     vm = psutil.virtual_memory()
     swap = psutil.swap_memory()
-    gpu_name, cc, vram_total, vram_free = _probe_cuda()
+    gpus = _probe_cuda()
+    first = gpus[0] if gpus else GpuInfo(0, None, None, 0, 0)
     return HardwareProbe(
-        gpu_name=gpu_name,
-        compute_capability=cc,
-        vram_total=vram_total,
-        vram_free=vram_free,
+        gpu_name=first.name,
+        compute_capability=first.compute_capability,
+        vram_total=first.vram_total,
+        vram_free=first.vram_free,
+        gpus=gpus,
         ram_total=int(vm.total),
         ram_available=int(vm.available),
         swap_total=int(swap.total),
@@ -75,17 +122,21 @@ def probe_hardware() -> HardwareProbe:
     )
 
 
-def _probe_cuda() -> tuple[Optional[str], Optional[tuple[int, int]], int, int]:
+def _probe_cuda() -> tuple[GpuInfo, ...]:
+    """Every visible CUDA device with its free memory now (other programs' use counts)."""
     try:
         import torch
 
         if not torch.cuda.is_available():
-            return None, None, 0, 0
-        index = torch.cuda.current_device()
-        free, total = torch.cuda.mem_get_info(index)
-        return torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index)), int(total), int(free)
+            return ()
+        out = []
+        for index in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(index)
+            out.append(GpuInfo(index, torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index)),
+                               int(total), int(free)))
+        return tuple(out)
     except Exception:  # a broken driver must not stop planning: plan for the CPU instead
-        return None, None, 0, 0
+        return ()
 
 
 def _disk_free(path) -> int:
@@ -129,10 +180,30 @@ def synthetic_probe(
     )
 
 
+def with_gpus(probe: HardwareProbe, sizes_gib: tuple[float, ...]) -> HardwareProbe:
+    """What-if GPUs: one per size (GiB, all of it free), each like the probe's first GPU (name, compute
+    capability). `with_gpus(p, (24, 24))` is a machine with two 24 GiB cards."""
+    if not sizes_gib or any(s <= 0 for s in sizes_gib):
+        raise ValueError(f"what-if GPUs need sizes > 0 GiB, got {sizes_gib}")
+    first = override_probe(probe, vram_gib=sizes_gib[0])
+    extra = tuple(GpuInfo(i, first.gpu_name, first.compute_capability, int(s * GIB), int(s * GIB))
+                  for i, s in enumerate(sizes_gib[1:], 1))
+    return replace(first, gpus=(first.gpus[0],) + extra, source="synthetic")
+
+
+def capped_gpus(probe: HardwareProbe, sizes_gib: tuple[float, ...]) -> HardwareProbe:
+    """This machine's first len(sizes_gib) GPUs, each with at most that much free VRAM (what generate may use)."""
+    if len(sizes_gib) > probe.gpu_count:
+        raise ValueError(f"this machine has {probe.gpu_count} GPU(s), {len(sizes_gib)} asked for")
+    gpus = tuple(replace(g, vram_free=min(g.vram_free, int(s * GIB))) if s else g for g, s in zip(probe.gpus, sizes_gib))
+    return replace(probe, vram_free=gpus[0].vram_free, gpus=gpus)
+
+
 def override_probe(probe: HardwareProbe, vram_gib: Optional[float] = None, ram_gib: Optional[float] = None) -> HardwareProbe:
     """What-if on top of a real probe: keep the GPU's identity (name, compute capability), replace the sizes."""
     changes: dict = {"source": "synthetic"}
     if vram_gib is not None:
+        changes["gpus"] = ()  # a what-if GPU: one (`with_gpus` gives several)
         if vram_gib == 0:
             changes.update(gpu_name=None, compute_capability=None, vram_total=0, vram_free=0)
         else:
@@ -161,7 +232,13 @@ TYPICAL_MACHINES: dict[str, HardwareProbe] = {
 def describe_probe(probe: HardwareProbe) -> list[str]:
     """Human lines for `lowvram probe` and plan explanations."""
     lines = []
-    if probe.has_gpu:
+    if probe.gpu_count > 1:
+        lines.append(f"GPUs: {probe.gpu_count}")
+        for g in probe.gpus:
+            cc = ".".join(map(str, g.compute_capability)) if g.compute_capability else "?"
+            lines.append(f"  {g.device}: {g.name} (compute capability {cc}), VRAM {g.vram_free / GIB:.1f} GiB free "
+                         f"of {g.vram_total / GIB:.1f} GiB")
+    elif probe.has_gpu:
         cc = ".".join(map(str, probe.compute_capability)) if probe.compute_capability else "?"
         lines.append(
             f"GPU: {probe.gpu_name} (compute capability {cc}), VRAM {probe.vram_free / GIB:.1f} GiB free "

@@ -31,6 +31,7 @@ class Throughput:
     warm_precisions: tuple[str, ...] = ()  # compiled before at this job's shapes: inductor's cache has them
     fast_source: str = "REFERENCE.md anchors (H200)"
     gpu_bandwidth: float = 0.0  # achieved bytes/s of elementwise kernels (datasheet x MEMORY_EFFICIENCY)
+    gpu_link: float = C.GPU_LINK_BPS_PCIE  # GPU-to-GPU bytes/s (several GPUs)
 
     def time_factor(self, precision: str) -> float:
         """A forward's time at `precision` relative to bf16 at the same placement (quanto's measured
@@ -159,6 +160,11 @@ def _calibrated_gains(calibration) -> dict:
     return out
 
 
+def _gpu_link(probe: HardwareProbe) -> float:
+    nvlink = any(_squash(m) in _squash(probe.gpu_name) for m in C.NVLINK_GPU_MARKERS)
+    return C.GPU_LINK_BPS_NVLINK if nvlink else C.GPU_LINK_BPS_PCIE
+
+
 def throughput_for(probe: HardwareProbe, calibration=None, warm_precisions: tuple[str, ...] = ()) -> Throughput:
     """Throughputs for this probe: a calibration of the same GPU wins over the defaults by GPU class.
     `warm_precisions`: precisions this job's blocks were compiled at before (inductor's cache has them)."""
@@ -183,6 +189,7 @@ def throughput_for(probe: HardwareProbe, calibration=None, warm_precisions: tupl
             warm_precisions=tuple(warm_precisions),
             **_calibrated_gains(calibration),
             gpu_bandwidth=gpu_datasheet_bandwidth(probe.gpu_name) * C.MEMORY_EFFICIENCY,
+            gpu_link=_gpu_link(probe),
         )
     tflops, klass = gpu_datasheet_tflops(probe.gpu_name)
     datacenter = _datacenter(probe)
@@ -200,6 +207,7 @@ def throughput_for(probe: HardwareProbe, calibration=None, warm_precisions: tupl
         compile_seconds=compile_seconds,
         warm_precisions=tuple(warm_precisions),
         gpu_bandwidth=gpu_datasheet_bandwidth(probe.gpu_name) * C.MEMORY_EFFICIENCY,
+        gpu_link=_gpu_link(probe),
     )
 
 
@@ -253,6 +261,26 @@ def vae_flops(spec: ModelSpec, height: int, width: int, frames: int, encode: boo
 def tiling_overhead() -> float:
     """Tiles overlap: each pixel is computed (tile / stride)^2 times on average."""
     return (C.VAE_TILE / C.VAE_TILE_STRIDE) ** 2
+
+
+def context_parallel_comm_seconds(spec: ModelSpec, tokens: int, gpus: int, kind: str, link_bps: float) -> float:
+    """What context parallelism adds to one forward split over `gpus` ranks: the collectives' bytes over the
+    link plus a fixed cost per block (constants: fitted on two H200s)."""
+    per_rank = tokens / gpus
+    d = spec.dims.dim
+    if kind == "ring":
+        moved = C.CP_RING_TENSORS * per_rank * d * 2 * (gpus - 1)
+    else:
+        moved = C.CP_ULYSSES_TENSORS * per_rank * d * 2 * (gpus - 1) / gpus
+    return spec.dims.num_layers * (moved / link_bps + C.CP_BLOCK_OVERHEAD_SECONDS)
+
+
+def layer_split_crossing_bytes(spec: ModelSpec, tokens: int) -> int:
+    """Bytes that cross to the next GPU at a layer split, per forward: the hidden states (bf16) there and back,
+    and the rotary tables (float32 cos and sin) and the text states once."""
+    d = spec.dims.dim
+    head = d // max(1, spec.dims.heads)
+    return int(2 * tokens * d * 2 + tokens * head * 4 * 2 + TEXT_SEQ_LEN * d * 2)
 
 
 # --- Streaming -------------------------------------------------------------------------------------------

@@ -75,11 +75,11 @@ def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
     """The planner's plan for this job on this probe, with the alternatives it weighed (its time counting
     only the calls the job's step cache computes, when that is known before the run). The job is checked as
     `lowvram generate` checks it before loading (UserError naming the fix)."""
+    from dataclasses import replace
+
     from lowvram.loras.resolve import resolve_job_loras
     from lowvram.models.task import check_inputs_before_load
-    from planner.choose import plan_for_job
-
-    from planner.choose import NoPlanFits, Preferences
+    from planner.choose import NoPlanFits, Preferences, plan_for_job
 
     check_inputs_before_load(job)
     job = resolve_job_loras(job)  # new LoRAs: checked against the model, their presets applied (the form shows them)
@@ -92,6 +92,8 @@ def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
 
         planner_prefs = to_preferences(prefs)
         preferences = describe_prefs(prefs)
+    # the TUI runs a job in a thread of its own process: several GPUs only within it (no context parallel processes)
+    planner_prefs = replace(planner_prefs, context_parallel=False)
     try:
         result = plan_for_job(job, probe=probe, prefs=planner_prefs, cache=cache)
     except NoPlanFits as exc:

@@ -116,7 +116,7 @@ class _AddResidual(torch.nn.Module):
         self.residual: Optional[torch.Tensor] = None
 
     def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states + self.residual
+        return hidden_states + self.residual.to(hidden_states.device)  # a layer split keeps it on its first card
 
 
 class SkipHook(ModelHook):
@@ -224,7 +224,8 @@ class SkipBlockHook(ModelHook):
     def post_forward(self, module: torch.nn.Module, output):
         if self.is_tail:
             state: SkipState = self.state_manager.get_state()
-            state.residual = output - state.block_input
+            # a layer split's last block may sit on another GPU than the first (lowvram.placement.devices)
+            state.residual = output - state.block_input.to(output.device)
             state.block_input = None
             if self.on_residual is not None:
                 self.on_residual(self.state_manager._context.name, state.step, state.residual)

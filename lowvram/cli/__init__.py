@@ -8,7 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 # Subcommand modules, imported lazily so `lowvram --help` stays fast.
-SUBCOMMANDS = ("generate", "probe", "plan", "calibrate", "profile", "tui", "bench", "models", "download")
+SUBCOMMANDS = ("generate", "probe", "plan", "calibrate", "profile", "tui", "bench", "models", "download", "worker")
 
 
 def build_parser() -> argparse.ArgumentParser:

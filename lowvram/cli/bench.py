@@ -91,6 +91,12 @@ def register(sub) -> None:
     f.add_argument("--predict", action="store_true", help="print what the planner's time model predicts for the table on "
                    "an H200 (no GPU needed) and exit")
     f.set_defaults(func=run_fast)
+    g = bsub.add_parser("multigpu", help="two GPUs (issue 19's targets): context parallel at 720p, 14B under 2 x 12 GiB caps, A14B one expert per 24 GiB GPU; --smoke: the demo models in a minute")
+    g.add_argument("--parts", type=_words, default=None, help="comma-separated, from cp720,split480,a14b (default: all, or none with --smoke)")
+    g.add_argument("--smoke", action="store_true", help="the demo models on two GPUs (context parallel ulysses and ring, a layer split, one expert per GPU) against one GPU, about a minute")
+    g.add_argument("--compile", action="store_true", help="cp720: also regional compile (compile_repeated_blocks) with context parallel")
+    g.add_argument("--out", type=Path, default=None)
+    g.set_defaults(func=run_multigpu)
 
     lo = bsub.add_parser("lora", help="a rank-R LoRA fused vs as adapters vs none: step time and peak VRAM under the planner's plans at each budget (issue 15)")
     lo.add_argument("--model", default="14b", choices=("1.3b", "14b"))
@@ -241,6 +247,26 @@ def run_lora(args) -> int:
     _dump(data, args.out)
     print(lora_section(data))
     return 0
+
+
+def run_multigpu(args) -> int:
+    import torch
+
+    from lowvram.bench.multigpu import PARTS, Setup, run, table
+    from lowvram.errors import UserError
+
+    _need_cuda()
+    if torch.cuda.device_count() < 2:
+        raise UserError(f"lowvram bench multigpu needs two CUDA GPUs; this machine has {torch.cuda.device_count()}.")
+    parts = args.parts if args.parts is not None else (() if args.smoke else PARTS)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise UserError(f"--parts: unknown {', '.join(unknown)}; use {', '.join(PARTS)}")
+    data = run(tuple(parts), args.out, Setup(compile=args.compile), smoke=args.smoke, log=lambda s: print(s, flush=True))
+    data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
+    _dump(data, args.out)
+    print(table(data), end="")
+    return 0 if data.get("smoke", {}).get("ok", True) else 1
 
 
 def run_report(args) -> int:

@@ -149,6 +149,8 @@ class ConsoleReporter:
         elif isinstance(event, StageFinished):
             self._stages.append(event)
             extra = f", peak VRAM {fmt_bytes(event.peak_vram_bytes)}" if event.peak_vram_bytes else ""
+            if event.peak_vram_by_gpu:
+                extra = ", peak VRAM " + ", ".join(f"{gpu} {fmt_bytes(v)}" for gpu, v in event.peak_vram_by_gpu)
             self._line(f"[{event.stage}] done in {fmt_seconds(event.seconds)}{extra}, peak RAM {fmt_bytes(event.peak_ram_bytes)}")
         elif isinstance(event, StepFinished):
             done = event.step + 1

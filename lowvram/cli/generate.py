@@ -7,6 +7,7 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="generate a video from a prompt", description="Generate a video with a Wan2.1 model and write an mp4 plus a JSON sidecar.")
     from lowvram.cli.options import (
         add_generation_arguments,
+        add_gpus_argument,
         add_job_arguments,
         add_preference_arguments,
         add_profile_argument,
@@ -24,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the result")
     p.add_argument("--resume", default=None, metavar="FILE", help="finish a cancelled or out-of-memory run from its kept <out>.latents.safetensors (no prompt)")
     add_preference_arguments(p)
+    add_gpus_argument(p, what_if=False)
     add_force_plan_argument(p)
     p.set_defaults(func=run)
 
@@ -80,6 +82,7 @@ def run(args) -> int:
 
         return run_resume(args)
     from lowvram.cli.plan_choice import choose_plan
+    from lowvram.errors import UserError
 
     jobs, prefs = jobs_from_args(args)  # validated: fail fast, before any model loads
     first = jobs[0]
@@ -89,7 +92,24 @@ def run(args) -> int:
     for line in job_notes(args, first):
         if not line.startswith("seed:"):
             say(line)
-    plan = choose_plan(first, prefs, getattr(args, "force_plan", None), say=say)
+    from lowvram.cli.inputs import machine_for_generate
+
+    forced = getattr(args, "force_plan", None)
+    probe = None if forced else machine_for_generate(args)
+    plan = choose_plan(first, prefs, forced, say=say, probe=probe)
+    if plan.parallel:  # one process per GPU: this process hands the jobs over (and is replaced)
+        from lowvram.parallel.launch import relaunch
+        from lowvram.parallel.run_dir import RunSpec
+
+        if first.cache.enabled:
+            raise UserError(f"the plan is context parallel on {plan.parallel_gpus} GPUs, which does not run with a step "
+                            "cache yet; drop --cache, or run on one GPU with --gpus 1.")
+        if args.seed is None:
+            for job in jobs:
+                say(f"seed: {job.seed} (random; --seed {job.seed} makes this video again)")
+        say(f"starting {plan.parallel_gpus} processes ({'one per GPU' if plan.device == 'cuda' else 'on the CPU'}); "
+            "the first one reports")
+        relaunch(RunSpec(tuple(jobs), plan, prefs, quiet=args.quiet))
     loaded = None
     with cancel_on_interrupt() as cancel:  # Ctrl-C: stop at the next step boundary, keep the latents
         for number, job in enumerate(jobs, 1):

@@ -1,7 +1,9 @@
 """What a command works on, from its options: the job and planner preferences (over a --profile), and the
-machine it plans for: this one (probed), a what-if one (--vram/--ram/...), or a profile's saved one."""
+machine it plans for: this one (probed), a what-if one (--vram/--ram/--gpus/...), or a profile's saved one."""
 
 from __future__ import annotations
+
+from planner.probe import GIB
 
 
 def job_and_prefs_from_args(args) -> tuple:
@@ -55,7 +57,23 @@ def machine_from_args(args, profile=None, say=None):
 
     from lowvram.errors import UserError
     from lowvram.profiles.apply import parse_compute_capability
-    from planner.probe import override_probe, probe_hardware, synthetic_probe
+    from planner.probe import override_probe, probe_hardware, synthetic_probe, with_gpus
+
+    gpus = getattr(args, "gpus", None)
+    if gpus is not None:
+        if getattr(args, "saved_machine", False):
+            raise UserError("--saved-machine plans for the profile's own machine: drop --gpus.")
+        count, sizes = gpus
+        if sizes and args.vram is not None:
+            raise UserError(f"--gpus {','.join(f'{g:g}' for g in sizes)} gives every GPU's VRAM: drop --vram.")
+        if args.vram == 0:
+            raise UserError("--vram 0 plans for no GPU: drop --gpus (or give --vram the size of each GPU).")
+        probe = machine_from_args(_without_gpus(args, sizes[0] if sizes else args.vram), profile, say)
+        if not probe.has_gpu:
+            raise UserError("--gpus: this machine has no GPU; give the GPUs' sizes (--gpus 2x24) to plan for some.")
+        if not sizes and args.vram is None and probe.gpu_count >= count:
+            return _what_if(probe.first_gpus(count)) if probe.gpu_count > count else probe
+        return with_gpus(probe, sizes or (probe.vram_total / GIB,) * count)
 
     if getattr(args, "saved_machine", False):
         from lowvram.profiles.apply import load_profile_file, probe_like
@@ -86,6 +104,39 @@ def machine_from_args(args, profile=None, say=None):
     elif probe.has_gpu and (args.gpu_name or cc):
         probe = replace(probe, gpu_name=args.gpu_name or probe.gpu_name, compute_capability=cc or probe.compute_capability, source="synthetic")
     return probe
+
+
+def _without_gpus(args, vram):
+    import copy
+
+    plain = copy.copy(args)
+    plain.gpus, plain.vram = None, vram
+    return plain
+
+
+def _what_if(probe):
+    from dataclasses import replace
+
+    return replace(probe, source="synthetic")
+
+
+def machine_for_generate(args):
+    """This machine's probe, or only the GPUs `generate --gpus` allows (a count, or at most so much VRAM each):
+    a real run never plans for more than the machine has."""
+    from lowvram.errors import UserError
+    from planner.probe import capped_gpus, probe_hardware
+
+    probe = probe_hardware()
+    gpus = getattr(args, "gpus", None)
+    if gpus is None:
+        return probe
+    count, sizes = gpus
+    if count > probe.gpu_count:
+        have = f"{probe.gpu_count} GPU{'s' if probe.gpu_count != 1 else ''}" if probe.has_gpu else "no GPU"
+        raise UserError(f"--gpus asks for {count} GPU{'s' if count > 1 else ''}; this machine has {have}. "
+                        "Give fewer (--gpus 1), or plan for another machine with `lowvram plan --gpus`.")
+    probe = probe.first_gpus(count)
+    return capped_gpus(probe, sizes) if sizes else probe
 
 
 def _stderr(line: str) -> None:

@@ -116,9 +116,44 @@ def add_preference_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ram-cap", type=gib_amount, default=None, metavar="GiB", help="the most RAM lowvram may use")
 
 
+def gpu_list(text: str) -> tuple:
+    """argparse type of --gpus: 'N' (a count), 'NxG' (N GPUs of G GiB) or 'G1,G2,...' (one GPU per size).
+    Returns (count, sizes): sizes is () for a bare count."""
+    text = text.strip().lower()
+    how = "write it as a count (2), COUNTxGiB (2x24) or one size per GPU (24,16)"
+    try:
+        if "x" in text:
+            count, _, size = text.partition("x")
+            n, g = int(count), float(size)
+            sizes = (g,) * n
+        elif "," in text:
+            sizes = tuple(float(x) for x in text.split(",") if x.strip())
+        else:
+            n, sizes = int(text), ()
+            if not 1 <= n <= 16:
+                raise ValueError
+            return n, ()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a GPU list; {how}") from None
+    if not 1 <= len(sizes) <= 16 or any(not math.isfinite(g) or g <= 0 for g in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 to 16 GPUs of more than 0 GiB each; {how}")
+    return len(sizes), sizes
+
+
+def add_gpus_argument(p, what_if: bool = True) -> None:
+    if what_if:
+        help_ = ("plan for these GPUs: 2x24 (two 24 GiB cards), 24,16 (one of each), or a count (2: copies of --vram or "
+                 "of this machine's first GPU)")
+    else:
+        help_ = ("use only these of this machine's GPUs: a count (1: one GPU), or a most-VRAM per GPU (2x12: the first "
+                 "two, at most 12 GiB each)")
+    p.add_argument("--gpus", type=gpu_list, default=None, metavar="LIST", help=help_)
+
+
 def add_machine_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what-if machine (instead of this one)")
     g.add_argument("--vram", type=gib_amount, default=None, metavar="GiB", help="plan for a GPU with this much free VRAM (0: no GPU)")
+    add_gpus_argument(g)
     g.add_argument("--ram", type=gib_amount, default=None, metavar="GiB", help="plan for this much available RAM")
     g.add_argument("--gpu-name", default=None, help="name of the what-if GPU (for the record in the profile)")
     g.add_argument("--compute-capability", default=None, metavar="X.Y", help="compute capability of the what-if GPU (8.9 and up: fast fp8)")

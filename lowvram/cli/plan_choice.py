@@ -44,6 +44,10 @@ def load_forced_plan(path: str) -> Plan:
 
         if not torch.cuda.is_available():
             raise UserError(f"--force-plan {path}: the plan runs on cuda but this machine has no CUDA GPU; set \"device\": \"cpu\".")
+        have = torch.cuda.device_count()
+        if max(plan.gpus, default=0) >= have:
+            raise UserError(f"--force-plan {path}: the plan uses {len(plan.gpus)} GPUs (cuda:{max(plan.gpus)}) and this "
+                            f"machine has {have}; edit its devices / parallel_gpus.")
     elif plan.device != "cpu":
         raise UserError(f"--force-plan {path}: device {plan.device!r} is not supported; use \"cuda\" or \"cpu\".")
     from lowvram.placement.fast_quant import check_device
@@ -63,8 +67,10 @@ def lora_lines(job) -> list[str]:
     return lines + [f"  {note}" for note in job.notes]
 
 
-def choose_plan(job, prefs=None, forced_path: Optional[str] = None, say: Callable[[str], None] = print) -> Plan:
-    """The plan to run, announced with its predicted peaks per stage (and what would help when it is very slow)."""
+def choose_plan(job, prefs=None, forced_path: Optional[str] = None, say: Callable[[str], None] = print,
+                probe=None) -> Plan:
+    """The plan to run, announced with its predicted peaks per stage (and what would help when it is very slow).
+    `probe`: the machine to plan for (default: this one, probed now)."""
     from lowvram.caching.plan import preview_for_job
     from planner.choose import Preferences, stage_table
 
@@ -79,7 +85,10 @@ def choose_plan(job, prefs=None, forced_path: Optional[str] = None, say: Callabl
         advice: list[str] = []
     else:
         counts = preview.plan.counts() if preview.plan is not None else None
-        result, advice = plan_with_advice(job, prefs if prefs is not None else Preferences(), cache=counts)
+        prefs = prefs if prefs is not None else Preferences()
+        if job.cache.enabled:  # context parallelism does not run with a step cache yet
+            prefs = replace(prefs, context_parallel=False)
+        result, advice = plan_with_advice(job, prefs, probe=probe, cache=counts)
         plan = result.plan
         say(f"plan: {plan.summary()}")
     if plan.predicted:

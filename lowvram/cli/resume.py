@@ -25,16 +25,27 @@ def run_resume(args) -> int:
         raise UserError("--resume continues the saved job with its own prompt; drop the prompt (or drop --resume to start anew).")
     fixed = [f"--{n.replace('_', '-')}" for n in FIXED_BY_FILE if getattr(args, n, None) is not None]
     if fixed:
-        raise UserError(f"--resume continues the saved job as it was; {', '.join(fixed)} cannot change it. Drop {'them' if len(fixed) > 1 else 'it'} (only --out and --quiet apply).")
+        raise UserError(f"--resume continues the saved job as it was; {', '.join(fixed)} cannot change it. Drop {'them' if len(fixed) > 1 else 'it'} (only --out, --quiet and --gpus apply).")
     state = load_resume_file(args.resume, out=getattr(args, "out", None))
     job = state.job
     resolve_model(job.model, job.base)
     plan = state.plan
-    if plan.device.startswith("cuda"):
+    if getattr(args, "gpus", None) is not None:  # re-plan for the GPUs allowed (e.g. --gpus 1 after a multi-GPU run)
+        from lowvram.cli.inputs import machine_for_generate
+        from lowvram.cli.plan_choice import choose_plan
+
+        plan = choose_plan(job, None, say=(lambda _line: None) if getattr(args, "quiet", False) else print,
+                           probe=machine_for_generate(args))
+    elif plan.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise UserError(f"--resume {args.resume}: the run used a GPU plan ({plan.summary()}) and this machine has no CUDA GPU; resume it where it started.")
+    if plan.parallel:  # its processes, as the run had them
+        from lowvram.parallel.launch import relaunch
+        from lowvram.parallel.run_dir import RunSpec
+
+        relaunch(RunSpec((job,), plan, quiet=getattr(args, "quiet", False), resume=str(args.resume)))
     reporter = ConsoleReporter(quiet=getattr(args, "quiet", False), plan=plan)
     with cancel_on_interrupt() as cancel:
         result = generate(job, plan, on_event=reporter, cancel=cancel, resume=state)

@@ -59,15 +59,44 @@ def lora_record(job, loaded, plan) -> list[dict]:
 
 
 def _thin_memory(events: list[Event], every: float = 1.0) -> list[Event]:
-    """Keep at most one memory sample per `every` seconds; all other events as they are."""
-    out, last = [], None
+    """Keep at most one memory sample per `every` seconds (per GPU); all other events as they are."""
+    out, last = [], {}
     for e in events:
         if isinstance(e, MemorySample):
-            if last is not None and e.t - last < every:
+            if e.device in last and e.t - last[e.device] < every:
                 continue
-            last = e.t
+            last[e.device] = e.t
         out.append(e)
     return out
+
+
+def per_gpu_peaks(plan, peaks: dict, processes: list | None = None) -> dict:
+    """Predicted and measured peak VRAM on each GPU of a plan on several (empty for one GPU): measured in this
+    process per GPU (a layer split, experts apart), or by each process of a context-parallel run on its own."""
+    predicted = plan.peak_vram_per_gpu
+    if len(predicted) < 2:
+        return {}
+    measured: dict = {}
+    if processes:
+        for p in processes:
+            measured[f"cuda:{p['rank']}"] = max((s.get("vram_bytes", 0) for s in p["stages"].values()), default=0)
+    else:
+        for stage in peaks.values():
+            for gpu, value in stage.get("vram_by_gpu", {}).items():
+                measured[gpu] = max(measured.get(gpu, 0), value)
+    return {f"cuda:{i}": {"predicted_peak_vram_bytes": v, "measured_peak_vram_bytes": measured.get(f"cuda:{i}")}
+            for i, v in enumerate(predicted)}
+
+
+def latents_record(latents) -> dict:
+    """The denoised latents' shape and a hash of their float32 bytes: two runs that made the same latents (one GPU
+    and several, a resumed run) can be told apart from ones that did not, without the file."""
+    import hashlib
+
+    import torch
+
+    data = latents.detach().to("cpu", torch.float32).contiguous()
+    return {"shape": list(data.shape), "sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest()}
 
 
 def build_sidecar(job, loaded, plan, events, step_seconds, peaks, total_seconds, extra: dict | None = None) -> dict:
@@ -104,6 +133,9 @@ def build_sidecar(job, loaded, plan, events, step_seconds, peaks, total_seconds,
         data["experts"] = expert_record(loaded, plan, events, peaks)
     if extra:
         data.update(extra)
+    gpus = per_gpu_peaks(plan, peaks, data.get("processes"))
+    if gpus:
+        data["gpus"] = gpus
     return data
 
 

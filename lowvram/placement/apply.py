@@ -12,6 +12,11 @@ hooks move each group on demand.
 An expert that waits in its weights file (`idle="mmap"`) gets its offload hooks (and so its page-locked
 copies) only for its own phase: on leaving, the hooks go and its tensors point at the memory-mapped
 checkpoint again, so the pinned RAM is freed.
+
+Several GPUs (lowvram.placement.devices): a layer-split denoiser moves block by block onto its cards; two
+experts on their own cards both arrive for the denoise stage, the second one copied in the background while
+the first computes. (A context-parallel plan places each process's components as a one-GPU plan; the runner
+adds diffusers' context parallel hooks when it knows the job's token count: lowvram.parallel.group.)
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class PlacementState:
     # denoiser -> how it carries the job's LoRAs now: "fused" or "unfused" (may differ from the plan's when
     # a stored fp8 / GGUF file cannot be fused into)
     lora_modes: dict = field(default_factory=dict)
+    # component -> (thread, errors) copying it onto its own GPU in the background (two experts on two cards)
+    arriving: dict = field(default_factory=dict)
 
     @property
     def disk_dir(self) -> Optional[str]:
@@ -66,10 +73,24 @@ def compute_device(plan: Plan) -> str:
 
 
 def _device_of(plan: Plan, name: str) -> str:
+    """Where a component runs: its own device when the plan names one, else the plan's ("cuda": the current
+    device, which in a context-parallel process is that process's GPU)."""
     cp = plan.get(name)
-    if plan.device == "cpu" or cp is None or cp.placement == "cpu":
+    if cp is None or cp.placement == "cpu":
         return "cpu"
-    return plan.device
+    if cp.devices:
+        return cp.devices[0]
+    return "cpu" if plan.device == "cpu" else plan.device
+
+
+def component_device(plan: Plan, name: str) -> str:
+    """The device a component computes on (cuda:N when the plan names one; "cuda" is the current device)."""
+    return _device_of(plan, name)
+
+
+def home_device(plan: Plan) -> str:
+    """Where the latents and the denoisers' non-block modules live in a one-process plan."""
+    return "cuda:0" if plan.device == "cuda" else "cpu"
 
 
 def encode_device(plan: Plan) -> str:
@@ -190,15 +211,18 @@ def prepare(pipe: Any, plan: Plan, checkpoint: Optional[Path] = None, loras: tup
             if cp.compile:
                 st.compiled.add(cp.name)
 
+    from lowvram.placement.devices import apply_device_hooks
+
     for cp in plan.denoisers:
         module = getattr(pipe, cp.name, None)
         if module is None:
             continue
         streamed = offload.settings_for(cp, torch.device(plan.device)) is not None
-        if plan.two_experts and cp.idle == "mmap" and streamed:
+        if plan.two_experts and cp.idle == "mmap" and streamed and not plan.experts_apart:
             st.deferred.add(cp.name)  # hooked (pinned) when its phase starts, unhooked when it ends
         else:
             _attach(pipe, cp, st)
+        apply_device_hooks(module, cp, home_device(plan))
     text_encoder = getattr(pipe, "text_encoder", None)
     te = plan.get("text_encoder")
     if text_encoder is not None and te is not None and te.placement == "offload":
@@ -273,15 +297,18 @@ def _attach(pipe: Any, cp: ComponentPlan, st: PlacementState) -> None:
     from lowvram.placement import offload
     from lowvram.placement.quanto_offload import pinned_pool
 
+    from lowvram.placement.devices import current_device
+
     module = getattr(pipe, cp.name)
-    device = torch.device(st.plan.device)
+    device = torch.device(_device_of(st.plan, cp.name))
     disk_dir = None
     if cp.placement == "disk_offload":
         disk_dir = _disk_dir(module, st.checkpoint, cp)
         st.disk_dirs[cp.name] = str(disk_dir)
     if cp.name in st.deferred:
         st.unpinned[cp.name] = _host_tensors(module)  # the memory-mapped tensors, to point back at on leaving
-    with pinned_pool(st.pinned_pool):  # the other expert's page-locked buffers, refilled: no new pinning
+    # the other expert's page-locked buffers, refilled: no new pinning; streams made on the expert's own GPU
+    with pinned_pool(st.pinned_pool), current_device(str(device)):
         st.resident_blocks[cp.name] = offload.apply_transformer(module, cp, device, disk_dir)
     if offload.settings_for(cp, device) is not None and len(st.resident_blocks[cp.name]) < len(_blocks(module)):
         st.offloaded.add(cp.name)
@@ -332,6 +359,8 @@ def _used(plan: Plan, stage: str, phase: Optional[str]) -> tuple[str, ...]:
     if stage == "encode":
         return ("text_encoder", "image_encoder", "vae")  # image conditioning encodes the first frame with the VAE
     if stage == "denoise":
+        if plan.experts_apart:  # each on its own card for the whole stage
+            return tuple(c.name for c in plan.denoisers)
         return (phase,) if phase else tuple(c.name for c in plan.denoisers[:1])
     if stage == "decode":
         return ("vae",)
@@ -354,11 +383,11 @@ def enter_stage(pipe: Any, plan: Plan, stage: str, phase: Optional[str] = None) 
     `phase`: for the denoise stage of a two-expert model, the denoiser that runs now ("transformer" or
     "transformer_2"); the other one leaves first.
     """
-    from lowvram.placement import offload
-
     st = state(pipe) or PlacementState(plan=plan)
     targets = _targets(plan, stage, phase)
     used = _used(plan, stage, phase)
+    _arrived(st)  # an expert still being copied in the background gets there first
+    later = _background(plan, stage, phase)
     left_gpu = False
     # Leave before arriving: free the GPU (and pinned RAM) of what goes, then bring what comes. On a CPU plan
     # everything "arrives" on the CPU, through the same hooks as on a GPU.
@@ -381,14 +410,10 @@ def enter_stage(pipe: Any, plan: Plan, stage: str, phase: Optional[str] = None) 
                         _release_cached_vram()
                         left_gpu = False
                     _attach(pipe, plan.component(name), st)
-            if name in st.offloaded:
-                if target == "cpu":
-                    offload.offload_groups(module)
-                if name in DENOISERS:
-                    left_gpu |= _move_blocks(module, name, st.resident_blocks.get(name, []), target, st)
-                    left_gpu |= _move_adapters(module, name, st.resident_blocks.get(name, []), target, st)
+            if arriving and name in later:
+                _arrive_in_background(pipe, plan, name, target, st)
                 continue
-            left_gpu |= _move_whole(module, name, target, st)
+            left_gpu |= _move(pipe, plan, name, target, st)
         if left_gpu and not arriving:
             _release_cached_vram()
             left_gpu = False
@@ -396,6 +421,63 @@ def enter_stage(pipe: Any, plan: Plan, stage: str, phase: Optional[str] = None) 
         _release_cached_vram()
     if stage != "denoise" and st.pinned_pool:
         release_pinned_pool(st)
+
+
+def _move(pipe: Any, plan: Plan, name: str, target: str, st: PlacementState) -> bool:
+    """Put one component where `target` says (its device, or "cpu"), the way its placement holds it. Returns True
+    when something left a GPU."""
+    from lowvram.placement import offload
+
+    module = getattr(pipe, name)
+    if name in st.offloaded:
+        if target == "cpu":
+            offload.offload_groups(module)
+        if name in DENOISERS:
+            resident = st.resident_blocks.get(name, [])
+            left = _move_blocks(module, name, resident, target, st)
+            return _move_adapters(module, name, resident, target, st) or left
+        return False
+    cp = plan.get(name)
+    if cp is not None and cp.layer_split:
+        return _move_split(module, name, cp, target != "cpu", st)
+    return _move_whole(module, name, target, st)
+
+
+def _background(plan: Plan, stage: str, phase: Optional[str]) -> tuple[str, ...]:
+    """Components to copy onto their GPU in a background thread: with two experts on two cards, the one whose phase
+    is not first, while the first computes."""
+    first = plan.denoisers[0].name if plan.denoisers else ""
+    if stage != "denoise" or not plan.experts_apart or (phase or first) != first:
+        return ()
+    return tuple(c.name for c in plan.denoisers if c.name != first)
+
+
+def _arrive_in_background(pipe: Any, plan: Plan, name: str, target: str, st: PlacementState) -> None:
+    import threading
+
+    from lowvram.placement.devices import current_device
+
+    errors: list = []
+
+    def copy() -> None:
+        try:
+            with current_device(target):
+                _move(pipe, plan, name, target, st)
+        except BaseException as exc:  # re-raised in the run's thread by _arrived (an OOM there falls back as usual)
+            errors.append(exc)
+
+    thread = threading.Thread(target=copy, name=f"lowvram-arrive-{name}", daemon=True)
+    st.arriving[name] = (thread, errors)
+    thread.start()
+
+
+def _arrived(st: PlacementState) -> None:
+    """Wait for the background copies; raise what one of them raised."""
+    for name in list(st.arriving):
+        thread, errors = st.arriving.pop(name)
+        thread.join()
+        if errors:
+            raise errors[0]
 
 
 def _release_cached_vram() -> None:
@@ -483,6 +565,26 @@ def _move_whole(module: Any, name: str, target: str, st: PlacementState) -> bool
     return False
 
 
+def _move_split(module: Any, name: str, cp: ComponentPlan, on_gpu: bool, st: PlacementState) -> bool:
+    """Move a layer-split denoiser: its non-block modules to its first device, each block to its own (whole,
+    keeping their CPU tensors), or all of it back to the CPU."""
+    import contextlib
+
+    from lowvram.placement.devices import blocks_of
+
+    blocks = blocks_of(module)
+    where = cp.block_devices(len(blocks))
+    list_name = next(n for n, child in module.named_children() if child is blocks)
+    left = False
+    with contextlib.ExitStack() as undo:  # the module without its blocks: its own tensors and other children
+        del module._modules[list_name]
+        undo.callback(module._modules.__setitem__, list_name, blocks)
+        left |= _move_whole(module, name, cp.devices[0] if on_gpu else "cpu", st)
+    for i, block in enumerate(blocks):
+        left |= _move_whole(block, f"{name}.blocks.{i}", where[i] if on_gpu else "cpu", st)
+    return left
+
+
 def _move_blocks(module: Any, name: str, indices: list, device: str, st: PlacementState) -> bool:
     """Move a partially resident denoiser's resident blocks (whole, keeping their CPU tensors)."""
     blocks = _blocks(module)
@@ -511,6 +613,11 @@ def leave_all(pipe: Any) -> None:
     from lowvram.placement import offload
 
     st = state(pipe)
+    if st is not None:
+        try:
+            _arrived(st)
+        except RuntimeError:  # an expert that could not arrive (out of memory) leaves like the others
+            pass
     for name in COMPONENTS:
         module = getattr(pipe, name, None)
         if module is None:
@@ -523,7 +630,7 @@ def leave_all(pipe: Any) -> None:
                 _move_blocks(module, name, st.resident_blocks.get(name, []), "cpu", st)
                 _move_adapters(module, name, st.resident_blocks.get(name, []), "cpu", st)
         elif st is not None:
-            _move_whole(module, name, "cpu", st)
+            _move(pipe, st.plan, name, "cpu", st)
         else:
             module.to("cpu")
     _release_cached_vram()
@@ -607,10 +714,13 @@ def reset(pipe: Any) -> None:
     Other hooks (TeaCache) stay. Quantized weights stay quantized: the ladder only goes leaner.
     """
     from lowvram.placement import offload
+    from lowvram.placement.devices import remove_device_hooks
 
     leave_all(pipe)
     for name in COMPONENTS:
         module = getattr(pipe, name, None)
+        if module is not None and name in DENOISERS:
+            remove_device_hooks(module)
         registry = getattr(module, "_diffusers_hook", None)
         if registry is not None:
             # Disk-offloaded groups hold empty skeletons in RAM: read their weights back first.

@@ -232,6 +232,7 @@ def fingerprint(probe: HardwareProbe) -> MachineFingerprint:
         vram_gib=round(probe.vram_total / GIB, 2),
         ram_gib=round(probe.ram_total / GIB, 2),
         compute_capability=cc,
+        gpus=probe.gpu_count if probe.gpu_count > 1 else None,
     )
 
 
@@ -252,8 +253,13 @@ def probe_like(machine: MachineFingerprint) -> HardwareProbe:
     cc = parse_compute_capability(cc, "the profile's [saved_on] compute_capability") if cc else None
     no_gpu = machine.gpu == "none" or machine.vram_gib == 0
     try:
-        return synthetic_probe(0 if no_gpu else machine.vram_gib, machine.ram_gib, gpu_name=machine.gpu,
-                               compute_capability=cc, os="saved machine")
+        probe = synthetic_probe(0 if no_gpu else machine.vram_gib, machine.ram_gib, gpu_name=machine.gpu,
+                                compute_capability=cc, os="saved machine")
+        if not no_gpu and machine.gpus and machine.gpus > 1:
+            from planner.probe import with_gpus
+
+            probe = with_gpus(probe, (machine.vram_gib,) * machine.gpus)
+        return probe
     except ValueError as exc:
         raise UserError(f"the profile's [saved_on] machine cannot be rebuilt: {exc}") from None
 

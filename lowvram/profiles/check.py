@@ -81,12 +81,19 @@ def _verdict(candidate, new: Plan) -> str:
 
 def _without_resident_blocks(plan: Plan) -> tuple:
     """A plan's decisions with the denoisers' resident block counts left out."""
-    return (plan.device, tuple(replace(c, resident_blocks=0) if c.role == "denoiser" else c for c in plan.components))
+    return config_key(replace(plan, components=tuple(replace(c, resident_blocks=0) if c.role == "denoiser" else c
+                                                     for c in plan.components)))
 
 
-def _why(saved: Plan, result: PlanResult) -> list[str]:
+def _why(saved: Plan, result: PlanResult, gpus_here: int = 1) -> list[str]:
     """Why the planner did not keep the saved plan here, from its own verdict on the same placement."""
     lines = [line for line in result.explanation if line.startswith("budget:")]
+    if saved.gpu_count > max(1, gpus_here):
+        from planner.multi_gpu import kind_of
+
+        have = f"{gpus_here} GPU{'s' if gpus_here != 1 else ''}" if gpus_here else "no GPU"
+        return [f"the saved plan uses {saved.gpu_count} GPUs ({kind_of(saved)}); this machine has {have}, "
+                "so it was planned for what is here"] + lines
     key = config_key(saved)
     same = [c for c in result.candidates if config_key(c.plan) == key]
     if same:
@@ -127,7 +134,8 @@ def check_profile(profile: Profile, probe: HardwareProbe, calibration=None) -> C
     if config_key(saved) == config_key(new):
         return CheckResult("fits", machine, new, saved, (), (), result, what_if)
     changes = plan_changes(saved, new) + _numbers(saved, new)
-    return CheckResult("replanned", machine, new, saved, tuple(changes), tuple(_why(saved, result)), result, what_if)
+    return CheckResult("replanned", machine, new, saved, tuple(changes), tuple(_why(saved, result, probe.gpu_count)), result,
+                       what_if)
 
 
 def describe_check(check: CheckResult, profile: Profile) -> list[str]:

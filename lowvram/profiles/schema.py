@@ -108,10 +108,14 @@ class MachineFingerprint:
     vram_gib: float = field(metadata=limits("the GPU's total VRAM in GiB", 0.0, 4096.0))
     ram_gib: float = field(metadata=limits("the machine's total RAM in GiB", 0.0, 65536.0))
     compute_capability: Optional[str] = field(default=None, metadata=limits("the CUDA compute capability, e.g. '8.9'", max_len=10))
+    # how many GPUs (absent: one); `gpu`, `vram_gib` and `compute_capability` are the first one's
+    gpus: Optional[int] = field(default=None, metadata=limits("the number of GPUs", 1, 64))
 
     def describe(self) -> str:
         cc = f" (compute {self.compute_capability})" if self.compute_capability else ""
         gpu = "no GPU" if self.gpu == "none" else f"{self.gpu}{cc}, {self.vram_gib:.1f} GiB VRAM"
+        if self.gpus and self.gpus > 1 and self.gpu != "none":
+            gpu = f"{self.gpus} GPUs, the first {gpu}"
         return f"{gpu}, {self.ram_gib:.1f} GiB RAM"
 
 

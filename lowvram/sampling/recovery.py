@@ -89,11 +89,14 @@ def _oom_detail(exc: BaseException) -> str:
 class Recovery:
     """One run's fallback state: the current plan, the conditioning, and the last denoising checkpoint."""
 
-    def __init__(self, plan: Plan, sink: EventSink, clock: Callable[[], float], enabled: bool = True):
+    def __init__(self, plan: Plan, sink: EventSink, clock: Callable[[], float], enabled: bool = True, ladder: bool = True):
         self.plan = plan
         self.sink = sink
         self.clock = clock
         self.enabled = enabled
+        # False: an OOM ends the run at once (OutOfMemoryExhausted). One process of a context-parallel run cannot
+        # switch plans alone; the launcher falls back to one GPU (lowvram.parallel.launch).
+        self.ladder = ladder
         self.pipe: Any = None  # set once the pipeline is loaded
         self.cond: Optional[dict] = None  # conditioning tensors, set after encode
         self.checkpoint: Optional[DenoiseCheckpoint] = None
@@ -119,6 +122,8 @@ class Recovery:
                     raise
                 detail = _oom_detail(exc)
             # Outside the except block: the traceback (and the tensors its frames hold) is gone.
+            if not self.ladder:
+                raise OutOfMemoryExhausted(stage, self.plan, detail)
             self.fall_back(stage, detail)
 
     def fall_back(self, stage: str, detail: str) -> Plan:

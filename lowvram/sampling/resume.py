@@ -250,7 +250,8 @@ def _typed(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-def _job_from_dict(data: Any) -> Job:
+def job_from_dict(data: Any) -> Job:
+    """A Job from Job.to_dict(), each field's type checked (ValueError naming the bad one)."""
     if not isinstance(data, dict) or "prompt" not in data:
         raise ValueError("the job is missing or has no prompt")
     return _from_dict(Job, data, "job")
@@ -296,7 +297,7 @@ def load_resume_file(path_text: str, out: Optional[str] = None) -> ResumeState:
             raise ValueError("the header is not an object")
         if header.get("format") != FORMAT or header.get("version") != VERSION:
             raise ValueError(f"format {header.get('format')!r} version {header.get('version')!r}; this lowvram reads {FORMAT} {VERSION}")
-        job = _job_from_dict(header.get("job"))
+        job = job_from_dict(header.get("job"))
         plan = _plan_from_dict(header.get("plan"))
         step = header.get("step")
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= job.steps:

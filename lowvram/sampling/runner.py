@@ -122,8 +122,15 @@ def _resumed_conditioning(resume: ResumeState) -> "Conditioning":
                         c["condition"], c.get("first_frame_mask"))
 
 
-def _check_cancel(cancel: Optional[threading.Event]) -> None:
-    if cancel is not None and cancel.is_set():
+def _check_cancel(cancel: Optional[threading.Event], plan: Optional[Plan] = None) -> None:
+    """Raise CancelledError when asked to stop. The processes of a context-parallel run agree first (a cancel in
+    one stops all of them at the same step boundary, or the others would wait on it forever)."""
+    stop = cancel is not None and cancel.is_set()
+    if plan is not None and plan.parallel:
+        from lowvram.parallel import group
+
+        stop = group.any_rank(stop)
+    if stop:
         raise CancelledError("cancelled")
 
 
@@ -289,6 +296,13 @@ def denoise(
     boundary = boundary_timestep(pipe)
     guidance_2 = job.guidance_2 if job.guidance_2 is not None else job.guidance
     tdtype = _denoiser(pipe).dtype
+    if plan.parallel:
+        from lowvram.parallel.group import enable_context_parallel
+
+        tokens = latent_tokens(latents.shape, _denoiser(pipe).config.patch_size)
+        for name in loaded.denoiser_names:
+            enable_context_parallel(getattr(pipe, name), plan, tokens)
+    from lowvram.placement.devices import current_device
     cfg = cond.negative_embeds is not None
     step_seconds: list[float] = []
     active: Optional[str] = None
@@ -300,7 +314,7 @@ def denoise(
         for i, t in enumerate(timesteps):
             if i < start:
                 continue
-            _check_cancel(cancel)
+            _check_cancel(cancel, plan)
             fault_injection.check("denoise", i)
             name = expert_for(float(t), boundary)
             if name != active:
@@ -327,10 +341,11 @@ def denoise(
             kwargs = dict(hidden_states=model_in, timestep=timestep, attention_kwargs=None, return_dict=False)
             if cond.image_embeds is not None:
                 kwargs["encoder_hidden_states_image"] = cond.image_embeds
-            with transformer.cache_context("cond", step_index=i):
+            # an expert on its own card streams there: its streams are that card's (lowvram.placement.devices)
+            with current_device(placement.component_device(plan, name)), transformer.cache_context("cond", step_index=i):
                 noise_pred = transformer(encoder_hidden_states=cond.prompt_embeds, **kwargs)[0]
             if cfg:
-                with transformer.cache_context("uncond", step_index=i):
+                with current_device(placement.component_device(plan, name)), transformer.cache_context("uncond", step_index=i):
                     noise_uncond = transformer(encoder_hidden_states=cond.negative_embeds, **kwargs)[0]
                 noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
@@ -359,6 +374,13 @@ def denoise(
     if expand and condition is not None:
         latents = (1 - mask) * condition + mask * latents  # the conditioning frame, exactly
     return latents, step_seconds
+
+
+def latent_tokens(shape: tuple, patch_size: tuple) -> int:
+    """Tokens of a latent video (1, C, F, H, W) for a transformer with this patch size."""
+    _, _, f, h, w = shape
+    pt, ph, pw = patch_size
+    return (f // pt) * (h // ph) * (w // pw)
 
 
 def job_shift(loaded: LoadedModel, job: Job) -> float:
@@ -391,6 +413,10 @@ def decode(loaded: LoadedModel, plan: Plan, latents: Any, watch: Optional[Decode
     return frames[0]
 
 
+def _merge_max(a: dict, b: dict) -> dict:
+    return {k: max(a.get(k, 0), b.get(k, 0)) for k in set(a) | set(b)}
+
+
 class _Stage:
     """Context manager: StageStarted/StageFinished with measured peaks; for a two-expert model's denoise
     stage also one peak window per phase (`phase(name, step)` at each expert switch), kept as
@@ -400,6 +426,7 @@ class _Stage:
         self.name, self.sink, self.clock, self.sampler, self.peaks = name, sink, clock, sampler, peaks
         self.current: Optional[tuple[str, float]] = None  # (phase key, started)
         self.folded = (0, 0)  # peaks of the finished phases
+        self.per_gpu: dict = {}  # GPU -> the stage's peak so far (plans on several GPUs)
 
     def __enter__(self):
         self.started = time.perf_counter()
@@ -409,9 +436,12 @@ class _Stage:
 
     def _close_phase(self) -> tuple[int, int]:
         vram, ram = self.sampler.window_peaks()
+        self.per_gpu = _merge_max(self.per_gpu, self.sampler.vram_peaks())
         if self.current is not None:
             key, started = self.current
             self.peaks[key] = {"vram_bytes": vram, "ram_bytes": ram, "seconds": time.perf_counter() - started}
+            if len(self.per_gpu) > 1:
+                self.peaks[key]["vram_by_gpu"] = self.sampler.vram_peaks()
         vram, ram = max(vram, self.folded[0]), max(ram, self.folded[1])
         self.folded = (vram, ram)
         return vram, ram
@@ -430,7 +460,12 @@ class _Stage:
             vram, ram = self._close_phase()
             seconds = time.perf_counter() - self.started
             self.peaks[self.name] = {"vram_bytes": vram, "ram_bytes": ram, "seconds": seconds}
-            self.sink(StageFinished(t=self.clock(), stage=self.name, seconds=seconds, peak_vram_bytes=vram, peak_ram_bytes=ram))
+            by_gpu = ()
+            if len(self.per_gpu) > 1:
+                self.peaks[self.name]["vram_by_gpu"] = dict(self.per_gpu)
+                by_gpu = tuple(sorted(self.per_gpu.items()))
+            self.sink(StageFinished(t=self.clock(), stage=self.name, seconds=seconds, peak_vram_bytes=vram, peak_ram_bytes=ram,
+                                    peak_vram_by_gpu=by_gpu))
         return False
 
 
@@ -445,6 +480,28 @@ def _report_compile(loaded: LoadedModel, log: EventSink, clock: Clock) -> None:
             log(LogMessage(t=clock(), level="warning",
                            message=f"{name}: compiling its blocks failed ({why}); it ran eagerly. Plan with --no-compile "
                                    "to skip compiling next time."))
+def sampled_devices(plan: Plan) -> tuple[str, ...]:
+    """The GPUs a one-process plan uses, for the memory sampler (() is the current device: one GPU, or this
+    process's GPU in a context-parallel run)."""
+    if plan.device != "cuda" or plan.parallel or len(plan.gpus) < 2:
+        return ()
+    return tuple(f"cuda:{i}" for i in plan.gpus)
+
+
+def check_plan_runs_here(plan: Plan, job: Job) -> None:
+    """A context-parallel plan runs in a group of processes (lowvram generate starts them), without a step cache."""
+    from lowvram.errors import UserError
+    from lowvram.parallel import group
+
+    if not plan.parallel:
+        return
+    if job.cache.enabled:
+        raise UserError(f"the plan is context parallel on {plan.parallel_gpus} GPUs, which does not run with a step cache "
+                        "yet; drop --cache (or plan for one GPU with --gpus 1).")
+    if group.world() != plan.parallel_gpus:
+        raise UserError(f"the plan is context parallel on {plan.parallel_gpus} processes and this is "
+                        f"{'one process' if group.world() == 1 else f'one of {group.world()}'}; run it with "
+                        "`lowvram generate` (it starts one process per GPU).")
 
 
 def generate(
@@ -464,8 +521,9 @@ def generate(
     `faults` injects OOMs for tests (lowvram.sampling.faults).
     """
     from lowvram.io.output import WriteFailed, reserve_output
-    from lowvram.io.sidecar import build_sidecar
+    from lowvram.io.sidecar import build_sidecar, latents_record
     from lowvram.models.task import check_inputs_before_load
+    from lowvram.parallel import group
 
     ref = check_inputs_before_load(job, resumed=resume is not None)
     ref = loaded.ref if loaded is not None else ref
@@ -478,19 +536,23 @@ def generate(
     plan = with_loras(plan, job.loras)  # a forced or test plan without LoRA modes carries them as adapters
     if loaded is not None and _lora_identity(loaded.loras) != _lora_identity(job.loras):
         raise ValueError("the loaded model carries other LoRAs than the job's: load the model again for this LoRA set")
-    output = reserve_output(job.out, job.prompt, job.seed)  # held until the end: concurrent runs get other names
-    video_path = output.video
+    check_plan_runs_here(plan, job)
+    writer = group.is_writer()  # one process of a context-parallel run decodes, writes and keeps the latents
+    # held until the end: concurrent runs get other names (only the writer names a file)
+    output = reserve_output(job.out, job.prompt, job.seed) if writer else None
+    video_path = output.video if output is not None else None
     log = EventLog(forward=on_event)
     clock = Clock()
-    noted = output.note
+    noted = output.note if output is not None else ""
     if noted:
         log(LogMessage(t=clock(), level="warning", message=noted))
     peaks: dict = {}
-    rec = Recovery(plan, log, clock)
-    with MemorySampler(log, clock=clock) as sampler, fault_injection.installed(fault_injection.resolve(faults)):
+    rec = Recovery(plan, log, clock, ladder=not plan.parallel)
+    sampler = MemorySampler(log, clock=clock, devices=sampled_devices(plan))
+    with sampler, fault_injection.installed(fault_injection.resolve(faults)):
         try:
             if loaded is None:
-                with _Stage("load", log, clock, sampler, peaks):
+                with _Stage("load", log, clock, sampler, peaks), group.first_then_others() if plan.parallel else contextlib.nullcontext():
                     loaded = rec.run("load", lambda p: load_model(ref, p, job.loras))
             rec.pipe = loaded.pipe
             if placement_differs(loaded.plan, plan):  # a loaded model (TUI) given another plan, or after a fallback
@@ -512,14 +574,14 @@ def generate(
                 from lowvram.models.demo import DEMO_LABEL
 
                 log(LogMessage(t=clock(), level="warning", message=f"model: {DEMO_LABEL}"))
-            _check_cancel(cancel)
+            _check_cancel(cancel, plan)
             if resume is None:
                 with _Stage("encode", log, clock, sampler, peaks):
                     cond = rec.run("encode", lambda p: encode(loaded, job, p))
             else:
                 cond, rec.checkpoint = _resumed_conditioning(resume), resume.checkpoint
             rec.cond = vars(cond)
-            _check_cancel(cancel)
+            _check_cancel(cancel, plan)
             step_seconds: list[float] = []
 
             with _Stage("denoise", log, clock, sampler, peaks) as stage:
@@ -533,7 +595,12 @@ def generate(
                 # the loop enters each expert's phase itself (the other expert leaves the GPU first)
                 latents = rec.run("denoise", denoise_from_checkpoint, enter=False)
             _report_compile(loaded, log, clock)
-            _check_cancel(cancel)
+            _check_cancel(cancel, plan)
+            extra = {}
+            if plan.parallel:
+                extra["processes"] = [{"rank": r, "stages": p} for r, p in enumerate(group.gather(peaks))]
+                if not writer:  # the others are done: the writer decodes and writes
+                    return RunResult(None, None, clock(), plan, log.events, step_seconds, peaks, latents.detach().cpu(), loaded)
             watch = DecodeWatch(log, clock, cancel)  # a cancel stops the decode between frames; a finished decode is written
             with _Stage("decode", log, clock, sampler, peaks):
                 frames = rec.run("decode", lambda p: decode(loaded, p, latents, watch))
@@ -544,7 +611,8 @@ def generate(
             def sidecar(video: Path, side: Path) -> dict:  # for the final names, the run's end included
                 now = clock()
                 done = RunFinished(t=now, video_path=str(video), sidecar_path=str(side), seconds=now)
-                return build_sidecar(job, loaded, plan, log.events + [done], step_seconds, peaks, done.t)
+                return build_sidecar(job, loaded, plan, log.events + [done], step_seconds, peaks, done.t,
+                                     {**extra, "latents": latents_record(latents)})
 
             video_path, side = output.publish(staged, sidecar)  # video and sidecar appear together
             total = clock()
@@ -558,16 +626,18 @@ def generate(
             raise exc.with_latents(kept) from None
         except (CancelledError, KeyboardInterrupt):  # KeyboardInterrupt: a second Ctrl-C or SIGTERM, abort now
             stages = log.of(StageStarted)
-            kept = rec.save(job, video_path, "cancelled")
+            kept = rec.save(job, video_path, "cancelled") if writer else None
             step = rec.checkpoint.step if rec.checkpoint is not None else -1
             log(RunCancelled(t=clock(), stage=stages[-1].stage if stages else "", step=step, latents_path=str(kept or "")))
             raise
         except OutOfMemoryExhausted as exc:
-            kept = rec.save(job, video_path, "out of memory")
+            kept = rec.save(job, video_path, "out of memory") if writer else None
             failed = exc.with_latents(kept)
-            log(RunFailed(t=clock(), stage=exc.stage, message=f"out of memory even with the leanest plan ({exc.detail})", latents_path=str(kept or "")))
+            what = "even with the leanest plan" if rec.ladder else f"with context parallel on {plan.parallel_gpus} GPUs"
+            log(RunFailed(t=clock(), stage=exc.stage, message=f"out of memory {what} ({exc.detail})", latents_path=str(kept or "")))
             raise failed from None
         finally:
-            output.release()
+            if output is not None:
+                output.release()
             if loaded is not None:
                 placement.leave_all(loaded.pipe)

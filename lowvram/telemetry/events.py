@@ -43,8 +43,9 @@ class StageStarted(Event):
 class StageFinished(Event):
     stage: str = ""
     seconds: float = 0.0
-    peak_vram_bytes: int = 0
+    peak_vram_bytes: int = 0  # the fullest GPU's
     peak_ram_bytes: int = 0
+    peak_vram_by_gpu: tuple = ()  # (("cuda:0", bytes), ("cuda:1", bytes)) when the run uses several GPUs
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class MemorySample(Event):
     ram_used: int = 0  # this process's RAM that cannot be dropped (resident set minus memory-mapped file pages)
     ram_available: int = 0
     ram_mapped: int = 0  # memory-mapped file pages (weights in the page cache: the kernel can drop them)
+    device: str = ""  # the GPU of the vram_* fields ("cuda:1"); "" for the process's only (current) GPU
 
 
 @dataclass(frozen=True)

@@ -46,26 +46,34 @@ class MemorySnapshot:
     ram_available: int = 0
     ram_mapped: int = 0  # memory-mapped file pages (weights in the page cache)
 
+    device: str = ""
+
     @classmethod
-    def take(cls) -> "MemorySnapshot":
+    def take(cls, device: str = "") -> "MemorySnapshot":
+        """Now: `device`'s VRAM ("" the current GPU) and this process's RAM."""
         cuda = _cuda()
         alloc = reserved = free = total = 0
         if cuda is not None:
-            alloc = cuda.memory_allocated()
-            reserved = cuda.memory_reserved()
-            free, total = cuda.mem_get_info()
+            index = device or None
+            alloc = cuda.memory_allocated(index)
+            reserved = cuda.memory_reserved(index)
+            free, total = cuda.mem_get_info(index)
         vm = psutil.virtual_memory()
         rss, mapped = process_ram()
-        return cls(alloc, reserved, free, total, rss - mapped, vm.available, mapped)
+        return cls(alloc, reserved, free, total, rss - mapped, vm.available, mapped, device)
 
 
 class MemorySampler:
     """Samples memory every `interval` seconds on a daemon thread; tracks the RAM peak per window.
 
     VRAM peaks come from torch's own counters (exact); RAM has no peak counter, so it is sampled.
+    `devices`: the GPUs a plan on several cards uses ("cuda:0", "cuda:1"): one MemorySample per GPU each time,
+    and peaks per GPU; () samples the current GPU alone.
     """
 
-    def __init__(self, emit: Callable[[MemorySample], None], interval: float = 0.25, clock: Optional[Callable[[], float]] = None):
+    def __init__(self, emit: Callable[[MemorySample], None], interval: float = 0.25, clock: Optional[Callable[[], float]] = None,
+                 devices: tuple[str, ...] = ()):
+        self._devices = tuple(devices) or ("",)
         self._emit = emit
         self._interval = interval
         self._clock = clock or time.perf_counter
@@ -84,11 +92,14 @@ class MemorySampler:
         self._thread.join(timeout=2.0)
 
     def sample(self) -> MemorySnapshot:
-        snap = MemorySnapshot.take()
+        """One snapshot per GPU (all emitted); returns the first."""
+        snaps = [MemorySnapshot.take(d) for d in self._devices]
         with self._lock:
-            self._ram_peak = max(self._ram_peak, snap.ram_used)
-        self._emit(MemorySample(t=self._clock() - self._t0, **snap.__dict__))
-        return snap
+            self._ram_peak = max([self._ram_peak] + [s.ram_used for s in snaps])
+        t = self._clock() - self._t0
+        for snap in snaps:
+            self._emit(MemorySample(t=t, **snap.__dict__))
+        return snaps[0]
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
@@ -101,15 +112,22 @@ class MemorySampler:
         """Start a new peak window (one per stage)."""
         cuda = _cuda()
         if cuda is not None:
-            cuda.reset_peak_memory_stats()
+            for d in self._devices:
+                cuda.reset_peak_memory_stats(d or None)
         with self._lock:
             rss, mapped = process_ram()
             self._ram_peak = rss - mapped
 
     def window_peaks(self) -> tuple[int, int]:
-        """(peak VRAM allocated, peak RAM: RSS minus memory-mapped pages) since start_window."""
+        """(peak VRAM allocated on the fullest GPU, peak RAM: RSS minus memory-mapped pages) since start_window."""
         self.sample()
-        cuda = _cuda()
-        vram = cuda.max_memory_allocated() if cuda is not None else 0
+        vram = max(self.vram_peaks().values(), default=0)
         with self._lock:
             return vram, self._ram_peak
+
+    def vram_peaks(self) -> dict[str, int]:
+        """Peak VRAM allocated per sampled GPU since start_window ({} without CUDA)."""
+        cuda = _cuda()
+        if cuda is None:
+            return {}
+        return {d or "cuda": cuda.max_memory_allocated(d or None) for d in self._devices}

@@ -1,4 +1,5 @@
-"""Memory over time: VRAM allocated / reserved / free and this process's RAM, one bar line each."""
+"""Memory over time: VRAM allocated / reserved / free and this process's RAM, one bar line each. A run on several
+GPUs gets an allocated line per GPU (each scaled to its own card) instead of the three lines of one GPU."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class MemoryGraph(Static):
 
     def __init__(self, history: int = 240, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.samples: deque[MemorySample] = deque(maxlen=history)
+        self.samples: deque[MemorySample] = deque(maxlen=history * 4)  # several GPUs: a sample each per tick
 
     def add_sample(self, sample: MemorySample) -> None:
         self.samples.append(sample)
@@ -55,15 +56,23 @@ class MemoryGraph(Static):
             return text
         last = self.samples[-1]
         rows = []
-        if last.vram_total:
+        devices = sorted({s.device for s in self.samples if s.device})
+        ram_samples = list(self.samples) if not devices else [s for s in self.samples if s.device == devices[0]]
+        if len(devices) > 1:
+            for d in devices:
+                mine = [s for s in self.samples if s.device == d]
+                now = mine[-1]
+                rows.append((f"GPU{d.rpartition(':')[2]} alloc", [s.vram_allocated for s in mine], now.vram_total,
+                             now.vram_allocated, "green", "total"))
+        elif last.vram_total:
             total = last.vram_total
             rows += [
                 ("VRAM alloc", [s.vram_allocated for s in self.samples], total, last.vram_allocated, "green", "total"),
                 ("VRAM resv", [s.vram_reserved for s in self.samples], total, last.vram_reserved, "yellow", "total"),
                 ("VRAM free", [s.vram_free for s in self.samples], total, last.vram_free, "blue", "total"),
             ]
-        ram_scale = max(s.ram_used for s in self.samples)
-        rows.append(("RAM (RSS)", [s.ram_used for s in self.samples], ram_scale, last.ram_used, "magenta", "peak"))
+        ram_scale = max(s.ram_used for s in ram_samples)
+        rows.append(("RAM (RSS)", [s.ram_used for s in ram_samples], ram_scale, ram_samples[-1].ram_used, "magenta", "peak"))
         for i, (label, values, scale, now, style, what) in enumerate(rows):
             if i:
                 text.append("\n")

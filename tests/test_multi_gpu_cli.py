@@ -1,0 +1,103 @@
+"""--gpus on the command line, profiles saved on two GPUs, the sidecar's and the TUI's memory per GPU."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from lowvram.cli import main
+from lowvram.cli.options import gpu_list
+from lowvram.io.sidecar import per_gpu_peaks
+from lowvram.profiles import load
+from lowvram.profiles.apply import probe_like
+from lowvram.profiles.check import check_profile, describe_check
+from lowvram.telemetry import MemorySample
+from planner.plan import Plan, StagePeak
+from planner.probe import GIB, synthetic_probe
+
+
+def test_gpu_lists_parse():
+    assert gpu_list("2x24") == (2, (24.0, 24.0))
+    assert gpu_list("24,16") == (2, (24.0, 16.0))
+    assert gpu_list("1x11.5") == (1, (11.5,))
+    assert gpu_list("2") == (2, ())
+    for bad in ("two", "0", "2x0", "24,,-1", "17", "2x", "x24", "nan,24"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            gpu_list(bad)
+
+
+def test_plan_for_two_what_if_gpus(capsys):
+    code = main(["plan", "--model", "wan2.2-t2v-a14b", "--gpus", "2x24", "--ram", "64", "--gpu-name", "RTX 3090",
+                 "--compute-capability", "8.6", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [g["vram_total"] for g in out["probe"]["gpus"]] == [24 * GIB, 24 * GIB]
+    assert out["plan"]["parallel"] == "ulysses" or any(c["devices"] for c in out["plan"]["components"])
+    assert any(line.startswith("multi-GPU options") for line in out["explanation"])
+
+
+def test_gpus_and_vram_together_are_refused(capsys):
+    assert main(["plan", "--model", "wan2.1-t2v-14b", "--gpus", "2x24", "--vram", "24", "--ram", "64"]) == 2
+    assert "drop --vram" in capsys.readouterr().err
+    assert main(["plan", "--model", "wan2.1-t2v-14b", "--gpus", "2x", "--ram", "64"]) == 2
+    assert "COUNTxGiB" in capsys.readouterr().err
+
+
+def test_generate_refuses_more_gpus_than_the_machine_has(capsys, tmp_path):
+    code = main(["generate", "a cat", "--model", "tiny-random", "--gpus", "2", "--out", str(tmp_path / "x.mp4")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--gpus asks for 2 GPUs; this machine has no GPU" in err and "Traceback" not in err
+
+
+def test_a_profile_saved_on_two_gpus_is_replanned_on_one(tmp_path, capsys):
+    path = tmp_path / "two.toml"
+    code = main(["profile", "save", str(path), "--model", "wan2.1-t2v-14b", "--gpus", "2x12", "--ram", "64",
+                 "--gpu-name", "RTX 3060", "--compute-capability", "8.6"])
+    assert code == 0, capsys.readouterr().err
+    text = path.read_text()
+    assert "gpus = 2" in text  # [saved_on]: the GPU count, for information
+    profile = load(path)
+    assert profile.saved_on.gpus == 2 and profile.saved_plan.gpu_count == 2
+    assert "2 GPUs, the first" in profile.saved_on.describe()
+    # on the machine it was saved on: as saved
+    assert check_profile(profile, probe_like(profile.saved_on)).status == "fits"
+    # on one GPU: re-planned, and it says why
+    one = synthetic_probe(12, 64, gpu_name="RTX 3060", compute_capability=(8, 6))
+    check = check_profile(profile, one)
+    assert check.status == "replanned" and check.plan.gpu_count == 1
+    assert any("uses 2 GPUs" in line and "this machine has 1 GPU" in line for line in check.why)
+    assert "re-planned" in describe_check(check, profile)[0]
+
+
+def test_old_profiles_without_gpu_keys_still_load(tmp_path):
+    from pathlib import Path
+
+    shipped = sorted((Path(__file__).parent.parent / "profiles").glob("*.toml"))[0]
+    profile = load(shipped)
+    assert profile.saved_on.gpus is None and profile.saved_plan.gpu_count == 1
+
+
+def test_sidecar_records_each_gpus_peak():
+    plan = Plan("cuda", predicted=(StagePeak("denoise", 20 * GIB, GIB, 1.0, vram_per_gpu=(20 * GIB, 18 * GIB)),))
+    peaks = {"denoise": {"vram_bytes": 19 * GIB, "vram_by_gpu": {"cuda:0": 19 * GIB, "cuda:1": 17 * GIB}}}
+    record = per_gpu_peaks(plan, peaks)
+    assert record == {"cuda:0": {"predicted_peak_vram_bytes": 20 * GIB, "measured_peak_vram_bytes": 19 * GIB},
+                      "cuda:1": {"predicted_peak_vram_bytes": 18 * GIB, "measured_peak_vram_bytes": 17 * GIB}}
+    processes = [{"rank": 0, "stages": {"denoise": {"vram_bytes": 5}}}, {"rank": 1, "stages": {"denoise": {"vram_bytes": 6}}}]
+    assert per_gpu_peaks(plan, {}, processes)["cuda:1"]["measured_peak_vram_bytes"] == 6
+    assert per_gpu_peaks(Plan("cuda", predicted=(StagePeak("denoise", GIB, GIB),)), peaks) == {}
+
+
+def test_the_memory_graph_draws_each_gpu():
+    from tui.widgets.memory_graph import MemoryGraph
+
+    graph = MemoryGraph()
+    for i in range(3):
+        graph.samples.append(MemorySample(t=i, device="cuda:0", vram_total=24 * GIB, vram_allocated=(10 + i) * GIB, ram_used=GIB))
+        graph.samples.append(MemorySample(t=i, device="cuda:1", vram_total=16 * GIB, vram_allocated=(2 + i) * GIB, ram_used=GIB))
+    text = graph.render_text(20).plain
+    assert "GPU0 alloc" in text and "GPU1 alloc" in text and "VRAM resv" not in text
+    assert "12.00 GiB" in text and "4.00 GiB" in text and "█=24.00G total" in text and "█=16.00G total" in text
