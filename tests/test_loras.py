@@ -179,7 +179,7 @@ def test_switching_lora_sets_requantizes(job, tmp_path):
     root = cache_dir() / "quantized"
 
     def entries() -> set:
-        return {p.name for p in root.glob("*-transformer-*")} if root.is_dir() else set()
+        return {p.name for p in root.glob("*-transformer-*") if p.is_dir()} if root.is_dir() else set()  # not the fill locks
 
     before = entries()
     out_a = generate(job.with_(loras=(LoraSpec(str(a)),), out=str(tmp_path / "a.mp4")), plan=plan).latents
