@@ -190,6 +190,23 @@ def test_absurd_config_dimensions_are_refused_before_the_planner_runs(component,
     assert done.returncode == 2 and named in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("component, name", [
+    ("vae", "WAN21_VAE"), ("vae", "WAN22_VAE"), ("transformer", "WAN_14B"), ("transformer", "WAN_1_3B"),
+    ("transformer", "WAN_I2V_14B"), ("transformer", "WAN22_TI2V_5B"), ("text_encoder", "UMT5_XXL"),
+    ("image_encoder", "CLIP_VIT_H"),
+])
+def test_the_real_wan_configs_are_within_the_limits(component, name):
+    """The limits refuse absurd numbers, never a real checkpoint's: the VAE's latent statistics have z_dim
+    entries (48 in Wan2.2's; a 16-entry list limit refused TI2V-5B, found on the H200, run 16)."""
+    from lowvram.models import known_configs
+    from planner.config_limits import config_problems
+
+    config = dict(getattr(known_configs, name))
+    if component == "vae":  # as the checkpoint's vae/config.json has it: a mean and a std per latent channel
+        config.update(latents_mean=[0.0] * config["z_dim"], latents_std=[1.0] * config["z_dim"])
+    assert config_problems(component, config) == []
+
+
 def test_a_config_nested_too_deep_is_refused(tmp_path, demo_t2v_path, capsys):
     folder = tmp_path / "deep"
     shutil.copytree(demo_t2v_path, folder)
