@@ -297,6 +297,10 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
             encode_s += flops / tp.cpu_flops
     enc_ram = ranks * (base_ram + held.always + max(cpu_acts))
     stages.append(_peak("encode", every_rank(enc.totals(cards)), enc_ram, encode_s))
+    # A quantized text encoder that computed on the GPU is back in process RAM (not its mapped cache file) for
+    # the rest of the run: measured for the int8 UMT5 of TI2V-5B on the H200, +6.8 GiB in the denoise and decode
+    # stages (docs/benchmarks.md, run 17). Counted so the RAM budget holds it.
+    base_ram += te_bytes if te_gpu and te.quantized else 0
 
     # --- denoise (one phase per denoiser) ------------------------------------------------------------
     steps = phase_steps(spec, job)
