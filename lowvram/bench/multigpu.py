@@ -300,20 +300,23 @@ def _plan_part(rank: int, processes: int, setup: Setup, plan_data: dict, caps: t
 
     from planner.plan import Plan
 
+    # as `lowvram generate` runs (lowvram.cli.use_expandable_segments): streamed weights fragment the default
+    # allocator (run 16: out of memory at 9.9 GiB allocated under the 12 GiB cap, 1.6 GiB reserved but unusable)
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     plan = Plan.from_dict(plan_data)
     if setup.device == "cuda":
         torch.cuda.set_device(rank)
-        for i in [rank] if plan.parallel else range(len(caps)):  # only the GPUs this process uses
-            cap(setup, caps[i], i)
     home = setup.dev(rank)
     t0 = time.perf_counter()
-    model = build_model(setup, home)
+    model = build_model(setup, home)  # random weights made on the (not yet capped) GPU: fast
     inputs = model_inputs(setup, model, home)
     cp = plan.component(name)
     if cp.placement != "resident" or cp.devices:
         model.to("cpu")  # streamed, or split over cards: lowvram's placement puts it where the plan says
     if setup.device == "cuda":
         torch.cuda.empty_cache()
+        for i in [rank] if plan.parallel else range(len(caps)):  # the caps, on the GPUs this process uses
+            cap(setup, caps[i], i)
         for i in range(torch.cuda.device_count()):
             torch.cuda.reset_peak_memory_stats(i)
     build = time.perf_counter() - t0
@@ -484,7 +487,7 @@ def run_smoke(setup: Setup, folder: Path) -> dict:
             out[name]["bit_equal"] = bool(torch.equal(latents[name].cpu(), latents[ref].cpu()))
     if setup.device == "cuda":
         out["ring"] = _smoke_ring(setup)
-        out["cli"] = _smoke_cli(plans["ulysses"], job, folder, latents.get("one"))
+        out["cli"] = _smoke_cli(plans["ulysses"], job, folder, latents.get("ulysses"))
     out["ok"] = all("error" not in v for v in out.values() if isinstance(v, dict))
     return out
 
@@ -501,9 +504,10 @@ def _smoke_ring(setup: Setup) -> dict:
         return {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
 
 
-def _smoke_cli(plan, job, folder: Path, one_latents) -> dict:
+def _smoke_cli(plan, job, folder: Path, reference) -> dict:
     """`lowvram generate --force-plan` with the ulysses plan: the launcher, torch.distributed.run, NCCL, the first
-    process writing; its sidecar's latents hash against the one-GPU run's."""
+    process writing; its sidecar's latents hash against the same plan's run in spawned processes (ulysses is not
+    bit-equal to one GPU: that comparison is the ulysses row's)."""
     import subprocess
     import sys
 
@@ -519,7 +523,7 @@ def _smoke_cli(plan, job, folder: Path, one_latents) -> dict:
     if done.returncode != 0:
         return {"error": f"exit {done.returncode}: {done.stderr.strip()[-400:]}"}
     sidecar = json.loads(video.with_suffix(".json").read_text())
-    same = one_latents is not None and sidecar["latents"]["sha256"] == latents_record(one_latents)["sha256"]
+    same = reference is not None and sidecar["latents"]["sha256"] == latents_record(reference)["sha256"]
     return {"seconds": time.perf_counter() - t0, "processes": len(sidecar.get("processes", [])), "bit_equal": same,
             "videos": sorted(p.name for p in folder.glob("cli*.mp4"))}
 
@@ -595,7 +599,9 @@ def run(parts: tuple[str, ...], out: Optional[Path], setup: Setup = Setup(), smo
             else:
                 raise ValueError(f"unknown part {part!r}; use {', '.join(PARTS)}")
         except Exception as exc:  # a part that fails (out of memory) is a result; the next part runs
-            data[part] = {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+            # a spawned process's error carries its traceback in the message: its end says what failed
+            data[part] = {"error": f"{type(exc).__name__}: {str(exc)[-1500:]}"}
+            log(f"[multigpu] {part} failed: {exc}")
         data.setdefault(part, {})["wall_seconds"] = time.perf_counter() - t0
         log(f"[multigpu] {part} done in {data[part]['wall_seconds']:.0f}s")
         save()
