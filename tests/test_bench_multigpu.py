@@ -16,6 +16,7 @@ TINY = Setup(device="cpu", config=dict(_TRANSFORMER, in_channels=16), resolution
              isolate=False)  # one-process parts run in the test's process (the two-process ones still spawn)
 
 
+@pytest.mark.slow
 def test_context_parallel_part_matches_one_process():
     data = run_cp(TINY)
     assert data["one_gpu"]["forward_seconds"] > 0 and data["context_parallel"]["kind"] == "ulysses"
@@ -40,6 +41,7 @@ def test_plan_parts_run_the_planners_kinds_of_plans():
     assert "12 GiB caps" in text and "one expert per 24 GiB GPU" in text
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_way_on_two_devices(tmp_path):
     data = run_smoke(dataclasses.replace(TINY), tmp_path)
     assert data["ok"], data

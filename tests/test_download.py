@@ -108,6 +108,7 @@ def test_not_enough_disk_is_refused_before_writing(hub, env):
     assert not any(g for m, p, g in hub.requests if m == "GET" and not p.startswith("/api/"))
 
 
+@pytest.mark.slow
 def test_unknown_hub_id_is_planned_from_its_configs_then_generated_with_progress(hub, env, tmp_path):
     plan = lowvram(env, "plan", "--model", REPO, "--vram", "8", "--ram", "16")
     assert plan.returncode == 0, plan.stderr

@@ -56,6 +56,7 @@ def one_process(tmp_path_factory, demo_t2v_path) -> dict:
     return json.loads((folder / "videos" / "one.json").read_text())
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_write_one_video_with_the_one_process_latents(tmp_path, one_process):
     (tmp_path / "videos").mkdir()
     done = generate(tmp_path, 2, "cp")
@@ -75,6 +76,7 @@ def test_two_cpu_processes_write_one_video_with_the_one_process_latents(tmp_path
     assert not list((cache_dir() / "parallel").glob("run-*"))  # the run folder is gone
 
 
+@pytest.mark.slow
 def test_out_of_memory_in_the_processes_finishes_on_one_gpu(tmp_path, one_process):
     (tmp_path / "videos").mkdir()
     done = generate(tmp_path, 2, "oom", env={"LOWVRAM_INJECT_OOM": "denoise:1"})

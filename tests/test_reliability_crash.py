@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lowvram.io import scratch
 from lowvram.io.output import _claim_path, reserve_output, sweep_outputs
 from reliability_support import GATED_SAVES, SMALL, env, finish, lowvram, scratch_entries, wait_for, write_plan
@@ -96,6 +98,7 @@ def test_a_sidecar_published_without_its_video_goes_with_its_dead_run(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_killed_generate_leaves_nothing_after_the_next_run(demo_t2v_path, tmp_path):
     """One run killed while writing its quantized cache entry, one killed mid-denoise with a disk-offload folder:
     the next run (same output folder, same cache) removes all they left."""
