@@ -119,6 +119,16 @@ def infer_gpu(vram_gib: float, compute_capability: Optional[tuple[int, int]] = N
     return None
 
 
+def known_compute_capability(gpu_name: Optional[str]) -> Optional[tuple[int, int]]:
+    """The compute capability of a card named like one in GPU_CARDS ('NVIDIA GeForce RTX 4090' -> (8, 9)), the
+    longest matching name first ('RTX 4060 Ti' before 'RTX 4060'); None for a name not in the table."""
+    name = _squash(gpu_name)
+    for card, _, cc in sorted(GPU_CARDS, key=lambda c: -len(c[0])):
+        if _squash(card) in name:
+            return cc
+    return None
+
+
 def gpu_datasheet_bandwidth(gpu_name: Optional[str]) -> float:
     """Datasheet memory bandwidth in bytes/s; the slow default when the GPU is not in the table."""
     name = _squash(gpu_name)

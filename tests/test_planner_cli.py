@@ -34,6 +34,14 @@ def test_plan_what_if_14b_on_a_24_gb_card(capsys):
     assert "32,760 tokens" in out and "what-if" in out
 
 
+@pytest.mark.parametrize("name, cc", [("NVIDIA GeForce RTX 4090", "8.9"), ("RTX 4060 Ti", "8.9"), ("RTX 3090", "8.6"),
+                                       ("NVIDIA H200", "9.0"), ("A100", "8.0")])
+def test_a_named_card_brings_its_compute_capability(name, cc, capsys):
+    """--gpu-name alone used to assume 8.6 for every card: an RTX 4090 what-if never got fast fp8."""
+    assert main(["plan", "--model", "wan2.1-t2v-1.3b", "--vram", "24", "--ram", "64", "--gpu-name", name]) == 0
+    assert f"{name} (compute capability {cc})" in capsys.readouterr().out
+
+
 def test_plan_json(capsys):
     code = main(["plan", "--model", "wan2.1-t2v-1.3b", "--vram", "24", "--ram", "32", "--json"])
     data = json.loads(capsys.readouterr().out)

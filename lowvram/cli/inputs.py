@@ -89,6 +89,10 @@ def machine_from_args(args, profile=None, say=None):
     cc = None
     if args.compute_capability is not None:
         cc = parse_compute_capability(args.compute_capability, "--compute-capability")
+    elif args.gpu_name:  # a card the table knows brings its own (an RTX 4090 has fast fp8; 8.6 assumed before)
+        from planner.timing import known_compute_capability
+
+        cc = known_compute_capability(args.gpu_name)
     if args.ram == 0:  # gib_amount has refused negative and non-finite numbers
         raise UserError(f"--ram {args.ram}: give a positive number of GiB")
     if args.vram is not None and args.ram is not None:
