@@ -336,7 +336,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
             per_gpu = every_rank(den.totals(cards))
         else:
             per_gpu = (0,) * ranks
-            ram += ranks * M.transformer_activation_bytes(spec.dims, -(-tokens // ranks), cp.dtype)
+            ram += ranks * M.transformer_activation_bytes(spec.dims, -(-tokens // ranks), cp.dtype, spec.expand_timesteps)
             if cp.lora == "unfused":
                 ram += ranks * M.adapter_activation_bytes(loras, -(-tokens // ranks), cp.dtype)
             seconds = denoise_calls(n, passes, cache, cp.name) * forward_s

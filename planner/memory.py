@@ -103,10 +103,20 @@ def staging_bytes(spec: ModelSpec, precisions: dict[str, str]) -> int:
 # --- Activations ------------------------------------------------------------------------------------
 
 
-def transformer_activation_bytes(dims: TransformerDims, tokens: int, dtype: str = "bfloat16") -> int:
-    """Peak activations of one transformer forward (see constants: fitted at bf16, scaled by dtype)."""
+def transformer_activation_bytes(dims: TransformerDims, tokens: int, dtype: str = "bfloat16",
+                                 per_token_timesteps: bool = False) -> int:
+    """Peak activations of one transformer forward (see constants: fitted at bf16, scaled by dtype).
+
+    `per_token_timesteps` (Wan2.2 TI2V, expand_timesteps): diffusers' WanTransformer3DModel then holds a timestep
+    modulation per token instead of one per video: the forward keeps timestep_proj (tokens x 6 x dim) and temb
+    (tokens x dim) in the compute dtype, and each block adds its scale_shift_table to it in float32 (tokens x 6 x
+    dim x 4 bytes, alive for the whole block): 1.88 GiB at 1280x704x121, the allocation that ran a TI2V plan out
+    of memory on the H200 (run 17)."""
     per_token = C.ACT_BYTES_PER_TOKEN_DIM * dims.dim + C.ACT_BYTES_PER_TOKEN_FFN * dims.ffn_dim
-    return int(tokens * per_token * base_bytes(dtype) / 2)
+    acts = int(tokens * per_token * base_bytes(dtype) / 2)
+    if per_token_timesteps:
+        acts += tokens * dims.dim * (7 * base_bytes(dtype) + 6 * 4)
+    return acts
 
 
 def text_encoder_activation_bytes(dims: TextEncoderDims, seq_len: int = TEXT_SEQ_LEN, dtype: str = "bfloat16") -> int:
@@ -202,7 +212,7 @@ def denoiser_vram_bytes(spec: ModelSpec, cp: ComponentPlan, tokens: int, loras: 
     footprints of the LoRAs it carries (unfused adapters stay on the GPU; fused ones cost nothing here)."""
     t = spec.component(cp.name)
     q = cp.precision
-    act = transformer_activation_bytes(spec.dims, tokens, cp.dtype)
+    act = transformer_activation_bytes(spec.dims, tokens, cp.dtype, spec.expand_timesteps)
     block = block_bytes(t, q)
     rest = rest_bytes(t, q)
     buffers = C.STREAM_BUFFER_GROUPS if cp.use_stream else 1

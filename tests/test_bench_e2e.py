@@ -115,3 +115,9 @@ def test_wan22_bench_runs_a_two_expert_case_and_composes(tmp_path):
     text = render(dict(model="a14b", job="64x64x5", steps=6, card_steps=40, resident=resident, resident_composed=22.0,
                        cases=[case]))
     assert "| 0 GiB / 16 GiB RAM |" in text and "denoise:low" in text
+    assert case["fallbacks"] == [] and "out of memory" not in text
+    # a case the runtime had to finish on a leaner plan says so (run 17's TI2V cases did, unseen in the table)
+    fell = dict(case, fallbacks=[dict(stage="denoise", reason="CUDA out of memory", summary="leaner")], ran_summary="leaner")
+    text = render(dict(model="a14b", job="64x64x5", steps=6, card_steps=40, resident=resident, resident_composed=22.0,
+                       cases=[fell]))
+    assert "out of memory in denoise, finished as:** leaner" in text

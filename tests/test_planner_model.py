@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from planner import constants as C
@@ -116,6 +118,20 @@ def test_activations_grow_linearly_with_tokens():
     a2 = M.transformer_activation_bytes(dims, 2 * TOKENS_480P)
     assert a2 == pytest.approx(2 * a1, rel=1e-6)
     assert M.transformer_activation_bytes(dims, TOKENS_480P, "float32") == pytest.approx(2 * a1, rel=1e-6)
+
+
+def test_ti2v_holds_a_timestep_modulation_per_token():
+    """Wan2.2 TI2V (expand_timesteps): each block adds its scale_shift_table to a per-token modulation in float32,
+    tokens x 6 x dim x 4 bytes: the 1.88 GiB allocation that ran run 17's TI2V plans out of memory at 1280x704x121."""
+    spec = known_spec("wan2.2-ti2v-5b")
+    assert spec.expand_timesteps and not known_spec("wan2.1-t2v-14b").expand_timesteps
+    tokens = spec.tokens(1280, 704, 121)
+    plain = M.transformer_activation_bytes(spec.dims, tokens)
+    per_token = M.transformer_activation_bytes(spec.dims, tokens, per_token_timesteps=True)
+    assert per_token - plain >= tokens * 6 * spec.dims.dim * 4 >= 1.87 * GIB
+    cp = ComponentPlan("transformer", "bf16", "block_offload")
+    without = dataclasses.replace(spec, expand_timesteps=False)
+    assert M.denoiser_vram_bytes(spec, cp, tokens) - M.denoiser_vram_bytes(without, cp, tokens) == per_token - plain
 
 
 def test_vae_peaks():

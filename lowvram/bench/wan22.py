@@ -93,7 +93,7 @@ def run_lowvram_case(model: str, folder: Path, vram_gib: float, ram_gib: float, 
 
     from lowvram.bench.measure import set_budget
     from lowvram.sampling.runner import generate
-    from lowvram.telemetry import EventLog, PhaseStarted, StageStarted, StepFinished
+    from lowvram.telemetry import EventLog, PhaseStarted, PlanSwitched, StageStarted, StepFinished
     from planner.choose import Preferences, plan_for_job
     from planner.probe import override_probe, probe_hardware
 
@@ -124,6 +124,9 @@ def run_lowvram_case(model: str, folder: Path, vram_gib: float, ram_gib: float, 
         switch_seconds=switches,
         phases=[dict(component=e.component, step=e.step) for e in log.of(PhaseStarted)],
         vram_max_reserved=torch.cuda.max_memory_reserved() if torch.cuda.is_available() else 0,
+        # out of memory and a leaner plan: the measured peaks and steps are partly the leaner plan's
+        fallbacks=[dict(stage=e.stage, reason=e.reason[:300], summary=e.new_summary) for e in log.of(PlanSwitched)],
+        ran_summary=run.plan.summary(),
     )
 
 
@@ -245,7 +248,10 @@ def render(results: dict) -> str:
         peak_v = max(m["vram_bytes"] for m in case["measured"].values())
         peak_r = max(m["ram_bytes"] for k, m in case["measured"].items() if k != "load")
         planned = max(p["ram_bytes"] for p in case["predicted"] if p["key"] != "load")
-        lines.append(f"| {case['vram_gib']:g} GiB / {case['ram_gib']:g} GiB RAM | {case['summary']} | {c['composed_seconds']:.1f} | "
+        plan = case["summary"]
+        if case.get("fallbacks"):  # the planned plan ran out of memory: say what finished the run
+            plan += f" **-> out of memory in {case['fallbacks'][0]['stage']}, finished as:** {case['ran_summary']}"
+        lines.append(f"| {case['vram_gib']:g} GiB / {case['ram_gib']:g} GiB RAM | {plan} | {c['composed_seconds']:.1f} | "
                      f"x{c['ratio']:.3f} | {c['switch_seconds']:.1f} ({100 * c['switch_share']:.1f}%) | {peak_v / GIB:.2f} | "
                      f"{peak_r / GIB:.2f} ({planned / GIB:.2f}) |")
     lines += ["", "Predicted vs measured per stage (VRAM: peak allocated; RAM: resident set minus mapped file pages):", "",
