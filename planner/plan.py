@@ -17,6 +17,7 @@ A plan without these keys is a one-GPU plan (profiles and resume files written b
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from typing import Literal, Optional
 
 # Weight precisions, highest first. "fp32"/"bf16" are compute dtypes; "fp8"/"int8"/"int4" are quanto
@@ -358,11 +359,11 @@ class Plan:
             raise KeyError(f"the plan has no {name!r} (it has {', '.join(c.name for c in self.components) or 'nothing'})")
         return found
 
-    @property
+    @cached_property  # read tens of thousands of times while the planner weighs its candidates
     def denoisers(self) -> tuple[ComponentPlan, ...]:
         return tuple(c for c in self.components if c.role == "denoiser")
 
-    @property
+    @cached_property
     def two_experts(self) -> bool:
         return len(self.denoisers) > 1
 
