@@ -231,12 +231,27 @@ def denoiser_options(spec: ModelSpec, job: Job, budget: Budget, prefs: Preferenc
     return out
 
 
+def _multi_gpu_settings(spec: ModelSpec, job: Job, probe: HardwareProbe, budget: Budget,
+                       prefs: Preferences) -> list[tuple[tuple[ComponentPlan, ...], dict]]:
+    """planner.multi_gpu's denoiser settings, each with every way the job's LoRAs may be carried at its precision,
+    as the one-GPU settings have them (lora_modes: fused or adapters, never adapters on a fast level; adapters
+    run eager)."""
+    out = []
+    for denoisers, plan_fields in multi_gpu.options(spec, job, probe, budget.vrams, prefs.denoiser_precisions,
+                                                    prefs.context_parallel,
+                                                    lambda precision, placement: _compile_options(precision, placement, prefs)):
+        for mode in lora_modes(job, denoisers[0].precision):
+            if mode == "unfused" and any(c.compile for c in denoisers):
+                continue
+            out.append((tuple(replace(c, lora=mode) for c in denoisers), plan_fields))
+    return out
+
+
 def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Preferences, tp: Throughput,
                    budget: Budget, cache=None) -> list[Candidate]:
     """Every one-GPU plan, then (several GPUs) every multi-GPU one (planner.multi_gpu), each predicted and judged."""
     settings = [(d, {}) for d in denoiser_options(spec, job, budget, prefs)]
-    settings += multi_gpu.options(spec, job, probe, budget.vrams, prefs.denoiser_precisions, prefs.context_parallel,
-                                  lambda precision, placement: _compile_options(precision, placement, prefs))
+    settings += _multi_gpu_settings(spec, job, probe, budget, prefs)
     out = []
     image = (ComponentPlan("image_encoder", "fp32", "gpu"),) if spec.image_encoder is not None else ()
     for denoisers, plan_fields in settings:

@@ -125,6 +125,27 @@ def test_a_short_job_keeps_adapters_a_long_one_fuses(spec):
     assert short.denoisers[0].lora == "unfused" and long.denoisers[0].lora == "fused"
 
 
+def test_two_gpu_plans_weigh_fused_loras_and_keep_adapters_eager(spec):
+    """The multi-GPU candidates carry LoRAs as the one-GPU ones may: fused too, and adapters never compiled or beside
+    a fast level. (After the two-GPU merge they all carried adapters, compiled and on fp8_fast included, so a
+    fused context-parallel plan faster than the chosen one was never weighed.)"""
+    from planner.multi_gpu import kind_of
+    from planner.probe import with_gpus
+
+    card = dict(gpu_name="NVIDIA GeForce RTX 4090", compute_capability=(8, 9))
+    probe = with_gpus(synthetic_probe(vram_gib=16, ram_gib=64, **card), (16, 16))
+    result = make_plan(probe, spec, job().with_(steps=50, guidance=5.0), suggest_smaller=False)
+    multi = [c.plan for c in result.candidates if kind_of(c.plan)]
+    kinds = {kind_of(p) for p in multi}
+    assert {"layers split across 2 GPUs", "context parallel (ulysses) on 2 GPUs"} <= kinds
+    for kind in kinds:
+        assert {p.denoisers[0].lora for p in multi if kind_of(p) == kind} == {"fused", "unfused"}, kind
+    adapters = [d for p in multi for d in p.denoisers if d.lora == "unfused"]
+    assert adapters and not any(d.compile or d.fast for d in adapters)
+    chosen = result.plan
+    assert kind_of(chosen) and chosen.denoisers[0].lora == "fused" and chosen.loras[0].fused
+
+
 def test_a_stored_file_is_never_fused_into(spec):
     from planner.spec import StoredWeights
 
