@@ -76,6 +76,22 @@ def test_adapters_cost_vram_and_time_per_step_fused_costs_neither(spec):
     assert 0.02 < per_step / forward < 0.2  # a few percent of a 14B forward at 480p on an H200
 
 
+def test_context_parallel_adapters_cost_each_process_its_share_of_the_tokens(spec):
+    """Each process of a context-parallel plan runs the adapters on its own tokens only, as it does the base
+    weights: on two GPUs the adapters add half the one-GPU time per step (not all of it)."""
+    j, plain = job(), job().with_(loras=())
+
+    def on_two(plan: Plan) -> Plan:
+        return replace(plan, parallel="ulysses", parallel_gpus=2)
+
+    def denoise_seconds(plan, j):
+        return stage(plan, spec, j, "denoise").seconds
+
+    one_gpu = denoise_seconds(one(lora="unfused"), j) - denoise_seconds(one(), plain)
+    two_gpus = denoise_seconds(on_two(one(lora="unfused")), j) - denoise_seconds(on_two(one()), plain)
+    assert one_gpu > 0 and two_gpus == pytest.approx(one_gpu / 2)
+
+
 def test_fused_unquantized_weights_cost_ram_and_fusing_time(spec):
     j = job()
     load_f = stage(one(lora="fused"), spec, j, "load")
