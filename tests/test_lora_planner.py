@@ -158,8 +158,25 @@ def test_two_gpu_plans_weigh_fused_loras_and_keep_adapters_eager(spec):
         assert {p.denoisers[0].lora for p in multi if kind_of(p) == kind} == {"fused", "unfused"}, kind
     adapters = [d for p in multi for d in p.denoisers if d.lora == "unfused"]
     assert adapters and not any(d.compile or d.fast for d in adapters)
+    chosen = result.plan  # two GPUs beat one here, whichever way they carry the LoRA
+    assert kind_of(chosen) and chosen.loras[0].fused == (chosen.denoisers[0].lora == "fused")
+
+
+def test_two_gpu_plans_size_their_resident_blocks_for_the_adapters(spec):
+    """A multi-GPU plan carrying adapters keeps fewer blocks resident, as a one-GPU one does (the adapters take
+    some of each card): sized without them, every partial context-parallel plan was over VRAM, and a short
+    distillation job on 2 x 16 GiB ran on one GPU instead of the faster two."""
+    from planner.multi_gpu import kind_of
+    from planner.probe import with_gpus
+
+    card = dict(gpu_name="NVIDIA GeForce RTX 4090", compute_capability=(8, 9))
+    probe = with_gpus(synthetic_probe(vram_gib=16, ram_gib=64, **card), (16, 16))
+    result = make_plan(probe, spec, job(), suggest_smaller=False)  # 4 steps, no CFG: adapters pay
+    partial = [c for c in result.candidates if kind_of(c.plan) and c.plan.denoisers[0].placement == "partial"
+               and c.plan.denoisers[0].lora == "unfused"]
+    assert partial and not [c.rejected_reason for c in partial if "over VRAM" in c.rejected_reason]
     chosen = result.plan
-    assert kind_of(chosen) and chosen.denoisers[0].lora == "fused" and chosen.loras[0].fused
+    assert chosen.parallel and chosen.denoisers[0].lora == "unfused" and chosen.denoisers[0].placement == "partial"
 
 
 def test_a_stored_file_is_never_fused_into(spec):
