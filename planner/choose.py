@@ -215,9 +215,7 @@ def denoiser_options(spec: ModelSpec, job: Job, budget: Budget, prefs: Preferenc
     # an fp8 / GGUF single file runs as stored (its bf16 weights are not there to quantize otherwise)
     precisions = ("stored",) if stored is not None and stored.dequant_bytes_per_param > 0 else prefs.denoiser_precisions
     two = spec.two_experts
-    # the larger LoRA footprint of the two experts sizes the resident blocks of both
-    footprints = max((tuple(lora.footprint for lora in job.loras if lora.footprint is not None and d.name in lora.components(two))
-                      for d in spec.denoisers), key=lambda fs: sum(f.params for f in fs)) if job.loras else ()
+    footprints = _lora_sizing(spec, job)  # the larger LoRA footprint of the two experts sizes the resident blocks of both
     for precision in precisions:
         for mode in lora_modes(job, precision):
             for cp in _denoiser_placements(spec, precision, tokens, budget, prefs, mode, footprints):
@@ -231,12 +229,36 @@ def denoiser_options(spec: ModelSpec, job: Job, budget: Budget, prefs: Preferenc
     return out
 
 
+def _multi_gpu_settings(spec: ModelSpec, job: Job, probe: HardwareProbe, budget: Budget,
+                       prefs: Preferences) -> list[tuple[tuple[ComponentPlan, ...], dict]]:
+    """planner.multi_gpu's denoiser settings, each with every way the job's LoRAs may be carried at its precision,
+    as the one-GPU settings have them (lora_modes: fused or adapters, never adapters on a fast level; adapters
+    run eager)."""
+    out = []
+    footprints = _lora_sizing(spec, job)
+    for mode in ("fused", "unfused") if job.loras else ("",):
+        for denoisers, plan_fields in multi_gpu.options(
+                spec, job, probe, budget.vrams, prefs.denoiser_precisions, prefs.context_parallel,
+                lambda precision, placement: _compile_options(precision, placement, prefs), mode, footprints):
+            if mode not in lora_modes(job, denoisers[0].precision) or mode == "unfused" and any(c.compile for c in denoisers):
+                continue
+            out.append((tuple(replace(c, lora=mode) for c in denoisers), plan_fields))
+    return out
+
+
+def _lora_sizing(spec: ModelSpec, job: Job) -> tuple:
+    """The footprints that size the resident blocks of a denoiser with unfused adapters: the larger LoRA set of the
+    two experts (both experts share placement)."""
+    two = spec.two_experts
+    return max((tuple(lora.footprint for lora in job.loras if lora.footprint is not None and d.name in lora.components(two))
+                for d in spec.denoisers), key=lambda fs: sum(f.params for f in fs)) if job.loras else ()
+
+
 def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Preferences, tp: Throughput,
                    budget: Budget, cache=None) -> list[Candidate]:
     """Every one-GPU plan, then (several GPUs) every multi-GPU one (planner.multi_gpu), each predicted and judged."""
     settings = [(d, {}) for d in denoiser_options(spec, job, budget, prefs)]
-    settings += multi_gpu.options(spec, job, probe, budget.vrams, prefs.denoiser_precisions, prefs.context_parallel,
-                                  lambda precision, placement: _compile_options(precision, placement, prefs))
+    settings += _multi_gpu_settings(spec, job, probe, budget, prefs)
     out = []
     image = (ComponentPlan("image_encoder", "fp32", "gpu"),) if spec.image_encoder is not None else ()
     for denoisers, plan_fields in settings:

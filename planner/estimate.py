@@ -311,7 +311,8 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
         n = steps.get(cp.name, 0)
         passes = passes_for(guidance_for(spec, job, cp.name))
         loras = lora_footprints(plan, job, cp.name)
-        forward_s = forward_seconds(plan, cp, spec, tokens, tp) + lora_forward_seconds(plan, cp, loras, tokens, tp)
+        # adapters, like the base weights, run on this process's tokens only (1/N of them under context parallel)
+        forward_s = forward_seconds(plan, cp, spec, tokens, tp) + lora_forward_seconds(plan, cp, loras, -(-tokens // ranks), tp)
         ram = ranks * (base_ram + held.always + held.per_phase.get(cp.name, 0))
         if on_gpu:
             den = _PerGpu()

@@ -28,43 +28,48 @@ SPLIT_DEVICES = ("cuda:0", "cuda:1")
 APART = {"transformer": "cuda:0", "transformer_2": "cuda:1"}
 
 
-def split_point(spec: ModelSpec, name: str, precision: str, tokens: int, vrams: tuple[int, ...]) -> int:
+def split_point(spec: ModelSpec, name: str, precision: str, tokens: int, vrams: tuple[int, ...], lora: str = "",
+                loras: tuple = ()) -> int:
     """Where a two-card layer split starts its second card: the block that leaves both cards the same headroom
-    (each card holds the activations; the first also the non-block modules), within 1..n-1."""
+    (each card holds the activations, and unfused LoRA adapters; the first also the non-block modules), within 1..n-1."""
     t = spec.component(name)
     n = t.num_blocks
     block = max(1, M.block_bytes(t, precision))
     rest = M.rest_bytes(t, precision)
-    on_every = M.denoiser_vram_bytes(spec, ComponentPlan(name, precision, "resident"), tokens) - rest - n * block
+    on_every = M.denoiser_vram_bytes(spec, ComponentPlan(name, precision, "resident", lora=lora), tokens, loras) - rest - n * block
     cap0 = (vrams[0] - on_every - rest) / block
     cap1 = (vrams[1] - on_every) / block
     return int(min(n - 1, max(1, round((n + cap0 - cap1) / 2))))
 
 
-def layer_split_options(spec: ModelSpec, tokens: int, vrams: tuple[int, ...], precisions: Iterable[str]) -> list[tuple[ComponentPlan, ...]]:
+def layer_split_options(spec: ModelSpec, tokens: int, vrams: tuple[int, ...], precisions: Iterable[str], lora: str = "",
+                        loras: tuple = ()) -> list[tuple[ComponentPlan, ...]]:
     """One resident layer-split denoiser setting per precision (one-denoiser models; a two-expert model puts an
     expert on each card instead)."""
     if len(vrams) < 2 or spec.two_experts or spec.transformer.num_blocks < 2:
         return []
     out = []
     for precision in precisions:
-        k = split_point(spec, "transformer", precision, tokens, vrams)
+        k = split_point(spec, "transformer", precision, tokens, vrams, lora, loras)
         out.append((ComponentPlan("transformer", precision, "resident", devices=SPLIT_DEVICES, split=(k,)),))
     return out
 
 
-def _fitted(spec: ModelSpec, name: str, precision: str, tokens: int, vram: int) -> ComponentPlan:
-    """The expert resident on its card when it fits, else its first blocks resident and the rest streamed."""
+def _fitted(spec: ModelSpec, name: str, precision: str, tokens: int, vram: int, lora: str = "",
+            loras: tuple = ()) -> ComponentPlan:
+    """The expert resident on its card when it fits, else its first blocks resident and the rest streamed (unfused
+    LoRA adapters `loras` take some of the card)."""
     resident = ComponentPlan(name, precision, "resident")
-    if M.denoiser_vram_bytes(spec, resident, tokens) <= vram:
+    if M.denoiser_vram_bytes(spec, replace(resident, lora=lora), tokens, loras) <= vram:
         return resident
-    k = M.partial_blocks(spec, name, precision, tokens, vram)
+    k = M.partial_blocks(spec, name, precision, tokens, vram, lora, loras)
     if 0 < k < spec.component(name).num_blocks:
         return ComponentPlan(name, precision, "partial", resident_blocks=k)
     return ComponentPlan(name, precision, "block_offload")
 
 
-def experts_apart_options(spec: ModelSpec, tokens: int, vrams: tuple[int, ...], precisions: Iterable[str]) -> list[tuple[ComponentPlan, ...]]:
+def experts_apart_options(spec: ModelSpec, tokens: int, vrams: tuple[int, ...], precisions: Iterable[str], lora: str = "",
+                          loras: tuple = ()) -> list[tuple[ComponentPlan, ...]]:
     """For a two-expert model: each expert on its own card for the whole denoise stage (resident when its card
     holds it, else with its first blocks resident), per precision."""
     if len(vrams) < 2 or not spec.two_experts:
@@ -73,7 +78,7 @@ def experts_apart_options(spec: ModelSpec, tokens: int, vrams: tuple[int, ...], 
     for precision in precisions:
         pair = []
         for i, name in enumerate(("transformer", "transformer_2")):
-            cp = _fitted(spec, name, precision, tokens, vrams[i])
+            cp = _fitted(spec, name, precision, tokens, vrams[i], lora, loras)
             pair.append(replace(cp, devices=(APART[name],), idle=""))
         out.append(tuple(pair))
     return out
@@ -93,8 +98,8 @@ def parallel_kind(spec: ModelSpec, gpus: int, precision: str) -> str:
     return "ring" if precision != "fp32" else ""
 
 
-def context_parallel_options(spec: ModelSpec, tokens: int, vrams: tuple[int, ...],
-                             precisions: Iterable[str]) -> Iterator[tuple[tuple[ComponentPlan, ...], dict]]:
+def context_parallel_options(spec: ModelSpec, tokens: int, vrams: tuple[int, ...], precisions: Iterable[str],
+                             lora: str = "", loras: tuple = ()) -> Iterator[tuple[tuple[ComponentPlan, ...], dict]]:
     """(denoisers, plan settings) for context parallelism over all the GPUs: each process holds the denoiser as a
     one-GPU plan would, sized to the smallest card's budget with its share of the activations."""
     gpus = len(vrams)
@@ -111,7 +116,7 @@ def context_parallel_options(spec: ModelSpec, tokens: int, vrams: tuple[int, ...
         buffers = context_parallel_vram(spec, ComponentPlan("transformer", precision, "block_offload"), tokens, probe_plan) - \
             M.denoiser_vram_bytes(spec, ComponentPlan("transformer", precision, "block_offload"), local)
         placements = [ComponentPlan("transformer", precision, "resident")]
-        k = M.partial_blocks(spec, "transformer", precision, local, budget - buffers)
+        k = M.partial_blocks(spec, "transformer", precision, local, budget - buffers, lora, loras)
         if 0 < k < spec.transformer.num_blocks:
             placements.append(ComponentPlan("transformer", precision, "partial", resident_blocks=k))
         placements.append(ComponentPlan("transformer", precision, "block_offload"))
@@ -126,20 +131,23 @@ def context_parallel_options(spec: ModelSpec, tokens: int, vrams: tuple[int, ...
 def options(spec: ModelSpec, job: Job, probe: HardwareProbe, vrams: tuple[int, ...], precisions: tuple[str, ...],
             context_parallel: bool = True,
             compile_options: Callable[[str, str], tuple[bool, ...]] = lambda precision, placement: (False,),
-            ) -> list[tuple[tuple[ComponentPlan, ...], dict]]:
+            lora: str = "", loras: tuple = ()) -> list[tuple[tuple[ComponentPlan, ...], dict]]:
     """Every multi-GPU denoiser setting to try, with the Plan fields it needs ({} or the parallel settings).
     `compile_options(precision, placement)`: the compile choices the planner allows there (one-process plans;
-    context parallel runs eager: diffusers 0.42 does not promise compile with it)."""
+    context parallel runs eager: diffusers 0.42 does not promise compile with it). `lora`, `loras`: how the
+    denoisers will carry the job's LoRAs and their footprints (unfused adapters take VRAM: the sizes allow for
+    them); the caller sets each denoiser's `lora`."""
     if probe.gpu_count < 2:
         return []
     tokens = spec.tokens(job.width, job.height, job.frames)
     stored = spec.denoisers[0].stored
     if stored is not None and stored.dequant_bytes_per_param > 0:
         precisions = ("stored",)
-    one_process = layer_split_options(spec, tokens, vrams, precisions) + experts_apart_options(spec, tokens, vrams, precisions)
+    one_process = layer_split_options(spec, tokens, vrams, precisions, lora, loras) + \
+        experts_apart_options(spec, tokens, vrams, precisions, lora, loras)
     out = [(c, {}) for d in one_process for c in _compiled(d, compile_options)]
     if context_parallel:
-        out += list(context_parallel_options(spec, tokens, vrams, precisions))
+        out += list(context_parallel_options(spec, tokens, vrams, precisions, lora, loras))
     return out
 
 

@@ -76,6 +76,22 @@ def test_adapters_cost_vram_and_time_per_step_fused_costs_neither(spec):
     assert 0.02 < per_step / forward < 0.2  # a few percent of a 14B forward at 480p on an H200
 
 
+def test_context_parallel_adapters_cost_each_process_its_share_of_the_tokens(spec):
+    """Each process of a context-parallel plan runs the adapters on its own tokens only, as it does the base
+    weights: on two GPUs the adapters add half the one-GPU time per step (not all of it)."""
+    j, plain = job(), job().with_(loras=())
+
+    def on_two(plan: Plan) -> Plan:
+        return replace(plan, parallel="ulysses", parallel_gpus=2)
+
+    def denoise_seconds(plan, j):
+        return stage(plan, spec, j, "denoise").seconds
+
+    one_gpu = denoise_seconds(one(lora="unfused"), j) - denoise_seconds(one(), plain)
+    two_gpus = denoise_seconds(on_two(one(lora="unfused")), j) - denoise_seconds(on_two(one()), plain)
+    assert one_gpu > 0 and two_gpus == pytest.approx(one_gpu / 2)
+
+
 def test_fused_unquantized_weights_cost_ram_and_fusing_time(spec):
     j = job()
     load_f = stage(one(lora="fused"), spec, j, "load")
@@ -123,6 +139,44 @@ def test_a_short_job_keeps_adapters_a_long_one_fuses(spec):
     short = make_plan(h200(24), spec, job().with_(steps=1), prefs, suggest_smaller=False).plan
     long = make_plan(h200(24), spec, job().with_(steps=100, guidance=5.0), prefs, suggest_smaller=False).plan
     assert short.denoisers[0].lora == "unfused" and long.denoisers[0].lora == "fused"
+
+
+def test_two_gpu_plans_weigh_fused_loras_and_keep_adapters_eager(spec):
+    """The multi-GPU candidates carry LoRAs as the one-GPU ones may: fused too, and adapters never compiled or beside
+    a fast level. (After the two-GPU merge they all carried adapters, compiled and on fp8_fast included, so a
+    fused context-parallel plan faster than the chosen one was never weighed.)"""
+    from planner.multi_gpu import kind_of
+    from planner.probe import with_gpus
+
+    card = dict(gpu_name="NVIDIA GeForce RTX 4090", compute_capability=(8, 9))
+    probe = with_gpus(synthetic_probe(vram_gib=16, ram_gib=64, **card), (16, 16))
+    result = make_plan(probe, spec, job().with_(steps=50, guidance=5.0), suggest_smaller=False)
+    multi = [c.plan for c in result.candidates if kind_of(c.plan)]
+    kinds = {kind_of(p) for p in multi}
+    assert {"layers split across 2 GPUs", "context parallel (ulysses) on 2 GPUs"} <= kinds
+    for kind in kinds:
+        assert {p.denoisers[0].lora for p in multi if kind_of(p) == kind} == {"fused", "unfused"}, kind
+    adapters = [d for p in multi for d in p.denoisers if d.lora == "unfused"]
+    assert adapters and not any(d.compile or d.fast for d in adapters)
+    chosen = result.plan  # two GPUs beat one here, whichever way they carry the LoRA
+    assert kind_of(chosen) and chosen.loras[0].fused == (chosen.denoisers[0].lora == "fused")
+
+
+def test_two_gpu_plans_size_their_resident_blocks_for_the_adapters(spec):
+    """A multi-GPU plan carrying adapters keeps fewer blocks resident, as a one-GPU one does (the adapters take
+    some of each card): sized without them, every partial context-parallel plan was over VRAM, and a short
+    distillation job on 2 x 16 GiB ran on one GPU instead of the faster two."""
+    from planner.multi_gpu import kind_of
+    from planner.probe import with_gpus
+
+    card = dict(gpu_name="NVIDIA GeForce RTX 4090", compute_capability=(8, 9))
+    probe = with_gpus(synthetic_probe(vram_gib=16, ram_gib=64, **card), (16, 16))
+    result = make_plan(probe, spec, job(), suggest_smaller=False)  # 4 steps, no CFG: adapters pay
+    partial = [c for c in result.candidates if kind_of(c.plan) and c.plan.denoisers[0].placement == "partial"
+               and c.plan.denoisers[0].lora == "unfused"]
+    assert partial and not [c.rejected_reason for c in partial if "over VRAM" in c.rejected_reason]
+    chosen = result.plan
+    assert chosen.parallel and chosen.denoisers[0].lora == "unfused" and chosen.denoisers[0].placement == "partial"
 
 
 def test_a_stored_file_is_never_fused_into(spec):
