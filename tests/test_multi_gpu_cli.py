@@ -101,3 +101,22 @@ def test_the_memory_graph_draws_each_gpu():
     text = graph.render_text(20).plain
     assert "GPU0 alloc" in text and "GPU1 alloc" in text and "VRAM resv" not in text
     assert "12.00 GiB" in text and "4.00 GiB" in text and "█=24.00G total" in text and "█=16.00G total" in text
+
+
+def test_plan_with_a_step_cache_plans_for_one_process(capsys):
+    """generate plans without context parallel when a step cache is on (they do not run together yet); `plan` and
+    `profile save` must show the same plan, not a context-parallel one that generate would never run."""
+    code = main(["plan", "--model", "wan2.1-t2v-14b", "--gpus", "2x24", "--ram", "64", "--gpu-name", "RTX 3090",
+                 "--compute-capability", "8.6", "--cache", "teacache", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["plan"]["parallel"] == ""
+    assert not any("context parallel" in line for line in out["explanation"])
+
+
+def test_generate_gpus_on_a_machine_without_gpu_says_to_drop_it(capsys, tmp_path):
+    """`--gpus 1` on a CPU-only machine: the message must not tell the user to give --gpus 1 (what they gave)."""
+    code = main(["generate", "a cat", "--model", "tiny-random", "--gpus", "1", "--out", str(tmp_path / "x.mp4")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "this machine has no GPU" in err and "(--gpus 1)" not in err and "drop --gpus" in err
