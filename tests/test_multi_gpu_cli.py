@@ -120,3 +120,27 @@ def test_generate_gpus_on_a_machine_without_gpu_says_to_drop_it(capsys, tmp_path
     assert code == 2
     err = capsys.readouterr().err
     assert "this machine has no GPU" in err and "(--gpus 1)" not in err and "drop --gpus" in err
+
+
+def test_the_end_of_a_context_parallel_run_says_what_its_ram_columns_count():
+    """A context-parallel plan predicts the RAM of all its processes together; the first process measures its own:
+    the comparison says so rather than showing a 2x gap as a wrong prediction."""
+    import io
+
+    from lowvram.cli.console import ConsoleReporter
+    from lowvram.telemetry import RunFinished, StageFinished
+    from planner.choose import make_plan
+    from planner.probe import synthetic_probe, with_gpus
+    from planner.spec import known_spec
+    from lowvram.job import Job
+
+    probe = with_gpus(synthetic_probe(24, 64, gpu_name="NVIDIA H200", compute_capability=(9, 0)), (24, 24))
+    plan = make_plan(probe, known_spec("wan2.1-t2v-14b"), Job(prompt="a fox", model="wan2.1-t2v-14b")).plan
+    assert plan.parallel
+    out = io.StringIO()
+    reporter = ConsoleReporter(stream=out, plan=plan)
+    reporter(StageFinished(t=1.0, stage="denoise", seconds=1.0, peak_vram_bytes=GIB, peak_ram_bytes=GIB))
+    reporter(RunFinished(t=2.0, video_path="v.mp4", sidecar_path="v.json", seconds=2.0))
+    text = out.getvalue()
+    assert "predicted vs measured" in text
+    assert "all 2 processes" in text and "the first process" in text
