@@ -414,6 +414,8 @@ def make_plan(probe: HardwareProbe, spec: ModelSpec, job: Job, prefs: Preference
     Raises NoPlanFits naming what is short and what would fit (with `suggest_smaller`, a smaller job too).
     """
     tp = throughput_for(probe, calibration, warm_precisions)
+    if job.cache.enabled and prefs.context_parallel:  # a step cache does not run with context parallel yet
+        prefs = replace(prefs, context_parallel=False)
     budget = Budget.of(probe, prefs)
     if probe.has_gpu:
         candidates = gpu_candidates(spec, job, probe, prefs, tp, budget, cache)

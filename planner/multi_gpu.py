@@ -194,7 +194,10 @@ def explanation_lines(chosen: Plan, candidates: list, one_gpu_best) -> list[str]
     lines = ["multi-GPU options (each with its best text encoder / VAE setting):"]
     for kind, cands in kinds.items():
         fitting = [c for c in cands if c.fits]
-        best = min(fitting, key=lambda c: c.plan.predicted_seconds) if fitting else min(cands, key=lambda c: c.short_bytes)
+        mine = [c for c in fitting if config_key(c.plan) == config_key(chosen)]
+        # the chosen plan's kind shows the chosen plan (the planner may prefer it to a near tie of the same kind)
+        best = mine[0] if mine else min(fitting, key=lambda c: c.plan.predicted_seconds) if fitting else \
+            min(cands, key=lambda c: c.short_bytes)
         plan = best.plan
         head = f"  {kind}, {_denoiser_words(plan)}: "
         if not best.fits:
@@ -220,7 +223,9 @@ def _against(plan: Plan, chosen: Plan) -> str:
     if pct >= 0.5:
         return f"slower by {pct:.0f}% than the chosen plan"
     if pct <= -0.5:
-        return f"faster by {-pct:.0f}%, at lower precision"
+        if [c.precision for c in plan.denoisers] != [c.precision for c in chosen.denoisers]:
+            return f"faster by {-pct:.0f}%, at lower precision"
+        return f"faster by {-pct:.0f}%, a near tie (the chosen plan wins on precision or memory)"
     return "as fast as the chosen plan"
 
 

@@ -101,3 +101,46 @@ def test_the_memory_graph_draws_each_gpu():
     text = graph.render_text(20).plain
     assert "GPU0 alloc" in text and "GPU1 alloc" in text and "VRAM resv" not in text
     assert "12.00 GiB" in text and "4.00 GiB" in text and "█=24.00G total" in text and "█=16.00G total" in text
+
+
+def test_plan_with_a_step_cache_plans_for_one_process(capsys):
+    """generate plans without context parallel when a step cache is on (they do not run together yet); `plan` and
+    `profile save` must show the same plan, not a context-parallel one that generate would never run."""
+    code = main(["plan", "--model", "wan2.1-t2v-14b", "--gpus", "2x24", "--ram", "64", "--gpu-name", "RTX 3090",
+                 "--compute-capability", "8.6", "--cache", "teacache", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["plan"]["parallel"] == ""
+    assert not any("context parallel" in line for line in out["explanation"])
+
+
+def test_generate_gpus_on_a_machine_without_gpu_says_to_drop_it(capsys, tmp_path):
+    """`--gpus 1` on a CPU-only machine: the message must not tell the user to give --gpus 1 (what they gave)."""
+    code = main(["generate", "a cat", "--model", "tiny-random", "--gpus", "1", "--out", str(tmp_path / "x.mp4")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "this machine has no GPU" in err and "(--gpus 1)" not in err and "drop --gpus" in err
+
+
+def test_the_end_of_a_context_parallel_run_says_what_its_ram_columns_count():
+    """A context-parallel plan predicts the RAM of all its processes together; the first process measures its own:
+    the comparison says so rather than showing a 2x gap as a wrong prediction."""
+    import io
+
+    from lowvram.cli.console import ConsoleReporter
+    from lowvram.telemetry import RunFinished, StageFinished
+    from planner.choose import make_plan
+    from planner.probe import synthetic_probe, with_gpus
+    from planner.spec import known_spec
+    from lowvram.job import Job
+
+    probe = with_gpus(synthetic_probe(24, 64, gpu_name="NVIDIA H200", compute_capability=(9, 0)), (24, 24))
+    plan = make_plan(probe, known_spec("wan2.1-t2v-14b"), Job(prompt="a fox", model="wan2.1-t2v-14b")).plan
+    assert plan.parallel
+    out = io.StringIO()
+    reporter = ConsoleReporter(stream=out, plan=plan)
+    reporter(StageFinished(t=1.0, stage="denoise", seconds=1.0, peak_vram_bytes=GIB, peak_ram_bytes=GIB))
+    reporter(RunFinished(t=2.0, video_path="v.mp4", sidecar_path="v.json", seconds=2.0))
+    text = out.getvalue()
+    assert "predicted vs measured" in text
+    assert "all 2 processes" in text and "the first process" in text

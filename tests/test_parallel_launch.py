@@ -140,3 +140,18 @@ def test_the_processes_agree(tmp_path):
     assert first["gathered"] == second["gathered"] == [{"rank": 0}, {"rank": 1}]
     assert first["writer"] and not second["writer"]
     assert first["seen"] == [("loaded", 0, False)] and second["seen"] == [("loaded", 1, True)]  # the first went first
+
+
+def test_the_one_gpu_finish_keeps_the_vram_generate_allowed(tmp_path):
+    """`generate --gpus 2x12` on two 24 GiB cards, then an OOM: the one-GPU finish plans for at most 12 GiB too."""
+    from lowvram.parallel.worker import one_gpu_probe
+    from planner.probe import GIB, synthetic_probe, with_gpus
+
+    plan = Plan.from_dict({"device": "cpu", "components": COMPONENTS, "parallel": "ulysses", "parallel_gpus": 2})
+    write_run(tmp_path, RunSpec((Job(prompt="a", seed=7),), plan, vram_caps=(12.0, 12.0)))
+    spec = read_run(tmp_path)
+    machine = with_gpus(synthetic_probe(24, 64), (24, 24))
+    probe = one_gpu_probe(spec, machine)
+    assert probe.gpu_count == 1 and probe.vram_free == 12 * GIB
+    uncapped = one_gpu_probe(RunSpec((Job(prompt="a", seed=7),), plan), machine)
+    assert uncapped.gpu_count == 1 and uncapped.vram_free == 24 * GIB

@@ -245,3 +245,19 @@ def test_the_idle_expert_reason_still_finds_its_twin():
     result = make_plan(machine((24,)), known_spec("wan2.2-t2v-a14b"), job("wan2.2-t2v-a14b"))
     (reason,) = [r for r in result.plan.reasons if r.startswith("idle expert")]
     assert "pinned would be" in reason or "saves" in reason
+
+
+def test_the_chosen_kinds_line_shows_the_chosen_plan():
+    """The multi-GPU options list the best of each kind; for the chosen plan's kind that is the chosen plan (a near
+    tie of the same kind that holds more RAM is not 'faster, at lower precision' at the same precision)."""
+    model = "wan2.2-t2v-a14b"
+    result = make_plan(machine((24, 12)), known_spec(model), job(model))
+    chosen = result.plan
+    kind = multi_gpu.kind_of(chosen)
+    assert kind
+    line = next(l for l in result.explanation if l.startswith(f"  {kind},"))
+    assert line.endswith("(chosen)"), line
+    assert f"{multi_gpu.fmt_seconds(chosen.predicted_seconds)}, peak VRAM" in line
+    for l in result.explanation:
+        if "at lower precision" in l:
+            assert chosen.denoisers[0].precision not in l.split(":")[0], l

@@ -179,6 +179,9 @@ class ConsoleReporter:
                 self._line("predicted vs measured:")
                 for line in comparison_lines(compare_stages(self.plan, self._stages, event.seconds)):
                     self._line(line)
+                if getattr(self.plan, "parallel", ""):
+                    self._line(f"  peak RAM: predicted for all {self.plan.parallel_gpus} processes together, measured in "
+                               "the first process (each process's peaks: the sidecar's \"processes\")")
         elif isinstance(event, RunCancelled):
             self._line(f"cancelled during {event.stage or 'start-up'}; no video written" + (f"; latents kept in {event.latents_path}" if event.latents_path else ""))
         elif isinstance(event, RunFailed):

@@ -109,7 +109,8 @@ def run(args) -> int:
                 say(f"seed: {job.seed} (random; --seed {job.seed} makes this video again)")
         say(f"starting {plan.parallel_gpus} processes ({'one per GPU' if plan.device == 'cuda' else 'on the CPU'}); "
             "the first one reports")
-        relaunch(RunSpec(tuple(jobs), plan, prefs, quiet=args.quiet))
+        caps = args.gpus[1] if getattr(args, "gpus", None) else ()
+        relaunch(RunSpec(tuple(jobs), plan, prefs, quiet=args.quiet, vram_caps=tuple(caps)))
     loaded = None
     with cancel_on_interrupt() as cancel:  # Ctrl-C: stop at the next step boundary, keep the latents
         for number, job in enumerate(jobs, 1):

@@ -135,6 +135,9 @@ def machine_for_generate(args):
     if gpus is None:
         return probe
     count, sizes = gpus
+    if not probe.has_gpu:
+        raise UserError(f"--gpus asks for {count} GPU{'s' if count > 1 else ''}; this machine has no GPU (plans run on "
+                        "the CPU): drop --gpus, or plan for another machine with `lowvram plan --gpus`.")
     if count > probe.gpu_count:
         have = f"{probe.gpu_count} GPU{'s' if probe.gpu_count != 1 else ''}" if probe.has_gpu else "no GPU"
         raise UserError(f"--gpus asks for {count} GPU{'s' if count > 1 else ''}; this machine has {have}. "

@@ -30,17 +30,20 @@ class RunSpec:
     prefs: Preferences = Preferences()
     quiet: bool = False
     resume: Optional[str] = None  # a resume file the first job continues from
+    vram_caps: tuple[float, ...] = ()  # `generate --gpus 2x12`: the most VRAM (GiB) each GPU may use, kept by a fallback
 
     def to_dict(self) -> dict:
         return {"jobs": [j.to_dict() for j in self.jobs], "plan": self.plan.to_dict(),
-                "prefs": dataclasses.asdict(self.prefs), "quiet": self.quiet, "resume": self.resume}
+                "prefs": dataclasses.asdict(self.prefs), "quiet": self.quiet, "resume": self.resume,
+                "vram_caps": list(self.vram_caps)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunSpec":
         from lowvram.sampling.resume import job_from_dict
 
         return cls(tuple(job_from_dict(j) for j in data["jobs"]), Plan.from_dict(data["plan"]),
-                   Preferences(**data["prefs"]), bool(data["quiet"]), data.get("resume"))
+                   Preferences(**data["prefs"]), bool(data["quiet"]), data.get("resume"),
+                   tuple(float(g) for g in data.get("vram_caps") or ()))
 
 
 @dataclass(frozen=True)

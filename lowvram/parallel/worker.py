@@ -40,12 +40,20 @@ def _one_gpu_start(folder: Path, spec: RunSpec) -> tuple[int, Optional[str]]:
     return start, spec.resume if start == 0 else None
 
 
+def one_gpu_probe(spec: RunSpec, probe):
+    """The machine a one-GPU finish plans for: `probe`'s first GPU, within the VRAM `generate --gpus` allowed it."""
+    from planner.probe import capped_gpus
+
+    probe = probe.first_gpus(1)
+    return capped_gpus(probe, spec.vram_caps[:1]) if spec.vram_caps and probe.has_gpu else probe
+
+
 def one_gpu_plan(spec: RunSpec, job, say=print):
     """The planner's plan for this machine's first GPU alone (or its CPU), announced."""
     from planner.choose import plan_for_job, stage_table
     from planner.probe import probe_hardware
 
-    result = plan_for_job(job, probe=probe_hardware().first_gpus(1), prefs=spec.prefs, inputs=False)
+    result = plan_for_job(job, probe=one_gpu_probe(spec, probe_hardware()), prefs=spec.prefs, inputs=False)
     say(f"plan: {result.plan.summary()}")
     for line in stage_table(result.plan):
         say(line)
@@ -110,4 +118,4 @@ def run(folder: Path, one_gpu: bool = False) -> int:
     return 0
 
 
-__all__ = ["one_gpu_plan", "run"]
+__all__ = ["one_gpu_plan", "one_gpu_probe", "run"]
