@@ -45,6 +45,13 @@ def test_gpus_and_vram_together_are_refused(capsys):
     assert "COUNTxGiB" in capsys.readouterr().err
 
 
+def test_an_unknown_gpu_size_names_the_gpus_option(capsys):
+    """The first GPU's size is planned as a --vram what-if: the error must name what the user gave."""
+    assert main(["plan", "--model", "wan2.1-t2v-14b", "--gpus", "2x100000", "--ram", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "--gpus (a 100000 GB GPU): which GPU is it?" in err and "--vram" not in err
+
+
 def test_generate_refuses_more_gpus_than_the_machine_has(capsys, tmp_path):
     code = main(["generate", "a cat", "--model", "tiny-random", "--gpus", "2", "--out", str(tmp_path / "x.mp4")])
     assert code == 2

@@ -68,7 +68,12 @@ def machine_from_args(args, profile=None, say=None):
             raise UserError(f"--gpus {','.join(f'{g:g}' for g in sizes)} gives every GPU's VRAM: drop --vram.")
         if args.vram == 0:
             raise UserError("--vram 0 plans for no GPU: drop --gpus (or give --vram the size of each GPU).")
-        probe = machine_from_args(_without_gpus(args, sizes[0] if sizes else args.vram), profile, say)
+        try:
+            probe = machine_from_args(_without_gpus(args, sizes[0] if sizes else args.vram), profile, say)
+        except UserError as exc:  # the first GPU's size was passed on as --vram: name the option the user gave
+            if sizes and args.vram is None:
+                raise UserError(str(exc).replace(f"--vram {sizes[0]:g}", f"--gpus (a {sizes[0]:g} GB GPU)")) from None
+            raise
         if not probe.has_gpu:
             raise UserError("--gpus: this machine has no GPU; give the GPUs' sizes (--gpus 2x24) to plan for some.")
         if not sizes and args.vram is None and probe.gpu_count >= count:
