@@ -53,6 +53,24 @@ def test_an_i2v_video_takes_the_shape_of_its_image(tmp_path, capsys, image_file,
     assert "video size: 208x160, the shape of the image (64x48)" in printed
 
 
+def test_a_ti2v_video_from_an_image_takes_a_size_in_multiples_of_32(tmp_path, capsys):
+    """TI2V-5B's sizes are multiples of 32: the size taken from the image must be one, not one it then refuses
+    (a 300x400 image gave 144x208 and exit 2)."""
+    from PIL import Image
+
+    image = tmp_path / "tall.png"
+    Image.new("RGB", (300, 400), (20, 50, 230)).save(image)
+    out = tmp_path / "ti2v.mp4"
+    assert main(["generate", "a cat", "--model", "tiny-random-ti2v", "--image", str(image), "--frames", "5", "--steps", "1",
+                 "--seed", "1", "--out", str(out)]) == 0
+    settings = sidecar_of(str(out))["settings"]
+    assert (settings["width"], settings["height"]) == (128, 192)  # about 3:4 at the demo's default area, multiples of 32
+    assert "video size: 128x192, the shape of the image (300x400)" in capsys.readouterr().out
+    from lowvram.models.advice import size_multiple
+
+    assert size_multiple("wan2.2-ti2v-5b") == 32 and size_multiple("wan2.1-t2v-14b") == 16
+
+
 def test_a_video_shape_other_than_the_images_is_warned_about(tmp_path, capsys, image_file, demo_i2v_path):
     assert main(["generate", "a cat", "--model", "tiny-random-i2v", "--image", str(image_file), *SMALL, "--out", str(tmp_path / "x.mp4")]) == 0
     assert "warning: the image is 64x48 but the video 64x64: the first frame will be stretched; 64x48 keeps the image's shape" in capsys.readouterr().out
