@@ -167,3 +167,21 @@ def test_generate_ends_with_decode_progress_and_predicted_vs_measured(tmp_path, 
     assert "decoded 1/3 [" in err and "decoded 3/3 [" in err
     table = err[err.index("predicted vs measured:"):]
     assert re.search(r"denoise +\S+ +\S+ +\S+ GiB +\S+ GiB", table) and "\n  total " in table
+
+
+def test_a_run_of_a_model_already_built_prints_no_library_import_notices(tmp_path, demo_t2v_path):
+    """torchao's "Failed to load ..." extension warnings, torch's pytree deprecations and diffusers' "Unable to import
+    `torchao` Tensor objects" were quieted only when the demo was built in the same process: every later run (the
+    demo already built, any real model) printed them during the load."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    done = subprocess.run([sys.executable, "-m", "lowvram", "generate", "a cat", *SMALL, "--seed", "1", "--out", str(tmp_path / "a.mp4")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for noise in ("torchao", "_pytree", "Failed to load"):
+        assert noise not in done.stderr, done.stderr
