@@ -185,3 +185,28 @@ def test_a_run_of_a_model_already_built_prints_no_library_import_notices(tmp_pat
     assert done.returncode == 0, done.stderr
     for noise in ("torchao", "_pytree", "Failed to load"):
         assert noise not in done.stderr, done.stderr
+
+
+def test_a_cpu_run_far_from_its_prediction_does_not_send_the_user_to_calibrate():
+    """`lowvram calibrate` needs a CUDA GPU (exit 2 without one): a CPU run that took 500x its predicted time was told
+    to run it anyway."""
+    import io
+
+    from lowvram.cli.console import ConsoleReporter
+    from lowvram.job import Job
+    from lowvram.telemetry.events import RunFinished, StageFinished
+    from planner.choose import Preferences, make_plan
+    from planner.probe import synthetic_probe
+    from planner.spec import known_spec
+
+    job = Job(prompt="x", model="wan2.1-t2v-1.3b", width=256, height=144, frames=17, steps=8)
+    plan = make_plan(synthetic_probe(0, 64), known_spec(job.model), job, Preferences()).plan
+    assert plan.device == "cpu"
+    out = io.StringIO()
+    reporter = ConsoleReporter(out, plan=plan)
+    for stage in ("load", "encode", "denoise", "decode"):
+        reporter(StageFinished(stage=stage, seconds=plan.predicted_seconds * 100))
+    reporter(RunFinished(video_path="x.mp4", sidecar_path="x.json", seconds=plan.predicted_seconds * 400))
+    text = out.getvalue()
+    assert "the predicted time" in text and "`lowvram calibrate` measures this machine" not in text, text
+    assert "CUDA GPUs only" in text
