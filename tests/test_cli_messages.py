@@ -210,3 +210,12 @@ def test_a_cpu_run_far_from_its_prediction_does_not_send_the_user_to_calibrate()
     text = out.getvalue()
     assert "the predicted time" in text and "`lowvram calibrate` measures this machine" not in text, text
     assert "CUDA GPUs only" in text
+
+
+def test_generate_help_states_the_defaults_it_uses(capsys):
+    """--help said the negative prompt defaults to none (it is Wan's own), guidance 5.0 and 16 fps for every model
+    (Wan2.2 A14B and TI2V-5B differ) and that generate runs Wan2.1 models only."""
+    assert main(["generate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "what to avoid (default: none)" not in text and "the Wan team's own negative prompt" in text
+    assert "Wan2.1 or Wan2.2" in text and "24 for TI2V-5B" in text and "I2V 3.5" in text
