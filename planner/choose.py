@@ -766,13 +766,22 @@ def explain(probe: HardwareProbe, spec: ModelSpec, job: Job, budget: Budget, tp:
     chosen_te = chosen.component("text_encoder")
     for (teq, te), cs in _by(same_d, lambda p: (p.component("text_encoder").precision, p.component("text_encoder").placement)).items():
         if (teq, te) != (chosen_te.precision, chosen_te.placement):
+            cs = _with_chosen(cs, chosen, "vae")  # the row judges the text encoder, not a VAE change beside it
             lines.append(f"  {teq} on {te}{' (no streams)' if te == 'offload' else ''}: {_verdict(_best(cs), chosen)}")
     lines.append(f"rejected VAE options (with the chosen {what}):")
     chosen_vae = chosen.component("vae")
     for (vaeq, vae), cs in _by(same_d, lambda p: (p.component("vae").precision, p.component("vae").placement)).items():
         if (vaeq, vae) != (chosen_vae.precision, chosen_vae.placement):
+            cs = _with_chosen(cs, chosen, "text_encoder")  # a tiled VAE is not "lower precision" by an int8 text encoder
             lines.append(f"  {vae if vaeq == 'fp32' else f'{vaeq} {vae}'}: {_verdict(_best(cs), chosen)}")
     return lines
+
+
+def _with_chosen(cands: list[Candidate], chosen: Plan, name: str) -> list[Candidate]:
+    """Those of `cands` whose component `name` is set as in the chosen plan (all of them when none is)."""
+    mine = chosen.get(name)
+    same = [c for c in cands if c.plan.get(name) == mine]
+    return same or cands
 
 
 def lora_lines(spec: ModelSpec, job: Job, tp: Throughput, chosen: Plan, candidates: list[Candidate]) -> list[str]:

@@ -53,6 +53,24 @@ def test_an_i2v_video_takes_the_shape_of_its_image(tmp_path, capsys, image_file,
     assert "video size: 208x160, the shape of the image (64x48)" in printed
 
 
+def test_a_ti2v_video_from_an_image_takes_a_size_in_multiples_of_32(tmp_path, capsys):
+    """TI2V-5B's sizes are multiples of 32: the size taken from the image must be one, not one it then refuses
+    (a 300x400 image gave 144x208 and exit 2)."""
+    from PIL import Image
+
+    image = tmp_path / "tall.png"
+    Image.new("RGB", (300, 400), (20, 50, 230)).save(image)
+    out = tmp_path / "ti2v.mp4"
+    assert main(["generate", "a cat", "--model", "tiny-random-ti2v", "--image", str(image), "--frames", "5", "--steps", "1",
+                 "--seed", "1", "--out", str(out)]) == 0
+    settings = sidecar_of(str(out))["settings"]
+    assert (settings["width"], settings["height"]) == (128, 192)  # about 3:4 at the demo's default area, multiples of 32
+    assert "video size: 128x192, the shape of the image (300x400)" in capsys.readouterr().out
+    from lowvram.models.advice import size_multiple
+
+    assert size_multiple("wan2.2-ti2v-5b") == 32 and size_multiple("wan2.1-t2v-14b") == 16
+
+
 def test_a_video_shape_other_than_the_images_is_warned_about(tmp_path, capsys, image_file, demo_i2v_path):
     assert main(["generate", "a cat", "--model", "tiny-random-i2v", "--image", str(image_file), *SMALL, "--out", str(tmp_path / "x.mp4")]) == 0
     assert "warning: the image is 64x48 but the video 64x64: the first frame will be stretched; 64x48 keeps the image's shape" in capsys.readouterr().out
@@ -149,3 +167,55 @@ def test_generate_ends_with_decode_progress_and_predicted_vs_measured(tmp_path, 
     assert "decoded 1/3 [" in err and "decoded 3/3 [" in err
     table = err[err.index("predicted vs measured:"):]
     assert re.search(r"denoise +\S+ +\S+ +\S+ GiB +\S+ GiB", table) and "\n  total " in table
+
+
+def test_a_run_of_a_model_already_built_prints_no_library_import_notices(tmp_path, demo_t2v_path):
+    """torchao's "Failed to load ..." extension warnings, torch's pytree deprecations and diffusers' "Unable to import
+    `torchao` Tensor objects" were quieted only when the demo was built in the same process: every later run (the
+    demo already built, any real model) printed them during the load."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    done = subprocess.run([sys.executable, "-m", "lowvram", "generate", "a cat", *SMALL, "--seed", "1", "--out", str(tmp_path / "a.mp4")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for noise in ("torchao", "_pytree", "Failed to load"):
+        assert noise not in done.stderr, done.stderr
+
+
+def test_a_cpu_run_far_from_its_prediction_does_not_send_the_user_to_calibrate():
+    """`lowvram calibrate` needs a CUDA GPU (exit 2 without one): a CPU run that took 500x its predicted time was told
+    to run it anyway."""
+    import io
+
+    from lowvram.cli.console import ConsoleReporter
+    from lowvram.job import Job
+    from lowvram.telemetry.events import RunFinished, StageFinished
+    from planner.choose import Preferences, make_plan
+    from planner.probe import synthetic_probe
+    from planner.spec import known_spec
+
+    job = Job(prompt="x", model="wan2.1-t2v-1.3b", width=256, height=144, frames=17, steps=8)
+    plan = make_plan(synthetic_probe(0, 64), known_spec(job.model), job, Preferences()).plan
+    assert plan.device == "cpu"
+    out = io.StringIO()
+    reporter = ConsoleReporter(out, plan=plan)
+    for stage in ("load", "encode", "denoise", "decode"):
+        reporter(StageFinished(stage=stage, seconds=plan.predicted_seconds * 100))
+    reporter(RunFinished(video_path="x.mp4", sidecar_path="x.json", seconds=plan.predicted_seconds * 400))
+    text = out.getvalue()
+    assert "the predicted time" in text and "`lowvram calibrate` measures this machine" not in text, text
+    assert "CUDA GPUs only" in text
+
+
+def test_generate_help_states_the_defaults_it_uses(capsys):
+    """--help said the negative prompt defaults to none (it is Wan's own), guidance 5.0 and 16 fps for every model
+    (Wan2.2 A14B and TI2V-5B differ) and that generate runs Wan2.1 models only."""
+    assert main(["generate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "what to avoid (default: none)" not in text and "the Wan team's own negative prompt" in text
+    assert "Wan2.1 or Wan2.2" in text and "24 for TI2V-5B" in text and "I2V 3.5" in text

@@ -275,3 +275,15 @@ def test_any_machine_gets_a_fitting_plan_or_a_clear_error(vram, ram, cc, model, 
     assert plan.peak_vram_bytes <= max(0, probe.vram_free - PREFS.vram_reserve)
     assert plan.peak_ram_bytes <= probe.ram_available - PREFS.ram_reserve
     assert plan.component("transformer").precision != "fp8" or cc >= (8, 9)
+
+
+def test_rejected_vae_and_text_encoder_rows_are_judged_on_their_own_change():
+    """wan2.1-t2v-14b at 12 GiB / 32 GiB: the tiled VAE's row read "lower precision" because its fastest variant
+    also had an int8 text encoder; each row compares its own component, the rest as chosen."""
+    job = Job(prompt="x", model="wan2.1-t2v-14b")
+    result = make_plan(synthetic_probe(12, 32, gpu_name="RTX 3060", compute_capability=(8, 6)), known_spec(job.model), job, Preferences())
+    lines = list(result.explanation)
+    vae_rows = lines[lines.index("rejected VAE options (with the chosen transformer):") + 1:]
+    tiled = [line for line in vae_rows if line.startswith("  gpu_tiled:")]
+    assert result.plan.component("vae").placement == "gpu" and tiled, lines
+    assert "lower precision" not in tiled[0], tiled

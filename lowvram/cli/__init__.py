@@ -14,7 +14,7 @@ SUBCOMMANDS = ("generate", "probe", "plan", "calibrate", "profile", "tui", "benc
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lowvram",
-        description="Run Wan2.1 video models on one consumer GPU: probe the machine, plan how to fit the model, generate.",
+        description="Run Wan2.1 and Wan2.2 video models on consumer GPUs: probe the machine, plan how to fit the model, generate.",
     )
     parser.add_argument("--version", action="version", version=f"lowvram {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -81,7 +81,7 @@ def _cell(value: Optional[float], fmt) -> str:
     return "-" if value is None else fmt(value)
 
 
-def comparison_lines(rows: list[StageComparison]) -> list[str]:
+def comparison_lines(rows: list[StageComparison], cpu: bool = False) -> list[str]:
     """The comparison as a table that fits 80 columns; a note when the time model is far off."""
     lines = [f"  {'':<8} {'time':>19}   {'peak VRAM':>21}   {'peak RAM':>21}",
              f"  {'stage':<8} {'predicted':>9} {'measured':>9}   {'predicted':>10} {'measured':>10}   {'predicted':>10} {'measured':>10}"]
@@ -91,15 +91,19 @@ def comparison_lines(rows: list[StageComparison]) -> list[str]:
             f"{_cell(r.predicted_vram, fmt_bytes):>10} {_cell(r.measured_vram, fmt_bytes):>10}   "
             f"{_cell(r.predicted_ram, fmt_bytes):>10} {_cell(r.measured_ram, fmt_bytes):>10}"
         )
-    note = calibration_note(rows[-1]) if rows else None
+    note = calibration_note(rows[-1], cpu) if rows else None
     return lines + ([note] if note else [])
 
 
-def calibration_note(total: StageComparison) -> Optional[str]:
+def calibration_note(total: StageComparison, cpu: bool = False) -> Optional[str]:
+    """A note when the measured time is far from the prediction. `cpu`: a plan that ran on the CPU, which
+    `lowvram calibrate` cannot measure (it needs a CUDA GPU), so it is not suggested."""
     p, m = total.predicted_seconds, total.measured_seconds
     if not p or not m or m < CALIBRATE_MIN_SECONDS or 1 / CALIBRATE_RATIO <= m / p <= CALIBRATE_RATIO:
         return None
     how = f"took {m / p:.1f}x the predicted time" if m > p else f"was {p / m:.1f}x faster than predicted"
+    if cpu:
+        return f"  the run {how}: times on the CPU are rough estimates (`lowvram calibrate` measures CUDA GPUs only)"
     return f"  the run {how}: `lowvram calibrate` measures this machine so that plans predict it better"
 
 
@@ -177,7 +181,8 @@ class ConsoleReporter:
             self._line(f"wrote {event.video_path} (sidecar {event.sidecar_path}) in {fmt_seconds(event.seconds)}")
             if self.plan is not None and not self.quiet:
                 self._line("predicted vs measured:")
-                for line in comparison_lines(compare_stages(self.plan, self._stages, event.seconds)):
+                cpu = getattr(self.plan, "device", "") == "cpu"
+                for line in comparison_lines(compare_stages(self.plan, self._stages, event.seconds), cpu):
                     self._line(line)
                 if getattr(self.plan, "parallel", ""):
                     self._line(f"  peak RAM: predicted for all {self.plan.parallel_gpus} processes together, measured in "

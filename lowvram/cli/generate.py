@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="generate a video from a prompt", description="Generate a video with a Wan2.1 model and write an mp4 plus a JSON sidecar.")
+    p = sub.add_parser("generate", help="generate a video from a prompt", description="Generate a video with a Wan2.1 or Wan2.2 model and write an mp4 plus a JSON sidecar.")
     from lowvram.cli.options import (
         add_generation_arguments,
         add_gpus_argument,

@@ -27,12 +27,12 @@ def _size_given(args) -> bool:
 
 def follow_image(job, args):
     """An image-to-video job without --width/--height takes the image's shape, at the default size's area."""
-    from lowvram.models.advice import image_size, size_for_image
+    from lowvram.models.advice import image_size, size_for_image, size_multiple
 
     size = image_size(job.image) if job.image and not _size_given(args) else None
     if size is None:
         return job
-    width, height = size_for_image(*size, job.width * job.height)
+    width, height = size_for_image(*size, job.width * job.height, size_multiple(job.model, job.base))
     return job.with_(width=width, height=height)
 
 

@@ -85,9 +85,9 @@ def add_profile_argument(p: argparse.ArgumentParser) -> None:
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     """Options of the output that a profile also keeps (defaults None: not given, so a profile may fill them)."""
-    p.add_argument("--negative-prompt", default=None, help="what to avoid (default: none)")
-    p.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale; <= 1 turns the second pass off (default {DEFAULT_GUIDANCE})")
-    p.add_argument("--fps", type=int, default=None, help=f"frames per second of the mp4 (default {DEFAULT_FPS})")
+    p.add_argument("--negative-prompt", default=None, help="what to avoid (default: the Wan team's own negative prompt, in Chinese as in the official configs; \"\" for none)")
+    p.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale; <= 1 turns the second pass off (default: the model card's, {DEFAULT_GUIDANCE} for Wan2.1; Wan2.2 A14B T2V 4.0, I2V 3.5)")
+    p.add_argument("--fps", type=int, default=None, help=f"frames per second of the mp4 (default: the model card's, {DEFAULT_FPS}; 24 for TI2V-5B)")
     p.add_argument("--guidance-2", type=float, default=None, help="two-expert Wan2.2 models: the low-noise expert's guidance scale (default: the model card's)")
     p.add_argument("--shift", type=float, default=None, help="the sampler's flow shift (default: the model card's: Wan2.1 3.0 at 480p and 5.0 at 720p, Wan2.2 T2V-A14B 12.0, I2V-A14B and TI2V-5B 5.0)")
 

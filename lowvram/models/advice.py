@@ -78,13 +78,32 @@ def image_size(path: str) -> Optional[tuple[int, int]]:
         return None
 
 
-def size_for_image(image_width: int, image_height: int, area: int) -> tuple[int, int]:
-    """The video size with the image's aspect ratio and about `area` pixels, in multiples of 16 (as the
-    diffusers Wan image-to-video example computes it)."""
+def size_for_image(image_width: int, image_height: int, area: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """The video size with the image's aspect ratio and about `area` pixels, in multiples of `multiple` (16, 32
+    for Wan2.2 TI2V-5B; as the diffusers Wan image-to-video example computes it)."""
     aspect = image_height / image_width
-    height = max(SIZE_MULTIPLE, round(math.sqrt(area * aspect)) // SIZE_MULTIPLE * SIZE_MULTIPLE)
-    width = max(SIZE_MULTIPLE, round(math.sqrt(area / aspect)) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    height = max(multiple, round(math.sqrt(area * aspect)) // multiple * multiple)
+    width = max(multiple, round(math.sqrt(area / aspect)) // multiple * multiple)
     return width, height
+
+
+def size_multiple(model: str, base: Optional[str] = None) -> int:
+    """Width and height of a job for this model must be multiples of this (16, or 32 for Wan2.2 TI2V-5B): from
+    its spec where that is known without the network (a demo, a short name, a folder or file here), else from
+    the name."""
+    from lowvram.models.names import DEMO_NAMES, SHORT_NAMES
+
+    first = model.split(",")[0]
+    if not first:
+        return SIZE_MULTIPLE
+    if model in DEMO_NAMES or model.lower() in SHORT_NAMES or Path(first).expanduser().exists():
+        try:
+            from lowvram.models.specs import spec_for_model
+
+            return spec_for_model(model, base).spatial_multiple
+        except Exception:  # an unreadable model is reported where it is planned
+            pass
+    return 2 * SIZE_MULTIPLE if "ti2v" in f"{model} {base or ''}".lower() else SIZE_MULTIPLE
 
 
 def aspect_warning(job: Job) -> Optional[str]:
@@ -97,7 +116,11 @@ def aspect_warning(job: Job) -> Optional[str]:
     iw, ih = size
     if abs((job.width / job.height) / (iw / ih) - 1) <= ASPECT_TOLERANCE:
         return None
-    w, h = size_for_image(iw, ih, job.width * job.height)
+    m = size_multiple(job.model, job.base)
+    w, h = size_for_image(iw, ih, job.width * job.height, m)
+    if (w, h) == (job.width, job.height):  # the nearest size in the model's multiples: nothing closer to offer
+        return (f"the image is {iw}x{ih} but the video {job.width}x{job.height} (the nearest size in multiples of {m}): "
+                "the first frame will be stretched slightly")
     return (f"the image is {iw}x{ih} but the video {job.width}x{job.height}: the first frame will be stretched; "
             f"{w}x{h} keeps the image's shape")
 

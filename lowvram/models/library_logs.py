@@ -14,8 +14,10 @@ def quiet_library_logs() -> None:
 
 def quiet_torchao_import() -> None:
     """torchao (imported by diffusers' offload hooks once installed) warns about each optional CUDA extension its
-    wheel lacks, and torch about its enum registrations: set before the import, they stay quiet."""
+    wheel lacks, torch about its enum registrations and diffusers that torchao's tensor types cannot be imported
+    (its torchao quantizer, which lowvram does not use): set before the import, they stay quiet."""
     import logging
 
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    logging.getLogger("diffusers.quantizers.torchao").setLevel(logging.ERROR)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from lowvram.errors import UserError
-from lowvram.models.library_logs import quiet_library_logs
+from lowvram.models.library_logs import quiet_library_logs, quiet_torchao_import
 from lowvram.models.names import ModelRef
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -117,6 +117,8 @@ def load_pipeline(
     quantized ones); they are passed to from_pretrained, which then does not load those components' weights.
     """
     import torch
+
+    quiet_torchao_import()  # before diffusers imports its quantizers (and torchao): on every run, not only the first
     from diffusers import DiffusionPipeline
 
     folder = checkpoint_folder(ref)  # first: a download shows its own progress

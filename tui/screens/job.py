@@ -247,7 +247,7 @@ class JobScreen(WideLayout, Screen):
 
     def follow_image(self) -> None:
         """A readable image sets the video size to its shape, at the current size's area (as the CLI does)."""
-        from lowvram.models.advice import image_size, size_for_image
+        from lowvram.models.advice import image_size, size_for_image, size_multiple
 
         values = self.values()
         size = image_size(values["image"].strip()) if values["image"].strip() else None
@@ -257,7 +257,7 @@ class JobScreen(WideLayout, Screen):
             area = int(values["width"]) * int(values["height"])
         except ValueError:
             return
-        width, height = size_for_image(*size, area)
+        width, height = size_for_image(*size, area, size_multiple(values["model"].strip(), values.get("base") or None))
         if (str(width), str(height)) != (values["width"], values["height"]):
             self.query_one("#width", Input).value, self.query_one("#height", Input).value = str(width), str(height)
             self.notify(f"video size {width}x{height}: the shape of the image ({size[0]}x{size[1]})", title="Resolution")
