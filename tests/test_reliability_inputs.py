@@ -358,3 +358,13 @@ def test_real_resume_files_of_every_demo_family_pass_the_checks(model, with_imag
     state = load_resume_file(cancelled.latents_path)
     assert state.checkpoint.step == 1
     assert generate(state.job, state.plan, resume=state).video_path.is_file()
+
+
+@pytest.mark.parametrize("model", ["tiny-random-i2v", "tiny-random-ti2v"])
+def test_a_resume_file_naming_a_demo_model_not_built_yet_is_still_checked(model, resume_file, tmp_path, monkeypatch):
+    """The demo model a file names is built on first use: its tensors are checked against it before loading all
+    the same (they were not, and the run crashed after loading with a conv3d traceback)."""
+    header, tensors = resume_file
+    monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    with pytest.raises(UserError, match="damaged or unsupported contents"):
+        load_resume_file(rewrite(tmp_path, dict(header, job=dict(header["job"], model=model)), tensors))

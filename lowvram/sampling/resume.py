@@ -318,6 +318,10 @@ def load_resume_file(path_text: str, out: Optional[str] = None) -> ResumeState:
     from lowvram.models.task import model_configs
 
     ref = resolve_model(job.model, job.base)
+    if ref.kind == "demo":  # built on first use (seconds): its configs must be there to check the tensors against
+        from lowvram.models.demo import ensure_demo
+
+        ensure_demo(ref.name)
     configs = model_configs(ref) or {}
     try:
         _check_layout(job, layout, configs)
