@@ -368,3 +368,14 @@ def test_a_resume_file_naming_a_demo_model_not_built_yet_is_still_checked(model,
     monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "fresh-cache"))
     with pytest.raises(UserError, match="damaged or unsupported contents"):
         load_resume_file(rewrite(tmp_path, dict(header, job=dict(header["job"], model=model)), tensors))
+
+
+@pytest.mark.parametrize("option", [["--model", "tiny-random-ti2v"], ["--seed", "3"], ["--lora", "x.safetensors"], ["--guidance", "9"],
+                                    ["--negative-prompt", "blur"], ["--shift", "7"], ["--fps", "8"], ["--prompt-file", "p.txt"]])
+def test_resume_refuses_options_it_would_ignore(option, resume_file, tmp_path, capsys, no_loading):
+    """--resume continues the saved job: an option that would change it is refused by name, not silently dropped
+    (a resumed run with --model/--seed/--lora/--guidance given ran the saved job and said nothing)."""
+    header, tensors = resume_file
+    path = rewrite(tmp_path, header, tensors)
+    message = refused(["generate", "--resume", path, *option, "--out", str(tmp_path / "o.mp4")], capsys)
+    assert option[0] in message and "cannot change it" in message
