@@ -242,6 +242,16 @@ def test_a_small_profile_nested_deep_is_a_clear_error(tmp_path, capsys, no_loadi
     assert "line 4: nested more than 16 levels deep" in err
 
 
+@pytest.mark.parametrize("key, digits", [("steps", 400), ("guidance", 400), ("steps", 5000)])
+def test_a_profile_number_of_hundreds_of_digits_is_a_clear_error(key, digits, tmp_path, capsys, no_loading):
+    """TOML integers are unbounded: one too large for a float (or for Python's 4300-digit conversion limit) was an
+    OverflowError / ValueError traceback instead of a profile error."""
+    big = tmp_path / "big.toml"
+    big.write_text(f'schema_version = 1\nname = "x"\nmodel = "tiny-random"\n[job]\n{key} = {"9" * digits}\n')
+    err = refused([*BASE, "--profile", str(big), "--out", str(tmp_path / "x.mp4")], capsys)
+    assert "profile" in err and len(err) < 1000, err
+
+
 nested = st.recursive(st.one_of(st.integers(0, 9), st.text(alphabet='ab[]{}#"\'', max_size=4)),
                       lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.sampled_from("ab"), inner, max_size=2), max_leaves=40)
 
