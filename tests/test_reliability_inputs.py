@@ -190,6 +190,21 @@ def test_absurd_config_dimensions_are_refused_before_the_planner_runs(component,
     assert done.returncode == 2 and named in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+def test_an_absurd_sampler_config_is_refused_before_loading(tmp_path, demo_t2v_path):
+    """The sampler is built from scheduler_config.json: num_train_timesteps = 4e9 allocated 16 GB at load
+    (a traceback, or the OOM killer) instead of being refused with the other config limits."""
+    folder = tmp_path / "damaged"
+    shutil.copytree(demo_t2v_path, folder)
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), num_train_timesteps=4 * 10**9)))
+    code = "import sys\nfrom lowvram.cli import main\nsys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "generate", "a cat", "--model", str(folder), *SMALL,
+                           "--out", str(tmp_path / "x.mp4")], capture_output=True, text=True, env=env(), timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "scheduler/scheduler_config.json: num_train_timesteps = 4000000000 is outside 1..100000" in done.stderr
+    assert "Traceback" not in done.stderr and "[load]" not in done.stderr
+
+
 @pytest.mark.parametrize("component, name", [
     ("vae", "WAN21_VAE"), ("vae", "WAN22_VAE"), ("transformer", "WAN_14B"), ("transformer", "WAN_1_3B"),
     ("transformer", "WAN_I2V_14B"), ("transformer", "WAN22_TI2V_5B"), ("text_encoder", "UMT5_XXL"),
