@@ -132,6 +132,31 @@ def test_resume_through_the_cli(small_job, cpu_plan, tmp_path, capsys):
     assert (tmp_path / "done.mp4").is_file() and (tmp_path / "done.json").is_file()
 
 
+
+def test_a_cancelled_run_prints_the_resume_command_and_that_command_finishes_it(small_job, tmp_path):
+    """The console names the command to finish a cancelled run (as the out-of-memory and write-failure messages
+    and the TUI do), and running exactly that command writes the video. Before, it only said "latents kept in X"."""
+    import io
+    import shlex
+
+    from lowvram.cli import main
+    from lowvram.cli.console import ConsoleReporter
+    from lowvram.sampling.runner import placeholder_plan
+
+    folder = tmp_path / "a folder with spaces"
+    folder.mkdir()
+    job = small_job(steps=3).with_(out=str(folder / "v.mp4"))
+    cancel, stream = threading.Event(), io.StringIO()
+    reporter = ConsoleReporter(stream=stream, quiet=True)
+    with pytest.raises(CancelledError):
+        generate(job, placeholder_plan(), on_event=lambda e: reporter(e) or (isinstance(e, StepFinished) and cancel.set()), cancel=cancel)
+    text = stream.getvalue()
+    assert "finish with `lowvram generate --resume " in text, text
+    command = shlex.split(text.split("finish with `", 1)[1].split("`", 1)[0])
+    assert command[:3] == ["lowvram", "generate", "--resume"]
+    assert main([*command[1:], "--quiet"]) == 0
+    assert (folder / "v.mp4").is_file() and (folder / "v.json").is_file()
+
 WRITER = """
 import sys, numpy as np
 from pathlib import Path

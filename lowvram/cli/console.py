@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, TextIO
@@ -180,6 +181,8 @@ class ConsoleReporter:
                 for line in comparison_lines(compare_stages(self.plan, self._stages, event.seconds)):
                     self._line(line)
         elif isinstance(event, RunCancelled):
-            self._line(f"cancelled during {event.stage or 'start-up'}; no video written" + (f"; latents kept in {event.latents_path}" if event.latents_path else ""))
+            kept = (f"; latents kept in {event.latents_path}: finish with `lowvram generate --resume {shlex.quote(str(event.latents_path))}`"
+                    if event.latents_path else "")
+            self._line(f"cancelled during {event.stage or 'start-up'}; no video written" + kept)
         elif isinstance(event, RunFailed):
             self._line(f"failed during {event.stage}: {event.message}")
