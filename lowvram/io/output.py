@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import stat
 import time
@@ -61,7 +62,7 @@ class WriteFailed(UserError):
         reason = _reason(cause)
         keep = (
             f" The latents are kept in {latents_path}: free some space (or fix the folder) and finish with "
-            f"`lowvram generate --resume {latents_path}` (add --out OTHER.mp4 to write elsewhere)."
+            f"`lowvram generate --resume {shlex.quote(str(latents_path))}` (add --out OTHER.mp4 to write elsewhere)."
             if latents_path
             else " The latents could not be kept either; free some space and run again."
         )
