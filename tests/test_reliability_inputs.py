@@ -404,3 +404,13 @@ def test_resume_refuses_options_it_would_ignore(option, resume_file, tmp_path, c
     path = rewrite(tmp_path, header, tensors)
     message = refused(["generate", "--resume", path, *option, "--out", str(tmp_path / "o.mp4")], capsys)
     assert option[0] in message and "cannot change it" in message
+
+
+def test_a_resume_file_whose_output_folder_is_gone_says_to_add_out(resume_file, tmp_path, capsys, no_loading):
+    """The saved job's folder was removed: the file is sound, so the message names --out, not "give a file that
+    lowvram wrote" (which it is); with --out the same file is accepted."""
+    header, tensors = resume_file
+    path = rewrite(tmp_path, dict(header, job=dict(header["job"], out=str(tmp_path / "gone" / "v.mp4"))), tensors)
+    message = refused(["generate", "--resume", path], capsys)
+    assert "add --out" in message and "Give a .latents.safetensors file" not in message, message
+    assert load_resume_file(path, out=str(tmp_path / "v.mp4")).job.out == str(tmp_path / "v.mp4")

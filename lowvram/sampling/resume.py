@@ -310,6 +310,10 @@ def load_resume_file(path_text: str, out: Optional[str] = None) -> ResumeState:
     except (ValueError, TypeError, KeyError, RecursionError, UserError) as exc:
         raise _bad(path, f"damaged or unsupported contents ({exc})") from None
     job = job.with_(out=out) if out else job
+    folder = Path(job.out).expanduser().parent if job.out else None
+    if not out and folder is not None and not folder.is_dir():  # a sound file: only the place it wrote to is gone
+        raise UserError(f"--resume {path}: the run wrote to {folder}, which is gone; add --out NEW.mp4 to write the video elsewhere "
+                        "(or create the folder).")
     try:
         validate_job(job.with_(image=None))  # bounds first; the image was encoded already: it is not needed again
     except UserError as exc:
