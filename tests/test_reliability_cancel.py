@@ -222,3 +222,25 @@ def test_cancel_during_decode_writes_no_video_and_keeps_latents(small_job, cpu_p
     (cancelled,) = [e for e in events if isinstance(e, RunCancelled)]
     assert cancelled.stage == "decode"
     assert load_resume_file(cancelled.latents_path).checkpoint.step == 2  # all steps done: resume only decodes
+
+
+def test_resuming_after_the_lora_file_changed_is_refused(small_job, tmp_path):
+    """A LoRA run cancelled, then its LoRA file replaced: the resume finished silently with the other weights."""
+    from lora_files import make_lora
+
+    from lowvram.errors import UserError
+    from lowvram.loras.spec import LoraSpec
+    from lowvram.sampling.runner import placeholder_plan
+
+    lora = make_lora(tmp_path / "l.safetensors")
+    from lowvram.loras.files import sha256_of
+
+    job = small_job(steps=3).with_(loras=(LoraSpec(path=str(lora), scale=0.8, sha256=sha256_of(lora)),))
+    cancel = threading.Event()
+    with pytest.raises(CancelledError):
+        generate(job, placeholder_plan(), on_event=lambda e: isinstance(e, StepFinished) and cancel.set(), cancel=cancel)
+    kept = tmp_path / "out.latents.safetensors"
+    assert load_resume_file(str(kept)).job.loras  # the unchanged LoRA resumes
+    make_lora(lora, seed=5)
+    with pytest.raises(UserError, match="changed since the run stopped"):
+        load_resume_file(str(kept))
