@@ -63,6 +63,9 @@ LIMITS: dict[str, dict[str, tuple[int, int]]] = {
         "scale_factor_temporal": (1, 64),
     },
 }
+# The sampler allocates tables of num_train_timesteps entries when it is built (4e9 asked 16 GB before loading)
+LIMITS["scheduler"] = {"num_train_timesteps": (1, 100_000), "solver_order": (1, 16), "num_inference_steps": (1, 100_000)}
+FILE_NAMES = {"scheduler": "scheduler_config.json"}  # the others are <component>/config.json
 LIMITS["transformer_2"] = LIMITS["transformer"]  # the second expert of Wan2.2 A14B has the first one's shape
 MAX_LIST = 16  # dim_mult, patch_size, temperal_downsample, attn_scales: a handful of entries each
 # lists with an entry per channel: the VAE's latent statistics have z_dim entries (16 in Wan2.1, 48 in Wan2.2)
@@ -94,7 +97,7 @@ def config_problems(component: str, config: Mapping[str, Any]) -> list[str]:
 
 def check_configs(folder: Any, configs: Mapping[str, Mapping[str, Any]]) -> None:
     """Raise UserError naming every out-of-range value of the given component configs ({component: config})."""
-    problems = [f"{name}/config.json: {p}" for name, config in configs.items() for p in config_problems(name, config)]
+    problems = [f"{name}/{FILE_NAMES.get(name, 'config.json')}: {p}" for name, config in configs.items() for p in config_problems(name, config)]
     if problems:
         raise UserError(
             f"{folder}: the model's configs hold numbers no Wan checkpoint has ({'; '.join(problems[:5])}). "

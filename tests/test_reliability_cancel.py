@@ -132,6 +132,31 @@ def test_resume_through_the_cli(small_job, cpu_plan, tmp_path, capsys):
     assert (tmp_path / "done.mp4").is_file() and (tmp_path / "done.json").is_file()
 
 
+
+def test_a_cancelled_run_prints_the_resume_command_and_that_command_finishes_it(small_job, tmp_path):
+    """The console names the command to finish a cancelled run (as the out-of-memory and write-failure messages
+    and the TUI do), and running exactly that command writes the video. Before, it only said "latents kept in X"."""
+    import io
+    import shlex
+
+    from lowvram.cli import main
+    from lowvram.cli.console import ConsoleReporter
+    from lowvram.sampling.runner import placeholder_plan
+
+    folder = tmp_path / "a folder with spaces"
+    folder.mkdir()
+    job = small_job(steps=3).with_(out=str(folder / "v.mp4"))
+    cancel, stream = threading.Event(), io.StringIO()
+    reporter = ConsoleReporter(stream=stream, quiet=True)
+    with pytest.raises(CancelledError):
+        generate(job, placeholder_plan(), on_event=lambda e: reporter(e) or (isinstance(e, StepFinished) and cancel.set()), cancel=cancel)
+    text = stream.getvalue()
+    assert "finish with `lowvram generate --resume " in text, text
+    command = shlex.split(text.split("finish with `", 1)[1].split("`", 1)[0])
+    assert command[:3] == ["lowvram", "generate", "--resume"]
+    assert main([*command[1:], "--quiet"]) == 0
+    assert (folder / "v.mp4").is_file() and (folder / "v.json").is_file()
+
 WRITER = """
 import sys, numpy as np
 from pathlib import Path
@@ -197,3 +222,25 @@ def test_cancel_during_decode_writes_no_video_and_keeps_latents(small_job, cpu_p
     (cancelled,) = [e for e in events if isinstance(e, RunCancelled)]
     assert cancelled.stage == "decode"
     assert load_resume_file(cancelled.latents_path).checkpoint.step == 2  # all steps done: resume only decodes
+
+
+def test_resuming_after_the_lora_file_changed_is_refused(small_job, tmp_path):
+    """A LoRA run cancelled, then its LoRA file replaced: the resume finished silently with the other weights."""
+    from lora_files import make_lora
+
+    from lowvram.errors import UserError
+    from lowvram.loras.spec import LoraSpec
+    from lowvram.sampling.runner import placeholder_plan
+
+    lora = make_lora(tmp_path / "l.safetensors")
+    from lowvram.loras.files import sha256_of
+
+    job = small_job(steps=3).with_(loras=(LoraSpec(path=str(lora), scale=0.8, sha256=sha256_of(lora)),))
+    cancel = threading.Event()
+    with pytest.raises(CancelledError):
+        generate(job, placeholder_plan(), on_event=lambda e: isinstance(e, StepFinished) and cancel.set(), cancel=cancel)
+    kept = tmp_path / "out.latents.safetensors"
+    assert load_resume_file(str(kept)).job.loras  # the unchanged LoRA resumes
+    make_lora(lora, seed=5)
+    with pytest.raises(UserError, match="changed since the run stopped"):
+        load_resume_file(str(kept))

@@ -139,3 +139,28 @@ filelock.FileLock.acquire = acquire
     assert "QUANTIZING" not in b_log.read_text(), b_log.read_text()
     entries = [p for p in (cache / "quantized").iterdir() if p.is_dir()]
     assert len(entries) == 1 and not entries[0].name.startswith(".")
+
+
+def test_a_fifo_or_a_link_to_dev_zero_planted_at_a_claim_name_neither_hangs_nor_fills_the_ram(tmp_path):
+    """Claim names are predictable (a hash of the video name). The sweep before every run read them following
+    links and blocking: a FIFO there hung every run into that folder, a link to /dev/zero read until the RAM was
+    gone (MemoryError traceback, or the OOM killer)."""
+    import os
+    import subprocess
+    import sys
+
+    from lowvram.io.output import _claim_path
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    os.mkfifo(_claim_path(folder / "v.mp4"))
+    os.symlink("/dev/zero", _claim_path(folder / "w.mp4"))
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+            "from lowvram.io.output import reserve_output\n"
+            f"for name in ('v.mp4', 'w.mp4'):\n"
+            f"    r = reserve_output({str(folder)!r} + '/' + name, 'a cat', 1); print(r.video.name); r.release()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert len(done.stdout.split()) == 2  # both runs got a name (the planted entries' names are skipped)

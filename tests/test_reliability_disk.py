@@ -84,3 +84,19 @@ def test_an_output_folder_removed_during_the_run_fails_cleanly(demo_t2v_path, tm
     assert load_resume_file(kept, out=str(tmp_path / "v.mp4")).checkpoint.step == 80
     assert main(["generate", "--resume", kept, "--out", str(tmp_path / "v.mp4"), "--quiet"]) == 0
     assert (tmp_path / "v.mp4").is_file() and scratch_entries(tmp_path) == []
+
+
+def test_the_resume_commands_in_messages_survive_a_path_with_spaces(tmp_path):
+    """The write-failure and out-of-memory messages print a command to copy; an --out folder with a space in its
+    name gave one that the shell splits in two."""
+    import shlex
+
+    from lowvram.io.output import WriteFailed
+    from lowvram.sampling.recovery import OutOfMemoryExhausted
+    from plans import plan_with
+
+    kept = tmp_path / "my videos" / "v.latents.safetensors"
+    for message in (str(WriteFailed("the video v.mp4", kept.parent, OSError(28, "No space left on device"), kept)),
+                    str(OutOfMemoryExhausted("denoise", plan_with("cpu"), "out of memory", kept))):
+        command = shlex.split(message.split("`lowvram generate --resume ", 1)[1].split("`", 1)[0])
+        assert command == [str(kept)], message

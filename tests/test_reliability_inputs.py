@@ -190,6 +190,21 @@ def test_absurd_config_dimensions_are_refused_before_the_planner_runs(component,
     assert done.returncode == 2 and named in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+def test_an_absurd_sampler_config_is_refused_before_loading(tmp_path, demo_t2v_path):
+    """The sampler is built from scheduler_config.json: num_train_timesteps = 4e9 allocated 16 GB at load
+    (a traceback, or the OOM killer) instead of being refused with the other config limits."""
+    folder = tmp_path / "damaged"
+    shutil.copytree(demo_t2v_path, folder)
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), num_train_timesteps=4 * 10**9)))
+    code = "import sys\nfrom lowvram.cli import main\nsys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "generate", "a cat", "--model", str(folder), *SMALL,
+                           "--out", str(tmp_path / "x.mp4")], capture_output=True, text=True, env=env(), timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "scheduler/scheduler_config.json: num_train_timesteps = 4000000000 is outside 1..100000" in done.stderr
+    assert "Traceback" not in done.stderr and "[load]" not in done.stderr
+
+
 @pytest.mark.parametrize("component, name", [
     ("vae", "WAN21_VAE"), ("vae", "WAN22_VAE"), ("transformer", "WAN_14B"), ("transformer", "WAN_1_3B"),
     ("transformer", "WAN_I2V_14B"), ("transformer", "WAN22_TI2V_5B"), ("text_encoder", "UMT5_XXL"),
@@ -240,6 +255,16 @@ def test_a_small_profile_nested_deep_is_a_clear_error(tmp_path, capsys, no_loadi
     assert deep.stat().st_size < 1100
     err = refused([*BASE, "--profile", str(deep), "--out", str(tmp_path / "x.mp4")], capsys)
     assert "line 4: nested more than 16 levels deep" in err
+
+
+@pytest.mark.parametrize("key, digits", [("steps", 400), ("guidance", 400), ("steps", 5000)])
+def test_a_profile_number_of_hundreds_of_digits_is_a_clear_error(key, digits, tmp_path, capsys, no_loading):
+    """TOML integers are unbounded: one too large for a float (or for Python's 4300-digit conversion limit) was an
+    OverflowError / ValueError traceback instead of a profile error."""
+    big = tmp_path / "big.toml"
+    big.write_text(f'schema_version = 1\nname = "x"\nmodel = "tiny-random"\n[job]\n{key} = {"9" * digits}\n')
+    err = refused([*BASE, "--profile", str(big), "--out", str(tmp_path / "x.mp4")], capsys)
+    assert "profile" in err and len(err) < 1000, err
 
 
 nested = st.recursive(st.one_of(st.integers(0, 9), st.text(alphabet='ab[]{}#"\'', max_size=4)),
@@ -358,3 +383,34 @@ def test_real_resume_files_of_every_demo_family_pass_the_checks(model, with_imag
     state = load_resume_file(cancelled.latents_path)
     assert state.checkpoint.step == 1
     assert generate(state.job, state.plan, resume=state).video_path.is_file()
+
+
+@pytest.mark.parametrize("model", ["tiny-random-i2v", "tiny-random-ti2v"])
+def test_a_resume_file_naming_a_demo_model_not_built_yet_is_still_checked(model, resume_file, tmp_path, monkeypatch):
+    """The demo model a file names is built on first use: its tensors are checked against it before loading all
+    the same (they were not, and the run crashed after loading with a conv3d traceback)."""
+    header, tensors = resume_file
+    monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    with pytest.raises(UserError, match="damaged or unsupported contents"):
+        load_resume_file(rewrite(tmp_path, dict(header, job=dict(header["job"], model=model)), tensors))
+
+
+@pytest.mark.parametrize("option", [["--model", "tiny-random-ti2v"], ["--seed", "3"], ["--lora", "x.safetensors"], ["--guidance", "9"],
+                                    ["--negative-prompt", "blur"], ["--shift", "7"], ["--fps", "8"], ["--prompt-file", "p.txt"]])
+def test_resume_refuses_options_it_would_ignore(option, resume_file, tmp_path, capsys, no_loading):
+    """--resume continues the saved job: an option that would change it is refused by name, not silently dropped
+    (a resumed run with --model/--seed/--lora/--guidance given ran the saved job and said nothing)."""
+    header, tensors = resume_file
+    path = rewrite(tmp_path, header, tensors)
+    message = refused(["generate", "--resume", path, *option, "--out", str(tmp_path / "o.mp4")], capsys)
+    assert option[0] in message and "cannot change it" in message
+
+
+def test_a_resume_file_whose_output_folder_is_gone_says_to_add_out(resume_file, tmp_path, capsys, no_loading):
+    """The saved job's folder was removed: the file is sound, so the message names --out, not "give a file that
+    lowvram wrote" (which it is); with --out the same file is accepted."""
+    header, tensors = resume_file
+    path = rewrite(tmp_path, dict(header, job=dict(header["job"], out=str(tmp_path / "gone" / "v.mp4"))), tensors)
+    message = refused(["generate", "--resume", path], capsys)
+    assert "add --out" in message and "Give a .latents.safetensors file" not in message, message
+    assert load_resume_file(path, out=str(tmp_path / "v.mp4")).job.out == str(tmp_path / "v.mp4")

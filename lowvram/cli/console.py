@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, TextIO
@@ -188,6 +189,8 @@ class ConsoleReporter:
                     self._line(f"  peak RAM: predicted for all {self.plan.parallel_gpus} processes together, measured in "
                                "the first process (each process's peaks: the sidecar's \"processes\")")
         elif isinstance(event, RunCancelled):
-            self._line(f"cancelled during {event.stage or 'start-up'}; no video written" + (f"; latents kept in {event.latents_path}" if event.latents_path else ""))
+            kept = (f"; latents kept in {event.latents_path}: finish with `lowvram generate --resume {shlex.quote(str(event.latents_path))}`"
+                    if event.latents_path else "")
+            self._line(f"cancelled during {event.stage or 'start-up'}; no video written" + kept)
         elif isinstance(event, RunFailed):
             self._line(f"failed during {event.stage}: {event.message}")

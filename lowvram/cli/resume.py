@@ -8,7 +8,8 @@ without encoding again; the video goes to --out if given, else to the job's own 
 from __future__ import annotations
 
 # Options whose default is None, so giving them is detectable: the saved job fixes all of them.
-FIXED_BY_FILE = ("width", "height", "frames", "steps", "image", "profile", "cache", "cache_threshold", "cache_speedup",
+FIXED_BY_FILE = ("model", "base", "prompt_file", "negative_prompt", "seed", "guidance", "guidance_2", "shift", "fps", "lora",
+                 "width", "height", "frames", "steps", "image", "profile", "cache", "cache_threshold", "cache_speedup",
                  "cache_calibrate", "teacache", "teacache_speedup", "teacache_retention", "teacache_coefficients",
                  "magcache_k", "magcache_retention")
 

@@ -20,7 +20,9 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
+import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,7 +62,7 @@ class WriteFailed(UserError):
         reason = _reason(cause)
         keep = (
             f" The latents are kept in {latents_path}: free some space (or fix the folder) and finish with "
-            f"`lowvram generate --resume {latents_path}` (add --out OTHER.mp4 to write elsewhere)."
+            f"`lowvram generate --resume {shlex.quote(str(latents_path))}` (add --out OTHER.mp4 to write elsewhere)."
             if latents_path
             else " The latents could not be kept either; free some space and run again."
         )
@@ -167,10 +169,20 @@ def _make_claim(video: Path, run_id: str) -> Optional[Path]:
 
 
 def _read_claim(path: Path) -> Optional[dict]:
+    """A claim's content; None for anything but a small regular file. The name is predictable: a FIFO planted
+    there must not hang the run (open without O_NONBLOCK waits for a writer), a link to /dev/zero must not fill
+    the RAM."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        if os.lstat(path).st_size > CLAIM_MAX_BYTES:
-            return None
-        data = json.loads(path.read_text())
+        fd = os.open(path, flags)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > CLAIM_MAX_BYTES:
+                return None
+            raw = os.read(fd, CLAIM_MAX_BYTES + 1)
+        finally:
+            os.close(fd)
+        data = json.loads(raw.decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("owner"), str) else None

@@ -98,7 +98,7 @@ def model_configs(ref: ModelRef) -> Optional[dict]:
     if folder is None:
         return None
     configs = folder_configs(folder)
-    check_configs(folder, {k: v for k, v in configs.items() if k in COMPONENTS})
+    check_configs(folder, {k: v for k, v in configs.items() if k in COMPONENTS or k == "scheduler"})
     configs["folder"] = str(folder)
     return configs
 

@@ -300,6 +300,8 @@ def loads(text: str, source: str = "<text>") -> Profile:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _toml_error(source, text, exc) from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4300)
+        raise ProfileError(source, f"not a valid profile ({str(exc)[:120]})") from None
     except RecursionError:  # a nesting the scan above did not see
         raise ProfileError(source, too_deep) from None
     if _data_depth_over(data):

@@ -86,6 +86,9 @@ def _suggest(word: str, known: list[str]) -> str:
 
 
 def _fmt_num(x: float) -> str:
+    if isinstance(x, int):  # TOML integers are unbounded: float() of a 400-digit one overflows
+        text = str(x)
+        return text if len(text) <= 24 else f"a {len(text.lstrip('-'))}-digit number"
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
@@ -153,8 +156,12 @@ def convert(tp: Any, value: Any, where: Where, path: KeyPath, meta: Optional[dic
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong("a number")
-        if not math.isfinite(value):
-            raise where.fail(path, f"expected a finite number; got {value}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond any float
+            finite = False
+        if not finite:
+            raise where.fail(path, f"expected a finite number; got {_fmt_num(value)}")
         _check_range(value, meta, where, path)
         return float(value)
     if tp is str:

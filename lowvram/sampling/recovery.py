@@ -10,6 +10,7 @@ the runner then keeps the latents on disk for `lowvram generate --resume FILE`.
 from __future__ import annotations
 
 import gc
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
@@ -40,7 +41,7 @@ class OutOfMemoryExhausted(UserError):
         self.stage, self.plan, self.detail, self.latents_path = stage, plan, detail, latents_path
         keep = (
             f" The latents are kept in {latents_path}: free GPU memory (close other programs using it) and finish with "
-            f"`lowvram generate --resume {latents_path}`."
+            f"`lowvram generate --resume {shlex.quote(str(latents_path))}`."
             if latents_path
             else " Free GPU memory (close other programs using it), or lower --width/--height/--frames, and run again."
         )

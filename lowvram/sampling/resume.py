@@ -310,6 +310,10 @@ def load_resume_file(path_text: str, out: Optional[str] = None) -> ResumeState:
     except (ValueError, TypeError, KeyError, RecursionError, UserError) as exc:
         raise _bad(path, f"damaged or unsupported contents ({exc})") from None
     job = job.with_(out=out) if out else job
+    folder = Path(job.out).expanduser().parent if job.out else None
+    if not out and folder is not None and not folder.is_dir():  # a sound file: only the place it wrote to is gone
+        raise UserError(f"--resume {path}: the run wrote to {folder}, which is gone; add --out NEW.mp4 to write the video elsewhere "
+                        "(or create the folder).")
     try:
         validate_job(job.with_(image=None))  # bounds first; the image was encoded already: it is not needed again
     except UserError as exc:
@@ -317,7 +321,12 @@ def load_resume_file(path_text: str, out: Optional[str] = None) -> ResumeState:
     from lowvram.models.names import resolve_model
     from lowvram.models.task import model_configs
 
+    _check_loras_unchanged(path, job)
     ref = resolve_model(job.model, job.base)
+    if ref.kind == "demo":  # built on first use (seconds): its configs must be there to check the tensors against
+        from lowvram.models.demo import ensure_demo
+
+        ensure_demo(ref.name)
     configs = model_configs(ref) or {}
     try:
         _check_layout(job, layout, configs)
@@ -335,6 +344,20 @@ def load_resume_file(path_text: str, out: Optional[str] = None) -> ResumeState:
     ckpt = DenoiseCheckpoint(step=step, latents=tensors["latents"].to(torch.float32), scheduler=sched, tensors=sched_tensors)
     stage = "decode" if step >= job.steps else "denoise"
     return ResumeState(job=job, plan=plan, stage=stage, reason=str(header.get("reason", "")), cond=cond, checkpoint=ckpt, path=path)
+
+
+def _check_loras_unchanged(path: Path, job: Job) -> None:
+    """The steps done were made with the LoRAs as they were: a file changed since (another sha256) would make the
+    rest of the video with other weights, silently."""
+    from lowvram.loras.files import sha256_of
+
+    for lora in job.loras:
+        want = getattr(lora, "sha256", None)
+        if not want:
+            continue
+        if sha256_of(Path(lora.path)) != want:
+            raise UserError(f"--resume {path}: the LoRA {lora.path} changed since the run stopped (its sha256 is not the one "
+                            "the first steps were made with); put that file back, or start a new run.")
 
 
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
