@@ -42,6 +42,23 @@ def test_options_given_win_over_the_preset(distill):
     assert any(n.startswith("--steps 6 kept (given); LoRA distill.safetensors suggests 4") for n in job.notes)
 
 
+def test_a_guidance_given_over_a_preset_is_both_experts_guidance(distill):
+    """Two experts, --guidance 3 over a preset's guidance 1: the low-noise expert is not left at the preset's 1
+    while the note says --guidance 3 was kept; --guidance-2 still sets the low-noise expert's own."""
+    job = cli_job("--model", "tiny-random-a14b", "--lora", str(distill), "--guidance", "3")
+    assert (job.guidance, job.guidance_2, job.steps) == (3.0, 3.0, 4)
+    assert any(n.startswith("--guidance 3 kept (given) for both experts") for n in job.notes)
+    from lowvram.cli import build_parser
+    from lowvram.cli.inputs import job_and_prefs_from_args
+
+    args = build_parser().parse_args(["generate", "a fox", "--model", "tiny-random-a14b", "--lora", str(distill),
+                                      "--guidance", "3", "--guidance-2", "2"])
+    own = job_and_prefs_from_args(args)[0]
+    assert (own.guidance, own.guidance_2) == (3.0, 2.0)
+    preset = cli_job("--model", "tiny-random-a14b", "--lora", str(distill))
+    assert (preset.guidance, preset.guidance_2) == (1.0, 1.0)
+
+
 def test_a_distillation_preset_turns_a_profiles_cache_off_and_a_given_one_is_kept(distill, tmp_path):
     from lowvram.profiles import save
     from lowvram.profiles.apply import profile_from_job
