@@ -159,6 +159,19 @@ def test_profiles_carry_loras_by_name_and_hash_and_find_them_on_another_machine(
     assert cli_job("--profile", str(profile), "--lora", "none").loras == ()
 
 
+def test_a_profiles_loras_are_found_beside_the_profile_file(distill, tmp_path, monkeypatch):
+    """A profile saved next to its LoRA (no LoRA folder set) loads: the profile's own folder is searched."""
+    from lowvram.cli import main
+
+    monkeypatch.delenv("LOWVRAM_LORA_DIRS", raising=False)
+    monkeypatch.delenv("LOWVRAM_MODEL_DIRS", raising=False)
+    profile = tmp_path / "beside.toml"
+    assert main(["profile", "save", str(profile), "--lora", f"{distill}:0.6", "--vram", "8", "--ram", "32"]) == 0
+    monkeypatch.chdir(tmp_path.parent)
+    job = cli_job("--profile", str(profile))
+    assert job.loras[0].path == str(distill.resolve()) and job.loras[0].scale == 0.6
+
+
 def test_a_profiles_lora_table_is_checked(tmp_path):
     from lowvram.profiles import ProfileError, loads
 
