@@ -88,6 +88,16 @@ def test_lowvrams_table_sets_the_expert_and_both_guidances(tmp_path, monkeypatch
     assert both.loras[0].expert == "both"
 
 
+def test_the_same_file_on_one_expert_and_on_both_is_refused(tmp_path):
+    """FILE@high with FILE (both experts) would adapt the high-noise expert twice: refused as the same file twice."""
+    path = make_lora(tmp_path / "l.safetensors")
+    for second in (str(path), f"{path}@both"):
+        with pytest.raises(UserError, match=r"given 2 times for the same expert \(high\)"):
+            cli_job("--model", "tiny-random-a14b", "--lora", f"{path}@high", "--lora", second)
+    job = cli_job("--model", "tiny-random-a14b", "--lora", f"{path}@high", "--lora", f"{path}:0.5@low")
+    assert [lora.expert for lora in job.loras] == ["high", "low"]
+
+
 def test_the_table_holds_lightx2vs_loras_with_their_sources():
     from lowvram.loras.presets import KNOWN, from_table
 

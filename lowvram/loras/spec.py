@@ -154,9 +154,17 @@ def check_loras(loras: tuple[LoraSpec, ...]) -> list[str]:
             problems.append(f"--lora {spec.path}: scale {spec.scale!r} must be a number from -{MAX_SCALE:g} to {MAX_SCALE:g}")
         if spec.expert and spec.expert not in EXPERTS:
             problems.append(f"--lora {spec.path}@{spec.expert}: the expert is high, low or both")
-        key = (str(Path(spec.path).expanduser()), spec.expert or "both")
-        seen[key] = seen.get(key, 0) + 1
+        # @both (or no expert) covers the high and the low expert: FILE@high with FILE would adapt `high` twice
+        for side in ("high", "low") if (spec.expert or "both") == "both" else (spec.expert,):
+            key = (str(Path(spec.path).expanduser()), side)
+            seen[key] = seen.get(key, 0) + 1
+    twice: dict[str, tuple[int, list]] = {}
     for (path, expert), n in seen.items():
         if n > 1:
-            problems.append(f"--lora {path} is given {n} times for the same expert ({expert}); give it once with the scale you want")
+            count, experts = twice.setdefault(path, (n, []))
+            experts.append(expert)
+            twice[path] = (max(count, n), experts)
+    for path, (n, experts) in twice.items():
+        which = "both" if len(experts) == 2 else experts[0]
+        problems.append(f"--lora {path} is given {n} times for the same expert ({which}); give it once with the scale you want")
     return problems
