@@ -98,6 +98,19 @@ def test_the_same_file_on_one_expert_and_on_both_is_refused(tmp_path):
     assert [lora.expert for lora in job.loras] == ["high", "low"]
 
 
+def test_a_bare_name_with_a_colon_is_found_in_the_lora_folders(tmp_path, monkeypatch):
+    """`--lora we:ird.safetensors` (a file in LOWVRAM_LORA_DIRS, not in the working folder) is a file name, not
+    'we' at scale 'ird.safetensors'; with a scale after it too."""
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    path = make_lora(folder / "we:ird.safetensors")
+    monkeypatch.setenv("LOWVRAM_LORA_DIRS", str(folder))
+    monkeypatch.chdir(tmp_path)
+    assert cli_job("--lora", "we:ird.safetensors").loras[0].path == str(path.resolve())
+    job = cli_job("--lora", "we:ird.safetensors:0.5")
+    assert job.loras[0].path == str(path.resolve()) and job.loras[0].scale == 0.5
+
+
 def test_the_table_holds_lightx2vs_loras_with_their_sources():
     from lowvram.loras.presets import KNOWN, from_table
 

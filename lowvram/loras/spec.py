@@ -128,7 +128,8 @@ def parse_lora_arg(text: str) -> LoraSpec:
         expert, raw = m.group(1).lower(), raw[: m.start()]
     scale = 1.0
     head, sep, tail = raw.rpartition(":")
-    if sep and head and not any(c in tail for c in "/\\") and not Path(raw).expanduser().is_file():
+    if (sep and head and not any(c in tail for c in "/\\") and not tail.lower().endswith(".safetensors")
+            and not Path(raw).expanduser().is_file()):  # "a:b.safetensors": a file name (in a LoRA folder), no scale
         scale, raw = parse_scale(tail, what), head
     if not raw:
         raise UserError(f"{what}: no file name before the scale.")
