@@ -42,6 +42,23 @@ def test_options_given_win_over_the_preset(distill):
     assert any(n.startswith("--steps 6 kept (given); LoRA distill.safetensors suggests 4") for n in job.notes)
 
 
+def test_a_guidance_given_over_a_preset_is_both_experts_guidance(distill):
+    """Two experts, --guidance 3 over a preset's guidance 1: the low-noise expert is not left at the preset's 1
+    while the note says --guidance 3 was kept; --guidance-2 still sets the low-noise expert's own."""
+    job = cli_job("--model", "tiny-random-a14b", "--lora", str(distill), "--guidance", "3")
+    assert (job.guidance, job.guidance_2, job.steps) == (3.0, 3.0, 4)
+    assert any(n.startswith("--guidance 3 kept (given) for both experts") for n in job.notes)
+    from lowvram.cli import build_parser
+    from lowvram.cli.inputs import job_and_prefs_from_args
+
+    args = build_parser().parse_args(["generate", "a fox", "--model", "tiny-random-a14b", "--lora", str(distill),
+                                      "--guidance", "3", "--guidance-2", "2"])
+    own = job_and_prefs_from_args(args)[0]
+    assert (own.guidance, own.guidance_2) == (3.0, 2.0)
+    preset = cli_job("--model", "tiny-random-a14b", "--lora", str(distill))
+    assert (preset.guidance, preset.guidance_2) == (1.0, 1.0)
+
+
 def test_a_distillation_preset_turns_a_profiles_cache_off_and_a_given_one_is_kept(distill, tmp_path):
     from lowvram.profiles import save
     from lowvram.profiles.apply import profile_from_job
@@ -69,6 +86,29 @@ def test_lowvrams_table_sets_the_expert_and_both_guidances(tmp_path, monkeypatch
     assert any("on the high-noise expert only (lowvram's table: a test high-noise LoRA" in n for n in job.notes)
     both = cli_job("--model", "tiny-random-a14b", "--lora", f"{path}@both")
     assert both.loras[0].expert == "both"
+
+
+def test_the_same_file_on_one_expert_and_on_both_is_refused(tmp_path):
+    """FILE@high with FILE (both experts) would adapt the high-noise expert twice: refused as the same file twice."""
+    path = make_lora(tmp_path / "l.safetensors")
+    for second in (str(path), f"{path}@both"):
+        with pytest.raises(UserError, match=r"given 2 times for the same expert \(high\)"):
+            cli_job("--model", "tiny-random-a14b", "--lora", f"{path}@high", "--lora", second)
+    job = cli_job("--model", "tiny-random-a14b", "--lora", f"{path}@high", "--lora", f"{path}:0.5@low")
+    assert [lora.expert for lora in job.loras] == ["high", "low"]
+
+
+def test_a_bare_name_with_a_colon_is_found_in_the_lora_folders(tmp_path, monkeypatch):
+    """`--lora we:ird.safetensors` (a file in LOWVRAM_LORA_DIRS, not in the working folder) is a file name, not
+    'we' at scale 'ird.safetensors'; with a scale after it too."""
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    path = make_lora(folder / "we:ird.safetensors")
+    monkeypatch.setenv("LOWVRAM_LORA_DIRS", str(folder))
+    monkeypatch.chdir(tmp_path)
+    assert cli_job("--lora", "we:ird.safetensors").loras[0].path == str(path.resolve())
+    job = cli_job("--lora", "we:ird.safetensors:0.5")
+    assert job.loras[0].path == str(path.resolve()) and job.loras[0].scale == 0.5
 
 
 def test_the_table_holds_lightx2vs_loras_with_their_sources():
@@ -140,6 +180,19 @@ def test_profiles_carry_loras_by_name_and_hash_and_find_them_on_another_machine(
     assert "LOWVRAM_LORA_DIRS" in str(exc.value)
     # --lora none runs the profile without its LoRAs
     assert cli_job("--profile", str(profile), "--lora", "none").loras == ()
+
+
+def test_a_profiles_loras_are_found_beside_the_profile_file(distill, tmp_path, monkeypatch):
+    """A profile saved next to its LoRA (no LoRA folder set) loads: the profile's own folder is searched."""
+    from lowvram.cli import main
+
+    monkeypatch.delenv("LOWVRAM_LORA_DIRS", raising=False)
+    monkeypatch.delenv("LOWVRAM_MODEL_DIRS", raising=False)
+    profile = tmp_path / "beside.toml"
+    assert main(["profile", "save", str(profile), "--lora", f"{distill}:0.6", "--vram", "8", "--ram", "32"]) == 0
+    monkeypatch.chdir(tmp_path.parent)
+    job = cli_job("--profile", str(profile))
+    assert job.loras[0].path == str(distill.resolve()) and job.loras[0].scale == 0.6
 
 
 def test_a_profiles_lora_table_is_checked(tmp_path):

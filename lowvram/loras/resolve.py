@@ -76,10 +76,12 @@ def apply_presets(job, resolved: list[Resolved], given: frozenset, cache_given: 
     set_by: dict = {}  # (LoRA name, source) -> the fields its preset set
     for field, (value, name, preset) in _first_preset_values(presets, notes).items():
         if field == "guidance" and two_experts and "guidance_2" not in given:
-            changes["guidance_2"] = float(value)  # a preset's guidance is both experts'
+            # a preset's guidance is both experts'; so is a --guidance given over it (not the preset's for one of them)
+            changes["guidance_2"] = float(job.guidance if field in given else value)
         if field in given:
             if getattr(job, field) != value:
-                notes.append(f"--{field} {getattr(job, field):g} kept (given); LoRA {name} suggests {value:g} ({preset.source})")
+                both = " for both experts" if "guidance_2" in changes and field == "guidance" else ""
+                notes.append(f"--{field} {getattr(job, field):g} kept (given){both}; LoRA {name} suggests {value:g} ({preset.source})")
             continue
         changes[field] = int(value) if field == "steps" else float(value)
         set_by.setdefault((name, preset), []).append(field)

@@ -128,7 +128,8 @@ def parse_lora_arg(text: str) -> LoraSpec:
         expert, raw = m.group(1).lower(), raw[: m.start()]
     scale = 1.0
     head, sep, tail = raw.rpartition(":")
-    if sep and head and not any(c in tail for c in "/\\") and not Path(raw).expanduser().is_file():
+    if (sep and head and not any(c in tail for c in "/\\") and not tail.lower().endswith(".safetensors")
+            and not Path(raw).expanduser().is_file()):  # "a:b.safetensors": a file name (in a LoRA folder), no scale
         scale, raw = parse_scale(tail, what), head
     if not raw:
         raise UserError(f"{what}: no file name before the scale.")
@@ -154,9 +155,17 @@ def check_loras(loras: tuple[LoraSpec, ...]) -> list[str]:
             problems.append(f"--lora {spec.path}: scale {spec.scale!r} must be a number from -{MAX_SCALE:g} to {MAX_SCALE:g}")
         if spec.expert and spec.expert not in EXPERTS:
             problems.append(f"--lora {spec.path}@{spec.expert}: the expert is high, low or both")
-        key = (str(Path(spec.path).expanduser()), spec.expert or "both")
-        seen[key] = seen.get(key, 0) + 1
+        # @both (or no expert) covers the high and the low expert: FILE@high with FILE would adapt `high` twice
+        for side in ("high", "low") if (spec.expert or "both") == "both" else (spec.expert,):
+            key = (str(Path(spec.path).expanduser()), side)
+            seen[key] = seen.get(key, 0) + 1
+    twice: dict[str, tuple[int, list]] = {}
     for (path, expert), n in seen.items():
         if n > 1:
-            problems.append(f"--lora {path} is given {n} times for the same expert ({expert}); give it once with the scale you want")
+            count, experts = twice.setdefault(path, (n, []))
+            experts.append(expert)
+            twice[path] = (max(count, n), experts)
+    for path, (n, experts) in twice.items():
+        which = "both" if len(experts) == 2 else experts[0]
+        problems.append(f"--lora {path} is given {n} times for the same expert ({which}); give it once with the scale you want")
     return problems

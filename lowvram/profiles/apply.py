@@ -123,12 +123,12 @@ def loras_from_args(args: Any) -> Optional[tuple[LoraSpec, ...]]:
     return tuple(parse_lora_arg(g) for g in given)
 
 
-def profile_loras(profile: Profile) -> tuple[LoraSpec, ...]:
-    """A profile's LoRAs, found by file name in the LoRA folders and checked by sha256 (UserError naming the
-    hash when a file is missing or different)."""
+def profile_loras(profile: Profile, extra_dirs=()) -> tuple[LoraSpec, ...]:
+    """A profile's LoRAs, found by file name in the LoRA folders (then `extra_dirs`: the profile file's own
+    folder) and checked by sha256 (UserError naming the hash when a file is missing or different)."""
     from lowvram.loras.files import find_lora
 
-    return tuple(LoraSpec(path=str(find_lora(lora.name, lora.sha256.lower())), scale=lora.scale, expert=lora.expert or "",
+    return tuple(LoraSpec(path=str(find_lora(lora.name, lora.sha256.lower(), extra_dirs)), scale=lora.scale, expert=lora.expert or "",
                           sha256=lora.sha256.lower()) for lora in profile.job.loras or ())
 
 
@@ -178,7 +178,8 @@ def apply_profile(source: Union[argparse.Namespace, Job], profile: Optional[Prof
     loras = loras_from_args(source)
     if loras is None and profile is not None and profile.job.loras:
         # the profile's LoRAs, saved with its job settings: those win over the LoRAs' presets too
-        loras = profile_loras(profile)
+        where = getattr(source, "profile", None)  # the profile file's folder is searched last
+        loras = profile_loras(profile, [Path(where).expanduser().resolve().parent] if isinstance(where, str) else ())
         given |= {name for name in JOB_FIELDS if getattr(profile.job, name) is not None}
     if profile is not None:
         if getattr(args, "model", None) is None:
