@@ -34,7 +34,7 @@ from planner.plan import (
 from planner.probe import HardwareProbe, describe_probe
 from planner.spec import ModelSpec
 from planner.timing import Throughput, throughput_for
-from planner.words import fmt_seconds, gib
+from planner.words import fmt_seconds, gib, gib_at_least
 
 QUANT_ORDER = M.QUANT_ORDER
 TEXT_QUANTS = ("bf16", "int8")
@@ -863,17 +863,17 @@ def _no_plan_fits(probe, spec, job, prefs, calibration, candidates, budget, sugg
     if ram_ok and probe.has_gpu:
         need = min(c.plan.peak_vram_bytes for c in ram_ok) + prefs.vram_reserve
         vram_needed = need
-        fixes.append(f"a GPU with at least {gib(need)} free VRAM (this RAM is enough)")
+        fixes.append(f"a GPU with at least {gib_at_least(need)} free VRAM (this RAM is enough)")
     if vram_ok:
         need = min(c.plan.peak_ram_bytes for c in vram_ok) + prefs.ram_reserve
         ram_needed = need
-        fixes.append(f"at least {gib(need)} of available RAM" + (" (this VRAM is enough)" if probe.has_gpu else ""))
+        fixes.append(f"at least {gib_at_least(need)} of available RAM" + (" (this VRAM is enough)" if probe.has_gpu else ""))
     if not fixes:
         vram_needed = leanest.plan.peak_vram_bytes + prefs.vram_reserve if probe.has_gpu else None
         ram_needed = leanest.plan.peak_ram_bytes + prefs.ram_reserve
         fixes.append(
-            (f"at least {gib(vram_needed)} free VRAM and " if vram_needed else "")
-            + f"at least {gib(ram_needed)} of available RAM"
+            (f"at least {gib_at_least(vram_needed)} free VRAM and " if vram_needed else "")
+            + f"at least {gib_at_least(ram_needed)} of available RAM"
         )
     smaller = None
     for small in _smaller_jobs(spec, job) if suggest_smaller else ():

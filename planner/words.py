@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 from planner.probe import GIB
 
 
 def gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB"
+
+
+def gib_at_least(n: float) -> str:
+    """A need in GiB rounded up, so that giving the printed amount is enough (32.521 -> 32.53 GiB)."""
+    return f"{math.ceil(n / GIB * 100) / 100:.2f} GiB"
 
 
 def fmt_seconds(s: float) -> str:

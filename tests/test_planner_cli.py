@@ -42,6 +42,22 @@ def test_a_named_card_brings_its_compute_capability(name, cc, capsys):
     assert f"{name} (compute capability {cc})" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("short, what_if", [("--ram", ["--vram", "0", "--ram", "16"]), ("--vram", ["--vram", "4", "--ram", "64"])])
+def test_the_amount_a_no_fit_error_asks_for_is_enough(short, what_if, capsys):
+    """The need is rounded up: giving the printed amount plans (32.52 GiB was printed where 32.521 was needed)."""
+    import re
+
+    model = ["plan", "--model", "wan2.2-t2v-a14b"]
+    assert main([*model, *what_if]) == 2
+    err = capsys.readouterr().err
+    kind = "of available RAM" if short == "--ram" else "free VRAM"
+    need = re.search(r"at least ([0-9.]+) GiB " + kind, err)
+    assert need, err
+    given = list(what_if)
+    given[given.index(short) + 1] = need.group(1)
+    assert main([*model, *given, "--gpu-name", "RTX 4090"]) == 0, capsys.readouterr().err
+
+
 def test_plan_json(capsys):
     code = main(["plan", "--model", "wan2.1-t2v-1.3b", "--vram", "24", "--ram", "32", "--json"])
     data = json.loads(capsys.readouterr().out)

@@ -106,6 +106,10 @@ def test_job_defaults_come_from_the_model_card():
     ti2v = job_defaults("wan2.2-ti2v-5b")
     assert (ti2v["width"], ti2v["height"], ti2v["frames"], ti2v["fps"]) == (1280, 704, 121, 24)
     assert job_defaults("tiny-random-ti2v")["height"] % 32 == 0
+    # the two Wan2.1 I2V checkpoints share their configs: the 720P one's size comes from its name
+    assert (job_defaults("wan2.1-i2v-14b-720p")["width"], job_defaults("wan2.1-i2v-14b-720p")["height"]) == (1280, 720)
+    assert (job_defaults("Wan-AI/Wan2.1-I2V-14B-720P-Diffusers")["width"],) == (1280,)
+    assert (job_defaults("wan2.1-i2v-14b-480p")["width"], job_defaults("wan2.1-i2v-14b-480p")["height"]) == (832, 480)
 
 
 # ------------------------------------------------------------------------------------ the runtime

@@ -42,8 +42,13 @@ def model_family_defaults(model: str) -> FamilyDefaults:
 
 def job_defaults(model: str) -> dict:
     """Size, frames, steps, guidance (per expert), fps and negative prompt for `model` when the user gives none."""
+    from lowvram.models.advice import model_traits
+
     d = model_family_defaults(model)
-    return dict(width=d.width, height=d.height, frames=d.frames, steps=d.steps, guidance=d.guidance,
+    width, height = d.width, d.height
+    if model_traits(model).trained_at == ("720p",):  # Wan2.1 I2V 720P: its configs are the 480P one's, its name says
+        width, height = 1280, 720
+    return dict(width=width, height=height, frames=d.frames, steps=d.steps, guidance=d.guidance,
                 guidance_2=d.guidance_2, fps=d.fps, negative_prompt=WAN_NEGATIVE_PROMPT, shift=None)
 
 
