@@ -3,6 +3,7 @@ latents for --resume, and a resumed run equals an uninterrupted one."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -131,6 +132,23 @@ def test_resume_through_the_cli(small_job, cpu_plan, tmp_path, capsys):
     assert main(["generate", "--resume", str(kept), "--out", str(tmp_path / "done.mp4"), "--quiet"]) == 0
     assert (tmp_path / "done.mp4").is_file() and (tmp_path / "done.json").is_file()
 
+
+
+def test_resume_with_planner_preferences_plans_again(small_job, tmp_path, capsys):
+    """After an out-of-memory exit a user adds a cap or a preference to --resume: it plans again with them
+    (before, they were ignored and the saved plan ran as it was)."""
+    from lowvram.cli import main
+    from lowvram.sampling.runner import placeholder_plan
+
+    job = small_job(steps=3)
+    cancel = threading.Event()
+    with pytest.raises(CancelledError):
+        generate(job, placeholder_plan(), on_event=lambda e: isinstance(e, StepFinished) and cancel.set(), cancel=cancel)
+    kept = tmp_path / "out.latents.safetensors"
+    saved = placeholder_plan().source
+    assert main(["generate", "--resume", str(kept), "--out", str(tmp_path / "done.mp4"), "--prefer", "quality", "--ram-cap", "8"]) == 0
+    sidecar = json.loads((tmp_path / "done.json").read_text())
+    assert sidecar["plan"]["source"] == "planner" != saved
 
 
 def test_a_cancelled_run_prints_the_resume_command_and_that_command_finishes_it(small_job, tmp_path):

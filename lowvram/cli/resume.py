@@ -16,6 +16,7 @@ FIXED_BY_FILE = ("model", "base", "prompt_file", "negative_prompt", "seed", "gui
 
 def run_resume(args) -> int:
     from lowvram.cli.console import ConsoleReporter
+    from lowvram.profiles.apply import PREF_FLAGS
     from lowvram.cli.interrupt import cancel_on_interrupt
     from lowvram.errors import UserError
     from lowvram.models.names import resolve_model
@@ -26,16 +27,23 @@ def run_resume(args) -> int:
         raise UserError("--resume continues the saved job with its own prompt; drop the prompt (or drop --resume to start anew).")
     fixed = [f"--{n.replace('_', '-')}" for n in FIXED_BY_FILE if getattr(args, n, None) is not None]
     if fixed:
-        raise UserError(f"--resume continues the saved job as it was; {', '.join(fixed)} cannot change it. Drop {'them' if len(fixed) > 1 else 'it'} (only --out, --quiet and --gpus apply).")
+        raise UserError(f"--resume continues the saved job as it was; {', '.join(fixed)} cannot change it. Drop {'them' if len(fixed) > 1 else 'it'} (only --out, --quiet, --gpus, the planner preferences and --force-plan apply).")
     state = load_resume_file(args.resume, out=getattr(args, "out", None))
     job = state.job
     resolve_model(job.model, job.base)
     plan = state.plan
-    if getattr(args, "gpus", None) is not None:  # re-plan for the GPUs allowed (e.g. --gpus 1 after a multi-GPU run)
+    preferences = [flag for flag in PREF_FLAGS if getattr(args, flag, None) is not None]
+    forced = getattr(args, "force_plan", None)
+    # re-plan for the GPUs allowed (e.g. --gpus 1 after a multi-GPU run), the preferences given (a --vram-cap
+    # after an out-of-memory exit), or a forced plan; otherwise the plan the run was using
+    if getattr(args, "gpus", None) is not None or preferences or forced:
         from lowvram.cli.inputs import machine_for_generate
         from lowvram.cli.plan_choice import choose_plan
+        from lowvram.profiles.apply import prefs_with_args, to_preferences
+        from lowvram.profiles.schema import PlannerPrefs
 
-        plan = choose_plan(job, None, say=(lambda _line: None) if getattr(args, "quiet", False) else print,
+        prefs = to_preferences(prefs_with_args(PlannerPrefs(), args)) if preferences else None
+        plan = choose_plan(job, prefs, forced, say=(lambda _line: None) if getattr(args, "quiet", False) else print,
                            probe=machine_for_generate(args))
     elif plan.device.startswith("cuda"):
         import torch
