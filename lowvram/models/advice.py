@@ -44,15 +44,27 @@ def model_traits(model: str) -> ModelTraits:
     elif "ti2v" not in text:  # Wan2.2 TI2V takes an image or not
         task = "i2v" if "i2v" in text else "t2v" if "t2v" in text else None
     size = "1.3b" if "1.3b" in text else "14b" if "14b" in text else None
+    return ModelTraits(task=task, size=size, trained_at=_trained_at(text, size))
+
+
+def trained_at_from_name(model: str) -> tuple[str, ...]:
+    """The resolutions a model was trained at, from its name alone (nothing read from disk)."""
+    from lowvram.models.names import DEMO_NAMES, SHORT_NAMES
+
+    if model in DEMO_NAMES:
+        return ()
+    text = SHORT_NAMES.get(model.lower(), model).lower()
+    return _trained_at(text, "1.3b" if "1.3b" in text else "14b" if "14b" in text else None)
+
+
+def _trained_at(text: str, size: Optional[str]) -> tuple[str, ...]:
     if "i2v" in text and ("480p" in text or "720p" in text):
-        trained_at: tuple[str, ...] = ("480p",) if "480p" in text else ("720p",)
-    elif size == "1.3b":
-        trained_at = ("480p",)
-    elif size == "14b":
-        trained_at = ("480p", "720p")
-    else:
-        trained_at = ()
-    return ModelTraits(task=task, size=size, trained_at=trained_at)
+        return ("480p",) if "480p" in text else ("720p",)
+    if size == "1.3b":
+        return ("480p",)
+    if size == "14b":
+        return ("480p", "720p")
+    return ()
 
 
 def _folder_task(folder: Path) -> Optional[str]:

@@ -42,11 +42,11 @@ def model_family_defaults(model: str) -> FamilyDefaults:
 
 def job_defaults(model: str) -> dict:
     """Size, frames, steps, guidance (per expert), fps and negative prompt for `model` when the user gives none."""
-    from lowvram.models.advice import model_traits
+    from lowvram.models.advice import trained_at_from_name
 
     d = model_family_defaults(model)
     width, height = d.width, d.height
-    if model_traits(model).trained_at == ("720p",):  # Wan2.1 I2V 720P: its configs are the 480P one's, its name says
+    if trained_at_from_name(model) == ("720p",):  # Wan2.1 I2V 720P: its configs are the 480P one's, its name says
         width, height = 1280, 720
     return dict(width=width, height=height, frames=d.frames, steps=d.steps, guidance=d.guidance,
                 guidance_2=d.guidance_2, fps=d.fps, negative_prompt=WAN_NEGATIVE_PROMPT, shift=None)
