@@ -24,6 +24,16 @@ def test_context_parallel_part_matches_one_process():
     assert data["ratio"] > 0 and "| 14B 720p, context parallel (eager) |" in table({"cp720": data})
 
 
+def test_the_fast_level_under_context_parallel_is_a_result_even_where_it_cannot_run():
+    """--fast on the CPU (float32 weights, no fp8 matmul): the part records why, the table says so, the rest stands."""
+    from dataclasses import replace
+
+    data = run_cp(replace(TINY, fast="fp8_fast"))
+    fast = data["context_parallel_fast"]
+    assert fast["level"] == "fp8_fast" and "error" in fast and data["context_parallel"]["forward_seconds"] > 0
+    assert "| 14B 720p, context parallel + fp8_fast + regional compile |" in table({"cp720": data})
+
+
 def test_plan_parts_run_the_planners_kinds_of_plans():
     one = Plan("cuda", (ComponentPlan("transformer", "bf16", "partial", resident_blocks=1),))
     two = Plan("cuda", (ComponentPlan("transformer", "bf16", "resident", devices=("cuda:0", "cuda:1"), split=(1,)),))

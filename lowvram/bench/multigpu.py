@@ -56,6 +56,7 @@ class Setup:
     compile: bool = False
     isolate: bool = True  # one-process parts in a process of their own (GPU memory); the CPU tests run them here
     parallel: str = ""  # cp part: ulysses or ring ("" picks as the planner does, by the heads)
+    fast: str = ""  # cp part: also a fast level (fp8_fast) with regional compile under context parallel
 
     def dev(self, index: int) -> str:
         return f"cuda:{index}" if self.device == "cuda" else "cpu"
@@ -246,7 +247,37 @@ def _cp_part(rank: int, processes: int, setup: Setup) -> dict:
                 data["ratio_compiled"] = compiled / data["one_gpu"]["forward_seconds"]
         except Exception as exc:  # diffusers 0.42 warns that compile and context parallel may not mix: a result
             data["context_parallel_compiled"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    if setup.fast:
+        data["context_parallel_fast"] = _cp_fast(setup, device, inputs, plan, data, reference, iters)
+        if rank == 0 and "forward_seconds" in data["context_parallel_fast"]:
+            data["ratio_fast"] = data["context_parallel_fast"]["forward_seconds"] / data["one_gpu"]["forward_seconds"]
     return data
+
+
+def _cp_fast(setup: Setup, device: str, inputs: dict, plan, data: dict, reference, iters) -> dict:
+    """The same weights again (seed 0), their blocks' matmuls at `setup.fast` (lowvram's fast_quant), context
+    parallel and regional compile on top: issue 13's fastest path under issue 19's. Errors are a result."""
+    import torch
+
+    from lowvram.parallel.group import enable_context_parallel
+    from lowvram.placement.fast_quant import quantize_fast
+
+    t1 = time.perf_counter()
+    try:
+        if setup.device == "cuda":
+            torch.cuda.empty_cache()
+        model = build_model(setup, device)
+        quantize_fast(model, setup.fast, setup.device)
+        enable_context_parallel(model, plan, data["tokens"])
+        model.compile_repeated_blocks()
+        seconds, times, out = time_forwards(replace(setup, warmup=max(2, setup.warmup)), lambda: model(**inputs)[0], iters)
+        result = {"level": setup.fast, "forward_seconds": seconds, "times": times,
+                  "compile_and_warmup_seconds": time.perf_counter() - t1 - sum(times)}
+        if reference is not None:
+            result["vs_one_gpu"] = compare(out, reference)
+        return result
+    except Exception as exc:
+        return {"level": setup.fast, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
 
 
 def run_cp(setup: Setup) -> dict:
@@ -556,6 +587,12 @@ def table(data: dict) -> str:
                 f"x{cp['ratio_compiled']:.3f}", target, l2(compiled["vs_one_gpu"]))
         elif compiled:
             row("14B 720p, context parallel + regional compile", "", compiled["error"][:60])
+        fast = cp.get("context_parallel_fast", {})
+        label = f"14B 720p, context parallel + {fast.get('level', '')} + regional compile"
+        if "forward_seconds" in fast:
+            row(label, "", f"{fast['forward_seconds']:.2f} s", f"x{cp['ratio_fast']:.3f}", target, l2(fast["vs_one_gpu"]))
+        elif fast:
+            row(label, "", fast["error"][:60])
     sp = data.get("split480")
     if sp and "error" not in sp:
         one, two = sp["one_gpu"], sp["two_gpus"]

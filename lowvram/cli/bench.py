@@ -95,6 +95,7 @@ def register(sub) -> None:
     g.add_argument("--parts", type=_words, default=None, help="comma-separated, from cp720,split480,a14b (default: all, or none with --smoke)")
     g.add_argument("--smoke", action="store_true", help="the demo models on two GPUs (context parallel ulysses and ring, a layer split, one expert per GPU) against one GPU, about a minute")
     g.add_argument("--compile", action="store_true", help="cp720: also regional compile (compile_repeated_blocks) with context parallel")
+    g.add_argument("--fast", default="", choices=("", "fp8_fast", "int8_fast"), help="cp720: also this fast level, compiled, with context parallel (fp8_fast: compute capability >= 8.9)")
     g.add_argument("--out", type=Path, default=None)
     g.set_defaults(func=run_multigpu)
 
@@ -262,7 +263,7 @@ def run_multigpu(args) -> int:
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise UserError(f"--parts: unknown {', '.join(unknown)}; use {', '.join(PARTS)}")
-    data = run(tuple(parts), args.out, Setup(compile=args.compile), smoke=args.smoke, log=lambda s: print(s, flush=True))
+    data = run(tuple(parts), args.out, Setup(compile=args.compile, fast=args.fast), smoke=args.smoke, log=lambda s: print(s, flush=True))
     data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
     _dump(data, args.out)
     print(table(data), end="")
