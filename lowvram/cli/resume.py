@@ -16,10 +16,10 @@ FIXED_BY_FILE = ("model", "base", "prompt_file", "negative_prompt", "seed", "gui
 
 def run_resume(args) -> int:
     from lowvram.cli.console import ConsoleReporter
-    from lowvram.profiles.apply import PREF_FLAGS
     from lowvram.cli.interrupt import cancel_on_interrupt
     from lowvram.errors import UserError
     from lowvram.models.names import resolve_model
+    from lowvram.profiles.apply import PREF_FLAGS
     from lowvram.sampling.resume import load_resume_file
     from lowvram.sampling.runner import generate
 
