@@ -43,8 +43,11 @@ def test_empty_machine(empty, capsys):
     assert m["fits"] is True and "peak VRAM" in m["plan"]
     assert models["tiny-random"]["missing"] == [] and "built on first use" in models["tiny-random"]["plan"]
     assert data["files"] == [] and not (empty / "lowvram").exists()  # nothing built or downloaded to answer
+    assert models["wan2.2-ti2v-5b"]["task"] == models["tiny-random-ti2v"]["task"] == "ti2v"  # the demo was "i2v"
     assert main(["models", *MACHINE]) == 0
-    assert "status:  missing everything: lowvram download wan2.1-t2v-1.3b" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "status:  missing everything: lowvram download wan2.1-t2v-1.3b" in out
+    assert "tiny-random-ti2v  text-to-video, or image-to-video with --image" in out
 
 
 def test_filled_machine(empty, capsys, demo_t2v_path, monkeypatch):

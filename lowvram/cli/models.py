@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+# TI2V-5B makes a video from text, and from a first frame when one is given
+TASK_WORDS = {"t2v": "text-to-video", "i2v": "image-to-video", "ti2v": "text-to-video, or image-to-video with --image"}
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -40,7 +43,7 @@ def run(args) -> int:
     for m in catalog.models:
         size = f", {m.transformer_params / 1e9:.1f} B transformer params, {_gib(m.weights_bytes)} of weights in bf16" if m.weights_bytes else ""
         print()
-        print(f"{m.name}" + (f"  ({m.hub_id})" if m.hub_id else "") + f"  {'image' if m.task == 'i2v' else 'text'}-to-video{size}")
+        print(f"{m.name}" + (f"  ({m.hub_id})" if m.hub_id else "") + f"  {TASK_WORDS.get(m.task, 'text-to-video')}{size}")
         if not m.locations:
             print("  here:    nothing yet")
         for i, loc in enumerate(m.locations):

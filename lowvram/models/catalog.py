@@ -198,7 +198,8 @@ def build_catalog(extra_dirs: Iterable[str] = (), probe=None, prefs=None) -> Cat
         here = (Location("lowvram-cache", str(folder), "demo pipeline (random weights)", _folder_bytes(folder)),) if (folder / "model_index.json").is_file() else ()
         plan = "runs anywhere, on the CPU too" + ("" if here else " (built on first use, in seconds; nothing to download)")
         here += tuple(by_model.get(name, ()))
-        models.append(ModelStatus(name, None, "i2v" if name.endswith("i2v") else "t2v", 0, 0, here, (), True, plan))
+        task = "ti2v" if "ti2v" in name else "i2v" if name.endswith("i2v") else "t2v"
+        models.append(ModelStatus(name, None, task, 0, 0, here, (), True, plan))
     for name, hub_id in SHORT_NAMES.items():
         try:
             spec = known_spec(name)
