@@ -50,6 +50,10 @@ def test_an_unknown_gpu_size_names_the_gpus_option(capsys):
     assert main(["plan", "--model", "wan2.1-t2v-14b", "--gpus", "2x100000", "--ram", "64"]) == 2
     err = capsys.readouterr().err
     assert "--gpus (a 100000 GB GPU): which GPU is it?" in err and "--vram" not in err
+    # the card assumed from a --gpus size is said to come from --gpus too
+    assert main(["plan", "--model", "wan2.1-t2v-14b", "--gpus", "2x24", "--ram", "64"]) == 0
+    said = capsys.readouterr()
+    assert "from --gpus (a 24 GB GPU)" in said.out + said.err and "from --vram" not in said.out + said.err
 
 
 def test_generate_refuses_more_gpus_than_the_machine_has(capsys, tmp_path):

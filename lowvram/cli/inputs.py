@@ -68,12 +68,9 @@ def machine_from_args(args, profile=None, say=None):
             raise UserError(f"--gpus {','.join(f'{g:g}' for g in sizes)} gives every GPU's VRAM: drop --vram.")
         if args.vram == 0:
             raise UserError("--vram 0 plans for no GPU: drop --gpus (or give --vram the size of each GPU).")
-        try:
-            probe = machine_from_args(_without_gpus(args, sizes[0] if sizes else args.vram), profile, say)
-        except UserError as exc:  # the first GPU's size was passed on as --vram: name the option the user gave
-            if sizes and args.vram is None:
-                raise UserError(str(exc).replace(f"--vram {sizes[0]:g}", f"--gpus (a {sizes[0]:g} GB GPU)")) from None
-            raise
+        # the first GPU's size is planned as a --vram what-if; messages name the option the user gave
+        given_as = f"--gpus (a {sizes[0]:g} GB GPU)" if sizes else None
+        probe = machine_from_args(_without_gpus(args, sizes[0] if sizes else args.vram, given_as), profile, say)
         if not probe.has_gpu:
             raise UserError("--gpus: this machine has no GPU; give the GPUs' sizes (--gpus 2x24) to plan for some.")
         if not sizes and args.vram is None and probe.gpu_count >= count:
@@ -109,17 +106,17 @@ def machine_from_args(args, profile=None, say=None):
         if args.vram is not None or args.ram is not None:
             probe = override_probe(probe, vram_gib=args.vram, ram_gib=args.ram)
     if probe.has_gpu and unnamed:  # which card: its speed decides the time model
-        probe = _assume_gpu(probe, args.vram, cc, say or _stderr)
+        probe = _assume_gpu(probe, args.vram, cc, say or _stderr, getattr(args, "vram_given_as", None))
     elif probe.has_gpu and (args.gpu_name or cc):
         probe = replace(probe, gpu_name=args.gpu_name or probe.gpu_name, compute_capability=cc or probe.compute_capability, source="synthetic")
     return probe
 
 
-def _without_gpus(args, vram):
+def _without_gpus(args, vram, given_as=None):
     import copy
 
     plain = copy.copy(args)
-    plain.gpus, plain.vram = None, vram
+    plain.gpus, plain.vram, plain.vram_given_as = None, vram, given_as
     return plain
 
 
@@ -157,13 +154,15 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _assume_gpu(probe, vram_gib: float, cc, say):
-    """A what-if GPU given only by its VRAM: the card it most likely is, said out loud (or a question)."""
+def _assume_gpu(probe, vram_gib: float, cc, say, given_as=None):
+    """A what-if GPU given only by its VRAM: the card it most likely is, said out loud (or a question).
+    `given_as`: how the user gave that VRAM, when not as --vram (--gpus 2x24)."""
     from dataclasses import replace
 
     from lowvram.errors import UserError
     from planner.timing import GPU_CARDS, infer_gpu
 
+    given = given_as or f"--vram {vram_gib:g}"
     card = infer_gpu(vram_gib, cc)
     if card is None and vram_gib < min(gib for _, gib, _ in GPU_CARDS):  # a small old card: as slow as the slowest
         say(f"what-if GPU: no card of {vram_gib:g} GB in lowvram's table; its time is predicted as for the slowest one "
@@ -172,10 +171,10 @@ def _assume_gpu(probe, vram_gib: float, cc, say):
     if card is None:
         cc_text = f" and compute capability {cc[0]}.{cc[1]}" if cc else ""
         raise UserError(
-            f"--vram {vram_gib:g}{cc_text}: which GPU is it? No common card matches, and its speed decides the predicted "
+            f"{given}{cc_text}: which GPU is it? No common card matches, and its speed decides the predicted "
             'time. Name it with --gpu-name (e.g. --gpu-name "RTX 4090" or "A100") and give --compute-capability.'
         )
-    given = f"--vram {vram_gib:g}" + (f" --compute-capability {cc[0]}.{cc[1]}" if cc else "")
+    given += f" --compute-capability {cc[0]}.{cc[1]}" if cc else ""
     say(f"what-if GPU: assuming an {card.name} ({card.memory_gib} GB, compute capability {card.compute_capability[0]}."
         f"{card.compute_capability[1]}, {card.tflops:g} TFLOP/s bf16) from {given}; --gpu-name NAME "
         "--compute-capability X.Y plan for another card")
