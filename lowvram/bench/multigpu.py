@@ -236,48 +236,47 @@ def _cp_part(rank: int, processes: int, setup: Setup) -> dict:
         data["context_parallel"]["vs_one_gpu"] = compare(out, reference)
         data["ratio"] = two / data["one_gpu"]["forward_seconds"]
     if setup.compile:
-        t1 = time.perf_counter()
-        try:
-            model.compile_repeated_blocks()
-            compiled, times, out = time_forwards(replace(setup, warmup=max(2, setup.warmup)), lambda: model(**inputs)[0], iters)
-            data["context_parallel_compiled"] = {"forward_seconds": compiled, "times": times,
-                                                 "compile_and_warmup_seconds": time.perf_counter() - t1 - sum(times)}
-            if rank == 0:
-                data["context_parallel_compiled"]["vs_one_gpu"] = compare(out, reference)
-                data["ratio_compiled"] = compiled / data["one_gpu"]["forward_seconds"]
-        except Exception as exc:  # diffusers 0.42 warns that compile and context parallel may not mix: a result
-            data["context_parallel_compiled"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        data["context_parallel_compiled"] = _compiled_run(setup, lambda: model, inputs, reference, iters)
     if setup.fast:
-        data["context_parallel_fast"] = _cp_fast(setup, device, inputs, plan, data, reference, iters)
-        if rank == 0 and "forward_seconds" in data["context_parallel_fast"]:
-            data["ratio_fast"] = data["context_parallel_fast"]["forward_seconds"] / data["one_gpu"]["forward_seconds"]
+        fast = lambda: _fast_model(setup, device, plan, data["tokens"])  # noqa: E731
+        data["context_parallel_fast"] = {"level": setup.fast, **_compiled_run(setup, fast, inputs, reference, iters)}
+    for part, ratio in (("context_parallel_compiled", "ratio_compiled"), ("context_parallel_fast", "ratio_fast")):
+        if rank == 0 and "forward_seconds" in data.get(part, {}):
+            data[ratio] = data[part]["forward_seconds"] / data["one_gpu"]["forward_seconds"]
     return data
 
 
-def _cp_fast(setup: Setup, device: str, inputs: dict, plan, data: dict, reference, iters) -> dict:
+def _compiled_run(setup: Setup, make_model: Callable, inputs: dict, reference, iters) -> dict:
+    """Regional compile of make_model()'s transformer (context parallel already on), timed after its warm-up, with
+    its output against one GPU's (`reference`, on the first process). An error is a result: diffusers 0.42 warns
+    that compile and context parallel may not mix, and a fast level may not run on this device."""
+    t1 = time.perf_counter()
+    try:
+        model = make_model()
+        model.compile_repeated_blocks()
+        seconds, times, out = time_forwards(replace(setup, warmup=max(2, setup.warmup)), lambda: model(**inputs)[0], iters)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    result = {"forward_seconds": seconds, "times": times, "compile_and_warmup_seconds": time.perf_counter() - t1 - sum(times)}
+    if reference is not None:
+        result["vs_one_gpu"] = compare(out, reference)
+    return result
+
+
+def _fast_model(setup: Setup, device: str, plan, tokens: int):
     """The same weights again (seed 0), their blocks' matmuls at `setup.fast` (lowvram's fast_quant), context
-    parallel and regional compile on top: issue 13's fastest path under issue 19's. Errors are a result."""
+    parallel on: issue 13's fastest path under issue 19's."""
     import torch
 
     from lowvram.parallel.group import enable_context_parallel
     from lowvram.placement.fast_quant import quantize_fast
 
-    t1 = time.perf_counter()
-    try:
-        if setup.device == "cuda":
-            torch.cuda.empty_cache()
-        model = build_model(setup, device)
-        quantize_fast(model, setup.fast, setup.device)
-        enable_context_parallel(model, plan, data["tokens"])
-        model.compile_repeated_blocks()
-        seconds, times, out = time_forwards(replace(setup, warmup=max(2, setup.warmup)), lambda: model(**inputs)[0], iters)
-        result = {"level": setup.fast, "forward_seconds": seconds, "times": times,
-                  "compile_and_warmup_seconds": time.perf_counter() - t1 - sum(times)}
-        if reference is not None:
-            result["vs_one_gpu"] = compare(out, reference)
-        return result
-    except Exception as exc:
-        return {"level": setup.fast, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    if setup.device == "cuda":
+        torch.cuda.empty_cache()
+    model = build_model(setup, device)
+    quantize_fast(model, setup.fast, setup.device)
+    enable_context_parallel(model, plan, tokens)
+    return model
 
 
 def run_cp(setup: Setup) -> dict:
