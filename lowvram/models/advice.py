@@ -31,30 +31,34 @@ class ModelTraits:
 
 def model_traits(model: str) -> ModelTraits:
     """Read from the name (short name, hub id) or, for a local folder, from its model_index.json."""
-    from lowvram.models.names import DEMO_NAMES, SHORT_NAMES
+    from lowvram.models.names import DEMO_NAMES
 
     if model in DEMO_NAMES:
         task = None if "ti2v" in model else "i2v" if model.endswith("i2v") else "t2v"  # TI2V takes an image or not
         return ModelTraits(task=task, demo=True)
-    text = SHORT_NAMES.get(model.lower(), model).lower()
+    text, size = _name(model)
     folder = Path(model).expanduser()
     task = None
     if (folder / "model_index.json").is_file():
         task = _folder_task(folder)
     elif "ti2v" not in text:  # Wan2.2 TI2V takes an image or not
         task = "i2v" if "i2v" in text else "t2v" if "t2v" in text else None
-    size = "1.3b" if "1.3b" in text else "14b" if "14b" in text else None
     return ModelTraits(task=task, size=size, trained_at=_trained_at(text, size))
 
 
 def trained_at_from_name(model: str) -> tuple[str, ...]:
     """The resolutions a model was trained at, from its name alone (nothing read from disk)."""
-    from lowvram.models.names import DEMO_NAMES, SHORT_NAMES
+    from lowvram.models.names import DEMO_NAMES
 
-    if model in DEMO_NAMES:
-        return ()
+    return () if model in DEMO_NAMES else _trained_at(*_name(model))
+
+
+def _name(model: str) -> tuple[str, Optional[str]]:
+    """(the name as text to read: a short name's hub id, lower case; the size it names: 1.3b, 14b or None)."""
+    from lowvram.models.names import SHORT_NAMES
+
     text = SHORT_NAMES.get(model.lower(), model).lower()
-    return _trained_at(text, "1.3b" if "1.3b" in text else "14b" if "14b" in text else None)
+    return text, "1.3b" if "1.3b" in text else "14b" if "14b" in text else None
 
 
 def _trained_at(text: str, size: Optional[str]) -> tuple[str, ...]:
