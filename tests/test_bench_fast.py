@@ -104,3 +104,20 @@ def test_the_harness_runs_on_the_cpu_with_a_tiny_transformer():
     assert all(c["error"] is None and not c["oom"] for c in m["cases"] + m["upstream"])
     assert [u["recipe"] for u in m["upstream"]] == ["block_stream"]
     assert "1.3b 480p @ 8 GiB" in fast_section(data)
+
+
+def test_table_only_measures_the_cases_and_leaves_the_extras_to_another_process():
+    """--table-only (a second GPU's process): the floor, the compiled levels and every case, but no warm-compile run,
+    no quanto fp8 error and no FFN factors."""
+
+    def plans(model, res, budget, prefs):
+        return simple_plan("cpu", "bf16" if prefs == "bf16_only" else "int8_fast", "resident", compile=True,
+                           components=("transformer",))
+
+    setup = FastSetup(models=("1.3b",), configs={"1.3b": TINY}, cases=(("1.3b", "480p", 8),), levels=("int8_fast", "fp8_fast"),
+                      device="cpu", iters={"1.3b": 1}, floor_iters={"1.3b": 1}, plan_fn=plans, text_tokens=8, text_dim=16,
+                      shapes={"480p": (32, 32, 5)}, upstream=(), ffn_models=("1.3b",), extras=False)
+    m = run_fast(setup, log=lambda s: None)["models"]["1.3b"]
+    assert "warm_compile_seconds" not in m and "ffn" not in m
+    assert set(m["errors"]) == {"int8_fast"}  # the planner's level only: no fp8_fast, no quanto fp8
+    assert {c["kind"] for c in m["cases"]} == {"planner", "bf16_only"} and m["resident"]["int8_fast"]["step_seconds"] > 0

@@ -76,6 +76,9 @@ class FastSetup:
     text_tokens: int = 512
     text_dim: int = 4096
     shapes: dict = field(default_factory=lambda: dict(RESOLUTIONS))
+    # False: the table's cases only (no warm-compile run, no error of the other levels or quanto fp8, no FFN
+    # factors): for a second process on another GPU while the first measures those
+    extras: bool = True
 
 
 def second_run_spec(model: str):
@@ -231,17 +234,17 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
     r = _run(_case(model, "480p", None, "compiled_bf16", setup), _kept("compiled_bf16", keep), setup, model, log=log)
     r["error_vs_eager_bf16"] = rel_error(keep.out, ref)
     data["resident"]["bf16"] = r
-    # a warm compile: dynamo forgets the graph, inductor's FX graph cache still has it (a later run's cost)
-    torch._dynamo.reset()
-    warm = _run(_case(model, "480p", None, "compiled_bf16_warm", setup), _kept("compiled_bf16_warm", keep), setup, model,
-                iters=1, log=log)
-    data["warm_compile_seconds"] = warm.get("warmup_extra_seconds")
+    if setup.extras:  # a warm compile: dynamo forgets the graph, inductor's FX graph cache still has it (a later run's cost)
+        torch._dynamo.reset()
+        warm = _run(_case(model, "480p", None, "compiled_bf16_warm", setup), _kept("compiled_bf16_warm", keep), setup,
+                    model, iters=1, log=log)
+        data["warm_compile_seconds"] = warm.get("warmup_extra_seconds")
     save()
     host = {"bf16": HostCopy.of(gpu, meta)}
 
     # 2. fp8 compiled (in place), int8's error eagerly and the FFN speeds
     apply_compile(gpu, False)
-    for level in setup.levels:
+    for level in setup.levels if setup.extras else setup.levels[:1]:
         if level != setup.levels[0]:
             gpu = None  # the previous level's weights leave the GPU first
             clean_cuda()
@@ -269,15 +272,16 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
 
     gpu = None
     clean_cuda()
-    gpu = host["bf16"].fresh().to(device)
-    quantize_weights(gpu, "fp8", device)
-    with torch.no_grad():
-        data["errors"]["quanto_fp8"] = rel_error(gpu(**x480)[0], ref)
-    log(f"[{model}] quanto fp8 (weight-only): per-forward error vs eager bf16 {data['errors']['quanto_fp8']}")
-    save()
-    gpu = None
-    clean_cuda()
-    if model in setup.ffn_models:
+    if setup.extras:
+        gpu = host["bf16"].fresh().to(device)
+        quantize_weights(gpu, "fp8", device)
+        with torch.no_grad():
+            data["errors"]["quanto_fp8"] = rel_error(gpu(**x480)[0], ref)
+        log(f"[{model}] quanto fp8 (weight-only): per-forward error vs eager bf16 {data['errors']['quanto_fp8']}")
+        save()
+        gpu = None
+        clean_cuda()
+    if setup.extras and model in setup.ffn_models:
         from planner.calibration import ffn_levels
 
         dims = config or TRANSFORMERS[model]
