@@ -43,7 +43,7 @@ def run(job, plan):
 
     loaded = runner.load_model(resolve_model(job.model), plan)
     try:
-        placement.enter_stage(loaded.pipe, plan, "encode")
+        placement.enter_stage(loaded.pipe, plan, "encode", image=job.image is not None)
         cond = runner.encode(loaded, job, plan)
         placement.enter_stage(loaded.pipe, plan, "denoise")
         assert gpu_bytes(placement.describe_device_state(loaded.pipe), "text_encoder") == 0
@@ -127,7 +127,7 @@ def test_lora_adapters_stay_on_the_gpu_while_the_base_streams(kind, small_job, t
     def denoised(plan, job=job):
         loaded = runner.load_model(resolve_model(job.model), plan, job.loras)
         try:
-            placement.enter_stage(loaded.pipe, plan, "encode")
+            placement.enter_stage(loaded.pipe, plan, "encode", image=job.image is not None)
             cond = runner.encode(loaded, job, plan)
             placement.enter_stage(loaded.pipe, plan, "denoise")
             adapters = [p for a in adapter_modules(loaded.pipe.transformer) for p in a.parameters()]

@@ -38,7 +38,7 @@ def run_stages(job, plan):
 
     loaded = runner.load_model(resolve_model(job.model), plan)
     try:
-        placement.enter_stage(loaded.pipe, plan, "encode")
+        placement.enter_stage(loaded.pipe, plan, "encode", image=job.image is not None)
         cond = runner.encode(loaded, job, plan)
         placement.enter_stage(loaded.pipe, plan, "denoise")
         latents, _ = runner.denoise(loaded, job, plan, cond, ignore, runner.Clock())
@@ -131,16 +131,29 @@ def test_i2v_with_cpu_vae_and_offloaded_transformer(small_job, image_file, demo_
 
 
 def test_stage_targets_keep_stage_peaks_apart():
-    from lowvram.placement.apply import _target
+    from lowvram.placement.apply import _targets
 
     plan = plan_with("cuda", text_encoder="gpu", vae="gpu")
-    assert _target(plan, "text_encoder", "encode") == "cuda"
-    assert _target(plan, "text_encoder", "denoise") == "cpu"  # leaves before denoising
-    assert _target(plan, "transformer", "decode") == "cpu"  # leaves before decoding
-    assert _target(plan, "vae", "decode") == "cuda"
+    assert _targets(plan, "encode", None)["text_encoder"] == "cuda"
+    assert _targets(plan, "denoise", None)["text_encoder"] == "cpu"  # leaves before denoising
+    assert _targets(plan, "decode", None)["transformer"] == "cpu"  # leaves before decoding
+    assert _targets(plan, "decode", None)["vae"] == "cuda"
     cpu_side = plan_with("cuda", text_encoder="cpu", vae="cpu")
-    assert _target(cpu_side, "text_encoder", "encode") == "cpu"
-    assert _target(cpu_side, "vae", "decode") == "cpu"
+    assert _targets(cpu_side, "encode", None)["text_encoder"] == "cpu"
+    assert _targets(cpu_side, "decode", None)["vae"] == "cpu"
+
+
+def test_a_text_only_encode_leaves_the_vae_off_the_gpu():
+    """Found on the H200 (run 19, TI2V at 8 GiB): every encode brought the VAE onto the GPU beside the text
+    encoder, 1.2-2.5 GiB the planner (which counts the VAE in encode only for image conditioning) did not
+    predict. The VAE arrives in encode only when the job has an image."""
+    from lowvram.placement.apply import _targets
+
+    plan = plan_with("cuda", text_encoder="gpu", vae="gpu")
+    text_only = _targets(plan, "encode", None)
+    assert text_only["text_encoder"] == "cuda" and text_only["vae"] == "cpu" and text_only["transformer"] == "cpu"
+    with_image = _targets(plan, "encode", None, image=True)
+    assert with_image["vae"] == "cuda" and with_image["text_encoder"] == "cuda"
 
 
 def test_offload_settings_per_kind():

@@ -134,8 +134,8 @@ def test_idle_expert_in_its_file_is_hooked_only_for_its_phase(small_job, cpu_pla
     seen = []
     placement_enter = placement.enter_stage
 
-    def spy(pipe, plan, stage, phase=None):
-        placement_enter(pipe, plan, stage, phase)
+    def spy(pipe, plan, stage, phase=None, **kw):
+        placement_enter(pipe, plan, stage, phase, **kw)
         if stage == "denoise":
             seen.append((phase, bool(group_hooks(pipe.transformer)), bool(group_hooks(pipe.transformer_2))))
 

@@ -23,7 +23,7 @@ def denoised_latents(job, plan):
 
     loaded = runner.load_model(resolve_model(job.model), plan)
     try:
-        placement.enter_stage(loaded.pipe, plan, "encode")
+        placement.enter_stage(loaded.pipe, plan, "encode", image=job.image is not None)
         cond = runner.encode(loaded, job, plan)
         placement.enter_stage(loaded.pipe, plan, "denoise")
         latents, _ = runner.denoise(loaded, job, plan, cond, ignore, runner.Clock())

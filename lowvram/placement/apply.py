@@ -354,10 +354,12 @@ def _disk_dir(module: Any, checkpoint: Optional[Path], cp: ComponentPlan) -> Pat
     return private
 
 
-def _used(plan: Plan, stage: str, phase: Optional[str]) -> tuple[str, ...]:
-    """The components a stage (or a denoise phase) runs."""
+def _used(plan: Plan, stage: str, phase: Optional[str], image: bool = False) -> tuple[str, ...]:
+    """The components a stage (or a denoise phase) runs. `image`: the encode stage conditions on an image (the
+    image encoder and the VAE's first-frame encode run then; a text-only encode leaves the VAE off the GPU, as
+    the planner counts it)."""
     if stage == "encode":
-        return ("text_encoder", "image_encoder", "vae")  # image conditioning encodes the first frame with the VAE
+        return ("text_encoder", "image_encoder", "vae") if image else ("text_encoder",)
     if stage == "denoise":
         if plan.experts_apart:  # each on its own card for the whole stage
             return tuple(c.name for c in plan.denoisers)
@@ -367,25 +369,22 @@ def _used(plan: Plan, stage: str, phase: Optional[str]) -> tuple[str, ...]:
     return ()
 
 
-def _targets(plan: Plan, stage: str, phase: Optional[str]) -> dict[str, str]:
+def _targets(plan: Plan, stage: str, phase: Optional[str], image: bool = False) -> dict[str, str]:
     """Where each component should be for a stage: its device when the stage uses it, else the CPU."""
-    used = _used(plan, stage, phase)
+    used = _used(plan, stage, phase, image)
     return {name: (_device_of(plan, name) if name in used else "cpu") for name in COMPONENTS}
 
 
-def _target(plan: Plan, name: str, stage: str, phase: Optional[str] = None) -> str:
-    return _targets(plan, stage, phase)[name]
-
-
-def enter_stage(pipe: Any, plan: Plan, stage: str, phase: Optional[str] = None) -> None:
+def enter_stage(pipe: Any, plan: Plan, stage: str, phase: Optional[str] = None, image: bool = False) -> None:
     """Move the stage's components onto the compute device and everything else off it.
 
     `phase`: for the denoise stage of a two-expert model, the denoiser that runs now ("transformer" or
-    "transformer_2"); the other one leaves first.
+    "transformer_2"); the other one leaves first. `image`: the encode stage conditions on an image (the VAE
+    and the image encoder arrive too).
     """
     st = state(pipe) or PlacementState(plan=plan)
-    targets = _targets(plan, stage, phase)
-    used = _used(plan, stage, phase)
+    targets = _targets(plan, stage, phase, image)
+    used = _used(plan, stage, phase, image)
     _arrived(st)  # an expert still being copied in the background gets there first
     later = _background(plan, stage, phase)
     left_gpu = False

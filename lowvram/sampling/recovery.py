@@ -108,15 +108,16 @@ class Recovery:
         transformer = getattr(self.pipe, "transformer", None) or getattr(self.pipe, "transformer_2", None)
         return getattr(getattr(transformer, "config", None), "num_layers", None)
 
-    def run(self, stage: str, attempt: Callable[[Plan], T], enter: bool = True) -> T:
+    def run(self, stage: str, attempt: Callable[[Plan], T], enter: bool = True, image: bool = False) -> T:
         """Enter `stage` under the current plan and run `attempt(plan)`; on OOM, lean and retry.
-        `enter=False`: the attempt places the components itself (the denoise loop, phase by phase)."""
+        `enter=False`: the attempt places the components itself (the denoise loop, phase by phase).
+        `image`: the encode stage conditions on an image (placement.enter_stage)."""
         while True:
             try:
                 if stage != "denoise":  # denoise checks per step, inside the loop
                     faults.check(stage)
                 if self.pipe is not None and enter:
-                    placement.enter_stage(self.pipe, self.plan, stage)
+                    placement.enter_stage(self.pipe, self.plan, stage, image=image)
                 return attempt(self.plan)
             except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
                 if not self.enabled or not is_oom(exc):

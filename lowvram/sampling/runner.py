@@ -577,7 +577,7 @@ def generate(
             _check_cancel(cancel, plan)
             if resume is None:
                 with _Stage("encode", log, clock, sampler, peaks):
-                    cond = rec.run("encode", lambda p: encode(loaded, job, p))
+                    cond = rec.run("encode", lambda p: encode(loaded, job, p), image=job.image is not None)
             else:
                 cond, rec.checkpoint = _resumed_conditioning(resume), resume.checkpoint
             rec.cond = vars(cond)
