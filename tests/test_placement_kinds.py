@@ -219,3 +219,45 @@ def test_disk_offload_uses_a_private_folder_removed_with_the_module(demo_t2v_pat
     del pipe
     gc.collect()
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("model", ["tiny-random", "tiny-random-a14b"])
+def test_each_stage_window_starts_once_its_components_are_placed(small_job, model, monkeypatch):
+    """A stage's measured peak is its own: the peak window of denoise (each expert's phase) and decode restarts
+    after enter_stage has moved the last stage's components off, so the instant the text encoder (or the last
+    expert) is still leaving is not counted as the next stage's peak. The real runner, spied on."""
+    from lowvram import placement
+    from lowvram.sampling.runner import generate
+    from lowvram.telemetry.memory import MemorySampler
+
+    calls: list = []
+    enter, start, peaks = placement.enter_stage, MemorySampler.start_window, MemorySampler.window_peaks
+
+    def enter_spy(pipe, plan, stage, phase=None, **kw):
+        enter(pipe, plan, stage, phase, **kw)
+        calls.append(("entered", stage))
+
+    def start_spy(self):
+        start(self)
+        calls.append(("window",))
+
+    def peaks_spy(self):
+        calls.append(("read",))  # a window's peaks read: a stage (or phase) ends
+        return peaks(self)
+
+    monkeypatch.setattr(placement, "enter_stage", enter_spy)
+    monkeypatch.setattr(MemorySampler, "start_window", start_spy)
+    monkeypatch.setattr(MemorySampler, "window_peaks", peaks_spy)
+    def on_event(event):
+        if type(event).__name__ in ("StageFinished", "StepFinished"):
+            calls.append((type(event).__name__,))
+
+    generate(small_job(model=model, steps=4, guidance=4.0), on_event=on_event)
+    for stage in ("denoise", "decode"):
+        entries = [i for i, c in enumerate(calls) if c == ("entered", stage)]
+        # a window opens before the stage's work (a step, or the stage's end); at an expert switch after the last
+        # phase's window is read
+        assert entries, str(calls)
+        for i in entries:
+            work = next(j for j in range(i + 1, len(calls)) if calls[j] in (("StepFinished",), ("StageFinished",)))
+            assert ("window",) in calls[i + 1:work], (stage, str(calls[i:work + 1]))

@@ -446,12 +446,21 @@ class _Stage:
         self.folded = (vram, ram)
         return vram, ram
 
+    def entered(self, *_: Any) -> None:
+        """The stage's components are in place and what the last stage used has left the GPU (enter_stage leaves
+        before it arrives): the peak window restarts here, so the stage's peak is its own and not the instant
+        the previous stage's components were still leaving (found on the H200: a TI2V denoise "peak" that was
+        the text encoder's). After an out-of-memory fallback the window restarts with the leaner plan."""
+        if self.current is None:
+            self.sampler.start_window()
+
     def phase(self, component: str, step: int) -> None:
-        """An expert became active at `step` (two-expert models): close the last phase's window, open one."""
+        """An expert became active at `step` (two-expert models): close the last phase's window, open one (the
+        first one too: see `entered`)."""
         phase = PHASE_OF.get(component, component)
         if self.current is not None:
             self._close_phase()
-            self.sampler.start_window()
+        self.sampler.start_window()
         self.current = (f"{self.name}:{phase}", time.perf_counter())
         self.sink(PhaseStarted(t=self.clock(), stage=self.name, phase=phase, component=component, step=step))
 
@@ -588,7 +597,7 @@ def generate(
 
                 def denoise_from_checkpoint(p: Plan) -> Any:
                     out, seconds = denoise(loaded, job, p, cond, log, clock, cancel, rec.checkpoint, rec.keep,
-                                           on_phase=stage.phase if loaded.two_experts else None)
+                                           on_phase=stage.phase if loaded.two_experts else stage.entered)
                     step_seconds.extend(seconds)
                     return out
 
@@ -602,8 +611,13 @@ def generate(
                 if not writer:  # the others are done: the writer decodes and writes
                     return RunResult(None, None, clock(), plan, log.events, step_seconds, peaks, latents.detach().cpu(), loaded)
             watch = DecodeWatch(log, clock, cancel)  # a cancel stops the decode between frames; a finished decode is written
-            with _Stage("decode", log, clock, sampler, peaks):
-                frames = rec.run("decode", lambda p: decode(loaded, p, latents, watch))
+            with _Stage("decode", log, clock, sampler, peaks) as stage:
+
+                def decode_entered(p: Plan) -> Any:
+                    stage.entered()
+                    return decode(loaded, p, latents, watch)
+
+                frames = rec.run("decode", decode_entered)
             plan = loaded.plan = rec.plan  # after a fallback the pipeline is placed per the leaner plan
             with _Stage("write", log, clock, sampler, peaks):
                 staged = output.stage_video(frames, job.fps)
