@@ -117,7 +117,12 @@ def test_table_only_measures_the_cases_and_leaves_the_extras_to_another_process(
     setup = FastSetup(models=("1.3b",), configs={"1.3b": TINY}, cases=(("1.3b", "480p", 8),), levels=("int8_fast", "fp8_fast"),
                       device="cpu", iters={"1.3b": 1}, floor_iters={"1.3b": 1}, plan_fn=plans, text_tokens=8, text_dim=16,
                       shapes={"480p": (32, 32, 5)}, upstream=(), ffn_models=("1.3b",), extras=False)
-    m = run_fast(setup, log=lambda s: None)["models"]["1.3b"]
+    import copy
+
+    saved: list = []
+    m = run_fast(setup, log=lambda s: None, save=lambda d: saved.append(copy.deepcopy(d)))["models"]["1.3b"]
     assert "warm_compile_seconds" not in m and "ffn" not in m
+    # every save holds what was measured so far (run 19 lost a cut-short run's cases: only the end wrote them)
+    assert saved[0]["models"]["1.3b"]["floor"]["480p"]["step_seconds"] > 0 and not saved[0]["models"]["1.3b"]["cases"]
     assert set(m["errors"]) == {"int8_fast"}  # the planner's level only: no fp8_fast, no quanto fp8
     assert {c["kind"] for c in m["cases"]} == {"planner", "bf16_only"} and m["resident"]["int8_fast"]["step_seconds"] > 0

@@ -200,14 +200,17 @@ def _run(result: CaseResult, recipe: Recipe, setup: FastSetup, model: str, iters
     return out
 
 
-def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = print, save=lambda: None) -> dict:
-    """Everything for one model (the docstring's steps 1-5). Returns plain data."""
+def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = print, save=lambda: None,
+                  into: Optional[dict] = None) -> dict:
+    """Everything for one model (the docstring's steps 1-5). Returns plain data, filled into `into` as it is
+    measured (so that `save` writes every case done when a run is cut short)."""
     from lowvram.placement.compile import apply_compile
     from lowvram.placement.fast_quant import quantize_fast
 
     config = setup.configs.get(model)
     device = setup.device
-    data: dict = {"model": model, "cases": [], "upstream": [], "errors": {}, "resident": {}}
+    data: dict = into if into is not None else {}
+    data.update({"model": model, "cases": [], "upstream": [], "errors": {}, "resident": {}})
     meta = lambda: transformer_on_meta(model, config)  # noqa: E731
     inputs = {}
 
@@ -385,7 +388,7 @@ def run_fast(setup: FastSetup, log: Callable[[str], None] = print, save: Callabl
     for model in setup.models:
         torch._dynamo.reset()
         data["models"][model] = {}
-        data["models"][model] = measure_model(model, setup, log, save=lambda: save(data))
+        measure_model(model, setup, log, save=lambda: save(data), into=data["models"][model])
         clean_cuda()
         save(data)
     data["e2e"] = e2e(data, setup.ram_gib)
