@@ -221,7 +221,10 @@ def test_the_lora_benchmark_runs_on_tiny_shapes(small_job):
     base = simple_plan("cpu", "fp32", "block_offload", use_stream=False)
     plans = {8.0: {"none": base, "fused": replace(base, components=tuple(replace(c, lora="fused") if c.role == "denoiser" else c for c in base.components)),
                    "unfused": replace(base, components=tuple(replace(c, lora="unfused") if c.role == "denoiser" else c for c in base.components))}}
-    out = run_lora("14b", budgets=(8.0,), rank=4, steps=3, hosts=hosts, job=small_job(steps=3), plans=plans, config=config, log=lambda s: None)
+    saved: list = []
+    out = run_lora("14b", budgets=(8.0,), rank=4, steps=3, hosts=hosts, job=small_job(steps=3), plans=plans, config=config,
+                   log=lambda s: None, save=lambda d: saved.append(len(d["runs"])))
+    assert saved == [1, 2, 3]  # written after every case: a run cut short keeps its cases
     runs = {r["mode"]: r for r in out["runs"]}
     assert set(runs) == {"none", "fused", "unfused"} and not any(r["oom"] for r in runs.values())
     assert runs["fused"]["lora"] == "fused" and runs["unfused"]["lora"] == "unfused" and runs["none"]["lora"] == ""

@@ -149,9 +149,10 @@ def run_case(hosts: Hosts, plan, job, budget_gib: Optional[float], log: Callable
 
 def run_lora(model_key: str = "14b", budgets=(12.0, 24.0), rank: int = 64, resolution: str = "480p", steps: int = 3,
              guidance: float = 1.0, ram_gib: float = 64.0, compose_steps=(4, 50), log=print, min_precision: str = "bf16",
-             hosts: Optional[Hosts] = None, job=None, plans: Optional[dict] = None, config: Optional[dict] = None) -> dict:
+             hosts: Optional[Hosts] = None, job=None, plans: Optional[dict] = None, config: Optional[dict] = None,
+             save: Callable[[dict], None] = lambda data: None) -> dict:
     """Every budget x (none, fused, unfused). `hosts`, `job`, `plans` ({budget: {mode: plan}}) and `config` let
-    the tests use tiny shapes on the CPU."""
+    the tests use tiny shapes on the CPU. `save(data)` after every case (a run cut short keeps what it measured)."""
     config = config or TRANSFORMERS[model_key]
     hosts = hosts or Hosts(model_key, log, configs={"with_text_encoder": False})
     folder = Path(tempfile.mkdtemp(prefix="lowvram-bench-lora-"))
@@ -174,6 +175,7 @@ def run_lora(model_key: str = "14b", budgets=(12.0, 24.0), rank: int = 64, resol
                 step = predicted_step_seconds(plan, case_job, model_key, budget, ram_gib)
                 run = run_case(hosts, plan, case_job, budget if plan.device == "cuda" else None, log, step)
                 out["runs"].append(dict(run, budget_gib=budget, mode=mode))
+                save(out)
     finally:
         for f in folder.glob("*"):
             f.unlink()
