@@ -550,7 +550,9 @@ def _why_precision(chosen: Plan, candidates: list[Candidate], tp: Throughput, pr
         what = "fp8" if d.precision == "fp8_fast" else "int8"
         text = (f"precision {d.precision}: the blocks' matmuls run in {what} (torchao, activations and weights "
                 f"quantized per row), per-forward error {C.FAST_LEVEL_ERROR[d.precision]:.1%} vs bf16 "
-                f"on the test model (bound {prefs.max_error:.1%}: about twice quanto fp8's there); matmuls x{tp.fast_factor(d.precision):.2f} ({tp.fast_source})")
+                f"on the test model (bound {prefs.max_error:.1%}: about twice quanto fp8's there), "
+                f"{C.FAST_LEVEL_ERROR_REAL[d.precision]:.1%} on the 14B's shapes with random weights (quanto fp8, "
+                f"allowed by default: {C.FAST_LEVEL_ERROR_REAL['quanto_fp8']:.1%}); matmuls x{tp.fast_factor(d.precision):.2f} ({tp.fast_source})")
         bf16 = _best_at(candidates, "bf16")
         if bf16 is not None and bf16.fits and bf16.plan.predicted_seconds > chosen.predicted_seconds:
             text += f", {100 * (1 - chosen.predicted_seconds / bf16.plan.predicted_seconds):.0f}% faster than bf16 here"
