@@ -226,6 +226,7 @@ def _cp_part(rank: int, processes: int, setup: Setup) -> dict:
     if rank == 0:  # one GPU, eager: the others wait
         one, times, reference = time_forwards(setup, lambda: model(**inputs)[0], iters)
         data["one_gpu"] = {"forward_seconds": one, "times": times, "peaks": peaks(setup)}
+        _say(f"[cp720] one GPU, eager: {one:.3f} s per forward")
     group.barrier()
     kind = setup.parallel or ("ulysses" if model.config.num_attention_heads % processes == 0 else "ring")
     plan = Plan(device="cuda" if setup.device == "cuda" else "cpu", parallel=kind, parallel_gpus=processes)
@@ -235,6 +236,7 @@ def _cp_part(rank: int, processes: int, setup: Setup) -> dict:
     if rank == 0:
         data["context_parallel"]["vs_one_gpu"] = compare(out, reference)
         data["ratio"] = two / data["one_gpu"]["forward_seconds"]
+        _say(f"[cp720] {kind} on {processes}, eager: {two:.3f} s (x{data['ratio']:.3f})")
     if setup.compile:
         data["context_parallel_compiled"] = _compiled_run(setup, lambda: model, inputs, reference, iters)
     if setup.fast:
@@ -243,7 +245,14 @@ def _cp_part(rank: int, processes: int, setup: Setup) -> dict:
     for part, ratio in (("context_parallel_compiled", "ratio_compiled"), ("context_parallel_fast", "ratio_fast")):
         if rank == 0 and "forward_seconds" in data.get(part, {}):
             data[ratio] = data[part]["forward_seconds"] / data["one_gpu"]["forward_seconds"]
+            _say(f"[cp720] {part}: {data[part]['forward_seconds']:.3f} s (x{data[ratio]:.3f})")
     return data
+
+
+def _say(line: str) -> None:
+    """Progress from the first process as it is measured: a call cut short keeps it in the log (run 19's cp720
+    part ended at its time limit with nothing: its results came back only at the end)."""
+    print(line, flush=True)
 
 
 def _compiled_run(setup: Setup, make_model: Callable, inputs: dict, reference, iters) -> dict:
