@@ -166,4 +166,8 @@ def summary_line(r: CaseResult) -> str:
     status = "OOM" if r.oom else ("ERR " + (r.error or "")[:80] if r.error else (f"skip: {r.skipped}" if r.skipped else "ok"))
     step = "-" if r.step_seconds is None else f"{r.step_seconds:.3f}s"
     budget = "uncapped" if r.budget_gib is None else f"{r.budget_gib:g}GiB"
-    return f"[{r.model} {r.resolution} {budget}] {r.recipe}: step {step} peak {gib(r.peak_vram_reserved)}/{gib(r.peak_vram_allocated)} GiB rss {gib(r.peak_rss)} GiB {status}"
+    # setup and the first forward (a compile's cost) in the line too: a run cut short keeps them in its log
+    setup = "" if r.setup_seconds is None else f" setup {r.setup_seconds:.1f}s"
+    first = "" if r.first_seconds is None else f" first {r.first_seconds:.1f}s"
+    return (f"[{r.model} {r.resolution} {budget}] {r.recipe}: step {step}{first}{setup} peak {gib(r.peak_vram_reserved)}/"
+            f"{gib(r.peak_vram_allocated)} GiB rss {gib(r.peak_rss)} GiB {status}")
