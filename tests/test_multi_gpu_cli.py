@@ -155,3 +155,26 @@ def test_the_end_of_a_context_parallel_run_says_what_its_ram_columns_count():
     text = out.getvalue()
     assert "predicted vs measured" in text
     assert "all 2 processes" in text and "the first process" in text
+
+
+def test_a_profile_saved_on_mixed_cards_keeps_each_size(tmp_path, capsys):
+    """[saved_on] of a 24 GB + 12 GB machine rebuilds as 24 + 12 (it was rebuilt as 2 x 24: only the first size was
+    kept), and a size list that does not match the GPU count is refused with the key named."""
+    path = tmp_path / "mixed.toml"
+    code = main(["profile", "save", str(path), "--model", "wan2.1-t2v-14b", "--gpus", "24,12", "--ram", "64",
+                 "--gpu-name", "RTX 3090", "--compute-capability", "8.6"])
+    assert code == 0, capsys.readouterr().err
+    profile = load(path)
+    assert profile.saved_on.gpu_vram_gib == (24.0, 12.0)
+    rebuilt = probe_like(profile.saved_on)
+    assert [round(g.vram_total / GIB) for g in rebuilt.gpus] == [24, 12]
+    assert "2 GPUs (24 + 12 GiB)" in profile.saved_on.describe()
+    bad = path.read_text().replace("gpu_vram_gib = [24.0, 12.0]", "gpu_vram_gib = [24.0, 12.0, 8.0]")
+    assert bad != path.read_text()
+    (tmp_path / "bad.toml").write_text(bad)
+    with pytest.raises(Exception, match="gpu_vram_gib"):
+        load(tmp_path / "bad.toml")
+    negative = path.read_text().replace("gpu_vram_gib = [24.0, 12.0]", "gpu_vram_gib = [24.0, -12.0]")
+    (tmp_path / "neg.toml").write_text(negative)
+    with pytest.raises(Exception, match="out of range"):
+        load(tmp_path / "neg.toml")

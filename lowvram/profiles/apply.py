@@ -234,6 +234,7 @@ def fingerprint(probe: HardwareProbe) -> MachineFingerprint:
         ram_gib=round(probe.ram_total / GIB, 2),
         compute_capability=cc,
         gpus=probe.gpu_count if probe.gpu_count > 1 else None,
+        gpu_vram_gib=tuple(round(g.vram_total / GIB, 2) for g in probe.gpus) if probe.gpu_count > 1 else None,
     )
 
 
@@ -259,7 +260,7 @@ def probe_like(machine: MachineFingerprint) -> HardwareProbe:
         if not no_gpu and machine.gpus and machine.gpus > 1:
             from planner.probe import with_gpus
 
-            probe = with_gpus(probe, (machine.vram_gib,) * machine.gpus)
+            probe = with_gpus(probe, machine.vram_per_gpu)
         return probe
     except ValueError as exc:
         raise UserError(f"the profile's [saved_on] machine cannot be rebuilt: {exc}") from None

@@ -110,12 +110,25 @@ class MachineFingerprint:
     compute_capability: Optional[str] = field(default=None, metadata=limits("the CUDA compute capability, e.g. '8.9'", max_len=10))
     # how many GPUs (absent: one); `gpu`, `vram_gib` and `compute_capability` are the first one's
     gpus: Optional[int] = field(default=None, metadata=limits("the number of GPUs", 1, 64))
+    # each GPU's VRAM, first to last, when there are several (absent: all of `vram_gib`)
+    gpu_vram_gib: Optional[tuple[float, ...]] = field(default=None, metadata=limits("each GPU's total VRAM in GiB", 0.0, 4096.0))
+
+    def __post_init__(self) -> None:
+        if self.gpu_vram_gib is not None and len(self.gpu_vram_gib) != (self.gpus or 1):
+            raise ValueError(f"gpu_vram_gib lists {len(self.gpu_vram_gib)} GPUs and gpus says {self.gpus or 1}: "
+                             "give one size per GPU")
+
+    @property
+    def vram_per_gpu(self) -> tuple[float, ...]:
+        return tuple(self.gpu_vram_gib) if self.gpu_vram_gib else (self.vram_gib,) * (self.gpus or 1)
 
     def describe(self) -> str:
         cc = f" (compute {self.compute_capability})" if self.compute_capability else ""
         gpu = "no GPU" if self.gpu == "none" else f"{self.gpu}{cc}, {self.vram_gib:.1f} GiB VRAM"
         if self.gpus and self.gpus > 1 and self.gpu != "none":
-            gpu = f"{self.gpus} GPUs, the first {gpu}"
+            sizes = self.vram_per_gpu
+            each = f" ({' + '.join(f'{v:g}' for v in sizes)} GiB)" if len(set(sizes)) > 1 else ""
+            gpu = f"{self.gpus} GPUs{each}, the first {gpu}"
         return f"{gpu}, {self.ram_gib:.1f} GiB RAM"
 
 

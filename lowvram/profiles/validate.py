@@ -180,7 +180,7 @@ def convert(tp: Any, value: Any, where: Where, path: KeyPath, meta: Optional[dic
             if len(value) != len(args):
                 raise wrong(f"an array of {len(args)} items")
             return tuple(convert(t, v, where, path + (i,)) for i, (t, v) in enumerate(zip(args, value)))
-        return tuple(convert(item, v, where, path + (i,)) for i, v in enumerate(value))
+        return tuple(convert(item, v, where, path + (i,), meta) for i, v in enumerate(value))  # each item's limits
     if origin in (list,):
         if not isinstance(value, list):
             raise wrong("an array [...]")
