@@ -114,3 +114,15 @@ def test_when_nothing_fits_a_smaller_reserve_that_would_is_suggested():
         assert found["--vram-reserve 0.5 --ram-reserve 1"].seconds == pytest.approx(seconds)
         checked += 1
     assert checked, "no RAM size where only the smaller reserve fits: the search range needs updating"
+
+
+@pytest.mark.parametrize("image", [(20000, 100), (100, 20000), (9000, 4000)])
+def test_a_very_long_image_gives_a_size_within_the_job_limits(image):
+    """A size taken from the image is the tool's choice, not the user's: it must pass the job's checks (a 20000x100
+    image once gave a 13568 px wide video, refused as '--width 13568 is over the limit', an option not given)."""
+    from lowvram.job import MAX_SIDE, Job, validate_job
+
+    width, height = size_for_image(*image, 1280 * 720)
+    assert max(width, height) <= MAX_SIDE and width % 16 == 0 and height % 16 == 0 and min(width, height) >= 16
+    assert (width > height) == (image[0] > image[1])  # still the image's orientation
+    validate_job(Job(prompt="a fox", model="wan2.1-i2v-14b-720p", width=width, height=height))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from lowvram.job import Job
+from lowvram.job import MAX_SIDE, Job
 
 SIZE_MULTIPLE = 16  # the VAE's 8x spatial compression times the transformer's 2x2 patches
 P480_AREA, P720_AREA = 832 * 480, 1280 * 720
@@ -94,12 +94,18 @@ def image_size(path: str) -> Optional[tuple[int, int]]:
         return None
 
 
-def size_for_image(image_width: int, image_height: int, area: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+def size_for_image(image_width: int, image_height: int, area: int, multiple: int = SIZE_MULTIPLE,
+                   max_side: int = MAX_SIDE) -> tuple[int, int]:
     """The video size with the image's aspect ratio and about `area` pixels, in multiples of `multiple` (16, 32
-    for Wan2.2 TI2V-5B; as the diffusers Wan image-to-video example computes it)."""
+    for Wan2.2 TI2V-5B; as the diffusers Wan image-to-video example computes it). A very long image's size is
+    scaled down to at most `max_side` on its long side (a job's limit, which the user did not choose here)."""
     aspect = image_height / image_width
     height = max(multiple, round(math.sqrt(area * aspect)) // multiple * multiple)
     width = max(multiple, round(math.sqrt(area / aspect)) // multiple * multiple)
+    longest = max(width, height)
+    if longest > max_side:
+        width = max(multiple, width * max_side // longest // multiple * multiple)
+        height = max(multiple, height * max_side // longest // multiple * multiple)
     return width, height
 
 
