@@ -414,3 +414,15 @@ def test_a_resume_file_whose_output_folder_is_gone_says_to_add_out(resume_file, 
     message = refused(["generate", "--resume", path], capsys)
     assert "add --out" in message and "Give a .latents.safetensors file" not in message, message
     assert load_resume_file(path, out=str(tmp_path / "v.mp4")).job.out == str(tmp_path / "v.mp4")
+
+
+@pytest.mark.parametrize("model, problem", [("wan2.1-t2v-14b", "text width is 4096"), ("Wan-AI/Wan2.2-TI2V-5B-Diffusers", "do not fit")])
+def test_a_resume_file_for_a_known_model_not_downloaded_is_checked_before_the_download(model, problem, resume_file, tmp_path, monkeypatch):
+    """A resume file naming a known model whose weights are not here: its tensors are checked against the configs
+    lowvram ships for it, before anything downloads (they were checked only after loading, GBs later)."""
+    header, tensors = resume_file
+    for var in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.setenv(var, str(tmp_path / "empty-hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match=f"damaged or unsupported contents.*{problem}"):
+        load_resume_file(rewrite(tmp_path, dict(header, job=dict(header["job"], model=model)), tensors))

@@ -84,6 +84,19 @@ def known_short_name(name: str, base: Optional[str] = None) -> Optional[str]:
     return {hub.lower(): short for short, hub in SHORT_NAMES.items()}.get(lowered)
 
 
+def known_model_configs(name: str, base: Optional[str] = None) -> Optional[dict]:
+    """The configs lowvram ships for a model it knows by name or hub id (model_index essentials, transformer, VAE),
+    as lowvram.models.task.model_configs gives a checkpoint's: for checks before its weights are downloaded.
+    None for any other model."""
+    short = known_short_name(name, base)
+    if short is None:
+        return None
+    from planner.known_specs import KNOWN
+
+    index, transformer, _, vae, _, _ = KNOWN[short]
+    return {"index": dict(index), "transformer": dict(transformer), "vae": dict(vae)}
+
+
 def config_folder(name: str, base: Optional[str] = None) -> Path:
     """A folder with the model's config files (the pipeline itself, or its configs only): the demo is built,
     an unknown hub id's configs are fetched; a single-file model's is its base's."""

@@ -319,6 +319,7 @@ def load_resume_file(path_text: str, out: Optional[str] = None) -> ResumeState:
     except UserError as exc:
         raise _bad(path, f"the saved job is not valid here ({exc})") from None
     from lowvram.models.names import resolve_model
+    from lowvram.models.specs import known_model_configs
     from lowvram.models.task import model_configs
 
     _check_loras_unchanged(path, job)
@@ -327,7 +328,8 @@ def load_resume_file(path_text: str, out: Optional[str] = None) -> ResumeState:
         from lowvram.models.demo import ensure_demo
 
         ensure_demo(ref.name)
-    configs = model_configs(ref) or {}
+    # a known model not downloaded yet: its shipped configs (the tensors are checked before a download, not after)
+    configs = model_configs(ref) or known_model_configs(job.model, job.base) or {}
     try:
         _check_layout(job, layout, configs)
         with safe_open(str(path), framework="pt", device="cpu") as fh:
