@@ -362,13 +362,19 @@ def precision_key(plan: Plan) -> tuple:
     return (denoisers, PRECISION_RANK[te.precision] if te else 0, PRECISION_RANK[vae.precision] if vae else 0)
 
 
+def _varying_seconds(plan: Plan) -> float:
+    """The predicted time a plan's choices change: without the load's fixed cost, which every plan pays alike and
+    which must not narrow the tie tolerance (a demo-sized job would otherwise be all fixed cost)."""
+    return plan.predicted_seconds - C.LOAD_FIXED_SECONDS
+
+
 def pick(fitting: list[Candidate], prefer: str) -> Candidate:
     """speed: the fastest; within the tie tolerance of it, the most precise (then the fastest of those).
     quality: the most precise that fits, the fastest of those (an untiled VAE on a tie)."""
     if prefer == "quality":
         return min(fitting, key=lambda c: (precision_key(c.plan), c.plan.predicted_seconds, c.plan.peak_ram_bytes))
-    fastest = min(c.plan.predicted_seconds for c in fitting)
-    near = [c for c in fitting if c.plan.predicted_seconds <= fastest * (1 + C.TIE_TOLERANCE[prefer])]
+    fastest = min(_varying_seconds(c.plan) for c in fitting)
+    near = [c for c in fitting if _varying_seconds(c.plan) <= fastest * (1 + C.TIE_TOLERANCE[prefer])]
     # equal time: the plan that holds less RAM (e.g. an idle expert in its file rather than pinned), on fewer GPUs
     return min(near, key=lambda c: (precision_key(c.plan), round(c.plan.predicted_seconds, 6), c.plan.peak_ram_bytes,
                                     c.plan.gpu_count))
@@ -434,14 +440,14 @@ def make_plan(probe: HardwareProbe, spec: ModelSpec, job: Job, prefs: Preference
 
 
 def _choice_reasons(chosen: Plan, fitting: list[Candidate], tp: Throughput, prefs: Preferences) -> tuple[str, ...]:
-    fastest = min(c.plan.predicted_seconds for c in fitting)
-    if chosen.predicted_seconds <= fastest:
+    fastest = min(_varying_seconds(c.plan) for c in fitting)
+    slower = 100 * (_varying_seconds(chosen) / fastest - 1) if fastest > 0 else 0.0
+    if _varying_seconds(chosen) <= fastest:
         first = f"fastest predicted of {len(fitting)} plans that fit"
     elif prefs.prefer == "quality":
-        first = (f"the most precise of {len(fitting)} plans that fit (--prefer quality), "
-                 f"{100 * (chosen.predicted_seconds / fastest - 1):.0f}% slower than the fastest")
+        first = f"the most precise of {len(fitting)} plans that fit (--prefer quality), {slower:.0f}% slower than the fastest"
     else:
-        first = f"within {100 * (chosen.predicted_seconds / fastest - 1):.1f}% of the fastest, at higher precision"
+        first = f"within {slower:.1f}% of the fastest, at higher precision"
     return (first, f"time model: {tp.source}")
 
 

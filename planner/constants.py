@@ -97,6 +97,11 @@ QUANT_SAVE_SHARD_BYTES = 2 * GIB
 # quanto quantizing a component at load (first run only; later runs load the cache): bench wan22 run (H200
 # host CPU) quantized two 14.3 B-param experts to int8 in ~145 s: 0.2 B params/s.
 QUANTIZE_PARAMS_PER_SECOND = 0.2e9
+# What loading costs besides reading the weights: importing diffusers and transformers, building each component
+# (on the meta device, then assigning the mapped tensors), the tokenizer and the scheduler. The demo model, whose
+# weights take no time to read, loads in 3.9 s on the 2-core CI machine (`lowvram generate` on tiny-random, its
+# "predicted vs measured" table; it showed a predicted 0.0 s); a desktop CPU is faster: 3 s.
+LOAD_FIXED_SECONDS = 3.0
 
 # --- Time -----------------------------------------------------------------------------------------
 # Dense bf16 tensor-core throughput with fp32 accumulation (datasheet: NVIDIA Hopper/Ampere/Ada

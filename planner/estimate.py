@@ -256,7 +256,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     load_ram = ranks * (base_ram + held.always) + transient
     read_bytes = sum(M.component_bytes(c, "bf16") for c in spec.components)
     disk_offload = sum(M.denoiser_split(spec, cp)[2] for cp in plan.denoisers) if on_gpu else 0
-    load_s = read_bytes / tp.disk_read + disk_offload / tp.disk_read  # read the checkpoint; write offload files
+    load_s = C.LOAD_FIXED_SECONDS + read_bytes / tp.disk_read + disk_offload / tp.disk_read  # read the checkpoint; write offload files
     load_s += sum(spec.component(cp.name).params for cp in to_quantize) / C.QUANTIZE_PARAMS_PER_SECOND
     load_s += held.always / pin_rate if on_gpu else 0.0  # page-lock the weights streamed all run
     load_s += lora_load_seconds(plan, job, tp)
