@@ -118,7 +118,7 @@ def lora_load_seconds(plan: Plan, job: Job, tp: T.Throughput) -> float:
         loras = lora_footprints(plan, job, cp.name)
         seconds += sum(f.params for f in loras) * 2 / tp.disk_read
         if cp.lora == "fused" and not cp.quantized:
-            seconds += sum(2.0 * f.rank * f.target_params for f in loras) / tp.cpu_flops
+            seconds += sum(f.target_params for f in loras) / C.LORA_FUSE_PARAMS_PER_SECOND
     return seconds
 
 

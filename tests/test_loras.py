@@ -169,10 +169,13 @@ def test_offload_groups_leave_the_adapters_alone(tmp_path):
         placement.leave_all(loaded.pipe)
 
 
-def test_switching_lora_sets_requantizes(job, tmp_path):
+def test_switching_lora_sets_requantizes(job, tmp_path, monkeypatch):
     """A fused int8 denoiser is cached per LoRA set: another set quantizes again, the same set reuses its entry,
     and the plain model's entry is never taken for a fused one."""
     from lowvram.paths import cache_dir
+
+    # a cache of its own: an earlier test's run of the same LoRA bytes would already have made set a's entry
+    monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "cache"))
 
     a, b = make_lora(tmp_path / "a.safetensors", seed=1), make_lora(tmp_path / "b.safetensors", seed=2)
     plan = lora_plan(plan_with("cpu", precision="int8"), "fused")
