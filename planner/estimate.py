@@ -297,10 +297,10 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
             encode_s += flops / tp.cpu_flops
     enc_ram = ranks * (base_ram + held.always + max(cpu_acts))
     stages.append(_peak("encode", every_rank(enc.totals(cards)), enc_ram, encode_s))
-    # A quantized text encoder that computed on the GPU is back in process RAM (not its mapped cache file) for
-    # the rest of the run: measured for the int8 UMT5 of TI2V-5B on the H200, +6.8 GiB in the denoise and decode
-    # stages (docs/benchmarks.md, run 17). Counted so the RAM budget holds it.
-    base_ram += te_bytes if te_gpu and te.quantized else 0
+    # A text encoder that computed on the GPU (quantized or not) points at its CPU tensors again when it leaves
+    # (lowvram.placement.apply._move_whole): no RAM beyond them. Run 17's +6.8 GiB after the encode, once read as
+    # an int8 UMT5 back in the heap, was the pinned copies of the blocks an out-of-memory fallback streamed; run 19
+    # (no fallback) measured +0.3 GiB from the encode to the denoise (docs/benchmarks.md).
 
     # --- denoise (one phase per denoiser) ------------------------------------------------------------
     steps = phase_steps(spec, job)

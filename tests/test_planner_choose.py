@@ -225,9 +225,10 @@ def test_predict_is_pure_and_consistent():
     assert stages["encode"].vram_bytes == 0 and stages["decode"].vram_bytes < 3 * GIB  # tiled: ~2 GiB + weights
 
 
-def test_a_quantized_text_encoder_that_ran_on_the_gpu_is_counted_in_ram_after_the_encode():
-    """Measured on the H200 (TI2V-5B, run 17): the int8 UMT5 is back in process RAM once it leaves the GPU;
-    a bf16 one points at its mapped file again (A14B runs, RAM within 2%)."""
+def test_a_text_encoder_that_ran_on_the_gpu_adds_no_ram_after_the_encode():
+    """Measured on the H200 (TI2V-5B, run 19, no fallback): the int8 UMT5 leaving the GPU added 0.3 GiB of RAM
+    (it points at its CPU tensors again). Run 17's +6.8 GiB, once counted here, was an out-of-memory fallback's
+    pinned copies; the planner over-predicted the denoise RAM by 66% with it."""
     spec, job = known_spec("wan2.2-ti2v-5b"), job_for("wan2.2-ti2v-5b")
     tp = throughput_for(TYPICAL_MACHINES["rtx4090-64g"])
 
@@ -236,10 +237,9 @@ def test_a_quantized_text_encoder_that_ran_on_the_gpu_is_counted_in_ram_after_th
         return {s.stage: s.ram_bytes for s in predict(plan, spec, job, tp)[0]}
 
     int8, bf16 = ram("int8"), ram("bf16")
-    te_int8 = M.component_bytes(spec.text_encoder, "int8")
-    assert int8["encode"] == bf16["encode"]  # on the GPU while it computes
+    assert int8["encode"] == bf16["encode"]
     for stage in ("denoise", "decode"):
-        assert int8[stage] - bf16[stage] == te_int8
+        assert int8[stage] == bf16[stage]
 
 
 def test_probe_validation():
