@@ -87,6 +87,15 @@ VAE_TILE_STRIDE = 192
 # FLOPs per output pixel-frame of a decode (meta trace with FlopCounterMode: 8.9e6 at 64-128 px, 5-9 frames).
 VAE_DECODE_FLOPS_PER_PIXEL = 8.9e6
 VAE_ENCODE_FLOPS_PER_PIXEL = 4.5e6  # estimate: the encoder has about half the decoder's convolutions
+# The VAE on the GPU (planner.timing.vae_gpu_seconds): the share of the GPU's matmul rate its convolutions reach,
+# over the Wan2.1 decoder's FLOPs per pixel, for both Wan VAEs. H200: fp32 untiled decodes took 2.85 s (Wan2.1 VAE,
+# 832x480x81, run 5) and 9.43 s (Wan2.2 VAE, 1280x704x121, run 13), 0.20 and 0.21 of 5.0e14 FLOP/s; the model
+# without this factor predicted 0.62 s and 3.70 s. Tiled, measured: 5.35 s and 18.57 s (the tile overlap's 1.78x
+# predicts 5.09 s and 17.2 s).
+VAE_GPU_EFFICIENCY = 0.20
+# A bf16 VAE's time over an fp32 one's on the GPU: run 19, the Wan2.2 VAE tiled at 1280x704x121: 15.6 s (bf16,
+# lowvram's decode with its per-frame progress) vs 18.57 s (fp32, diffusers' tiled decode, run 13).
+VAE_BF16_TIME = 0.84
 
 # --- Loading ------------------------------------------------------------------------------------
 # Quantizing at load (first run) writes lowvram.placement.quant_cache's shards; safetensors serializes one whole

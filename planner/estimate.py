@@ -285,13 +285,16 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
         flops = T.vae_flops(spec, h, w, enc_frames, encode=True) * (T.tiling_overhead() if tiled else 1.0)
         acts = [vae_enc]
         moved = vae_bytes
+        ie_flops = 0.0
         if ie is not None and spec.image_encoder is not None:
             acts.append(M.image_encoder_activation_bytes(spec.image_encoder))
-            flops += T.image_encoder_flops(spec.image_encoder)
+            ie_flops = T.image_encoder_flops(spec.image_encoder)
+            flops += ie_flops
             moved += ie_bytes
         if vae_gpu:
             enc.add(vae_at, moved, max(acts))
-            encode_s += moved / from_map + flops / tp.gpu_flops
+            encode_s += (moved / from_map + ie_flops / tp.gpu_flops
+                         + T.vae_gpu_seconds(spec, h, w, enc_frames, tp, vae.precision, tiled, encode=True))
         else:
             cpu_acts += acts
             encode_s += flops / tp.cpu_flops
@@ -355,7 +358,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     dec = _PerGpu()
     if vae_gpu:
         dec.add(vae_at, vae_bytes, dec_act)
-        decode_s = vae_bytes / from_map + dec_flops / tp.gpu_flops
+        decode_s = vae_bytes / from_map + T.vae_gpu_seconds(spec, h, w, f, tp, vae.precision, tiled)
     else:
         dec_ram += dec_act
         decode_s = dec_flops / tp.cpu_flops

@@ -268,6 +268,19 @@ def vae_flops(spec: ModelSpec, height: int, width: int, frames: int, encode: boo
     return per_pixel * height * width * frames * scale
 
 
+def vae_gpu_seconds(spec: ModelSpec, height: int, width: int, frames: int, tp: "Throughput", precision: str,
+                    tiled: bool, encode: bool = False) -> float:
+    """A VAE pass on the GPU. Measured on the H200, both Wan VAEs decode at the same time per output pixel-frame
+    (fp32, untiled: 8.8e-8 s for Wan2.1's at 832x480x81, 8.7e-8 s for Wan2.2's at 1280x704x121; runs 5 and 13),
+    about 20% of the matmul rate over Wan2.1's decoder FLOPs; so the per-pixel FLOPs are Wan2.1's for both (the
+    Wan2.2 VAE's wider convolutions run more efficiently in the same proportion) and VAE_GPU_EFFICIENCY applies.
+    Tiled: (tile / stride)^2 more work (measured x1.88 and x1.97); bf16: VAE_BF16_TIME of fp32 (run 19, tiled)."""
+    per_pixel = C.VAE_ENCODE_FLOPS_PER_PIXEL if encode else C.VAE_DECODE_FLOPS_PER_PIXEL
+    flops = per_pixel * height * width * frames * (tiling_overhead() if tiled else 1.0)
+    seconds = flops / (tp.gpu_flops * C.VAE_GPU_EFFICIENCY)
+    return seconds * (C.VAE_BF16_TIME if precision == "bf16" else 1.0)
+
+
 def tiling_overhead() -> float:
     """Tiles overlap: each pixel is computed (tile / stride)^2 times on average."""
     return (C.VAE_TILE / C.VAE_TILE_STRIDE) ** 2

@@ -36,16 +36,19 @@ def denoise_vram(plan: Plan) -> int:
     return max(s.vram_bytes for s in plan.predicted if s.stage == "denoise")
 
 
-# (model, VRAM GiB, GPU) -> (precision, placement) the planner chooses; compiled in every case (50 steps with CFG)
+# (model, VRAM GiB, GPU) -> (precision, placement, compiled) the planner chooses for a first run (50 steps with CFG;
+# quantizing and a cold compile counted). The 1.3B at 8 GiB on a 4090: fp8_fast compiled would be 2.7% faster
+# over the whole job (its minute of compiling and the quantizing eat most of the gain), inside the 3% tie
+# tolerance, so the more precise bf16 plan wins; a second run (cached weights, warm compile) takes fp8_fast.
 CHOICES = {
-    ("14b", 24, "4090"): ("fp8_fast", "resident"),
-    ("14b", 12, "4090"): ("fp8_fast", "partial"),
-    ("1.3b", 8, "4090"): ("fp8_fast", "resident"),
-    ("1.3b", 4, "4090"): ("fp8_fast", "partial"),
-    ("14b", 24, "3090"): ("bf16", "partial"),
-    ("14b", 12, "3090"): ("bf16", "partial"),
-    ("1.3b", 8, "3090"): ("bf16", "resident"),
-    ("1.3b", 4, "3090"): ("bf16", "partial"),
+    ("14b", 24, "4090"): ("fp8_fast", "resident", True),
+    ("14b", 12, "4090"): ("fp8_fast", "partial", True),
+    ("1.3b", 8, "4090"): ("bf16", "resident", False),
+    ("1.3b", 4, "4090"): ("fp8_fast", "partial", True),
+    ("14b", 24, "3090"): ("bf16", "partial", True),
+    ("14b", 12, "3090"): ("bf16", "partial", True),
+    ("1.3b", 8, "3090"): ("bf16", "resident", True),
+    ("1.3b", 4, "3090"): ("bf16", "partial", True),
 }
 
 
@@ -54,7 +57,7 @@ def test_the_choice_on_an_rtx_4090_and_an_rtx_3090(case):
     model, vram, gpu = case
     result = plan_for(model, vram, RTX4090 if gpu == "4090" else RTX3090)
     t = result.plan.component("transformer")
-    assert (t.precision, t.placement, t.compile) == (*CHOICES[case], True)
+    assert (t.precision, t.placement, t.compile) == CHOICES[case]
     budget = (vram * GIB) - Preferences().vram_reserve
     if t.placement == "partial":  # the VRAM that is there is used: resident blocks up to the budget
         assert denoise_vram(result.plan) >= 0.9 * budget
@@ -64,9 +67,11 @@ def test_the_choice_on_an_rtx_4090_and_an_rtx_3090(case):
     if gpu == "3090":
         assert "fp8_fast needs compute capability >= 8.9 (this GPU: 8.6)" in text
         assert "int8_fast is not measured faster than bf16" in text
-    else:
+    elif t.precision == "fp8_fast":
         assert f"per-forward error {C.FAST_LEVEL_ERROR['fp8_fast']:.1%} vs bf16 on the test model (bound 5.0%" in text
         assert "10.5% on the 14B's shapes with random weights (quanto fp8, allowed by default: 12.7%)" in text
+    else:  # the tie: it says by how little fp8_fast would have been faster
+        assert "precision bf16: fp8_fast was lower precision, faster by only" in text
 
 
 def test_lowvram_plan_explains_the_choice_in_words(capsys):
