@@ -87,6 +87,8 @@ def register(sub) -> None:
     f.add_argument("--no-upstream-compile", action="store_true", help="skip the upstream recipes with compile_repeated_blocks()")
     f.add_argument("--resolutions", type=_words, default=("480p", "720p"), help="table rows at these resolutions only (default %(default)s)")
     f.add_argument("--ram-gib", type=float, default=64.0, help="RAM the planner is told the machine has (default %(default)s)")
+    f.add_argument("--budgets", type=_floats, default=None, help="table rows at these GiB budgets only (default: all)")
+    f.add_argument("--no-upstream", action="store_true", help="skip the upstream recipes (another process measures them)")
     f.add_argument("--table-only", action="store_true", help="the table's cases only: no warm-compile run, no errors of "
                    "int8_fast and quanto fp8, no FFN factors (for a second process on another GPU while one measures them)")
     f.add_argument("--out", type=Path, default=None, help="write the results as JSON here (after every case)")
@@ -209,8 +211,8 @@ def run_fast(args) -> int:
         from lowvram.errors import UserError
 
         raise UserError(f"--models: {', '.join(unknown)} unknown; use 14b and/or 1.3b")
-    upstream = tuple(u for u in UPSTREAM if not (args.no_upstream_compile and u.endswith("_compile")))
-    cases = tuple(c for c in FAST_TARGETS if c[1] in args.resolutions)
+    upstream = () if args.no_upstream else tuple(u for u in UPSTREAM if not (args.no_upstream_compile and u.endswith("_compile")))
+    cases = tuple(c for c in FAST_TARGETS if c[1] in args.resolutions and (args.budgets is None or c[2] in args.budgets))
     setup = FastSetup(models=tuple(args.models), ram_gib=args.ram_gib, upstream=upstream, cases=cases,
                       leaf_compile_models=tuple(args.leaf_compile_models), extras=not args.table_only)
     print(f"inductor cache: {inductor_cache_dir()}", flush=True)
