@@ -126,3 +126,14 @@ def test_table_only_measures_the_cases_and_leaves_the_extras_to_another_process(
     assert saved[0]["models"]["1.3b"]["floor"]["480p"]["step_seconds"] > 0 and not saved[0]["models"]["1.3b"]["cases"]
     assert set(m["errors"]) == {"int8_fast"}  # the planner's level only: no fp8_fast, no quanto fp8
     assert {c["kind"] for c in m["cases"]} == {"planner", "bf16_only"} and m["resident"]["int8_fast"]["step_seconds"] > 0
+
+
+def test_options_that_select_no_row_exit_2_naming_the_rows(capsys):
+    """`bench fast` options are checked before any GPU work: a selection with no row says which rows exist."""
+    from lowvram.cli import main
+
+    assert main(["bench", "fast", "--models", "1.3b", "--budgets", "24"]) == 2
+    err = capsys.readouterr().err
+    assert "no row of the table matches --models 1.3b" in err and "1.3b 480p @ 8 GiB" in err and "CUDA" not in err
+    assert main(["bench", "fast", "--models", "7b"]) == 2
+    assert "--models: 7b unknown" in capsys.readouterr().err

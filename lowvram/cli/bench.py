@@ -205,14 +205,20 @@ def run_fast(args) -> int:
             print(f"| {r['model']} {r['resolution']} @ {r['budget_gib']:g} GiB | {r['planner']['plan']} x{r['planner']['ratio']:.3f} "
                   f"| {r['bf16_only']['plan']} x{r['bf16_only']['ratio']:.3f} | {r['target']} |")
         return 0
-    _need_cuda()
+    from lowvram.errors import UserError
+
+    # the options first (exit 2 before any GPU work), then the GPU
     unknown = [m for m in args.models if m not in ("14b", "1.3b")]
     if unknown:
-        from lowvram.errors import UserError
-
         raise UserError(f"--models: {', '.join(unknown)} unknown; use 14b and/or 1.3b")
     upstream = () if args.no_upstream else tuple(u for u in UPSTREAM if not (args.no_upstream_compile and u.endswith("_compile")))
     cases = tuple(c for c in FAST_TARGETS if c[1] in args.resolutions and (args.budgets is None or c[2] in args.budgets))
+    if not any(c[0] in args.models for c in cases):
+        rows = ", ".join(f"{m} {r} @ {b:g} GiB" for m, r, b in FAST_TARGETS)
+        budgets = f" --budgets {','.join(f'{b:g}' for b in args.budgets)}" if args.budgets else ""
+        raise UserError(f"no row of the table matches --models {','.join(args.models)} --resolutions "
+                        f"{','.join(args.resolutions)}{budgets}; its rows: {rows}")
+    _need_cuda()
     setup = FastSetup(models=tuple(args.models), ram_gib=args.ram_gib, upstream=upstream, cases=cases,
                       leaf_compile_models=tuple(args.leaf_compile_models), extras=not args.table_only)
     print(f"inductor cache: {inductor_cache_dir()}", flush=True)
