@@ -116,6 +116,7 @@ def run_case(result: CaseResult, recipe: Recipe, warmup: int = 1, iters: int = 2
         clean_cuda()
         set_budget(result.budget_gib)
         torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_accumulated_memory_stats()  # alloc_retries below counts this case only
     sampler = MemorySampler(lambda sample: None, interval=0.05)
     with sampler:
         sampler.start_window()
@@ -148,6 +149,8 @@ def run_case(result: CaseResult, recipe: Recipe, warmup: int = 1, iters: int = 2
             if cuda:
                 result.peak_vram_allocated = torch.cuda.max_memory_allocated()
                 result.peak_vram_reserved = torch.cuda.max_memory_reserved()
+                # the allocator hit the cap, freed its cache (a device-wide sync) and retried: a plan at its limit
+                result.extra["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
             _, result.peak_rss = sampler.window_peaks()
             forward = None
             try:
@@ -169,5 +172,7 @@ def summary_line(r: CaseResult) -> str:
     # setup and the first forward (a compile's cost) in the line too: a run cut short keeps them in its log
     setup = "" if r.setup_seconds is None else f" setup {r.setup_seconds:.1f}s"
     first = "" if r.first_seconds is None else f" first {r.first_seconds:.1f}s"
+    retries = r.extra.get("alloc_retries") if isinstance(r.extra, dict) else None
+    status += f" (allocator retries {retries})" if retries else ""
     return (f"[{r.model} {r.resolution} {budget}] {r.recipe}: step {step}{first}{setup} peak {gib(r.peak_vram_reserved)}/"
             f"{gib(r.peak_vram_allocated)} GiB rss {gib(r.peak_rss)} GiB {status}")
