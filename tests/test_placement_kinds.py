@@ -261,3 +261,27 @@ def test_each_stage_window_starts_once_its_components_are_placed(small_job, mode
         for i in entries:
             work = next(j for j in range(i + 1, len(calls)) if calls[j] in (("StepFinished",), ("StageFinished",)))
             assert ("window",) in calls[i + 1:work], (stage, str(calls[i:work + 1]))
+
+
+def test_a_stage_at_the_gpu_memory_limit_says_so(small_job, monkeypatch):
+    """When torch's CUDA allocator had to free its cache and retry during a stage (a plan at its cap: every retry
+    waits for the whole GPU), the run warns with what to change and records the count with the stage's peaks.
+    The allocator's counter is injected (no GPU here); the runner's reporting is real."""
+    from lowvram.sampling import runner
+    from lowvram.telemetry import LogMessage
+
+    count = iter(range(0, 1000, 3))  # each reading 3 more: every stage sees 3 retries
+    monkeypatch.setattr(runner, "allocator_retries", lambda: next(count))
+    events: list = []
+    result = runner.generate(small_job(), on_event=events.append)
+    warnings = [e.message for e in events if isinstance(e, LogMessage) and "GPU memory limit" in e.message]
+    assert any(m.startswith("the denoise ran at the GPU memory limit") and "retried 3 times" in m and "--vram-reserve" in m
+               for m in warnings)
+    assert result.stage_peaks["denoise"]["alloc_retries"] == 3
+
+
+def test_no_allocator_retries_on_the_cpu(small_job):
+    from lowvram.sampling.runner import allocator_retries, generate
+
+    assert allocator_retries() == 0
+    assert all("alloc_retries" not in peaks for peaks in generate(small_job()).stage_peaks.values())

@@ -417,6 +417,24 @@ def _merge_max(a: dict, b: dict) -> dict:
     return {k: max(a.get(k, 0), b.get(k, 0)) for k in set(a) | set(b)}
 
 
+def allocator_retries() -> int:
+    """How often torch's CUDA caching allocator has hit its limit, freed its cache and tried again (0 without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return 0
+    return torch.cuda.memory_stats().get("num_alloc_retries", 0)  # this process's GPU (one per process)
+
+
+def allocator_retry_warning(stage: str, retries: int) -> str:
+    """What a stage that ran at the GPU's memory limit tells the user."""
+    from planner.constants import DEFAULT_VRAM_RESERVE, GIB
+
+    return (f"the {stage} ran at the GPU memory limit: the CUDA allocator freed its cache and retried {retries} "
+            f"time{'s' if retries != 1 else ''} (each waits for the whole GPU, which slows the run); leaving more room "
+            f"(--vram-reserve above the default {DEFAULT_VRAM_RESERVE / GIB:.1f} GiB, or a smaller --vram-cap) may make it faster")
+
+
 class _Stage:
     """Context manager: StageStarted/StageFinished with measured peaks; for a two-expert model's denoise
     stage also one peak window per phase (`phase(name, step)` at each expert switch), kept as
@@ -430,6 +448,7 @@ class _Stage:
 
     def __enter__(self):
         self.started = time.perf_counter()
+        self.retries = allocator_retries()
         self.sampler.start_window()
         self.sink(StageStarted(t=self.clock(), stage=self.name))
         return self
@@ -475,6 +494,10 @@ class _Stage:
                 by_gpu = tuple(sorted(self.per_gpu.items()))
             self.sink(StageFinished(t=self.clock(), stage=self.name, seconds=seconds, peak_vram_bytes=vram, peak_ram_bytes=ram,
                                     peak_vram_by_gpu=by_gpu))
+            retries = allocator_retries() - self.retries
+            if retries > 0:
+                self.peaks[self.name]["alloc_retries"] = retries
+                self.sink(LogMessage(t=self.clock(), level="warning", message=allocator_retry_warning(self.name, retries)))
         return False
 
 
