@@ -282,14 +282,12 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
         # Wan2.1/2.2 I2V encode the first frame padded with zeros to the whole video; TI2V the first frame alone
         enc_frames = 1 if spec.expand_timesteps else f
         vae_enc = M.vae_peak_bytes(spec, h, w, enc_frames, tiled=tiled, encode=True, precision=vae.precision)
-        flops = T.vae_flops(spec, h, w, enc_frames, encode=True) * (T.tiling_overhead() if tiled else 1.0)
         acts = [vae_enc]
         moved = vae_bytes
         ie_flops = 0.0
         if ie is not None and spec.image_encoder is not None:
             acts.append(M.image_encoder_activation_bytes(spec.image_encoder))
             ie_flops = T.image_encoder_flops(spec.image_encoder)
-            flops += ie_flops
             moved += ie_bytes
         if vae_gpu:
             enc.add(vae_at, moved, max(acts))
@@ -297,7 +295,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
                          + T.vae_gpu_seconds(spec, h, w, enc_frames, tp, vae.precision, tiled, encode=True))
         else:
             cpu_acts += acts
-            encode_s += flops / tp.cpu_flops
+            encode_s += (T.vae_flops(spec, h, w, enc_frames, encode=True) + ie_flops) / tp.cpu_flops
     enc_ram = ranks * (base_ram + held.always + max(cpu_acts))
     stages.append(_peak("encode", every_rank(enc.totals(cards)), enc_ram, encode_s))
     # A text encoder that computed on the GPU (quantized or not) points at its CPU tensors again when it leaves
@@ -353,7 +351,6 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     # --- decode (the first process only) -------------------------------------------------------------
     out = M.video_bytes(h, w, f)
     dec_act = M.vae_peak_bytes(spec, h, w, f, tiled=tiled and vae_gpu, precision=vae.precision)
-    dec_flops = T.vae_flops(spec, h, w, f) * (T.tiling_overhead() if tiled and vae_gpu else 1.0)
     dec_ram = base_ram + held.always + 2 * out  # the video, then its uint8 frames
     dec = _PerGpu()
     if vae_gpu:
@@ -361,7 +358,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
         decode_s = vae_bytes / from_map + T.vae_gpu_seconds(spec, h, w, f, tp, vae.precision, tiled)
     else:
         dec_ram += dec_act
-        decode_s = dec_flops / tp.cpu_flops
+        decode_s = T.vae_flops(spec, h, w, f) / tp.cpu_flops
     stages.append(_peak("decode", dec.totals(cards) + (0,) * (ranks - 1), dec_ram, decode_s))
     return tuple(stages), sum(s.seconds for s in stages)
 

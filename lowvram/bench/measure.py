@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from lowvram.telemetry.memory import MemorySampler
+from lowvram.telemetry.memory import MemorySampler, allocator_retries
 
 GIB = 1024**3
 
@@ -150,7 +150,7 @@ def run_case(result: CaseResult, recipe: Recipe, warmup: int = 1, iters: int = 2
                 result.peak_vram_allocated = torch.cuda.max_memory_allocated()
                 result.peak_vram_reserved = torch.cuda.max_memory_reserved()
                 # the allocator hit the cap, freed its cache (a device-wide sync) and retried: a plan at its limit
-                result.extra["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
+                result.extra["alloc_retries"] = allocator_retries()
             _, result.peak_rss = sampler.window_peaks()
             forward = None
             try:

@@ -94,6 +94,7 @@ def run_lowvram_case(model: str, folder: Path, vram_gib: float, ram_gib: float, 
     from lowvram.bench.measure import set_budget
     from lowvram.sampling.runner import generate
     from lowvram.telemetry import EventLog, PhaseStarted, PlanSwitched, StageStarted, StepFinished
+    from lowvram.telemetry.memory import allocator_retries
     from planner.choose import Preferences, plan_for_job
     from planner.probe import override_probe, probe_hardware
 
@@ -126,7 +127,7 @@ def run_lowvram_case(model: str, folder: Path, vram_gib: float, ram_gib: float, 
         vram_max_reserved=torch.cuda.max_memory_reserved() if torch.cuda.is_available() else 0,
         # times the caching allocator hit the cap, freed its cache (a device-wide sync) and tried again: a plan
         # that runs close to its cap pays this per allocation (a candidate for run 19's slow 12 GiB TI2V steps)
-        alloc_retries=torch.cuda.memory_stats().get("num_alloc_retries", 0) if torch.cuda.is_available() else 0,
+        alloc_retries=allocator_retries(),
         # out of memory and a leaner plan: the measured peaks and steps are partly the leaner plan's
         fallbacks=[dict(stage=e.stage, reason=e.reason[:300], summary=e.new_summary) for e in log.of(PlanSwitched)],
         ran_summary=run.plan.summary(),

@@ -38,7 +38,7 @@ from lowvram.telemetry import (
     StepFinished,
     ignore,
 )
-from lowvram.telemetry.memory import MemorySampler
+from lowvram.telemetry.memory import MemorySampler, allocator_retries
 from planner.plan import PHASE_OF, Plan, fit_to, simple_plan, with_loras
 
 
@@ -415,15 +415,6 @@ def decode(loaded: LoadedModel, plan: Plan, latents: Any, watch: Optional[Decode
 
 def _merge_max(a: dict, b: dict) -> dict:
     return {k: max(a.get(k, 0), b.get(k, 0)) for k in set(a) | set(b)}
-
-
-def allocator_retries() -> int:
-    """How often torch's CUDA caching allocator has hit its limit, freed its cache and tried again (0 without CUDA)."""
-    import torch
-
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return 0
-    return torch.cuda.memory_stats().get("num_alloc_retries", 0)  # this process's GPU (one per process)
 
 
 def allocator_retry_warning(stage: str, retries: int) -> str:

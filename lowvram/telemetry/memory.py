@@ -21,6 +21,15 @@ def _cuda():
         return None
 
 
+def allocator_retries() -> int:
+    """How often torch's CUDA caching allocator has hit its limit, freed its cache (a device-wide sync) and tried
+    again, on this process's GPU (one per process); 0 without CUDA or before the first CUDA use."""
+    cuda = _cuda()
+    if cuda is None or not cuda.is_initialized():
+        return 0
+    return cuda.memory_stats().get("num_alloc_retries", 0)
+
+
 def process_ram() -> tuple[int, int]:
     """(resident set, of which file-backed pages) of this process. The file-backed part is memory-mapped
     weights in the page cache, which the kernel can drop and read again; the rest (heap, page-locked
