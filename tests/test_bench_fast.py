@@ -55,7 +55,10 @@ def test_end_to_end_is_composed_from_the_measured_steps():
     out = e2e(data, 64.0)
     forwards = 100
     encode_decode = out["encode_decode_predicted_seconds"]
-    assert out["plan_seconds"] == pytest.approx(forwards * 2.16 + 40.0 + encode_decode)
+    # the compile counted is the level's cold one (41 s, resident fp8_fast), not the plan case's own warm-up (40 s),
+    # which reused graphs compiled earlier in the process
+    assert out["plan_seconds"] == pytest.approx(forwards * 2.16 + 41.0 + encode_decode)
+    assert out["compile_seconds"] == 41.0
     assert out["floor_seconds"] == pytest.approx(forwards * 3.0 + encode_decode)
     assert out["ratio"] == pytest.approx(out["plan_seconds"] / out["floor_seconds"]) and out["target"] == E2E_TARGET
     assert "composed" in out["note"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -53,6 +54,7 @@ def environment() -> dict:
         "accelerate": version("accelerate"),
         "optimum-quanto": version("optimum-quanto"),
         "mmgp": version("mmgp"),
+        "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),  # expandable segments or torch's default
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

@@ -219,6 +219,8 @@ def run_fast(args) -> int:
         raise UserError(f"no row of the table matches --models {','.join(args.models)} --resolutions "
                         f"{','.join(args.resolutions)}{budgets}; its rows: {rows}")
     _need_cuda()
+    if not upstream:  # lowvram's plans alone: run as `lowvram generate` runs them (the upstream rows keep torch's default)
+        _allocator_as_generate()
     setup = FastSetup(models=tuple(args.models), ram_gib=args.ram_gib, upstream=upstream, cases=cases,
                       leaf_compile_models=tuple(args.leaf_compile_models), extras=not args.table_only)
     print(f"inductor cache: {inductor_cache_dir()}", flush=True)
