@@ -33,7 +33,7 @@ from planner.plan import (
 )
 from planner.probe import HardwareProbe, describe_probe
 from planner.spec import ModelSpec
-from planner.timing import Throughput, throughput_for
+from planner.timing import Throughput, describe_cards, throughput_for
 from planner.words import fmt_seconds, gib, gib_at_least
 
 QUANT_ORDER = M.QUANT_ORDER
@@ -290,19 +290,26 @@ def _rule_out(plan: Plan, spec: ModelSpec, prefs: Preferences, probe: HardwarePr
         if error > prefs.max_error:
             return (f"{d.precision}'s per-forward error {error:.1%} vs bf16 is above the bound "
                     f"{prefs.max_error:.1%} (--max-error)")
-        unavailable = tp.fast_unavailable(d.precision)
-        if unavailable:
-            return unavailable
+        for g in _plan_gpus(plan):  # every card the plan computes on must run it
+            why = tp.on(g).fast_unavailable(d.precision)
+            if why:
+                return f"cuda:{g}: {why}" if tp.cards else why
     if plan.component("text_encoder").precision != "bf16" and prefs.min_quant == "bf16":
         return "text encoder int8 is below the lowest precision allowed (bf16)"
-    if d.precision == "fp8" and not tp.fp8_fast:
-        cc = ".".join(map(str, probe.compute_capability or ())) or "unknown"
+    slow = [g for g in _plan_gpus(plan) if not tp.on(g).fp8_fast]
+    if d.precision == "fp8" and slow:
+        cc = ".".join(map(str, tp.on(slow[0]).compute_capability or ())) or "unknown"
         need = ".".join(map(str, C.FP8_MIN_COMPUTE_CAPABILITY))
-        return f"fp8 needs compute capability >= {need} for fast matmul (this GPU: {cc})"
+        return f"fp8 needs compute capability >= {need} for fast matmul ({f'cuda:{slow[0]}' if tp.cards else 'this GPU'}: {cc})"
     on_disk = sum(M.denoiser_split(spec, cp)[2] for cp in plan.denoisers)
     if on_disk > probe.disk_free:
         return f"disk offload needs {gib(on_disk)} free in the cache folder, {gib(probe.disk_free)} free"
     return ""
+
+
+def _plan_gpus(plan: Plan) -> tuple[int, ...]:
+    """The GPUs a plan computes on (GPU 0 alone for a one-GPU plan)."""
+    return plan.gpus or (0,)
 
 
 def _judge(plan: Plan, budget: Budget, ruled_out: str = "") -> Candidate:
@@ -739,6 +746,7 @@ def explain(probe: HardwareProbe, spec: ModelSpec, job: Job, budget: Budget, tp:
             f"boundary {spec.boundary_ratio:g} x 1000, shift {shift_for(spec, job):g}"
         )
     lines.append(f"time model: {tp.source}")
+    lines += describe_cards(probe, tp)
     lines.append(f"chosen: {chosen.summary()} ({chosen.device})")
     lines += stage_table(chosen)
     lines += [f"  why: {r}" for r in chosen.reasons

@@ -231,6 +231,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     vae_bytes = M.component_bytes(spec.vae, vae.precision)
     ie_bytes = M.component_bytes(spec.image_encoder, ie.precision) if ie is not None and spec.image_encoder else 0
     te_at, vae_at = gpu_index(plan.device_of("text_encoder")), gpu_index(plan.device_of("vae"))
+    te_tp, vae_tp = tp.on(te_at), tp.on(vae_at)  # each computes at its own card's pace
 
     def every_rank(per_gpu: tuple[int, ...]) -> tuple[int, ...]:
         """A context-parallel stage runs the same on every process, each on its own GPU."""
@@ -239,8 +240,11 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     # Copies from memory-mapped weights: page cache (pageable speed) when it all fits in RAM, else disk.
     peak_heap_guess = ranks * (base_ram + held.always + max(held.per_phase.values(), default=0)) + 2 * M.video_bytes(h, w, f)
     cached = ram_budget is None or mapped_bytes(plan, spec) - fused + peak_heap_guess <= ram_budget
-    from_map = tp.h2d_pageable if cached else min(tp.h2d_pageable, tp.disk_read) if on_gpu else tp.disk_read
-    pin_rate = min(from_map, C.PIN_BPS)
+
+    def from_map_to(card: T.Throughput) -> float:
+        return card.h2d_pageable if cached else min(card.h2d_pageable, card.disk_read) if on_gpu else card.disk_read
+
+    pin_rate = min(from_map_to(tp), C.PIN_BPS)
 
     # --- load --------------------------------------------------------------------------------------
     precisions = {cp.name: cp.precision for cp in plan.components}
@@ -270,11 +274,11 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     cpu_acts = [0]
     if te_gpu:
         enc.add(te_at, te_bytes, te_act)
-        encode_s = te_bytes / from_map + te_flops / tp.gpu_flops
+        encode_s = te_bytes / from_map_to(te_tp) + te_flops / te_tp.gpu_flops
     elif te_offload:
         # group offload without streams: one block on the GPU at a time, the rest (embedding) as one group
         enc.add(te_at, M.rest_bytes(spec.text_encoder, te.precision) + M.block_bytes(spec.text_encoder, te.precision), te_act)
-        encode_s = te_passes * te_bytes / from_map * C.NO_STREAM_COPY_FACTOR + te_flops / tp.gpu_flops
+        encode_s = te_passes * te_bytes / from_map_to(te_tp) * C.NO_STREAM_COPY_FACTOR + te_flops / te_tp.gpu_flops
     else:
         cpu_acts.append(te_act)
         encode_s = te_flops / tp.cpu_flops
@@ -291,8 +295,8 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
             moved += ie_bytes
         if vae_gpu:
             enc.add(vae_at, moved, max(acts))
-            encode_s += (moved / from_map + ie_flops / tp.gpu_flops
-                         + T.vae_gpu_seconds(spec, h, w, enc_frames, tp, vae.precision, tiled, encode=True))
+            encode_s += (moved / from_map_to(vae_tp) + ie_flops / vae_tp.gpu_flops
+                         + T.vae_gpu_seconds(spec, h, w, enc_frames, vae_tp, vae.precision, tiled, encode=True))
         else:
             cpu_acts += acts
             encode_s += (T.vae_flops(spec, h, w, enc_frames, encode=True) + ie_flops) / tp.cpu_flops
@@ -313,7 +317,8 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
         passes = passes_for(guidance_for(spec, job, cp.name))
         loras = lora_footprints(plan, job, cp.name)
         # adapters, like the base weights, run on this process's tokens only (1/N of them under context parallel)
-        forward_s = forward_seconds(plan, cp, spec, tokens, tp) + lora_forward_seconds(plan, cp, loras, -(-tokens // ranks), tp)
+        card = slowest_card(plan, cp, tp)
+        forward_s = forward_seconds(plan, cp, spec, tokens, tp) + lora_forward_seconds(plan, cp, loras, -(-tokens // ranks), card)
         ram = ranks * (base_ram + held.always + held.per_phase.get(cp.name, 0))
         if on_gpu:
             den = _PerGpu()
@@ -328,7 +333,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
                         for g, b in denoiser_gpu_bytes(spec, other, 0, lora_footprints(plan, job, other.name)).items():
                             den.add(g, b)
             resident, streamed, _ = M.denoiser_split(spec, cp)
-            switch = resident / from_map + (streamed / pin_rate if cp.idle == "mmap" else 0.0)
+            switch = resident / from_map_to(card) + (streamed / min(from_map_to(card), C.PIN_BPS) if cp.idle == "mmap" else 0.0)
             compute = denoise_calls(n, passes, cache, cp.name) * forward_s
             if apart and cp is not plan.denoisers[0]:
                 # it was copied to its card in the background while the first expert computed
@@ -355,7 +360,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     dec = _PerGpu()
     if vae_gpu:
         dec.add(vae_at, vae_bytes, dec_act)
-        decode_s = vae_bytes / from_map + T.vae_gpu_seconds(spec, h, w, f, tp, vae.precision, tiled)
+        decode_s = vae_bytes / from_map_to(vae_tp) + T.vae_gpu_seconds(spec, h, w, f, vae_tp, vae.precision, tiled)
     else:
         dec_ram += dec_act
         decode_s = T.vae_flops(spec, h, w, f) / tp.cpu_flops
@@ -381,20 +386,38 @@ def block_compute_seconds(cp: ComponentPlan, spec: ModelSpec, tokens: int, tp: T
     return flops / tp.gpu_flops * tp.time_factor(cp.precision)
 
 
+def gpus_of(plan: Plan, cp: ComponentPlan) -> tuple[int, ...]:
+    """The GPUs denoiser `cp` computes on: every rank's under context parallel, each card of a layer split, else
+    its own (GPU 0 on a one-GPU plan)."""
+    if plan.parallel:
+        return tuple(range(plan.parallel_gpus))
+    return tuple(gpu_index(d) for d in cp.devices) if cp.layer_split else (gpu_index(plan.device_of(cp.name)),)
+
+
+def slowest_card(plan: Plan, cp: ComponentPlan, tp: T.Throughput) -> T.Throughput:
+    """The throughput of the slowest card denoiser `cp` computes on (what holds up a step that waits for all)."""
+    return min((tp.on(g) for g in gpus_of(plan, cp)), key=lambda card: card.gpu_flops)
+
+
 def forward_seconds(plan: Plan, cp: ComponentPlan, spec: ModelSpec, tokens: int, tp: T.Throughput) -> float:
     """One forward of denoiser `cp` under its placement (compiled: its compute at the placement's compile factor;
-    the copies are not faster). Per process of a context-parallel plan: its share of the work plus the
-    collectives; a layer split adds the activations crossing between cards."""
+    the copies are not faster), on the card(s) it computes on, each at its own pace. Context parallel: the
+    slowest process's share of the work (every step waits for it) plus the collectives; a layer split: each
+    card's blocks at that card's pace, plus the activations crossing between cards."""
+    link = min(tp.on(g).gpu_link for g in gpus_of(plan, cp))
     if plan.parallel:
         # each process computes 1/N of the work (its tokens against all of them) and streams what it streams
         n = plan.parallel_gpus
-        share = replace(tp, gpu_flops=tp.gpu_flops * n, cpu_flops=tp.cpu_flops * n)
-        return _forward_one_gpu(plan, cp, spec, tokens, share) + T.context_parallel_comm_seconds(
-            spec, tokens, n, plan.parallel, tp.gpu_link)
-    one = _forward_one_gpu(plan, cp, spec, tokens, tp)
+        shares = (replace(card, gpu_flops=card.gpu_flops * n, cpu_flops=card.cpu_flops * n)
+                  for card in (tp.on(g) for g in range(n)))
+        return max(_forward_one_gpu(plan, cp, spec, tokens, share) for share in shares) + \
+            T.context_parallel_comm_seconds(spec, tokens, n, plan.parallel, link)
     if cp.layer_split and plan.device == "cuda":
-        return one + (len(cp.devices) - 1) * T.layer_split_crossing_bytes(spec, tokens) / tp.gpu_link
-    return one
+        blocks = cp.block_devices(spec.component(cp.name).num_blocks)
+        one = sum(blocks.count(d) / len(blocks) * _forward_one_gpu(plan, cp, spec, tokens, tp.on(gpu_index(d)))
+                  for d in cp.devices)
+        return one + (len(cp.devices) - 1) * T.layer_split_crossing_bytes(spec, tokens) / link
+    return _forward_one_gpu(plan, cp, spec, tokens, tp.on(gpus_of(plan, cp)[0]))
 
 
 def _forward_one_gpu(plan: Plan, cp: ComponentPlan, spec: ModelSpec, tokens: int, tp: T.Throughput) -> float:
@@ -425,5 +448,6 @@ def _forward_one_gpu(plan: Plan, cp: ComponentPlan, spec: ModelSpec, tokens: int
 
 
 __all__ = ["block_compute_seconds", "cfg_passes", "compile_seconds", "context_parallel_vram", "denoiser_gpu_bytes",
-           "forward_seconds", "gpu_index", "guidance_for", "lora_footprints", "lora_forward_seconds", "lora_load_seconds",
-           "lora_ram_bytes", "mapped_bytes", "passes_for", "phase_steps", "predict", "shift_for"]
+           "forward_seconds", "gpu_index", "gpus_of", "guidance_for", "lora_footprints", "lora_forward_seconds",
+           "lora_load_seconds", "lora_ram_bytes", "mapped_bytes", "passes_for", "phase_steps", "predict", "shift_for",
+           "slowest_card"]

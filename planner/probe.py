@@ -85,6 +85,12 @@ class HardwareProbe:
         """The probe as if only its first `count` GPUs were there (a one-GPU fallback, `--gpus 1`)."""
         return replace(self, gpus=self.gpus[:max(1, count)])
 
+    def only_gpu(self, index: int) -> "HardwareProbe":
+        """The probe as if cuda:index were its one GPU (that card's name, compute capability and VRAM on top)."""
+        g = self.gpus[index]
+        return replace(self, gpu_name=g.name, compute_capability=g.compute_capability, vram_total=g.vram_total,
+                       vram_free=g.vram_free, gpus=())
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -180,14 +186,19 @@ def synthetic_probe(
     )
 
 
-def with_gpus(probe: HardwareProbe, sizes_gib: tuple[float, ...]) -> HardwareProbe:
-    """What-if GPUs: one per size (GiB, all of it free), each like the probe's first GPU (name, compute
-    capability). `with_gpus(p, (24, 24))` is a machine with two 24 GiB cards."""
+def with_gpus(probe: HardwareProbe, sizes_gib: tuple[float, ...],
+              cards: tuple[tuple[Optional[str], Optional[tuple[int, int]]], ...] = ()) -> HardwareProbe:
+    """What-if GPUs: one per size (GiB, all of it free). `cards`: each GPU's (name, compute capability), one per
+    size; left out, every GPU is the probe's first card: `with_gpus(p, (24, 24))` is two of p's card."""
     if not sizes_gib or any(s <= 0 for s in sizes_gib):
         raise ValueError(f"what-if GPUs need sizes > 0 GiB, got {sizes_gib}")
+    if cards and len(cards) != len(sizes_gib):
+        raise ValueError(f"what-if GPUs: {len(cards)} cards named for {len(sizes_gib)} sizes; give one card per size")
     first = override_probe(probe, vram_gib=sizes_gib[0])
-    extra = tuple(GpuInfo(i, first.gpu_name, first.compute_capability, int(s * GIB), int(s * GIB))
-                  for i, s in enumerate(sizes_gib[1:], 1))
+    cards = cards or ((first.gpu_name, first.compute_capability),) * len(sizes_gib)
+    first = replace(first, gpu_name=cards[0][0], compute_capability=cards[0][1])
+    extra = tuple(GpuInfo(i, name, cc, int(s * GIB), int(s * GIB))
+                  for i, (s, (name, cc)) in enumerate(zip(sizes_gib[1:], cards[1:]), 1))
     return replace(first, gpus=(first.gpus[0],) + extra, source="synthetic")
 
 

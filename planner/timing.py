@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from planner import constants as C
@@ -32,6 +32,12 @@ class Throughput:
     fast_source: str = "REFERENCE.md anchors (H200)"
     gpu_bandwidth: float = 0.0  # achieved bytes/s of elementwise kernels (datasheet x MEMORY_EFFICIENCY)
     gpu_link: float = C.GPU_LINK_BPS_PCIE  # GPU-to-GPU bytes/s (several GPUs)
+    # each GPU's own throughput, cuda:0 first, when the GPUs are not all one card (empty: every GPU is like this)
+    cards: tuple["Throughput", ...] = ()
+
+    def on(self, gpu: int) -> "Throughput":
+        """The throughput of cuda:`gpu` (this one where every GPU is alike)."""
+        return self.cards[gpu] if gpu < len(self.cards) else self
 
     def time_factor(self, precision: str) -> float:
         """A forward's time at `precision` relative to bf16 at the same placement (quanto's measured
@@ -177,7 +183,27 @@ def _gpu_link(probe: HardwareProbe) -> float:
 
 def throughput_for(probe: HardwareProbe, calibration=None, warm_precisions: tuple[str, ...] = ()) -> Throughput:
     """Throughputs for this probe: a calibration of the same GPU wins over the defaults by GPU class.
-    `warm_precisions`: precisions this job's blocks were compiled at before (inductor's cache has them)."""
+    `warm_precisions`: precisions this job's blocks were compiled at before (inductor's cache has them).
+    GPUs of different cards each get their own (`Throughput.cards`, by each card's name and compute capability)."""
+    first = _one_card(probe, calibration, warm_precisions)
+    if len({(g.name, g.compute_capability) for g in probe.gpus}) < 2:
+        return first
+    return replace(first, cards=tuple(_one_card(probe.only_gpu(i), calibration, warm_precisions)
+                                      for i in range(probe.gpu_count)))
+
+
+def describe_cards(probe: HardwareProbe, tp: Throughput) -> list[str]:
+    """The pace the time model gives each GPU, when the GPUs are not all one card ([] when they are)."""
+    if not tp.cards:
+        return []
+    lines = ["time model per GPU (a layer split or context-parallel step waits for the slower card):"]
+    for g, card in zip(probe.gpus, tp.cards):
+        lines.append(f"  {g.device} {g.name}: timed at {card.gpu_flops / 1e12:.1f} TFLOP/s bf16, {card.source}")
+    return lines
+
+
+def _one_card(probe: HardwareProbe, calibration, warm_precisions: tuple[str, ...]) -> Throughput:
+    """The throughput of the probe's first GPU (or of its CPU, without one)."""
     compile_seconds = C.COMPILE_SECONDS_COLD
     cc = tuple(probe.compute_capability) if probe.compute_capability else None
     if not probe.has_gpu:
