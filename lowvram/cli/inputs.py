@@ -52,7 +52,8 @@ def job_notes(args, job) -> list[str]:
 
 def machine_from_args(args, profile=None, say=None):
     """This machine's probe, with the what-if options on top (or the profile's saved machine). A what-if GPU
-    given without --gpu-name is taken for the card its VRAM suggests, and `say` (stderr) tells which."""
+    given without --gpu-name is taken for the card its VRAM suggests, and `say` (stderr) tells which; each GPU of
+    --gpus is its own card (whatif_gpus)."""
     from dataclasses import replace
 
     from lowvram.errors import UserError
@@ -68,14 +69,20 @@ def machine_from_args(args, profile=None, say=None):
             raise UserError(f"--gpus {','.join(f'{g:g}' for g in sizes)} gives every GPU's VRAM: drop --vram.")
         if args.vram == 0:
             raise UserError("--vram 0 plans for no GPU: drop --gpus (or give --vram the size of each GPU).")
+        from lowvram.cli.whatif_gpus import each_gpu, other_cards
+
+        names = each_gpu(args.gpu_name, count, "--gpu-name")
+        ccs = each_gpu(args.compute_capability, count, "--compute-capability")
         # the first GPU's size is planned as a --vram what-if; messages name the option the user gave
         given_as = f"--gpus (a {sizes[0]:g} GB GPU)" if sizes else None
-        probe = machine_from_args(_without_gpus(args, sizes[0] if sizes else args.vram, given_as), profile, say)
+        first = _without_gpus(args, sizes[0] if sizes else args.vram, given_as, names[0], ccs[0])
+        probe = machine_from_args(first, profile, say)
         if not probe.has_gpu:
             raise UserError("--gpus: this machine has no GPU; give the GPUs' sizes (--gpus 2x24) to plan for some.")
-        if not sizes and args.vram is None and probe.gpu_count >= count:
+        if not sizes and args.vram is None and probe.gpu_count >= count and len(set(names)) == len(set(ccs)) == 1:
             return _what_if(probe.first_gpus(count)) if probe.gpu_count > count else probe
-        return with_gpus(probe, sizes or (probe.vram_total / GIB,) * count)
+        sizes = sizes or (probe.vram_total / GIB,) * count
+        return with_gpus(probe, sizes, other_cards(probe, sizes, names, ccs, say or _stderr))
 
     if getattr(args, "saved_machine", False):
         from lowvram.profiles.apply import load_profile_file, probe_like
@@ -112,11 +119,13 @@ def machine_from_args(args, profile=None, say=None):
     return probe
 
 
-def _without_gpus(args, vram, given_as=None):
+def _without_gpus(args, vram, given_as, gpu_name, compute_capability):
+    """The options of --gpus's first GPU alone, as a --vram what-if."""
     import copy
 
     plain = copy.copy(args)
     plain.gpus, plain.vram, plain.vram_given_as = None, vram, given_as
+    plain.gpu_name, plain.compute_capability = gpu_name, compute_capability
     return plain
 
 
@@ -159,23 +168,9 @@ def _assume_gpu(probe, vram_gib: float, cc, say, given_as=None):
     `given_as`: how the user gave that VRAM, when not as --vram (--gpus 2x24)."""
     from dataclasses import replace
 
-    from lowvram.errors import UserError
-    from planner.timing import GPU_CARDS, infer_gpu
+    from lowvram.cli.whatif_gpus import assumed_card
 
-    given = given_as or f"--vram {vram_gib:g}"
-    card = infer_gpu(vram_gib, cc)
-    if card is None and vram_gib < min(gib for _, gib, _ in GPU_CARDS):  # a small old card: as slow as the slowest
-        say(f"what-if GPU: no card of {vram_gib:g} GB in lowvram's table; its time is predicted as for the slowest one "
-            "(an RTX 3060); --gpu-name NAME --compute-capability X.Y plan for a named card")
-        return probe
+    card = assumed_card(vram_gib, cc, say, given_as or f"--vram {vram_gib:g}")
     if card is None:
-        cc_text = f" and compute capability {cc[0]}.{cc[1]}" if cc else ""
-        raise UserError(
-            f"{given}{cc_text}: which GPU is it? No common card matches, and its speed decides the predicted "
-            'time. Name it with --gpu-name (e.g. --gpu-name "RTX 4090" or "A100") and give --compute-capability.'
-        )
-    given += f" --compute-capability {cc[0]}.{cc[1]}" if cc else ""
-    say(f"what-if GPU: assuming an {card.name} ({card.memory_gib} GB, compute capability {card.compute_capability[0]}."
-        f"{card.compute_capability[1]}, {card.tflops:g} TFLOP/s bf16) from {given}; --gpu-name NAME "
-        "--compute-capability X.Y plan for another card")
-    return replace(probe, gpu_name=f"{card.name} (assumed)", compute_capability=card.compute_capability, source="synthetic")
+        return probe
+    return replace(probe, gpu_name=card[0], compute_capability=card[1], source="synthetic")

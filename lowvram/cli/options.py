@@ -155,6 +155,8 @@ def add_machine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vram", type=gib_amount, default=None, metavar="GiB", help="plan for a GPU with this much free VRAM (0: no GPU)")
     add_gpus_argument(g)
     g.add_argument("--ram", type=gib_amount, default=None, metavar="GiB", help="plan for this much available RAM")
-    g.add_argument("--gpu-name", default=None, help="name of the what-if GPU (for the record in the profile)")
-    g.add_argument("--compute-capability", default=None, metavar="X.Y", help="compute capability of the what-if GPU (8.9 and up: fast fp8)")
+    g.add_argument("--gpu-name", default=None, help="name of the what-if GPU (its speed in the time model); with --gpus, "
+                   "one for all or one per GPU: \"RTX 4090,RTX 3060\"")
+    g.add_argument("--compute-capability", default=None, metavar="X.Y", help="compute capability of the what-if GPU (8.9 and up: "
+                   "fast fp8); with --gpus, one for all or one per GPU: 8.9,8.6")
     g.add_argument("--saved-machine", action="store_true", help="plan for the machine the profile was saved on ([saved_on]) instead of this one")

@@ -235,7 +235,17 @@ def fingerprint(probe: HardwareProbe) -> MachineFingerprint:
         compute_capability=cc,
         gpus=probe.gpu_count if probe.gpu_count > 1 else None,
         gpu_vram_gib=tuple(round(g.vram_total / GIB, 2) for g in probe.gpus) if probe.gpu_count > 1 else None,
+        **_each_card(probe),
     )
+
+
+def _each_card(probe: HardwareProbe) -> dict:
+    """[saved_on]'s gpu_names and gpu_compute_capabilities, where the GPUs are not all one card."""
+    if len({(g.name, g.compute_capability) for g in probe.gpus}) < 2:
+        return {}
+    return {"gpu_names": tuple(g.name or "unknown" for g in probe.gpus),
+            "gpu_compute_capabilities": tuple(".".join(map(str, g.compute_capability)) if g.compute_capability else ""
+                                              for g in probe.gpus)}
 
 
 def parse_compute_capability(text: str, what: str) -> tuple[int, int]:
@@ -260,7 +270,9 @@ def probe_like(machine: MachineFingerprint) -> HardwareProbe:
         if not no_gpu and machine.gpus and machine.gpus > 1:
             from planner.probe import with_gpus
 
-            probe = with_gpus(probe, machine.vram_per_gpu)
+            what = "the profile's [saved_on] gpu_compute_capabilities"
+            cards = tuple((name, parse_compute_capability(cc, what) if cc else None) for name, cc in machine.cards)
+            probe = with_gpus(probe, machine.vram_per_gpu, cards)
         return probe
     except ValueError as exc:
         raise UserError(f"the profile's [saved_on] machine cannot be rebuilt: {exc}") from None

@@ -112,22 +112,37 @@ class MachineFingerprint:
     gpus: Optional[int] = field(default=None, metadata=limits("the number of GPUs", 1, 64))
     # each GPU's VRAM, first to last, when there are several (absent: all of `vram_gib`)
     gpu_vram_gib: Optional[tuple[float, ...]] = field(default=None, metadata=limits("each GPU's total VRAM in GiB", 0.0, 4096.0))
+    # each GPU's name and compute capability, first to last, when the cards differ (absent: all like the first)
+    gpu_names: Optional[tuple[str, ...]] = field(default=None, metadata=limits("each GPU's name", max_len=200))
+    gpu_compute_capabilities: Optional[tuple[str, ...]] = field(
+        default=None, metadata=limits("each GPU's CUDA compute capability, e.g. '8.9'", max_len=10))
 
     def __post_init__(self) -> None:
-        if self.gpu_vram_gib is not None and len(self.gpu_vram_gib) != (self.gpus or 1):
-            raise ValueError(f"gpu_vram_gib lists {len(self.gpu_vram_gib)} GPUs and gpus says {self.gpus or 1}: "
-                             "give one size per GPU")
+        for key in ("gpu_vram_gib", "gpu_names", "gpu_compute_capabilities"):
+            each = getattr(self, key)
+            if each is not None and len(each) != (self.gpus or 1):
+                raise ValueError(f"{key} lists {len(each)} GPUs and gpus says {self.gpus or 1}: give one value per GPU")
 
     @property
     def vram_per_gpu(self) -> tuple[float, ...]:
         return tuple(self.gpu_vram_gib) if self.gpu_vram_gib else (self.vram_gib,) * (self.gpus or 1)
+
+    @property
+    def cards(self) -> tuple[tuple[str, Optional[str]], ...]:
+        """Each GPU's (name, compute capability), first to last."""
+        count = self.gpus or 1
+        return tuple(zip(self.gpu_names or (self.gpu,) * count,
+                         self.gpu_compute_capabilities or (self.compute_capability,) * count))
 
     def describe(self) -> str:
         cc = f" (compute {self.compute_capability})" if self.compute_capability else ""
         gpu = "no GPU" if self.gpu == "none" else f"{self.gpu}{cc}, {self.vram_gib:.1f} GiB VRAM"
         if self.gpus and self.gpus > 1 and self.gpu != "none":
             sizes = self.vram_per_gpu
-            each = f" ({' + '.join(f'{v:g}' for v in sizes)} GiB)" if len(set(sizes)) > 1 else ""
+            if len(set(self.cards)) > 1:
+                each = f" ({' + '.join(f'{name} {v:g} GiB' for (name, _), v in zip(self.cards, sizes))})"
+            else:
+                each = f" ({' + '.join(f'{v:g}' for v in sizes)} GiB)" if len(set(sizes)) > 1 else ""
             gpu = f"{self.gpus} GPUs{each}, the first {gpu}"
         return f"{gpu}, {self.ram_gib:.1f} GiB RAM"
 
