@@ -233,7 +233,7 @@ def measure_gpu(quick: bool = False) -> tuple[float, float, float, float, int]:
     """(bf16 FLOP/s over a forward, block seconds, pinned B/s, pageable B/s, tokens) on the current GPU."""
     import torch
 
-    from planner.known_specs import WAN_1_3B
+    from planner.known_configs import WAN_1_3B
 
     config = dict(WAN_1_3B, num_layers=CALIBRATION_LAYERS)
     flops, block_s, tokens = measure_transformer(config, CALIBRATION_LATENT["quick" if quick else "full"], "cuda")
@@ -272,7 +272,7 @@ def measure_gains(quick: bool = False) -> dict:
     Compiling takes a minute or two the first time (inductor's cache keeps it for later runs)."""
     import torch
 
-    from planner.known_specs import WAN_1_3B
+    from planner.known_configs import WAN_1_3B
 
     frames = CALIBRATION_LATENT["quick" if quick else "full"]
     tokens = frames[0] * (frames[1] // 2) * (frames[2] // 2)

@@ -1,8 +1,8 @@
 """The known checkpoints' specs, generated from their configs: `python -m planner.known_specs` rewrites
 planner/known_specs.json (it builds every component on the meta device, so it needs diffusers and
-transformers; planning itself then needs neither). tests/test_planner_spec.py checks the file is current.
+transformers; planning itself then needs neither). tests/test_planner_model.py checks the file has every known model.
 
-The configs are the checkpoints' own (lowvram.models.known_configs: REFERENCE.md shapes, the Wan-AI/*-Diffusers
+The configs are the checkpoints' own (planner.known_configs: REFERENCE.md shapes, the Wan-AI/*-Diffusers
 config.json files).
 """
 
@@ -12,17 +12,7 @@ import json
 import sys
 from dataclasses import replace
 
-from lowvram.models.known_configs import (
-    CLIP_VIT_H,
-    UMT5_XXL,
-    WAN21_VAE,
-    WAN22_I2V_A14B,
-    WAN22_TI2V_5B,
-    WAN22_VAE,
-    WAN_1_3B,
-    WAN_14B,
-    WAN_I2V_14B,
-)
+from planner.known_configs import CLIP_VIT_H, KNOWN, UMT5_XXL
 from planner.spec import (
     ModelSpec,
     detect_family,
@@ -36,33 +26,23 @@ from planner.spec import (
     vae_on_meta,
 )
 
-# name -> (model_index.json essentials, transformer config, second expert?, VAE config, image encoder?, scheduler flow_shift)
-KNOWN = {
-    "wan2.1-t2v-1.3b": ({"_class_name": "WanPipeline"}, WAN_1_3B, False, WAN21_VAE, False, 3.0),
-    "wan2.1-t2v-14b": ({"_class_name": "WanPipeline"}, WAN_14B, False, WAN21_VAE, False, 3.0),
-    "wan2.1-i2v-14b-480p": ({"_class_name": "WanImageToVideoPipeline"}, WAN_I2V_14B, False, WAN21_VAE, True, 3.0),
-    "wan2.1-i2v-14b-720p": ({"_class_name": "WanImageToVideoPipeline"}, WAN_I2V_14B, False, WAN21_VAE, True, 5.0),
-    "wan2.2-t2v-a14b": ({"_class_name": "WanPipeline", "boundary_ratio": 0.875}, WAN_14B, True, WAN21_VAE, False, 3.0),
-    "wan2.2-i2v-a14b": ({"_class_name": "WanImageToVideoPipeline", "boundary_ratio": 0.9}, WAN22_I2V_A14B, True, WAN21_VAE, False, 3.0),
-    "wan2.2-ti2v-5b": ({"_class_name": "WanPipeline", "expand_timesteps": True}, WAN22_TI2V_5B, False, WAN22_VAE, False, 5.0),
-}
-
 
 def build(name: str) -> ModelSpec:
-    index, transformer, second, vae, image, shift = KNOWN[name]
+    known = KNOWN[name]
+    index, transformer, vae = known.index, known.transformer, known.vae
     components = [text_encoder_on_meta(UMT5_XXL)]
-    if image:
+    if known.image_encoder:
         components.append(image_encoder_on_meta(CLIP_VIT_H))
     t = transformer_on_meta("transformer", transformer)
     components.append(t)
-    if second:
+    if known.two_experts:
         components.append(replace(t, name="transformer_2"))
     components.append(vae_on_meta(vae))
     return ModelSpec(
-        name=name, family=detect_family(transformer, index, vae, second), task=detect_task(index, transformer),
+        name=name, family=detect_family(transformer, index, vae, known.two_experts), task=detect_task(index, transformer),
         components=tuple(components), dims=transformer_dims(transformer), text_dims=text_dims(UMT5_XXL),
         vae_dims=vae_dims(vae), patch_size=tuple(transformer["patch_size"]), boundary_ratio=index.get("boundary_ratio"),
-        expand_timesteps=bool(index.get("expand_timesteps", False)), flow_shift=shift,
+        expand_timesteps=bool(index.get("expand_timesteps", False)), flow_shift=known.flow_shift,
     )
 
 

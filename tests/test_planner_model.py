@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -11,7 +12,7 @@ from planner import memory as M
 from planner.probe import GIB
 from planner.plan import ComponentPlan
 from lowvram.models.specs import spec_for_model
-from planner.spec import Part, component_spec, known_spec
+from planner.spec import KNOWN_SPECS_FILE, Part, component_spec, known_spec
 
 TOKENS_480P = 32760  # 480x832x81
 
@@ -53,6 +54,18 @@ def test_names_resolve_to_the_same_spec():
     assert same(spec_for_model("Wan-AI/Wan2.1-T2V-1.3B-Diffusers"), spec_for_model("wan2.1-t2v-1.3b"))
     assert same(spec_for_model("WAN2.1-T2V-14B"), known_spec("wan2.1-t2v-14b"))
     assert spec_for_model("wan2.2-t2v-a14b").name == "wan2.2-t2v-a14b"
+
+
+def test_the_generated_table_has_every_known_model_as_configured():
+    """known_specs.json is generated from planner.known_configs.KNOWN (python -m planner.known_specs): they agree."""
+    from planner.known_configs import KNOWN
+
+    assert set(json.loads(KNOWN_SPECS_FILE.read_text())) == set(KNOWN)
+    for name, known in KNOWN.items():
+        spec = known_spec(name)
+        assert (spec.flow_shift, spec.boundary_ratio, spec.two_experts, spec.image_encoder is not None) == (
+            known.flow_shift, known.index.get("boundary_ratio"), known.two_experts, known.image_encoder)
+        assert spec.transformer.num_blocks == known.transformer["num_layers"]
 
 
 def test_demo_and_local_folder_specs(demo_t2v_path, demo_i2v_path):

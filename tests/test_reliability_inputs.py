@@ -213,7 +213,7 @@ def test_an_absurd_sampler_config_is_refused_before_loading(tmp_path, demo_t2v_p
 def test_the_real_wan_configs_are_within_the_limits(component, name):
     """The limits refuse absurd numbers, never a real checkpoint's: the VAE's latent statistics have z_dim
     entries (48 in Wan2.2's; a 16-entry list limit refused TI2V-5B, found on the H200, run 16)."""
-    from lowvram.models import known_configs
+    from planner import known_configs
     from planner.config_limits import config_problems
 
     config = dict(getattr(known_configs, name))

@@ -9,18 +9,11 @@ from typing import Optional
 from lowvram.errors import UserError
 from lowvram.models.ref import ModelRef
 from lowvram.models.single_file import files_ref, infer_base, inspect_files, model_files
+from planner.known_configs import KNOWN
 
 DEMO_NAMES = ("tiny-random", "tiny-random-i2v", "tiny-random-a14b", "tiny-random-a14b-i2v", "tiny-random-ti2v")
 
-SHORT_NAMES: dict[str, str] = {
-    "wan2.1-t2v-1.3b": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-    "wan2.1-t2v-14b": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
-    "wan2.1-i2v-14b-480p": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
-    "wan2.1-i2v-14b-720p": "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
-    "wan2.2-t2v-a14b": "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
-    "wan2.2-i2v-a14b": "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
-    "wan2.2-ti2v-5b": "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
-}
+SHORT_NAMES: dict[str, str] = {name: known.hub_id for name, known in KNOWN.items()}
 
 
 def resolve_model(name: str, base: Optional[str] = None) -> ModelRef:

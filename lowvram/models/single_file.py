@@ -232,9 +232,9 @@ def file_shape_key(shape: WanShape) -> tuple:
 def known_transformer_configs() -> dict[str, dict]:
     """Short name -> transformer config of every model lowvram knows without a download (demo ones included)."""
     from lowvram.models import demo
-    from lowvram.models.known_configs import WAN_TRANSFORMER_CONFIGS
+    from planner.known_configs import KNOWN
 
-    configs = dict(WAN_TRANSFORMER_CONFIGS)
+    configs = {name: known.transformer for name, known in KNOWN.items()}
     inner = demo._TRANSFORMER["num_attention_heads"] * demo._TRANSFORMER["attention_head_dim"]
     configs["tiny-random"] = dict(demo._TRANSFORMER, in_channels=16)
     configs["tiny-random-i2v"] = dict(demo._TRANSFORMER, in_channels=36, image_dim=16, added_kv_proj_dim=inner)

@@ -91,10 +91,10 @@ def known_model_configs(name: str, base: Optional[str] = None) -> Optional[dict]
     short = known_short_name(name, base)
     if short is None:
         return None
-    from planner.known_specs import KNOWN
+    from planner.known_configs import KNOWN
 
-    index, transformer, _, vae, _, _ = KNOWN[short]
-    return {"index": dict(index), "transformer": dict(transformer), "vae": dict(vae)}
+    known = KNOWN[short]
+    return {"index": dict(known.index), "transformer": dict(known.transformer), "vae": dict(known.vae)}
 
 
 def config_folder(name: str, base: Optional[str] = None) -> Path:
@@ -124,11 +124,11 @@ def transformer_config(name: str, base: Optional[str] = None) -> dict:
     import json
 
     from lowvram.errors import UserError
-    from lowvram.models.known_configs import WAN_TRANSFORMER_CONFIGS
+    from planner.known_configs import KNOWN
 
     short = known_short_name(name, base)
     if short is not None:
-        return dict(WAN_TRANSFORMER_CONFIGS[short])
+        return dict(KNOWN[short].transformer)
     from lowvram.models.names import DEMO_NAMES, resolve_model
 
     if base is not None or name not in DEMO_NAMES:
