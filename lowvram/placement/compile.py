@@ -7,7 +7,8 @@ region, where their copies and stream syncs break the graph. Here the block's ow
 *before* any hook is attached; the hooks (group offload, step caching) wrap the compiled function and run
 eagerly around it. All blocks of one shape share one code object, so torch compiles one graph and reuses
 it for every block, both CFG branches, both experts of a Wan2.2 A14B model and a resumed run in the same
-process (tests/test_compile.py checks that with torch's recompile check).
+process (tests/test_compile.py checks that with torch's recompile check), and in each process of a
+context-parallel run, beneath diffusers' hooks that split the sequence (tests/test_parallel_compile.py).
 
 Leaf-level offload puts a hook on every layer inside the block: the graph breaks at each one and torch hits
 its recompile limit (REFERENCE.md); ComponentPlan refuses compile there.
@@ -85,6 +86,12 @@ class CompiledForward:
         if self.state.failed is not None:
             return self.eager(*args, **kwargs)
         hidden = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(hidden, torch.Tensor) and not _dense(hidden):
+            # the graph is specialized on its input's strides: context parallel hands the first block a slice of
+            # the whole sequence (diffusers' shard is a chunk view) and the others dense tensors, which would
+            # compile a second graph; one copy of the first block's input keeps one graph for all
+            hidden = hidden.clone(memory_format=torch.contiguous_format)
+            args, kwargs = ((hidden,) + args[1:], kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
         shape = (tuple(hidden.shape), str(hidden.device)) if isinstance(hidden, torch.Tensor) else None
         first = shape not in self.state.seen  # the call that compiles (or loads from the cache) this shape
         started = time.perf_counter() if first else 0.0
@@ -119,6 +126,17 @@ class CompiledForward:
                 self.state.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
                 log.warning("compiling the transformer blocks failed (%s); they run eagerly (slower, same result)",
                             self.state.failed)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """`t` has the strides of a new tensor of its shape (unlike is_contiguous, size-1 dims count: the graph's
+    guards check their strides too)."""
+    expected = 1
+    for size, stride in zip(reversed(t.shape), reversed(t.stride())):
+        if stride != expected:
+            return False
+        expected *= max(size, 1)
+    return True
 
 
 def _compile_errors() -> tuple:
