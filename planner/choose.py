@@ -10,14 +10,24 @@ probe and the calibration come in as data.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 from lowvram.errors import UserError
 from lowvram.job import Job
 from planner import constants as C
 from planner import memory as M
 from planner import multi_gpu
-from planner.estimate import forward_seconds, guidance_for, lora_footprints, passes_for, phase_steps, predict, shift_for
+from planner.estimate import (
+    compile_seconds,
+    context_parallel_vram,
+    forward_seconds,
+    guidance_for,
+    lora_footprints,
+    passes_for,
+    phase_steps,
+    predict,
+    shift_for,
+)
 from planner.plan import (
     FAST_LEVELS,
     FAST_STORAGE,
@@ -167,6 +177,15 @@ def _with_prediction(plan: Plan, spec: ModelSpec, job: Job, tp: Throughput, budg
     return replace(plan, predicted=stages, predicted_seconds=seconds)
 
 
+def for_processes(tp: Throughput, processes: int, warm_parallel: tuple = ()) -> Throughput:
+    """The throughput a plan of `processes` context-parallel processes is predicted with: each process compiles its
+    blocks at its share of the tokens, another graph than one process's of the whole sequence, so its compile is
+    warm only at the precisions `warm_parallel` ((process count, precisions), from the compile records) names."""
+    if processes < 2:
+        return tp
+    return replace(tp, warm_precisions=tuple(dict(warm_parallel).get(processes, ())))
+
+
 # Precisions whose blocks may be compiled. quanto's weight-only levels stay eager (kept for saving memory;
 # their speed compiled is not measured), so do single files kept as stored.
 COMPILED_PRECISIONS = ("fp32", "bf16") + FAST_LEVELS
@@ -255,8 +274,9 @@ def _lora_sizing(spec: ModelSpec, job: Job) -> tuple:
 
 
 def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Preferences, tp: Throughput,
-                   budget: Budget, cache=None) -> list[Candidate]:
-    """Every one-GPU plan, then (several GPUs) every multi-GPU one (planner.multi_gpu), each predicted and judged."""
+                   budget: Budget, cache=None, warm_parallel: tuple = ()) -> list[Candidate]:
+    """Every one-GPU plan, then (several GPUs) every multi-GPU one (planner.multi_gpu), each predicted and judged
+    (a context-parallel one with its processes' compile warmth: `warm_parallel`, see make_plan)."""
     settings = [(d, {}) for d in denoiser_options(spec, job, budget, prefs)]
     settings += _multi_gpu_settings(spec, job, probe, budget, prefs)
     out = []
@@ -272,7 +292,8 @@ def gpu_candidates(spec: ModelSpec, job: Job, probe: HardwareProbe, prefs: Prefe
                         ComponentPlan("vae", vae_precision, vae),)
                     plan = Plan(device="cuda", components=plain(list(components)), **plan_fields)
                     plan = with_loras(plan, job.loras)  # a denoiser no LoRA applies to carries none
-                    plan = _with_prediction(plan, spec, job, tp, budget, cache)
+                    plan = _with_prediction(plan, spec, job, for_processes(tp, plan.parallel_gpus, warm_parallel),
+                                            budget, cache)
                     judged = _judge(plan, budget, _rule_out(plan, spec, prefs, probe, tp))
                     out.append(judged)
                     if (vae_precision, vae) == ("fp32", "gpu_tiled"):
@@ -419,10 +440,12 @@ def cpu_plan(spec: ModelSpec, job: Job, tp: Throughput, cache=None) -> Plan:
 
 def make_plan(probe: HardwareProbe, spec: ModelSpec, job: Job, prefs: Preferences = Preferences(),
               calibration=None, suggest_smaller: bool = True, cache=None,
-              warm_precisions: tuple[str, ...] = ()) -> PlanResult:
+              warm_precisions: tuple[str, ...] = (), warm_parallel: tuple[tuple[int, tuple[str, ...]], ...] = ()
+              ) -> PlanResult:
     """The fastest plan that fits this machine, with every candidate and an explanation. `cache`: the calls
     the job's step cache computes (lowvram.caching CallCounts), when known: time counts only those.
-    `warm_precisions`: precisions this job's blocks were compiled at before (a cheaper compile).
+    `warm_precisions`: precisions this job's blocks were compiled at before (a cheaper compile); `warm_parallel`:
+    (process count, precisions) compiled before at one context-parallel process's share of the tokens.
 
     Raises NoPlanFits naming what is short and what would fit (with `suggest_smaller`, a smaller job too).
     """
@@ -431,7 +454,7 @@ def make_plan(probe: HardwareProbe, spec: ModelSpec, job: Job, prefs: Preference
         prefs = replace(prefs, context_parallel=False)
     budget = Budget.of(probe, prefs)
     if probe.has_gpu:
-        candidates = gpu_candidates(spec, job, probe, prefs, tp, budget, cache)
+        candidates = gpu_candidates(spec, job, probe, prefs, tp, budget, cache, warm_parallel)
     else:
         candidates = [_judge(cpu_plan(spec, job, tp, cache), budget)]
     fitting = [c for c in candidates if c.fits]
@@ -440,7 +463,7 @@ def make_plan(probe: HardwareProbe, spec: ModelSpec, job: Job, prefs: Preference
     chosen = pick(fitting, prefs.prefer).plan
     chosen = replace(chosen, reasons=chosen.reasons + _choice_reasons(chosen, fitting, tp, prefs)
                      + idle_reasons(chosen, candidates, budget)
-                     + why_denoiser(chosen, candidates, spec, job, tp, prefs, budget)
+                     + why_denoiser(chosen, candidates, spec, job, tp, prefs, budget, warm_parallel)
                      + _why_vae(chosen, candidates))
     lines = explain(probe, spec, job, budget, tp, chosen, candidates)
     return PlanResult(plan=chosen, candidates=tuple(candidates), explanation=tuple(lines))
@@ -513,8 +536,12 @@ def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Prefere
     measured = probe is None  # this machine: its compile records count (a what-if machine has none)
     probe = probe if probe is not None else probe_hardware()
     calibration = calibration if calibration is not None else load_calibration()
-    warm = warm_compiles(spec, spec.tokens(job.width, job.height, job.frames), probe.gpu_name) if measured else ()
-    return make_plan(probe, spec, job, prefs, calibration, cache=cache, warm_precisions=warm)
+    tokens = spec.tokens(job.width, job.height, job.frames)
+    warm = warm_compiles(spec, tokens, probe.gpu_name) if measured else ()
+    # a context-parallel process compiles its blocks at its share of the tokens (the first process's, the larger)
+    warm_parallel = tuple((n, warm_compiles(spec, -(-tokens // n), probe.gpu_name))
+                          for n in range(2, probe.gpu_count + 1)) if measured and prefs.context_parallel else ()
+    return make_plan(probe, spec, job, prefs, calibration, cache=cache, warm_precisions=warm, warm_parallel=warm_parallel)
 
 
 def check_job(job: Job, spec: ModelSpec, inputs: bool = True) -> None:
@@ -549,15 +576,18 @@ def _forwards(spec: ModelSpec, job: Job) -> int:
 
 
 def why_denoiser(chosen: Plan, candidates: list[Candidate], spec: ModelSpec, job: Job, tp: Throughput,
-                 prefs: Preferences, budget: Budget) -> tuple[str, ...]:
-    """Precision, placement and compile of the chosen denoisers, each with its reason (GPU plans)."""
+                 prefs: Preferences, budget: Budget, warm_parallel: tuple = ()) -> tuple[str, ...]:
+    """Precision, placement and compile of the chosen denoisers, each with its reason (GPU plans). `tp`: the
+    machine's; each plan's compile is warm or cold as for its processes (for_processes, `warm_parallel`)."""
     if chosen.device != "cuda" or not chosen.denoisers:
         return ()
-    return (_why_precision(chosen, candidates, tp, prefs), _why_placement(chosen, spec, job, tp, budget),
-            _why_compile(chosen, candidates, spec, job, tp, prefs))
+    mine = for_processes(tp, chosen.parallel_gpus, warm_parallel)
+    return (_why_precision(chosen, candidates, mine, prefs, lambda plan: for_processes(tp, plan.parallel_gpus, warm_parallel)),
+            _why_placement(chosen, spec, job, mine, budget), _why_compile(chosen, candidates, spec, job, mine, prefs))
 
 
-def _why_precision(chosen: Plan, candidates: list[Candidate], tp: Throughput, prefs: Preferences) -> str:
+def _why_precision(chosen: Plan, candidates: list[Candidate], tp: Throughput, prefs: Preferences,
+                   tp_of: Callable[[Plan], Throughput]) -> str:
     d = chosen.denoisers[0]
     if d.fast:
         what = "fp8" if d.precision == "fp8_fast" else "int8"
@@ -585,6 +615,11 @@ def _why_precision(chosen: Plan, candidates: list[Candidate], tp: Throughput, pr
         if not why:
             best = _best_at(candidates, level)
             why = f"{level} was {_verdict(best, chosen)}" if best is not None else f"{level} was not planned"
+            if best is not None and best.fits and best.plan.predicted_seconds > chosen.predicted_seconds:
+                # a fast level runs compiled only: on a short job its compile can outweigh its faster matmuls
+                own = tp_of(best.plan)
+                warmth = "from inductor's cache" if level in own.warm_precisions else "first time at these shapes"
+                why += f" (with its compile, ~{fmt_seconds(compile_seconds(best.plan, own))}, {warmth})"
         reasons.append(why)
     return f"precision {d.precision}: " + "; ".join(reasons)
 
@@ -597,14 +632,18 @@ def _why_placement(chosen: Plan, spec: ModelSpec, job: Job, tp: Throughput, budg
     used = f"{gib(phase_vram)} of the {gib(budget.vram)} VRAM budget while denoising"
     if d.placement == "resident":
         return f"placement: all {t.num_blocks} blocks resident ({used})"
-    compute = forward_seconds(Plan("cuda", (replace(d, placement="resident", resident_blocks=0),)), replace(
-        d, placement="resident", resident_blocks=0), spec, tokens, tp) / max(1, t.num_blocks)
+    resident = replace(d, placement="resident", resident_blocks=0)
+    # a context-parallel process computes its share of the tokens and holds their activations and its buffers
+    share = -(-tokens // chosen.parallel_gpus) if chosen.parallel else tokens
+    need = context_parallel_vram(spec, resident, tokens, chosen) if chosen.parallel else \
+        M.denoiser_vram_bytes(spec, resident, tokens)
+    compute = forward_seconds(Plan("cuda", (resident,)), resident, spec, share, tp) / max(1, t.num_blocks)
     copy = M.block_bytes(t, d.precision) / tp.h2d_pinned
     hidden = ("the copy of a block hides behind the compute of the one before"
               if copy <= compute else "copies are slower than compute here, so streamed blocks wait on them")
     if d.placement == "partial":
         return (f"placement: {d.resident_blocks} of {t.num_blocks} blocks resident, the rest streamed ({used}; "
-                f"all resident would need {gib(M.denoiser_vram_bytes(spec, replace(d, placement='resident', resident_blocks=0), tokens))}); "
+                f"all resident would need {gib(need)}); "
                 f"{hidden}: {1e3 * copy:.0f} ms copy vs {1e3 * compute:.0f} ms compute per block")
     if d.placement in ("block_offload", "leaf_offload"):
         return (f"placement: every block streamed ({d.describe_placement()}; {used}); "
@@ -620,7 +659,8 @@ def _why_compile(chosen: Plan, candidates: list[Candidate], spec: ModelSpec, job
     cost = tp.compile_seconds_for(d.precision)
     warmth = "from inductor's cache" if d.precision in tp.warm_precisions else "first time at these shapes"
     if d.compile:
-        text = (f"compile: the {blocks} blocks are compiled once (~{fmt_seconds(cost)}, {warmth}), then each forward's "
+        once = f"once in each of the {chosen.parallel_gpus} processes" if chosen.parallel else "once"
+        text = (f"compile: the {blocks} blocks are compiled {once} (~{fmt_seconds(cost)}, {warmth}), then each forward's "
                 f"compute runs x{tp.compile_factor(d.placement):.2f}")
         eager = _twin(chosen, candidates, compile=False)
         if eager is not None:

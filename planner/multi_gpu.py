@@ -7,7 +7,11 @@ Three ways to use a second card (the Plan's `devices` / `parallel` fields, plann
 - experts apart (two-expert Wan2.2 A14B): the high-noise expert on cuda:0, the low-noise one on cuda:1, both
   there for the whole denoise stage: no switch, each card holds one expert.
 - context parallel (diffusers' ContextParallelConfig): one process per GPU, each holding the model as a one-GPU
-  plan would and computing 1/N of the tokens; ulysses when the heads divide by N, else ring.
+  plan would and computing 1/N of the tokens; ulysses when the heads divide by N, else ring. Its blocks may be
+  compiled and its matmuls run at a fast level (fp8_fast / int8_fast, compiled), as on one GPU: each process
+  compiles its own blocks (lowvram.placement.compile, beneath diffusers' context-parallel hooks). Run 20 measured
+  the 14B at 720p on two H200s, ulysses + fp8_fast + regional compile (diffusers' compile_repeated_blocks), at
+  x0.43 of one GPU's eager bf16 forward (docs/bench/run20/cp720.json).
 Each is a candidate beside the one-GPU plans (planner.choose) and wins only when predicted faster.
 """
 
@@ -84,8 +88,14 @@ def experts_apart_options(spec: ModelSpec, tokens: int, vrams: tuple[int, ...], 
     return out
 
 
+def eager_only(precision: str, placement: str) -> tuple[bool, ...]:
+    """The compile choices when the caller allows no compile: eager, and no fast level (slower than bf16 eager)."""
+    return () if precision in FAST_LEVELS else (False,)
+
+
 def _compiled(denoisers: tuple[ComponentPlan, ...], compile_options) -> list[tuple[ComponentPlan, ...]]:
-    """The setting with each compile choice the planner allows for its precision and placement (one process)."""
+    """The setting with each compile choice the planner allows for its precision and placement (none for a fast
+    level that may not be compiled: it is slower than bf16 eager)."""
     first = denoisers[0]
     return [tuple(replace(cp, compile=c) for cp in denoisers) for c in compile_options(first.precision, first.placement)]
 
@@ -99,9 +109,12 @@ def parallel_kind(spec: ModelSpec, gpus: int, precision: str) -> str:
 
 
 def context_parallel_options(spec: ModelSpec, tokens: int, vrams: tuple[int, ...], precisions: Iterable[str],
-                             lora: str = "", loras: tuple = ()) -> Iterator[tuple[tuple[ComponentPlan, ...], dict]]:
+                             lora: str = "", loras: tuple = (),
+                             compile_options: Callable[[str, str], tuple[bool, ...]] = eager_only,
+                             ) -> Iterator[tuple[tuple[ComponentPlan, ...], dict]]:
     """(denoisers, plan settings) for context parallelism over all the GPUs: each process holds the denoiser as a
-    one-GPU plan would, sized to the smallest card's budget with its share of the activations."""
+    one-GPU plan would, sized to the smallest card's budget with its share of the activations, with each compile
+    choice a one-GPU plan of that precision and placement gets (`compile_options`: a fast level only compiled)."""
     gpus = len(vrams)
     if gpus < 2:
         return
@@ -109,7 +122,7 @@ def context_parallel_options(spec: ModelSpec, tokens: int, vrams: tuple[int, ...
     local = -(-tokens // gpus)
     for precision in precisions:
         kind = parallel_kind(spec, gpus, precision)
-        if not kind or precision in FAST_LEVELS:  # fast levels need compile, which is not planned with it (yet)
+        if not kind:
             continue
         settings = {"parallel": kind, "parallel_gpus": gpus}
         probe_plan = Plan(device="cuda", parallel=kind, parallel_gpus=gpus)
@@ -122,19 +135,22 @@ def context_parallel_options(spec: ModelSpec, tokens: int, vrams: tuple[int, ...
         placements.append(ComponentPlan("transformer", precision, "block_offload"))
         for cp in placements:
             if not spec.two_experts:
-                yield (cp,), settings
+                for denoisers in _compiled((cp,), compile_options):
+                    yield denoisers, settings
                 continue
             for idle in ("pinned", "mmap") if cp.placement != "resident" else ("mmap",):
-                yield (replace(cp, idle=idle), replace(cp, name="transformer_2", idle=idle)), settings
+                pair = (replace(cp, idle=idle), replace(cp, name="transformer_2", idle=idle))
+                for denoisers in _compiled(pair, compile_options):
+                    yield denoisers, settings
 
 
 def options(spec: ModelSpec, job: Job, probe: HardwareProbe, vrams: tuple[int, ...], precisions: tuple[str, ...],
             context_parallel: bool = True,
-            compile_options: Callable[[str, str], tuple[bool, ...]] = lambda precision, placement: (False,),
+            compile_options: Callable[[str, str], tuple[bool, ...]] = eager_only,
             lora: str = "", loras: tuple = ()) -> list[tuple[tuple[ComponentPlan, ...], dict]]:
     """Every multi-GPU denoiser setting to try, with the Plan fields it needs ({} or the parallel settings).
-    `compile_options(precision, placement)`: the compile choices the planner allows there (one-process plans;
-    context parallel runs eager: diffusers 0.42 does not promise compile with it). `lora`, `loras`: how the
+    `compile_options(precision, placement)`: the compile choices the planner allows there, for every kind (under
+    context parallel each process compiles its blocks as a one-GPU plan does). `lora`, `loras`: how the
     denoisers will carry the job's LoRAs and their footprints (unfused adapters take VRAM: the sizes allow for
     them); the caller sets each denoiser's `lora`."""
     if probe.gpu_count < 2:
@@ -147,7 +163,7 @@ def options(spec: ModelSpec, job: Job, probe: HardwareProbe, vrams: tuple[int, .
         experts_apart_options(spec, tokens, vrams, precisions, lora, loras)
     out = [(c, {}) for d in one_process for c in _compiled(d, compile_options)]
     if context_parallel:
-        out += list(context_parallel_options(spec, tokens, vrams, precisions, lora, loras))
+        out += list(context_parallel_options(spec, tokens, vrams, precisions, lora, loras, compile_options))
     return out
 
 
@@ -175,7 +191,7 @@ def _denoiser_words(plan: Plan) -> str:
     for c in plan.denoisers:
         label = {"transformer": "high-noise" if plan.two_experts else "", "transformer_2": "low-noise"}[c.name]
         parts.append(f"{label + ' ' if label else ''}{c.precision} {c.describe_placement()}"
-                     + (f" ({c.describe_devices()})" if c.devices else ""))
+                     + (", compiled" if c.compile else "") + (f" ({c.describe_devices()})" if c.devices else ""))
         if plan.two_experts and not plan.experts_apart:
             break  # both alike
     return "; ".join(parts)

@@ -10,7 +10,7 @@ import pytest
 from lowvram.job import Job
 from planner import multi_gpu
 from planner.choose import Budget, NoPlanFits, Preferences, make_plan
-from planner.plan import ComponentPlan, Plan, StagePeak, one_gpu
+from planner.plan import ComponentPlan, Plan, StagePeak, config_key, one_gpu
 from planner.probe import GIB, HardwareProbe, capped_gpus, describe_probe, synthetic_probe, with_gpus
 from planner.spec import known_spec
 
@@ -261,3 +261,123 @@ def test_the_chosen_kinds_line_shows_the_chosen_plan():
     for l in result.explanation:
         if "at lower precision" in l:
             assert chosen.denoisers[0].precision not in l.split(":")[0], l
+
+
+# --- compile and the fast levels under context parallel ------------------------------------------------------
+
+
+def _cp(result, precision: str, compile: bool = True) -> list:
+    """The context-parallel candidates whose denoisers run at `precision`, compiled or not."""
+    return [c for c in result.candidates if c.plan.parallel and c.plan.denoisers[0].precision == precision
+            and c.plan.denoisers[0].compile == compile]
+
+
+def _compute(plan: Plan, tp_compile: float) -> float:
+    """The denoise stage's seconds without the one-off compile."""
+    return sum(s.seconds for s in plan.predicted if s.stage == "denoise") - tp_compile
+
+
+def _fastest(cands: list):
+    return min((c for c in cands if c.fits), key=lambda c: c.plan.predicted_seconds)
+
+
+def test_2x_h200_at_720p_runs_context_parallel_compiled():
+    """Run 20 measured ulysses + fp8_fast + compile at x0.43 of one H200's eager bf16 forward: compile and the fast
+    levels are candidates under context parallel, predicted with the compile factor, the fast factor and each
+    process's one-off compile. A first run of 50 steps does not pay back fp8_fast's compile (~3 min against bf16's
+    seconds) and quantization (run 20: the fp8 forward 5.34 s, bf16 compiled x0.474 of 12.38 s = 5.87 s): bf16
+    compiled wins, and the explanation says why; a later run of 100 steps (the fp8 weights in the quantized cache,
+    the processes' graph in inductor's) goes fp8_fast."""
+    from planner.choose import pick
+    from planner.estimate import compile_seconds
+    from planner.timing import throughput_for
+
+    model = "wan2.1-t2v-14b"
+    spec = known_spec(model)
+    probe = machine((141, 141), ram=256, card=H200)
+    result = make_plan(probe, spec, job(model, 1280, 720))
+    plan = result.plan
+    assert (plan.parallel, plan.parallel_gpus) == ("ulysses", 2) and plan.denoisers[0].compile
+    fits_every_card(plan, probe)
+    tp = throughput_for(probe)
+    fp8 = _fastest(_cp(result, "fp8_fast"))
+    bf16 = _fastest(_cp(result, "bf16"))
+    eager = _fastest(_cp(result, "bf16", compile=False))
+    assert not _cp(result, "fp8_fast", compile=False)  # a fast level only compiled
+    cold = {p: compile_seconds(c.plan, tp) for p, c in (("fp8_fast", fp8), ("bf16", bf16))}
+    assert cold["fp8_fast"] > cold["bf16"] > 0
+    # per forward: fp8 compiled < bf16 compiled < bf16 eager, as measured
+    assert _compute(fp8.plan, cold["fp8_fast"]) < _compute(bf16.plan, cold["bf16"]) < _compute(eager.plan, 0.0)
+    assert fp8.plan.predicted_seconds > plan.predicted_seconds
+    text = "\n".join(result.explanation)
+    assert "why: compile: the 40 blocks are compiled once in each of the 2 processes" in text
+    assert "why: precision bf16: fp8_fast was slower by" in text and "(with its compile, ~" in text
+    line = next(l for l in result.explanation if l.startswith("  context parallel (ulysses) on 2 GPUs"))
+    assert ", compiled:" in line and line.endswith("(chosen)")
+    assert "compile: no compiled plan fits" not in text
+
+    later = dataclasses.replace(spec, quantized_cached=(("transformer", "fp8_fast"),))
+    longer = job(model, 1280, 720, steps=100)
+    warm = make_plan(probe, later, longer, warm_parallel=((2, ("bf16", "fp8_fast")),))
+    chosen = warm.plan
+    assert chosen.parallel == "ulysses" and chosen.denoisers[0].precision == "fp8_fast" and chosen.denoisers[0].compile
+    assert config_key(chosen) == config_key(pick([c for c in warm.candidates if c.fits], "speed").plan)
+    text = "\n".join(warm.explanation)
+    assert "why: precision fp8_fast: the blocks' matmuls run in fp8" in text
+    assert "compiled once in each of the 2 processes" in text and "from inductor's cache)" in text
+    # one process's compile records (the whole sequence) do not make the processes' compile (their share) warm
+    cold_later = make_plan(probe, later, longer)
+    one_warm = make_plan(probe, later, longer, warm_precisions=("bf16", "fp8_fast"))
+    seconds = [_fastest(_cp(r, "fp8_fast")).plan.predicted_seconds for r in (cold_later, one_warm, warm)]
+    saved = cold["fp8_fast"] - compile_seconds(fp8.plan, dataclasses.replace(tp, warm_precisions=("fp8_fast",)))
+    assert seconds[0] == seconds[1] == pytest.approx(seconds[2] + saved) and saved > 0
+
+
+def test_2x_rtx_4090_at_720p_runs_context_parallel_compiled():
+    """Two 24 GiB cards: the 14B in bf16 is streamed in part on each process's card, in fp8 it stays resident; both
+    compiled. The fastest is fp8_fast under context parallel: on a first run it wins unless within the tie
+    tolerance (then bf16's precision does); with the processes' graphs in inductor's cache, it wins."""
+    from planner import constants as C
+
+    model = "wan2.1-t2v-14b"
+    probe = machine((24, 24), ram=128, card=RTX4090)
+    result = make_plan(probe, known_spec(model), job(model, 1280, 720))
+    plan = result.plan
+    assert plan.parallel == "ulysses" and plan.denoisers[0].compile
+    fits_every_card(plan, probe)
+    fp8 = _fastest(_cp(result, "fp8_fast"))
+    assert fp8.plan.denoisers[0].placement == "resident"
+    fitting = [c for c in result.candidates if c.fits]
+    assert fp8 is min(fitting, key=lambda c: c.plan.predicted_seconds)  # predicted fastest of all
+    if plan.denoisers[0].precision != "fp8_fast":
+        varying = lambda c: c.predicted_seconds - C.LOAD_FIXED_SECONDS  # noqa: E731 (what the tie compares)
+        assert varying(plan) <= varying(fp8.plan) * (1 + C.TIE_TOLERANCE["speed"])
+        assert "fp8_fast was lower precision, faster by only" in "\n".join(result.explanation)
+    line = next(l for l in result.explanation if l.startswith("  context parallel (ulysses) on 2 GPUs"))
+    assert ", compiled:" in line and line.endswith("(chosen)")
+    warm = make_plan(probe, known_spec(model), job(model, 1280, 720), warm_parallel=((2, ("bf16", "fp8_fast")),))
+    assert warm.plan.parallel == "ulysses"
+    assert (warm.plan.denoisers[0].precision, warm.plan.denoisers[0].compile) == ("fp8_fast", True)
+    fits_every_card(warm.plan, probe)
+
+
+def test_2x_rtx_3090_never_gets_fp8_fast():
+    """Compute capability 8.6: no fp8 matmuls on either card, under context parallel as on one GPU."""
+    model = "wan2.1-t2v-14b"
+    probe = machine((24, 24), ram=128, card=RTX3090)
+    result = make_plan(probe, known_spec(model), job(model, 1280, 720), warm_parallel=((2, ("bf16", "fp8_fast")),))
+    assert result.plan.parallel == "ulysses" and result.plan.denoisers[0].compile
+    assert result.plan.denoisers[0].precision != "fp8_fast"
+    fast = [c for c in result.candidates if c.plan.denoisers[0].precision == "fp8_fast"]
+    assert fast and not any(c.fits for c in fast)
+    assert all("compute capability" in c.rejected_reason for c in fast if c.plan.parallel)
+    assert "fp8_fast needs compute capability >= 8.9" in "\n".join(result.explanation)
+
+
+def test_context_parallel_without_compile_has_no_fast_level():
+    model = "wan2.1-t2v-14b"
+    result = make_plan(machine((141, 141), ram=256, card=H200), known_spec(model), job(model, 1280, 720),
+                       Preferences(compile=False))
+    cp = [c.plan.denoisers[0] for c in result.candidates if c.plan.parallel]
+    assert cp and not any(d.compile or d.fast for d in cp)
+    assert "why: compile: off (--no-compile)" in "\n".join(result.explanation)
