@@ -171,12 +171,21 @@ H2D_PINNED_DATACENTER = 55.5 * GB
 H2D_PINNED_CONSUMER = 25 * GB
 PAGEABLE_OVER_PINNED = 10.5 / 55.5
 DATACENTER_GPU_MARKERS = ("H200", "H100", "A100", "L40", "A6000", "RTX 6000")
-# A streamed block costs max(compute, copy) + STREAM_INTERFERENCE x min(compute, copy): copies slow the
-# compute a little (memory traffic, hooks, syncs). Bench run 8 (docs/benchmarks.md, H200): lowvram's block
-# offload (diffusers groups with streams, the non-block part kept on the GPU) 1.022 (1.3B) and 1.011 (14B) of
-# the all-on-GPU step at 55.5 GB/s pinned: 0.28 and 0.074; the mean. (Upstream diffusers block x1 + stream,
-# which copies the non-block part in and out every forward, gave 0.728 / 0.705; REFERENCE.md 0.63.)
-STREAM_INTERFERENCE = 0.18
+# A streamed block costs max(compute, copy) + a fixed cost per streamed block: group offload's hooks wait on the
+# copy's event and swap the group's tensors in and out, about twice as long for torchao's fast weights (two
+# tensors per Linear layer). Measured (H200, docs/benchmarks.md) as a partial plan's step over the same plan
+# all resident, per streamed block: bf16 0.8-1.0 ms (14B, compiled, runs 19-20), 1.0 ms (1.3B, eager, run 20);
+# fp8_fast 2.0 ms (14B, run 19), 1.9 ms (1.3B, run 20), compiled; lowvram's block offload of run 8 gave
+# 0.45 ms (1.3B) / 0.9 ms (14B). None of it grew with the block's copy time (0.8-12.6 ms): the earlier model,
+# 0.18 x min(compute, copy) fitted to run 8, gave the 1.3B's streamed blocks 0.15-0.3 ms and predicted its
+# partial plans 12-19% fast. (Upstream diffusers block x1 + stream copies the non-block part in and out every
+# forward too: 0.728 / 0.705 of the copy time in run 8, REFERENCE.md 0.63.)
+STREAMED_BLOCK_SECONDS = 1.0e-3
+STREAMED_FAST_BLOCK_SECONDS = 2.0e-3
+# Disk offload reads each streamed block from its file while the one before computes: at NVMe rates the read
+# takes about as long as a block's compute on a consumer card, where the two contend (page cache, CPU, PCIe).
+# Not measured: the copy-proportional interference of the earlier model (run 8's fit) is kept for it.
+DISK_INTERFERENCE = 0.18
 # Leaf-level offload: a fixed cost per leaf hook per forward plus interference. Bench (docs/benchmarks.md,
 # H200): diffusers leaf + stream 1.042 (1.3B, 488 leaves) and 1.023 (14B, 648 leaves) of the all-on-GPU
 # step: two equations, two unknowns (lowvram.bench.fit). REFERENCE.md's 1.13 / 1.09 had given 0.376 / 1.05e-4.
@@ -221,12 +230,19 @@ FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
 COMPILE_COMPUTE_FACTOR: dict[str, float] = {"resident": 0.845, "partial": 0.845, "block_offload": 0.845,
                                             "disk_offload": 0.845, "leaf_offload": 1.0}
 # Compiling the blocks once per process, paid by the first forward of the first denoiser (both experts of a
-# Wan2.2 A14B model have one block shape: one compile). Estimates until the benchmark refits them from its
-# warm-up forwards (`lowvram bench fast`: "compile warm-up s", cold, and "warm_compile_seconds"): inductor
-# compiling one Wan block graph (cold cache) vs dynamo tracing it again and inductor loading it from its FX
-# graph cache under lowvram's cache folder (warm: an earlier run of the same shapes, GPU and torch).
-COMPILE_SECONDS_COLD = 60.0
-COMPILE_SECONDS_WARM = 10.0
+# Wan2.2 A14B model have one block shape: one compile), per precision of the blocks' weights. Cold: inductor
+# compiles the block graph; warm: dynamo traces it again and inductor loads it from its FX graph cache under
+# lowvram's cache folder (an earlier run of the same shapes, GPU and torch). Run 20 (H200, `lowvram bench fast`,
+# the first compiled forward's extra time, docs/benchmarks.md): bf16 11.5 s (14B) / 9.6 s (1.3B) cold, 1.9 s
+# warm (1.3B, a second process of the same machine); fp8_fast 173-177 s (14B 480p), 152 s (1.3B), 202 s (14B
+# 720p): torchao's quantized Linear layers make the graph some 15x slower to compile. int8_fast: not measured
+# on the GPU; its graph is torchao's as fp8's (on the CPU a tiny Wan block compiled in 31.5 s at int8_fast vs
+# 23.8 s at bf16), so it is given fp8's cost. The fast levels' warm compile is not measured on the GPU either:
+# on the CPU inductor's cache served int8_fast's block graph in 3.0 s against 31.5 s cold (bf16: 3.8 vs 23.8),
+# so it is estimated at the cold time x 0.2, the H200's bf16 warm/cold ratio. Other precisions: bf16's.
+# `lowvram.placement.compile_records` keeps which shapes this machine compiled (warm or cold is known per job).
+COMPILE_SECONDS_COLD: dict[str, float] = {"bf16": 12.0, "fp8_fast": 175.0, "int8_fast": 175.0}
+COMPILE_SECONDS_WARM: dict[str, float] = {"bf16": 2.0, "fp8_fast": 35.0, "int8_fast": 35.0}
 # torchao dynamic activation + weight quantization (per-row scales): the Linear layers' FLOPs run at this
 # fraction of their bf16 time; attention and elementwise work are unchanged. Compiled only: eager, the
 # activation quantization costs more than the faster matmul saves (REFERENCE.md: fp8 without compile x1.25

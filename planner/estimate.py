@@ -434,16 +434,17 @@ def _forward_one_gpu(plan: Plan, cp: ComponentPlan, spec: ModelSpec, tokens: int
         return n * compute
     if kind == "partial":
         streamed = n - cp.resident_blocks
-        return cp.resident_blocks * compute + streamed * T.streamed_seconds(compute, copy)
+        return cp.resident_blocks * compute + streamed * T.streamed_seconds(compute, copy, cp.precision)
     if kind == "block_offload":
         if not cp.use_stream:
             return n * (compute + copy / C.PAGEABLE_OVER_PINNED * C.NO_STREAM_COPY_FACTOR)
-        return n * T.streamed_seconds(compute, copy)
+        return n * T.streamed_seconds(compute, copy, cp.precision)
     if kind == "leaf_offload":
         leaves = spec.component(cp.name).whole.leaves
-        return n * T.streamed_seconds(compute, copy, C.LEAF_INTERFERENCE) + leaves * C.LEAF_HOOK_SECONDS
+        return n * T.leaf_streamed_seconds(compute, copy) + leaves * C.LEAF_HOOK_SECONDS
     if kind == "disk_offload":
-        return n * T.streamed_seconds(compute, block / tp.disk_read)
+        read = block / tp.disk_read
+        return n * (T.streamed_seconds(compute, read, cp.precision) + C.DISK_INTERFERENCE * min(compute, read))
     raise ValueError(f"unknown denoiser placement {kind!r}")
 
 

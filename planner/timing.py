@@ -27,7 +27,6 @@ class Throughput:
     compile_factors: tuple[tuple[str, float], ...] = tuple(C.COMPILE_COMPUTE_FACTOR.items())
     # (fast level, factor on the Linear FLOPs' time, compiled; None: not measured faster than bf16 here)
     fast_linear: tuple[tuple[str, Optional[float]], ...] = tuple(C.FAST_LINEAR_FACTOR.items())
-    compile_seconds: float = C.COMPILE_SECONDS_COLD  # compiling the blocks once, cold
     warm_precisions: tuple[str, ...] = ()  # compiled before at this job's shapes: inductor's cache has them
     fast_source: str = "REFERENCE.md anchors (H200)"
     gpu_bandwidth: float = 0.0  # achieved bytes/s of elementwise kernels (datasheet x MEMORY_EFFICIENCY)
@@ -50,7 +49,8 @@ class Throughput:
 
     def compile_seconds_for(self, precision: str) -> float:
         """Compiling the blocks of a denoiser at `precision` once (from inductor's cache when warm)."""
-        return C.COMPILE_SECONDS_WARM if precision in self.warm_precisions else self.compile_seconds
+        table = C.COMPILE_SECONDS_WARM if precision in self.warm_precisions else C.COMPILE_SECONDS_COLD
+        return table.get(precision, table["bf16"])
 
     def compile_factor(self, placement: str) -> float:
         """A compiled forward's compute time over the eager one's, under `placement`."""
@@ -204,7 +204,6 @@ def describe_cards(probe: HardwareProbe, tp: Throughput) -> list[str]:
 
 def _one_card(probe: HardwareProbe, calibration, warm_precisions: tuple[str, ...]) -> Throughput:
     """The throughput of the probe's first GPU (or of its CPU, without one)."""
-    compile_seconds = C.COMPILE_SECONDS_COLD
     cc = tuple(probe.compute_capability) if probe.compute_capability else None
     if not probe.has_gpu:
         cpu = calibration.cpu_flops if calibration is not None and calibration.cpu_flops else C.CPU_FLOPS
@@ -221,7 +220,6 @@ def _one_card(probe: HardwareProbe, calibration, warm_precisions: tuple[str, ...
             source=f"calibrated on {calibration.created}",
             fp32_factor=C.FP32_TIME_FACTOR_DATACENTER if _datacenter(probe) else C.FP32_TIME_FACTOR_CONSUMER,
             compute_capability=cc,
-            compile_seconds=compile_seconds,
             warm_precisions=tuple(warm_precisions),
             **_calibrated_gains(calibration),
             gpu_bandwidth=gpu_datasheet_bandwidth(probe.gpu_name) * C.MEMORY_EFFICIENCY,
@@ -240,7 +238,6 @@ def _one_card(probe: HardwareProbe, calibration, warm_precisions: tuple[str, ...
         source=f"defaults for {klass} (run `lowvram calibrate` to measure this GPU)",
         fp32_factor=C.FP32_TIME_FACTOR_DATACENTER if datacenter else C.FP32_TIME_FACTOR_CONSUMER,
         compute_capability=cc,
-        compile_seconds=compile_seconds,
         warm_precisions=tuple(warm_precisions),
         gpu_bandwidth=gpu_datasheet_bandwidth(probe.gpu_name) * C.MEMORY_EFFICIENCY,
         gpu_link=_gpu_link(probe),
@@ -335,6 +332,14 @@ def layer_split_crossing_bytes(spec: ModelSpec, tokens: int) -> int:
 # --- Streaming -------------------------------------------------------------------------------------------
 
 
-def streamed_seconds(compute: float, copy: float, interference: float = C.STREAM_INTERFERENCE) -> float:
-    """One group computed while the next is copied: the slower of the two, plus their interference."""
-    return max(compute, copy) + interference * min(compute, copy)
+def streamed_seconds(compute: float, copy: float, precision: str = "bf16") -> float:
+    """One block computed while the next is copied: the slower of the two, plus the fixed cost of streaming a
+    block of `precision`'s weights (planner.constants.STREAMED_BLOCK_SECONDS)."""
+    fixed = C.STREAMED_FAST_BLOCK_SECONDS if precision in C.FAST_LINEAR_FACTOR else C.STREAMED_BLOCK_SECONDS
+    return max(compute, copy) + fixed
+
+
+def leaf_streamed_seconds(compute: float, copy: float) -> float:
+    """A block under leaf offload (its hooks counted apart): the slower of compute and copy, plus their
+    interference (planner.constants.LEAF_INTERFERENCE)."""
+    return max(compute, copy) + C.LEAF_INTERFERENCE * min(compute, copy)

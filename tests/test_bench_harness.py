@@ -176,16 +176,16 @@ def test_forced_plan_carries_the_planners_prediction():
 def test_fit_recovers_the_constants_that_made_the_data():
     """lowvram.bench.fit turns measurements into planner constants: on data made from known constants
     it must give those constants back."""
-    from lowvram.bench.fit import activation_fit, leaf_fit, stream_interference
+    from lowvram.bench.fit import activation_fit, leaf_fit, streamed_block_seconds
 
     a, b = 3.5, 1.25
     points = [(t, d, f, t * (a * d + b * f)) for t, d, f in [(32760, 1536, 8960), (75600, 5120, 13824), (8190, 1536, 8960)]]
     assert activation_fit(points) == pytest.approx((a, b), rel=1e-9)
 
     n, floor, block, h2d = 40, 2.0, 0.5 * GIB, 20 * GIB  # compute 50 ms/block, copy 25 ms/block
-    interference, hook = 0.18, 2e-4
-    step = n * (max(floor / n, block / h2d) + interference * min(floor / n, block / h2d))
-    assert stream_interference(step, floor, n, block, h2d) == pytest.approx(interference)
+    fixed, hook = 1e-3, 2e-4
+    step = n * (max(floor / n, block / h2d) + fixed)
+    assert streamed_block_seconds(step, floor, n, block, h2d) == pytest.approx(fixed)
     leaves = [400, 1200]
     cases = [(n * (max(f / n, block / h2d) + 0.3 * min(f / n, block / h2d)) + k * hook, f, n, block, k) for f, k in zip((2.0, 0.5), leaves)]
     assert leaf_fit(cases, h2d) == pytest.approx((0.3, hook), rel=1e-6)

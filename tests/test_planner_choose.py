@@ -79,9 +79,9 @@ def test_these_machines_can_plan(machine, model, res):
 
 
 def test_1_3b_at_480p_on_24_gb_is_fully_resident_and_compiled():
-    """fp8 matmuls on the RTX 4090 (compute capability 8.9), bf16 on the RTX 3090; bf16 on both when asked.
-    Compiled where it pays: bf16 on the 4090 saves less (52 s over 100 forwards) than a cold compile costs."""
-    cases = ((("rtx4090-64g", PREFS), ("fp8_fast", True)), (("rtx4090-64g", Preferences(min_quant="bf16")), ("bf16", False)),
+    """bf16 compiled on both cards for a first run: on the RTX 4090 fp8_fast's cold compile (~175 s, run 20) costs
+    more than its matmuls save over 100 forwards of the 1.3B; bf16's compile (~12 s) pays on both."""
+    cases = ((("rtx4090-64g", PREFS), ("bf16", True)), (("rtx4090-64g", Preferences(min_quant="bf16")), ("bf16", True)),
              (("rtx3090-32g", PREFS), ("bf16", True)), (("rtx3090-32g", Preferences(min_quant="bf16")), ("bf16", True)))
     for (machine, prefs), (precision, compiled) in cases:
         result = make_plan(TYPICAL_MACHINES[machine], known_spec("wan2.1-t2v-1.3b"), job_for("wan2.1-t2v-1.3b"), prefs)
@@ -104,7 +104,8 @@ def test_14b_on_4090_streams_bf16_at_near_compute_speed():
     resident = plan.with_component(dataclasses.replace(t, placement="resident", resident_blocks=0))
     denoise = {s.stage: s.seconds for s in plan.predicted}["denoise"]
     floor = {s.stage: s.seconds for s in predict(resident, known_spec("wan2.1-t2v-14b"), job_for("wan2.1-t2v-14b"), tp)[0]}["denoise"]
-    assert floor < denoise < 1.03 * floor
+    # (either side: the resident plan also moves the streamed plan's other blocks in at the stage's start)
+    assert abs(denoise - floor) < 0.03 * floor
 
 
 def test_fp8_is_refused_below_compute_capability_8_9():

@@ -31,11 +31,12 @@ def activation_fit(points: list[tuple[int, int, int, int]]) -> tuple[float, floa
     return _solve2(s11, s12, s12, s22, r1, r2)
 
 
-def stream_interference(step: float, floor: float, n_blocks: int, block_bytes: int, h2d_pinned: float) -> float:
-    """I in  step = n * (max(c, k) + I * min(c, k)),  c = floor / n,  k = block bytes / pinned B/s."""
+def streamed_block_seconds(step: float, floor: float, n_blocks: int, block_bytes: int, h2d_pinned: float) -> float:
+    """S in  step = n * (max(c, k) + S),  c = floor / n,  k = block bytes / pinned B/s: the fixed cost of a
+    streamed block (planner.constants.STREAMED_BLOCK_SECONDS)."""
     c = floor / n_blocks
     k = block_bytes / h2d_pinned
-    return (step / n_blocks - max(c, k)) / min(c, k)
+    return step / n_blocks - max(c, k)
 
 
 def leaf_fit(cases: list[tuple[float, float, int, int, int]], h2d_pinned: float) -> tuple[float, float]:
@@ -87,9 +88,9 @@ def fit(models: dict[str, dict], components: Optional[dict]) -> dict:
         n = spec.dims.num_layers
         bs = _case(data, "block_stream")
         if floor and bs:
-            i = stream_interference(bs["step_seconds"], floor, n, block, pinned)
+            i = streamed_block_seconds(bs["step_seconds"], floor, n, block, pinned)
             interference.append(i)
-            out["evidence"][f"stream interference {key}"] = i
+            out["evidence"][f"streamed block seconds {key}"] = i
         lf = _case(data, "leaf_stream")
         if floor and lf:
             leaf_cases.append((lf["step_seconds"], floor, n, block, spec.transformer.whole.leaves))
@@ -101,7 +102,7 @@ def fit(models: dict[str, dict], components: Optional[dict]) -> dict:
     if eff:
         out["MATMUL_EFFICIENCY"] = sum(eff) / len(eff)
     if interference:
-        out["STREAM_INTERFERENCE"] = sum(interference) / len(interference)
+        out["STREAMED_BLOCK_SECONDS"] = sum(interference) / len(interference)
     if len(leaf_cases) >= 2:
         out["LEAF_INTERFERENCE"], out["LEAF_HOOK_SECONDS"] = leaf_fit(leaf_cases, pinned)
     return out
