@@ -434,9 +434,9 @@ def predicted_table(ram_gib: float = 64.0, gpu_name: str = "NVIDIA H200", cc: tu
 def fit_fast(data: dict) -> dict:
     """What planner/constants.py should say after this run: compile factor (resident, from the compiled bf16
     step), FAST_LINEAR_FACTOR per level (from the FFN), FAST_LEVEL_ERROR per level (the worst model), the
-    compile seconds (the largest measured warm-up extra)."""
+    compile seconds per precision (the largest measured warm-up extra of each; warm: bf16's, the run's only)."""
     out: dict = {"COMPILE_COMPUTE_FACTOR[resident]": {}, "FAST_LINEAR_FACTOR": {}, "FAST_LEVEL_ERROR": {}}
-    warmups = []
+    warmups: dict = {}
     for model, m in data.get("models", {}).items():
         floor = m.get("floor", {}).get("480p", {}).get("step_seconds")
         compiled = m.get("resident", {}).get("bf16", {}).get("step_seconds")
@@ -450,13 +450,13 @@ def fit_fast(data: dict) -> dict:
             key = "quanto fp8 (FAST_ERROR_BOUND's reference)" if level == "quanto_fp8" else level
             if isinstance(err, float):
                 out["FAST_LEVEL_ERROR"][key] = max(err, out["FAST_LEVEL_ERROR"].get(key, 0.0))
-        for r in m.get("resident", {}).values():
+        for level, r in m.get("resident", {}).items():
             if r.get("warmup_extra_seconds") is not None:
-                warmups.append(r["warmup_extra_seconds"])
+                warmups[level] = max(r["warmup_extra_seconds"], warmups.get(level, 0.0))
     if warmups:
-        out["COMPILE_SECONDS_COLD"] = max(warmups)
+        out["COMPILE_SECONDS_COLD"] = warmups
     warm = [m["warm_compile_seconds"] for m in data.get("models", {}).values() if m.get("warm_compile_seconds") is not None]
     if warm:
-        out["COMPILE_SECONDS_WARM"] = max(warm)
+        out["COMPILE_SECONDS_WARM"] = {"bf16": max(warm)}
     return out
 
