@@ -140,3 +140,19 @@ def test_options_that_select_no_row_exit_2_naming_the_rows(capsys):
     assert "no row of the table matches --models 1.3b" in err and "1.3b 480p @ 8 GiB" in err and "CUDA" not in err
     assert main(["bench", "fast", "--models", "7b"]) == 2
     assert "--models: 7b unknown" in capsys.readouterr().err
+
+
+def test_bench_wan22_checks_its_cases_then_needs_a_gpu(capsys):
+    """A malformed --cases exits 2 naming it; well-formed ones on a machine without CUDA exit 2 saying so (no
+    traceback from torch)."""
+    import torch
+
+    from lowvram.cli import main
+
+    assert main(["bench", "wan22", "--cases", "12", "--folder", "/tmp/x"]) == 2
+    assert "--cases: '12' is not VRAM:RAM" in capsys.readouterr().err
+    assert main(["bench", "wan22", "--cases", "12:-1", "--folder", "/tmp/x"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "wan22", "--cases", "12:32", "--folder", "/tmp/x"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err

@@ -310,9 +310,24 @@ def argparse_hidden():
 def run_wan22(args) -> int:
     from lowvram.bench.wan22 import run
 
-    cases = [tuple(float(x) for x in c.split(":")) for c in args.cases]
+    cases = [_wan22_case(c) for c in args.cases]
+    _need_cuda()
     run(args.model, args.folder, cases, args.steps, args.out, resident_json=args.resident_json)
     return 0
+
+
+def _wan22_case(text: str) -> tuple[float, float]:
+    """'VRAM:RAM' in GiB, both positive numbers."""
+    from lowvram.errors import UserError
+
+    parts = text.split(":")
+    try:
+        vram, ram = (float(x) for x in parts)
+    except ValueError:
+        raise UserError(f"--cases: {text!r} is not VRAM:RAM in GiB (e.g. 24:64,12:32)") from None
+    if vram <= 0 or ram <= 0:
+        raise UserError(f"--cases: {text!r}: VRAM and RAM must be positive GiB (e.g. 24:64)")
+    return vram, ram
 
 
 def run_wan22_case(args) -> int:
