@@ -18,6 +18,7 @@ from planner import constants as C
 from planner import memory as M
 from planner import multi_gpu
 from planner.estimate import (
+    cache_level,
     compile_seconds,
     context_parallel_vram,
     forward_seconds,
@@ -582,12 +583,19 @@ def why_denoiser(chosen: Plan, candidates: list[Candidate], spec: ModelSpec, job
     if chosen.device != "cuda" or not chosen.denoisers:
         return ()
     mine = for_processes(tp, chosen.parallel_gpus, warm_parallel)
-    return (_why_precision(chosen, candidates, mine, prefs, lambda plan: for_processes(tp, plan.parallel_gpus, warm_parallel)),
+    return (_why_precision(chosen, candidates, mine, prefs, lambda plan: for_processes(tp, plan.parallel_gpus, warm_parallel),
+                           lambda plan: _quantized_now(plan, spec, job)),
             _why_placement(chosen, spec, job, mine, budget), _why_compile(chosen, candidates, spec, job, mine, prefs))
 
 
+def _quantized_now(plan: Plan, spec: ModelSpec, job: Job) -> float:
+    """Seconds the plan's load spends quantizing its denoisers (not in the quantized-weights cache yet)."""
+    return sum(spec.component(cp.name).params for cp in plan.denoisers
+               if cp.quantized and (cp.name, cache_level(plan, job, cp)) not in spec.quantized_cached) / C.QUANTIZE_PARAMS_PER_SECOND
+
+
 def _why_precision(chosen: Plan, candidates: list[Candidate], tp: Throughput, prefs: Preferences,
-                   tp_of: Callable[[Plan], Throughput]) -> str:
+                   tp_of: Callable[[Plan], Throughput], quantizing: Callable[[Plan], float]) -> str:
     d = chosen.denoisers[0]
     if d.fast:
         what = "fp8" if d.precision == "fp8_fast" else "int8"
@@ -619,7 +627,9 @@ def _why_precision(chosen: Plan, candidates: list[Candidate], tp: Throughput, pr
                 # a fast level runs compiled only: on a short job its compile can outweigh its faster matmuls
                 own = tp_of(best.plan)
                 warmth = "from inductor's cache" if level in own.warm_precisions else "first time at these shapes"
-                why += f" (with its compile, ~{fmt_seconds(compile_seconds(best.plan, own))}, {warmth})"
+                quantize = quantizing(best.plan)
+                why += (f" (with its compile, ~{fmt_seconds(compile_seconds(best.plan, own))}, {warmth}"
+                        + (f", and quantizing its weights, ~{fmt_seconds(quantize)} the first time)" if quantize else ")"))
         reasons.append(why)
     return f"precision {d.precision}: " + "; ".join(reasons)
 

@@ -312,6 +312,7 @@ def test_2x_h200_at_720p_runs_context_parallel_compiled():
     text = "\n".join(result.explanation)
     assert "why: compile: the 40 blocks are compiled once in each of the 2 processes" in text
     assert "why: precision bf16: fp8_fast was slower by" in text and "(with its compile, ~" in text
+    assert "and quantizing its weights, ~" in text  # a first run: not in the quantized-weights cache yet
     line = next(l for l in result.explanation if l.startswith("  context parallel (ulysses) on 2 GPUs"))
     assert ", compiled:" in line and line.endswith("(chosen)")
     assert "compile: no compiled plan fits" not in text
