@@ -24,6 +24,16 @@ def test_context_parallel_part_matches_one_process():
     assert data["ratio"] > 0 and "| 14B 720p, context parallel (eager) |" in table({"cp720": data})
 
 
+@pytest.mark.slow
+def test_compiled_context_parallel_part_compiles_as_the_runtime_does():
+    """--compile compiles with lowvram's regional compile under diffusers' context parallel (two gloo processes),
+    as `lowvram generate` does: it runs, and its output is one process's within float32 compile rounding."""
+    data = run_cp(dataclasses.replace(TINY, compile=True))
+    compiled = data["context_parallel_compiled"]
+    assert "error" not in compiled, compiled
+    assert compiled["forward_seconds"] > 0 and compiled["vs_one_gpu"]["max_abs_diff"] < 1e-4
+
+
 def test_the_fast_level_under_context_parallel_is_a_result_even_where_it_cannot_run():
     """--fast on the CPU (float32 weights, no fp8 matmul): the part records why, the table says so, the rest stands."""
     from dataclasses import replace

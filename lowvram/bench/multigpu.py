@@ -2,7 +2,8 @@
 
 - cp720:  Wan2.1 14B at 720p, 81 frames: one transformer forward on one GPU (eager bf16) vs split over both GPUs
           with diffusers' context parallel (ulysses, one process per GPU), the outputs compared; `--compile` adds
-          regional compile (diffusers' compile_repeated_blocks) to the context-parallel run. Target: the
+          lowvram's regional compile (lowvram.placement.compile, as `lowvram generate` runs it; run 20 and before
+          used diffusers' compile_repeated_blocks) to the context-parallel run, `--fast` a fast level. Target: the
           two-GPU step <= 0.45 of the one-GPU eager step (a step is two forwards, cond and uncond: the ratio is
           the forward's).
 - split480: 14B at 480p under 12 GiB caps: the planner's best two-GPU plan vs its best one-GPU plan, each run
@@ -238,10 +239,10 @@ def _cp_part(rank: int, processes: int, setup: Setup) -> dict:
         data["ratio"] = two / data["one_gpu"]["forward_seconds"]
         _say(f"[cp720] {kind} on {processes}, eager: {two:.3f} s (x{data['ratio']:.3f})")
     if setup.compile:
-        data["context_parallel_compiled"] = _compiled_run(setup, lambda: model, inputs, reference, iters)
+        data["context_parallel_compiled"] = _compiled_run(setup, lambda: model, inputs, reference, iters, "bf16")
     if setup.fast:
         fast = lambda: _fast_model(setup, device, plan, data["tokens"])  # noqa: E731
-        data["context_parallel_fast"] = {"level": setup.fast, **_compiled_run(setup, fast, inputs, reference, iters)}
+        data["context_parallel_fast"] = {"level": setup.fast, **_compiled_run(setup, fast, inputs, reference, iters, setup.fast)}
     for part, ratio in (("context_parallel_compiled", "ratio_compiled"), ("context_parallel_fast", "ratio_fast")):
         if rank == 0 and "forward_seconds" in data.get(part, {}):
             data[ratio] = data[part]["forward_seconds"] / data["one_gpu"]["forward_seconds"]
@@ -255,14 +256,16 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _compiled_run(setup: Setup, make_model: Callable, inputs: dict, reference, iters) -> dict:
+def _compiled_run(setup: Setup, make_model: Callable, inputs: dict, reference, iters, precision: str) -> dict:
     """Regional compile of make_model()'s transformer (context parallel already on), timed after its warm-up, with
     its output against one GPU's (`reference`, on the first process). An error is a result: diffusers 0.42 warns
     that compile and context parallel may not mix, and a fast level may not run on this device."""
+    from lowvram.placement.compile import apply_compile
+
     t1 = time.perf_counter()
     try:
         model = make_model()
-        model.compile_repeated_blocks()
+        apply_compile(model, True, precision)  # as the runtime compiles: each block's forward, beneath the CP hooks
         seconds, times, out = time_forwards(replace(setup, warmup=max(2, setup.warmup)), lambda: model(**inputs)[0], iters)
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
