@@ -7,7 +7,7 @@ the eager bf16 all-on-GPU step measured in the same process; budgets are simulat
 1. the eager bf16 floor at 480p, then the same model compiled (regional compile: lowvram.placement.compile), cold,
    then once more after dynamo forgot it (a warm compile: inductor's FX graph cache has it);
 2. the same weights quantized in place to fp8_fast, compiled (speed and per-forward error against the floor's
-   output); int8_fast's per-forward error from one eager forward, and its speed from a compiled FFN of the
+   output), then once more after dynamo forgot it (its warm compile: a second run's, for the end-to-end row); int8_fast's per-forward error from one eager forward, and its speed from a compiled FFN of the
    14B's sides against bf16 (planner.calibration.ffn_levels: the planner's FAST_LINEAR_FACTOR; the largest
    matmuls are where int8 gains most). int8_fast enters the planner only if that FFN runs faster than bf16;
 3. at each budget, the planner's plan and its bf16-only plan (--min-precision bf16), placed by lowvram.placement
@@ -265,6 +265,11 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
             r = _run(_case(model, "480p", None, f"compiled_{level}", setup), _kept(level, keep), setup, model, log=log)
             r["error_vs_eager_bf16"] = rel_error(keep.out, ref)
             data["resident"][level] = r
+            if setup.extras:  # its warm compile, as a second run pays it (inductor's cache has the graph)
+                torch._dynamo.reset()
+                warm = _run(_case(model, "480p", None, f"compiled_{level}_warm", setup), _kept(f"{level}_warm", keep),
+                            setup, model, iters=1, log=log)
+                data.setdefault("warm_compile_by_level", {})[level] = warm.get("warmup_extra_seconds")
             apply_compile(gpu, False)
             host[level] = HostCopy.of(gpu, meta)
         log(f"[{model}] {level}: per-forward error vs eager bf16 {data['errors'][level]}")
@@ -371,9 +376,15 @@ def e2e(data: dict, ram_gib: float) -> Optional[dict]:
     compile_s = max(0.0, case.get("warmup_extra_seconds") or 0.0, cold or 0.0)
     plan_s = forwards * case["step_seconds"] + compile_s + other
     floor_s = forwards * floor + other
+    # a second run of the job: the level's graph in inductor's cache (measured with --table-only off)
+    warm = (m.get("warm_compile_by_level") or {}).get(level) if plan.component("transformer").compile else None
+    second = None
+    if warm is not None:
+        second_s = forwards * case["step_seconds"] + max(0.0, warm) + other
+        second = dict(plan_seconds=second_s, ratio=second_s / floor_s, compile_seconds=max(0.0, warm))
     return dict(model=model, resolution=res, budget_gib=budget, steps=E2E_STEPS, forwards=forwards,
                 plan_seconds=plan_s, floor_seconds=floor_s, ratio=plan_s / floor_s, compile_seconds=compile_s,
-                encode_decode_predicted_seconds=other, target=E2E_TARGET,
+                second_run=second, encode_decode_predicted_seconds=other, target=E2E_TARGET,
                 note="composed: 100 x the measured step (+ the measured cold compile warm-up of the plan's level) vs 100 x the eager bf16 step; "
                      "encode and decode from the planner's prediction on both sides")
 
@@ -434,7 +445,7 @@ def predicted_table(ram_gib: float = 64.0, gpu_name: str = "NVIDIA H200", cc: tu
 def fit_fast(data: dict) -> dict:
     """What planner/constants.py should say after this run: compile factor (resident, from the compiled bf16
     step), FAST_LINEAR_FACTOR per level (from the FFN), FAST_LEVEL_ERROR per level (the worst model), the
-    compile seconds per precision (the largest measured warm-up extra of each; warm: bf16's, the run's only)."""
+    compile seconds per precision, cold and warm (the largest measured warm-up extra of each)."""
     out: dict = {"COMPILE_COMPUTE_FACTOR[resident]": {}, "FAST_LINEAR_FACTOR": {}, "FAST_LEVEL_ERROR": {}}
     warmups: dict = {}
     for model, m in data.get("models", {}).items():
@@ -455,8 +466,13 @@ def fit_fast(data: dict) -> dict:
                 warmups[level] = max(r["warmup_extra_seconds"], warmups.get(level, 0.0))
     if warmups:
         out["COMPILE_SECONDS_COLD"] = warmups
-    warm = [m["warm_compile_seconds"] for m in data.get("models", {}).values() if m.get("warm_compile_seconds") is not None]
+    warm: dict = {}
+    for m in data.get("models", {}).values():
+        by_level = {"bf16": m.get("warm_compile_seconds"), **(m.get("warm_compile_by_level") or {})}
+        for level, seconds in by_level.items():
+            if seconds is not None:
+                warm[level] = max(seconds, warm.get(level, 0.0))
     if warm:
-        out["COMPILE_SECONDS_WARM"] = {"bf16": max(warm)}
+        out["COMPILE_SECONDS_WARM"] = warm
     return out
 
