@@ -3,6 +3,8 @@ harness once on the CPU with a tiny transformer (compiled with inductor; no timi
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from lowvram.bench import shapes
@@ -133,6 +135,9 @@ def test_table_only_measures_the_cases_and_leaves_the_extras_to_another_process(
     assert saved[0]["models"]["1.3b"]["floor"]["480p"]["step_seconds"] > 0 and not saved[0]["models"]["1.3b"]["cases"]
     assert set(m["errors"]) == {"int8_fast"}  # the planner's level only: no fp8_fast, no quanto fp8
     assert {c["kind"] for c in m["cases"]} == {"planner", "bf16_only"} and m["resident"]["int8_fast"]["step_seconds"] > 0
+    # --kinds bf16_only: that plan alone per row
+    only = run_fast(dataclasses.replace(setup, kinds=("bf16_only",)), log=lambda s: None)["models"]["1.3b"]
+    assert [c["kind"] for c in only["cases"]] == ["bf16_only"]
 
 
 def test_options_that_select_no_row_exit_2_naming_the_rows(capsys):
@@ -144,6 +149,8 @@ def test_options_that_select_no_row_exit_2_naming_the_rows(capsys):
     assert "no row of the table matches --models 1.3b" in err and "1.3b 480p @ 8 GiB" in err and "CUDA" not in err
     assert main(["bench", "fast", "--models", "7b"]) == 2
     assert "--models: 7b unknown" in capsys.readouterr().err
+    assert main(["bench", "fast", "--models", "14b", "--kinds", "fastest"]) == 2
+    assert "--kinds: fastest; use planner and/or bf16_only" in capsys.readouterr().err
 
 
 def test_bench_wan22_checks_its_cases_then_needs_a_gpu(capsys):

@@ -91,6 +91,8 @@ def register(sub) -> None:
     f.add_argument("--no-upstream", action="store_true", help="skip the upstream recipes (another process measures them)")
     f.add_argument("--table-only", action="store_true", help="the table's cases only: no warm-compile run, no errors of "
                    "int8_fast and quanto fp8, no FFN factors (for a second process on another GPU while one measures them)")
+    f.add_argument("--kinds", type=_words, default=("planner", "bf16_only"), help="which plans per row: planner "
+                   "(the default preferences) and/or bf16_only (default both)")
     f.add_argument("--out", type=Path, default=None, help="write the results as JSON here (after every case)")
     f.add_argument("--predict", action="store_true", help="print what the planner's time model predicts for the table on "
                    "an H200 (no GPU needed) and exit")
@@ -218,11 +220,14 @@ def run_fast(args) -> int:
         budgets = f" --budgets {','.join(f'{b:g}' for b in args.budgets)}" if args.budgets else ""
         raise UserError(f"no row of the table matches --models {','.join(args.models)} --resolutions "
                         f"{','.join(args.resolutions)}{budgets}; its rows: {rows}")
+    kinds = tuple(args.kinds)
+    if not kinds or any(k not in ("planner", "bf16_only") for k in kinds):
+        raise UserError(f"--kinds: {','.join(kinds) or 'nothing'}; use planner and/or bf16_only")
     _need_cuda()
     if not upstream:  # lowvram's plans alone: run as `lowvram generate` runs them (the upstream rows keep torch's default)
         _allocator_as_generate()
     setup = FastSetup(models=tuple(args.models), ram_gib=args.ram_gib, upstream=upstream, cases=cases,
-                      leaf_compile_models=tuple(args.leaf_compile_models), extras=not args.table_only)
+                      leaf_compile_models=tuple(args.leaf_compile_models), extras=not args.table_only, kinds=kinds)
     print(f"inductor cache: {inductor_cache_dir()}", flush=True)
     data = run(setup, log=lambda s: print(s, flush=True), save=lambda d: _dump(d, args.out))
     data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
