@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lowvram.models.known_configs import UMT5_XXL as UMT5_XXL_CONFIG
-from lowvram.models.known_configs import WAN_1_3B, WAN_14B, WAN_COMMON, WAN22_TI2V_5B  # noqa: F401  (WAN_COMMON: tests' tiny shapes)
+from planner.known_configs import UMT5_XXL as UMT5_XXL_CONFIG
+from planner.known_configs import WAN_1_3B, WAN_14B, WAN_COMMON, WAN22_TI2V_5B  # noqa: F401  (WAN_COMMON: tests' tiny shapes)
 
 # The planner's known configs are the one source of the real shapes.
 TRANSFORMERS = {

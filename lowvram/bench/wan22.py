@@ -41,7 +41,7 @@ def build_checkpoint(model: str, folder: Path, log: Callable[[str], None] = prin
 
     from lowvram.bench.build import build_transformer, build_umt5, build_vae
     from lowvram.models.demo import _tokenizer
-    from lowvram.models.known_configs import WAN21_VAE, WAN22_TI2V_5B, WAN22_VAE, WAN_14B
+    from planner.known_configs import WAN21_VAE, WAN22_TI2V_5B, WAN22_VAE, WAN_14B
 
     folder = Path(folder)
     if (folder / "lowvram_bench.json").is_file():
