@@ -244,7 +244,10 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     def from_map_to(card: T.Throughput) -> float:
         return card.h2d_pageable if cached else min(card.h2d_pageable, card.disk_read) if on_gpu else card.disk_read
 
-    pin_rate = min(from_map_to(tp), C.PIN_BPS)
+    def pin_rate_to(card: T.Throughput) -> float:
+        return min(from_map_to(card), C.PIN_BPS)
+
+    pin_rate = pin_rate_to(tp)
 
     # --- load --------------------------------------------------------------------------------------
     precisions = {cp.name: cp.precision for cp in plan.components}
@@ -333,7 +336,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
                         for g, b in denoiser_gpu_bytes(spec, other, 0, lora_footprints(plan, job, other.name)).items():
                             den.add(g, b)
             resident, streamed, _ = M.denoiser_split(spec, cp)
-            switch = resident / from_map_to(card) + (streamed / min(from_map_to(card), C.PIN_BPS) if cp.idle == "mmap" else 0.0)
+            switch = resident / from_map_to(card) + (streamed / pin_rate_to(card) if cp.idle == "mmap" else 0.0)
             compute = denoise_calls(n, passes, cache, cp.name) * forward_s
             if apart and cp is not plan.denoisers[0]:
                 # it was copied to its card in the background while the first expert computed

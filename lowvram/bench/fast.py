@@ -190,6 +190,15 @@ def _e2e_selected(model: str, setup: FastSetup) -> bool:
     return E2E_CASE in setup.cases and model == E2E_CASE[0] and "planner" in setup.kinds
 
 
+def _warm_compile(model: str, level: str, keep: "_Keep", setup: FastSetup, log) -> Optional[float]:
+    """A warm compile of the resident compiled model `keep` runs (a later run's cost): dynamo forgets the graph,
+    inductor's FX graph cache still has it. The first forward's extra seconds."""
+    torch._dynamo.reset()
+    warm = _run(_case(model, "480p", None, f"compiled_{level}_warm", setup), _kept(f"compiled_{level}_warm", keep),
+                setup, model, iters=1, log=log)
+    return warm.get("warmup_extra_seconds")
+
+
 def _case(model: str, res: str, budget: Optional[float], name: str, setup: FastSetup) -> CaseResult:
     h, w, f = setup.shapes[res]
     return CaseResult(model, res, budget, name, tokens(h, w, f))
@@ -243,11 +252,8 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
     r = _run(_case(model, "480p", None, "compiled_bf16", setup), _kept("compiled_bf16", keep), setup, model, log=log)
     r["error_vs_eager_bf16"] = rel_error(keep.out, ref)
     data["resident"]["bf16"] = r
-    if setup.extras:  # a warm compile: dynamo forgets the graph, inductor's FX graph cache still has it (a later run's cost)
-        torch._dynamo.reset()
-        warm = _run(_case(model, "480p", None, "compiled_bf16_warm", setup), _kept("compiled_bf16_warm", keep), setup,
-                    model, iters=1, log=log)
-        data["warm_compile_seconds"] = warm.get("warmup_extra_seconds")
+    if setup.extras:
+        data["warm_compile_seconds"] = _warm_compile(model, "bf16", keep, setup, log)
     save()
     host = {"bf16": HostCopy.of(gpu, meta)}
 
@@ -271,11 +277,8 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
             r = _run(_case(model, "480p", None, f"compiled_{level}", setup), _kept(level, keep), setup, model, log=log)
             r["error_vs_eager_bf16"] = rel_error(keep.out, ref)
             data["resident"][level] = r
-            if setup.extras or _e2e_selected(model, setup):  # its warm compile, as a second run pays it
-                torch._dynamo.reset()
-                warm = _run(_case(model, "480p", None, f"compiled_{level}_warm", setup), _kept(f"{level}_warm", keep),
-                            setup, model, iters=1, log=log)
-                data.setdefault("warm_compile_by_level", {})[level] = warm.get("warmup_extra_seconds")
+            if setup.extras or _e2e_selected(model, setup):
+                data.setdefault("warm_compile_by_level", {})[level] = _warm_compile(model, level, keep, setup, log)
             apply_compile(gpu, False)
             host[level] = HostCopy.of(gpu, meta)
         log(f"[{model}] {level}: per-forward error vs eager bf16 {data['errors'][level]}")
@@ -377,13 +380,14 @@ def e2e(data: dict, ram_gib: float) -> Optional[dict]:
     forwards = 2 * E2E_STEPS
     # the compile a first run pays: the plan's case reused graphs compiled earlier in this process, so its own
     # warm-up is not it; the same level's first compiled forward (cold, resident, same shapes) is
-    level = plan.component("transformer").precision
-    cold = (m.get("resident", {}).get(level) or {}).get("warmup_extra_seconds") if plan.component("transformer").compile else None
+    t = plan.component("transformer")
+    level = t.precision
+    cold = (m.get("resident", {}).get(level) or {}).get("warmup_extra_seconds") if t.compile else None
     compile_s = max(0.0, case.get("warmup_extra_seconds") or 0.0, cold or 0.0)
     plan_s = forwards * case["step_seconds"] + compile_s + other
     floor_s = forwards * floor + other
     # a second run of the job: the level's graph in inductor's cache (measured with --table-only off)
-    warm = (m.get("warm_compile_by_level") or {}).get(level) if plan.component("transformer").compile else None
+    warm = (m.get("warm_compile_by_level") or {}).get(level) if t.compile else None
     second = None
     if warm is not None:
         second_s = forwards * case["step_seconds"] + max(0.0, warm) + other
