@@ -27,6 +27,7 @@ from planner.estimate import (
     passes_for,
     phase_steps,
     predict,
+    quantize_seconds,
     shift_for,
 )
 from planner.plan import (
@@ -590,8 +591,8 @@ def why_denoiser(chosen: Plan, candidates: list[Candidate], spec: ModelSpec, job
 
 def _quantized_now(plan: Plan, spec: ModelSpec, job: Job) -> float:
     """Seconds the plan's load spends quantizing its denoisers (not in the quantized-weights cache yet)."""
-    return sum(spec.component(cp.name).params for cp in plan.denoisers
-               if cp.quantized and (cp.name, cache_level(plan, job, cp)) not in spec.quantized_cached) / C.QUANTIZE_PARAMS_PER_SECOND
+    return quantize_seconds(spec, [cp for cp in plan.denoisers
+                                   if cp.quantized and (cp.name, cache_level(plan, job, cp)) not in spec.quantized_cached])
 
 
 def _why_precision(chosen: Plan, candidates: list[Candidate], tp: Throughput, prefs: Preferences,

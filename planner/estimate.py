@@ -67,6 +67,12 @@ class _Held:
     per_phase: dict  # denoiser -> pinned bytes held only during its phase
 
 
+def quantize_seconds(spec: ModelSpec, components) -> float:
+    """Seconds a first run spends quantizing these denoisers: quanto on the CPU, the fast levels on the GPU."""
+    return sum(spec.component(cp.name).params / (C.FAST_QUANTIZE_PARAMS_PER_SECOND if cp.fast else C.QUANTIZE_PARAMS_PER_SECOND)
+               for cp in components)
+
+
 def lora_footprints(plan: Plan, job: Job, name: str) -> tuple:
     """The footprints (lowvram.loras.LoraFootprint) of the job's LoRAs that apply to denoiser `name`."""
     return tuple(lora.footprint for lora in job.loras
@@ -264,7 +270,7 @@ def predict(plan: Plan, spec: ModelSpec, job: Job, tp: T.Throughput, ram_budget:
     read_bytes = sum(M.component_bytes(c, "bf16") for c in spec.components)
     disk_offload = sum(M.denoiser_split(spec, cp)[2] for cp in plan.denoisers) if on_gpu else 0
     load_s = C.LOAD_FIXED_SECONDS + read_bytes / tp.disk_read + disk_offload / tp.disk_read  # read the checkpoint; write offload files
-    load_s += sum(spec.component(cp.name).params for cp in to_quantize) / C.QUANTIZE_PARAMS_PER_SECOND
+    load_s += quantize_seconds(spec, to_quantize)
     load_s += held.always / pin_rate if on_gpu else 0.0  # page-lock the weights streamed all run
     load_s += lora_load_seconds(plan, job, tp)
     stages = [_peak("load", (0,) * cards * ranks, load_ram, load_s)]

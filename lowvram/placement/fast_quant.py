@@ -57,26 +57,34 @@ def check_device(level: str, device: str) -> None:
                         "use bf16, int8 or int8_fast for the transformer.")
 
 
-def _in_blocks(block_list: str):
-    prefix = block_list + "."
-
-    def keep(module: torch.nn.Module, fqn: str) -> bool:
-        # torchao asks for every module; bf16 weights only (the modules diffusers keeps in fp32 stay so)
-        return (isinstance(module, torch.nn.Linear) and fqn.startswith(prefix)
-                and module.weight.dtype == torch.bfloat16)
-
-    return keep
+def _bf16_linear(module: torch.nn.Module, fqn: str) -> bool:
+    # torchao asks for every module; bf16 weights only (the modules diffusers keeps in fp32 stay so)
+    return isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.bfloat16
 
 
 def quantize_fast(module: torch.nn.Module, level: str, device: str = "cuda") -> int:
-    """Quantize the Linear layers of `module`'s repeated blocks at `level` in place. Returns how many."""
+    """Quantize the Linear layers of `module`'s repeated blocks at `level` in place. Returns how many.
+
+    Blocks held on the CPU are quantized on the GPU when `device` is "cuda": one block at a time goes there,
+    is quantized and comes back (a transient of one block's weights): 0.47-0.55 B params/s with the copies,
+    against 0.36 B params/s for torchao on the CPU of an H200's 32-core host (run 21, docs/benchmarks.md), and
+    the same quantized weights (tests/test_fast_cuda.py)."""
     from torchao.quantization import quantize_
 
     from lowvram.placement.offload import _block_list_name
 
     check_device(level, device)
     config = torchao_config(level)
-    quantize_(module, config, filter_fn=_in_blocks(_block_list_name(module)))
+    blocks = getattr(module, _block_list_name(module))
+    on_gpu = device == "cuda" and torch.cuda.is_available()
+    for block in blocks:
+        home = _device_of(block)
+        moved = on_gpu and home is not None and home.type == "cpu"
+        if moved:
+            block.to("cuda")
+        quantize_(block, config, filter_fn=_bf16_linear)
+        if moved:
+            block.to(home)
     count = sum(1 for m in module.modules() if isinstance(m, torch.nn.Linear) and type(m.weight).__name__ in LEVEL_OF_TENSOR)
     if count == 0:
         raise UserError(f"{level}: no Linear layer of this transformer could be quantized (fp8 needs bf16 weights whose "
@@ -84,6 +92,12 @@ def quantize_fast(module: torch.nn.Module, level: str, device: str = "cuda") -> 
     for p in module.parameters():
         p.requires_grad_(False)
     return count
+
+
+def _device_of(module: torch.nn.Module) -> Optional[torch.device]:
+    for p in module.parameters():
+        return p.device
+    return None
 
 
 def fast_level(module: torch.nn.Module) -> Optional[str]:
