@@ -61,7 +61,11 @@ def test_end_to_end_is_composed_from_the_measured_steps():
     # the compile counted is the level's cold one (41 s, resident fp8_fast), not the plan case's own warm-up (40 s),
     # which reused graphs compiled earlier in the process
     assert out["plan_seconds"] == pytest.approx(forwards * 2.16 + 41.0 + encode_decode)
-    assert out["compile_seconds"] == 41.0
+    assert out["compile_seconds"] == 41.0 and out["quantize_seconds"] == 0.0
+    # a first run quantizes too, when the run measured it; a second run loads the quantized cache
+    data["models"]["14b"]["quantize_seconds"] = {"fp8_fast": 3.0}
+    assert e2e(data, 64.0)["plan_seconds"] == pytest.approx(out["plan_seconds"] + 3.0)
+    assert e2e(data, 64.0)["second_run"]["plan_seconds"] == pytest.approx(out["second_run"]["plan_seconds"])
     # a second run pays the level's warm compile (9 s) instead
     assert out["second_run"]["plan_seconds"] == pytest.approx(forwards * 2.16 + 9.0 + encode_decode)
     assert out["second_run"]["ratio"] == pytest.approx(out["second_run"]["plan_seconds"] / out["floor_seconds"])
@@ -136,8 +140,15 @@ def test_table_only_measures_the_cases_and_leaves_the_extras_to_another_process(
     assert set(m["errors"]) == {"int8_fast"}  # the planner's level only: no fp8_fast, no quanto fp8
     assert {c["kind"] for c in m["cases"]} == {"planner", "bf16_only"} and m["resident"]["int8_fast"]["step_seconds"] > 0
     # --kinds bf16_only: that plan alone per row
-    only = run_fast(dataclasses.replace(setup, kinds=("bf16_only",)), log=lambda s: None)["models"]["1.3b"]
+    only = run_fast(dataclasses.replace(setup, kinds=("bf16_only",), profile_first=("bf16_only",)), log=lambda s: None)["models"]["1.3b"]
     assert [c["kind"] for c in only["cases"]] == ["bf16_only"]
+    # --profile-first: where the plan's first forward spent its time
+    profile = only["cases"][0]["extra"]["first_profile"]
+    assert profile and {r["sort"] for r in profile} == {"cumulative", "tottime"}
+    assert "first_profile" not in m["cases"][0]["extra"]
+    # ... and no fast level is quantized or compiled for it (a bf16-only process skips that GPU time)
+    assert set(only["resident"]) == {"bf16"} and not only["errors"] and "quantize_seconds" not in only
+    assert m["quantize_seconds"]["int8_fast"] > 0
 
 
 def test_options_that_select_no_row_exit_2_naming_the_rows(capsys):
@@ -167,3 +178,23 @@ def test_bench_wan22_checks_its_cases_then_needs_a_gpu(capsys):
     if not torch.cuda.is_available():
         assert main(["bench", "wan22", "--cases", "12:32", "--folder", "/tmp/x"]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_fp8_compile_runs_on_the_cpu_with_a_tiny_transformer(monkeypatch):
+    """`lowvram bench fp8-compile` on the CPU (fp8 through torch's CPU _scaled_mm, torchao's hardware check
+    lifted): both compiles, the fp8 one profiled, both quantizing paths, errors against bf16; no timing asserts."""
+    from torchao.quantization import quant_api
+
+    from lowvram.bench.fp8_compile import run_fp8_compile
+    from lowvram.placement import fast_quant
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularities: None)
+    monkeypatch.setattr(fast_quant, "check_device", lambda level, device: None)
+    monkeypatch.setitem(shapes.RESOLUTIONS, "480p", (32, 32, 5))
+    data = run_fp8_compile("1.3b", "480p", layers=2, iters=1, device="cpu", config=dict(TINY, text_dim=4096))
+    assert data["block_params"] > 0 and data["quantize_cpu_params_per_second"] > 0 and data["quantize_gpu_params_per_second"] > 0
+    r = data["compiled"]
+    assert r["step_seconds"] > 0 and r["compile_seconds"] >= 0 and r["level"] == "fp8_fast"
+    assert 0 < r["error_vs_eager_bf16"] < 0.05 and data["bf16_compiled"]["error_vs_eager_bf16"] < 1e-2
+    assert r["profile"] and all(row["cumtime"] >= 0 for row in r["profile"])  # where the compile's time went

@@ -80,6 +80,7 @@ class FastSetup:
     # factors): for a second process on another GPU while the first measures those
     extras: bool = True
     kinds: tuple[str, ...] = ("planner", "bf16_only")  # which plans per row
+    profile_first: tuple[str, ...] = ()  # kinds whose first forward is profiled (cProfile rows in the case's extra)
 
 
 def second_run_spec(model: str):
@@ -205,10 +206,12 @@ def _case(model: str, res: str, budget: Optional[float], name: str, setup: FastS
 
 
 def _run(result: CaseResult, recipe: Recipe, setup: FastSetup, model: str, iters: Optional[int] = None,
-         warmup: Optional[int] = None, log=print) -> dict:
+         warmup: Optional[int] = None, log=print, profile_first: int = 0) -> dict:
     cuda = setup.device == "cuda"
     run_case(result, recipe, warmup=setup.warmup if warmup is None else warmup,
-             iters=setup.iters.get(model, 1) if iters is None else iters, cuda=cuda, log=log)
+             iters=setup.iters.get(model, 1) if iters is None else iters, cuda=cuda, log=log, profile_first=profile_first)
+    for row in [r for r in result.extra.get("first_profile", []) if r["sort"] == "cumulative"][:profile_first]:
+        log(f"  first forward: {row['cumtime']:9.2f}s cum {row['tottime']:8.2f}s own {row['calls']:7d}x {row['function']}")
     out = result.to_dict()
     if result.first_seconds is not None and result.step_seconds is not None:
         out["warmup_extra_seconds"] = result.first_seconds - result.step_seconds  # compile, when compiled
@@ -259,13 +262,20 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
 
     # 2. fp8 compiled (in place), int8's error eagerly and the FFN speeds
     apply_compile(gpu, False)
-    for level in setup.levels if setup.extras else setup.levels[:1]:
+    # without the extras, the planner's level only, and only where a planner plan is measured (a bf16-only
+    # process skips the fast level's quantizing and compile)
+    levels = setup.levels if setup.extras else setup.levels[:1] if "planner" in setup.kinds else ()
+    for level in levels:
         if level != setup.levels[0]:
             gpu = None  # the previous level's weights leave the GPU first
             clean_cuda()
             gpu = host["bf16"].fresh().to(device)
         try:
+            started = time.perf_counter()
             quantize_fast(gpu, level, device)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            data.setdefault("quantize_seconds", {})[level] = time.perf_counter() - started
         except Exception as exc:  # noqa: BLE001 (a level this GPU cannot run is a result)
             data["errors"][level] = f"{type(exc).__name__}: {exc}"[:300]
             continue
@@ -334,7 +344,8 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
             level = plan.component("transformer").precision
             source = host.get(level, host["bf16"])
             result = _case(model, res, budget, prefs_name, setup)
-            out = _run(result, _lowvram(plan, source, inputs_for(res), prefs_name), setup, model, log=log)
+            out = _run(result, _lowvram(plan, source, inputs_for(res), prefs_name), setup, model, log=log,
+                       profile_first=30 if prefs_name in setup.profile_first else 0)
             out.update(kind=prefs_name, predicted_step_seconds=predicted_step(plan, model, res, setup.ram_gib),
                        ratio=_ratio(out, base), plan_dict=plan.to_dict())
             data["cases"].append(out)
@@ -384,7 +395,9 @@ def e2e(data: dict, ram_gib: float) -> Optional[dict]:
     level = t.precision
     cold = (m.get("resident", {}).get(level) or {}).get("warmup_extra_seconds") if t.compile else None
     compile_s = max(0.0, case.get("warmup_extra_seconds") or 0.0, cold or 0.0)
-    plan_s = forwards * case["step_seconds"] + compile_s + other
+    # a first run quantizes too (later runs load lowvram's quantized cache): measured on the GPU-resident model
+    quantize_s = (m.get("quantize_seconds") or {}).get(level, 0.0) if level != "bf16" else 0.0
+    plan_s = forwards * case["step_seconds"] + compile_s + quantize_s + other
     floor_s = forwards * floor + other
     # a second run of the job: the level's graph in inductor's cache (measured with --table-only off)
     warm = (m.get("warm_compile_by_level") or {}).get(level) if t.compile else None
@@ -394,8 +407,10 @@ def e2e(data: dict, ram_gib: float) -> Optional[dict]:
         second = dict(plan_seconds=second_s, ratio=second_s / floor_s, compile_seconds=max(0.0, warm))
     return dict(model=model, resolution=res, budget_gib=budget, steps=E2E_STEPS, forwards=forwards,
                 plan_seconds=plan_s, floor_seconds=floor_s, ratio=plan_s / floor_s, compile_seconds=compile_s,
+                quantize_seconds=quantize_s,
                 second_run=second, encode_decode_predicted_seconds=other, target=E2E_TARGET,
-                note="composed: 100 x the measured step (+ the measured cold compile warm-up of the plan's level) vs 100 x the eager bf16 step; "
+                note="composed: 100 x the measured step (+ the measured cold compile warm-up of the plan's level and, first "
+                     "run, its quantizing on the GPU) vs 100 x the eager bf16 step; "
                      "encode and decode from the planner's prediction on both sides")
 
 

@@ -110,8 +110,24 @@ def profile_forward(forward: Callable[[], Any], path, rows: int = 40) -> dict:
     return summary
 
 
-def run_case(result: CaseResult, recipe: Recipe, warmup: int = 1, iters: int = 2, cuda: bool = True, log: Callable[[str], None] = print, profile_to=None) -> CaseResult:
-    """Fill `result` by running `recipe` under `result.budget_gib`. Never raises for OOM."""
+def profile_rows_of(profile, rows: int) -> list[dict]:
+    """A cProfile.Profile's top `rows` functions by cumulative time, then by own time (plain data)."""
+    import pstats
+
+    stats = pstats.Stats(profile)
+    out = []
+    for sort, col in (("cumulative", 3), ("tottime", 2)):
+        for k in sorted(stats.stats, key=lambda k: stats.stats[k][col], reverse=True)[:rows]:
+            _, calls, own, cum, _ = stats.stats[k]
+            out.append(dict(sort=sort, function=f"{k[0].split('site-packages/')[-1]}:{k[1]}({k[2]})", calls=calls,
+                            tottime=round(own, 3), cumtime=round(cum, 3)))
+    return out
+
+
+def run_case(result: CaseResult, recipe: Recipe, warmup: int = 1, iters: int = 2, cuda: bool = True, log: Callable[[str], None] = print, profile_to=None,
+             profile_first: int = 0) -> CaseResult:
+    """Fill `result` by running `recipe` under `result.budget_gib`. Never raises for OOM. `profile_first`: that many
+    rows of a cProfile of the first forward (compiles, first copies) in result.extra["first_profile"]."""
     if cuda:
         clean_cuda()
         set_budget(result.budget_gib)
@@ -127,7 +143,16 @@ def run_case(result: CaseResult, recipe: Recipe, warmup: int = 1, iters: int = 2
             result.setup_seconds = t_setup
             with torch.no_grad():
                 for i in range(warmup):
+                    profile = None
+                    if i == 0 and profile_first:
+                        import cProfile
+
+                        profile = cProfile.Profile()
+                        profile.enable()
                     t, _ = timed(forward, cuda)
+                    if profile is not None:
+                        profile.disable()
+                        result.extra["first_profile"] = profile_rows_of(profile, profile_first)
                     if i == 0:
                         result.first_seconds = t
                 for _ in range(iters):

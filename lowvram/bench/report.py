@@ -308,7 +308,7 @@ def fast_section(data: dict, command: str = "") -> str:
         parts += ["", f"End to end {e2e['model']} {e2e['resolution']} @ {e2e['budget_gib']:g} GiB, {e2e['steps']} steps with CFG: "
                       f"{e2e['plan_seconds']:.0f} s vs {e2e['floor_seconds']:.0f} s eager bf16 = x{e2e['ratio']:.3f} "
                       f"(target <= {e2e['target']}: {_verdict(e2e['ratio'] <= e2e['target'])}); {e2e['note']}; "
-                      f"compile warm-up {e2e['compile_seconds']:.0f} s (a first run)."]
+                      f"compile warm-up {e2e['compile_seconds']:.0f} s, quantizing {e2e.get('quantize_seconds', 0.0):.0f} s (a first run)."]
         second = e2e.get("second_run")
         if second:
             parts[-1] += (f" A second run (the graph in inductor's cache, compile {second['compile_seconds']:.0f} s): "

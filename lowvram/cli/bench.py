@@ -93,10 +93,20 @@ def register(sub) -> None:
                    "int8_fast and quanto fp8, no FFN factors (for a second process on another GPU while one measures them)")
     f.add_argument("--kinds", type=_words, default=("planner", "bf16_only"), help="which plans per row: planner "
                    "(the default preferences) and/or bf16_only (default both)")
+    f.add_argument("--profile-first", type=_words, default=(), help="profile the first forward of these kinds' plans "
+                   "(planner, bf16_only: where a compile or a placement's first call spends its time)")
     f.add_argument("--out", type=Path, default=None, help="write the results as JSON here (after every case)")
     f.add_argument("--predict", action="store_true", help="print what the planner's time model predicts for the table on "
                    "an H200 (no GPU needed) and exit")
     f.set_defaults(func=run_fast)
+    c = bsub.add_parser("fp8-compile", help="what compiling a fast level costs and where its time goes (profiled), "
+                        "and quantizing on the CPU vs block by block on the GPU (a few blocks of the real shapes, ~4 min)")
+    c.add_argument("--model", default="14b", choices=("14b", "1.3b"))
+    c.add_argument("--resolution", default="480p", choices=tuple(("480p", "720p")))
+    c.add_argument("--layers", type=int, default=4, help="blocks built (the compiled graph is one block's; default %(default)s)")
+    c.add_argument("--level", default="fp8_fast", choices=("fp8_fast", "int8_fast"))
+    c.add_argument("--out", type=Path, default=None)
+    c.set_defaults(func=run_fp8_compile)
     g = bsub.add_parser("multigpu", help="two GPUs (issue 19's targets): context parallel at 720p, 14B under 2 x 12 GiB caps, A14B one expert per 24 GiB GPU; --smoke: the demo models in a minute")
     g.add_argument("--parts", type=_words, default=None, help="comma-separated, from cp720,split480,a14b (default: all, or none with --smoke)")
     g.add_argument("--smoke", action="store_true", help="the demo models on two GPUs (context parallel ulysses and ring, a layer split, one expert per GPU) against one GPU, about a minute")
@@ -227,7 +237,8 @@ def run_fast(args) -> int:
     if not upstream:  # lowvram's plans alone: run as `lowvram generate` runs them (the upstream rows keep torch's default)
         _allocator_as_generate()
     setup = FastSetup(models=tuple(args.models), ram_gib=args.ram_gib, upstream=upstream, cases=cases,
-                      leaf_compile_models=tuple(args.leaf_compile_models), extras=not args.table_only, kinds=kinds)
+                      leaf_compile_models=tuple(args.leaf_compile_models), extras=not args.table_only, kinds=kinds,
+                      profile_first=tuple(args.profile_first))
     print(f"inductor cache: {inductor_cache_dir()}", flush=True)
     data = run(setup, log=lambda s: print(s, flush=True), save=lambda d: _dump(d, args.out))
     data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
@@ -275,6 +286,21 @@ def run_lora(args) -> int:
     data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
     _dump(data, args.out)
     print(lora_section(data))
+    return 0
+
+
+def run_fp8_compile(args) -> int:
+    from lowvram.bench.fp8_compile import run_fp8_compile as run
+    from lowvram.bench.matrix import environment
+    from lowvram.placement.fast_quant import check_device
+
+    _need_cuda()
+    check_device(args.level, "cuda")
+    _allocator_as_generate()
+    data = run(args.model, args.resolution, args.layers, args.level, log=lambda s: print(s, flush=True))
+    data["environment"] = environment()
+    data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
+    _dump(data, args.out)
     return 0
 
 

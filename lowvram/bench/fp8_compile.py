@@ -1,0 +1,125 @@
+"""`lowvram bench fp8-compile`: what compiling a fast level costs and where that time goes, and what
+quantizing costs on the CPU and on the GPU.
+
+Random weights in a model's real shapes with `layers` blocks (the compiled graph is one block's, the same for
+any number of blocks, so its compile time is the whole model's). At one resolution, in this order:
+1. eager bf16 (the reference step and output), then bf16 compiled, cold (a fresh inductor cache folder);
+2. the blocks quantized at the level on the CPU (torchao's quantize_ there), and again by
+   lowvram.placement.fast_quant.quantize_fast, which moves one block at a time to the GPU: params/s of both;
+3. the quantized model compiled as lowvram compiles it, cold: the first forward under cProfile (the functions
+   where the compile spends its time, and dynamo's own compile_times), then the step and its error.
+Runs 20-21 measured the 14B's fp8_fast block graph at 175-212 s cold on an H200 (bf16's: 12 s); this says why
+(run 21: inductor compiles and autotunes 335 Triton kernels, docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from typing import Callable, Optional
+
+import torch
+
+from lowvram.bench.build import build_transformer, param_count, transformer_inputs
+from lowvram.bench.measure import clean_cuda, profile_rows_of, timed
+from lowvram.bench.shapes import RESOLUTIONS, TRANSFORMERS
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.float() - ref.float()).norm() / ref.float().norm())
+
+
+def _compiled_case(model: torch.nn.Module, forward: Callable, ref: torch.Tensor, level: str, iters: int, sync: bool,
+                   profile_rows: int = 0) -> dict:
+    """Compile `model`'s blocks in a fresh inductor cache; the first forward (profiled), then `iters` more."""
+    import cProfile
+
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    from lowvram.placement.compile import apply_compile
+
+    torch._dynamo.reset()
+    profile = cProfile.Profile() if profile_rows else None
+    with tempfile.TemporaryDirectory(prefix="lowvram-inductor-") as folder, temporary_cache_dir(folder):
+        apply_compile(model, True, level)
+        with torch.no_grad():
+            if profile is not None:
+                profile.enable()
+            first, out = timed(forward, sync)
+            if profile is not None:
+                profile.disable()
+            steps = [timed(forward, sync)[0] for _ in range(iters)]
+        apply_compile(model, False)
+    step = statistics.median(steps)
+    r = dict(level=level, first_seconds=first, step_seconds=step, compile_seconds=max(0.0, first - step),
+             error_vs_eager_bf16=_rel(out[0], ref))
+    if profile is not None:
+        r["profile"] = profile_rows_of(profile, profile_rows)
+        try:
+            r["dynamo_compile_times"] = torch._dynamo.utils.compile_times(repr="str")
+        except Exception as exc:  # noqa: BLE001 (diagnostics only)
+            r["dynamo_compile_times"] = f"{type(exc).__name__}: {exc}"
+    return r
+
+
+def run_fp8_compile(model_key: str = "14b", resolution: str = "480p", layers: int = 4, level: str = "fp8_fast",
+                    iters: int = 3, device: str = "cuda", config: Optional[dict] = None, profile_rows: int = 40,
+                    log: Callable[[str], None] = print) -> dict:
+    from torchao.quantization import quantize_
+
+    from lowvram.placement.fast_quant import _bf16_linear, quantize_fast, torchao_config
+
+    sync = device == "cuda"
+    cfg = dict(config or TRANSFORMERS[model_key], num_layers=layers)
+    h, w, f = RESOLUTIONS[resolution]
+    host = build_transformer(model_key, device="cpu", config=cfg)
+    block_params = param_count(host.blocks)
+    x = transformer_inputs(h, w, f, device=device, in_channels=cfg.get("in_channels", 16)).kwargs()
+    data: dict = dict(model=model_key, resolution=resolution, layers=layers, level=level, block_params=block_params)
+
+    # 1. the reference
+    gpu = copy.deepcopy(host).to(device)
+    forward = lambda: gpu(**x)  # noqa: E731
+    with torch.no_grad():
+        timed(forward, sync)
+        eager = statistics.median(timed(forward, sync)[0] for _ in range(iters))
+        ref = forward()[0]
+    data["eager_bf16_step_seconds"] = eager
+    data["bf16_compiled"] = _compiled_case(gpu, forward, ref, "bf16", iters, sync)
+    log(f"[{model_key} {resolution}] eager bf16 {eager:.4f}s; compiled bf16 {data['bf16_compiled']}")
+    gpu = None
+    clean_cuda()
+
+    # 2. quantizing: on the CPU, then block by block on the GPU (the runtime's path)
+    cpu_copy = copy.deepcopy(host)
+    t0 = time.perf_counter()
+    for block in cpu_copy.blocks:
+        quantize_(block, torchao_config(level), filter_fn=_bf16_linear)
+    data["quantize_cpu_params_per_second"] = block_params / (time.perf_counter() - t0)
+    del cpu_copy
+    q = copy.deepcopy(host)
+    if sync:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    quantize_fast(q, level, device)
+    if sync:
+        torch.cuda.synchronize()
+    data["quantize_gpu_params_per_second"] = block_params / (time.perf_counter() - t0)
+    log(f"[{model_key}] quantizing {level}: CPU {data['quantize_cpu_params_per_second'] / 1e9:.3f} B params/s, "
+        f"GPU block by block {data['quantize_gpu_params_per_second'] / 1e9:.3f} B params/s")
+
+    # 3. compiled as lowvram compiles it, profiled
+    q = q.to(device)
+    forward = lambda: q(**x)  # noqa: E731
+    r = _compiled_case(q, forward, ref, level, iters, sync, profile_rows=profile_rows)
+    r["ratio_to_eager_bf16"] = r["step_seconds"] / eager
+    data["compiled"] = r
+    log(f"[{model_key} {resolution}] {level} compiled: first {r['first_seconds']:.1f}s step {r['step_seconds']:.4f}s "
+        f"(x{r['ratio_to_eager_bf16']:.3f} of eager bf16), error {r['error_vs_eager_bf16']:.4f}")
+    for row in [row for row in r.get("profile", []) if row["sort"] == "cumulative"][:profile_rows] + \
+            [row for row in r.get("profile", []) if row["sort"] == "tottime"][:20]:
+        log(f"  {row['cumtime']:9.2f}s cum {row['tottime']:8.2f}s own {row['calls']:7d}x {row['function']}")
+    log(str(r.get("dynamo_compile_times", ""))[:3000])
+    return data
