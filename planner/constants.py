@@ -238,9 +238,9 @@ COMPILE_COMPUTE_FACTOR: dict[str, float] = {"resident": 0.845, "partial": 0.845,
 # compiles the block graph; warm: dynamo traces it again and inductor loads it from its FX graph cache under
 # lowvram's cache folder (an earlier run of the same shapes, GPU and torch). Runs 20-21 (H200, `lowvram bench
 # fast` / `fp8-compile`, the first compiled forward's extra time, docs/benchmarks.md): bf16 10-12 s cold (14B,
-# 1.3B), 1.9 s warm (1.3B, a second process); fp8_fast 200 s (14B, a process alone; 173-212 s with another
-# compiling beside it), 152 s (1.3B): profiled, inductor compiles 335 Triton kernels and benchmarks their configs
-# (autotuning) where bf16's graph needs a few dozen; restricting the GEMMs to aten's did not shorten it (212 s).
+# 1.3B), 1.9 s warm (1.3B, a second process); fp8_fast 173-212 s (14B, each with another process working on the
+# same host; 200 s the profiled one), 152 s (1.3B): profiled, inductor compiles 335 Triton kernels and benchmarks
+# their configs (autotuning); restricting the GEMMs to aten's did not shorten it (212 s).
 # fp8_fast warm: 12.7-29 s (14B) and 20 s (1.3B) measured in the same process on fresh modules; 35 s kept as
 # the bound. int8_fast: its graph is torchao's as fp8's, given fp8's costs (not measured whole on the GPU).
 # `lowvram.placement.compile_records` keeps which shapes this machine compiled (warm or cold is known per job).

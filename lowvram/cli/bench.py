@@ -102,7 +102,7 @@ def register(sub) -> None:
     c = bsub.add_parser("fp8-compile", help="what compiling a fast level costs and where its time goes (profiled), "
                         "and quantizing on the CPU vs block by block on the GPU (a few blocks of the real shapes, ~4 min)")
     c.add_argument("--model", default="14b", choices=("14b", "1.3b"))
-    c.add_argument("--resolution", default="480p", choices=tuple(("480p", "720p")))
+    c.add_argument("--resolution", default="480p", choices=("480p", "720p"))
     c.add_argument("--layers", type=int, default=4, help="blocks built (the compiled graph is one block's; default %(default)s)")
     c.add_argument("--level", default="fp8_fast", choices=("fp8_fast", "int8_fast"))
     c.add_argument("--out", type=Path, default=None)
