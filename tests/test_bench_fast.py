@@ -192,9 +192,29 @@ def test_bench_fp8_compile_runs_on_the_cpu_with_a_tiny_transformer(monkeypatch):
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularities: None)
     monkeypatch.setattr(fast_quant, "check_device", lambda level, device: None)
     monkeypatch.setitem(shapes.RESOLUTIONS, "480p", (32, 32, 5))
-    data = run_fp8_compile("1.3b", "480p", layers=2, iters=1, device="cpu", config=dict(TINY, text_dim=4096))
+    data = run_fp8_compile("1.3b", "480p", layers=2, iters=1, device="cpu", config=dict(TINY, text_dim=4096),
+                           tries=({"triton.autotune_pointwise": False},))
     assert data["block_params"] > 0 and data["quantize_cpu_params_per_second"] > 0 and data["quantize_gpu_params_per_second"] > 0
     r = data["compiled"]
     assert r["step_seconds"] > 0 and r["compile_seconds"] >= 0 and r["level"] == "fp8_fast"
     assert 0 < r["error_vs_eager_bf16"] < 0.05 and data["bf16_compiled"]["error_vs_eager_bf16"] < 1e-2
     assert r["profile"] and all(row["cumtime"] >= 0 for row in r["profile"])  # where the compile's time went
+    (tried,) = data["tries"]  # one more cold compile with the option in effect
+    assert tried["options"] == {"triton.autotune_pointwise": False} and tried["step_seconds"] > 0
+    assert tried["error_vs_eager_bf16"] == pytest.approx(r["error_vs_eager_bf16"], rel=0.2)
+
+
+def test_bench_fp8_compile_reads_its_tries_and_refuses_unknown_inductor_names(capsys):
+    from lowvram.bench.fp8_compile import parse_options
+    from lowvram.cli import main
+
+    assert parse_options("triton.autotune_pointwise=False; max_autotune_gemm_backends=ATEN,TRITON;compile_threads=4") == {
+        "triton.autotune_pointwise": False, "max_autotune_gemm_backends": "ATEN,TRITON", "compile_threads": 4}
+    assert parse_options("") == {}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_options("autotune")
+    # before any GPU work: exit 2 naming the problem
+    assert main(["bench", "fp8-compile", "--try", "triton.autotune_pointwse=False"]) == 2
+    assert "triton.autotune_pointwse is not an inductor config name" in capsys.readouterr().err
+    assert main(["bench", "fp8-compile", "--try", "oops"]) == 2
+    assert "key=value" in capsys.readouterr().err

@@ -7,7 +7,9 @@ any number of blocks, so its compile time is the whole model's). At one resoluti
 2. the blocks quantized at the level on the CPU (torchao's quantize_ there), and again by
    lowvram.placement.fast_quant.quantize_fast, which moves one block at a time to the GPU: params/s of both;
 3. the quantized model compiled as lowvram compiles it, cold: the first forward under cProfile (the functions
-   where the compile spends its time, and dynamo's own compile_times), then the step and its error.
+   where the compile spends its time, and dynamo's own compile_times), then the step and its error;
+4. each of `tries`: inductor config values (e.g. {"triton.autotune_pointwise": False}) in effect while the
+   graph compiles, again cold, timed and profiled the same way: what shortens the compile, at what step cost.
 Runs 20-21 measured the 14B's fp8_fast block graph at 175-212 s cold on an H200 (bf16's: 12 s); this says why
 (run 21: inductor compiles and autotunes 335 Triton kernels, docs/benchmarks.md).
 """
@@ -31,9 +33,29 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref.float()).norm() / ref.float().norm())
 
 
+def parse_options(text: str) -> dict:
+    """"key=value;key=value" -> inductor config values (True/False/None and numbers as such, the rest strings)."""
+    import json
+
+    options = {}
+    for pair in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{pair!r}: expected key=value (inductor config names, e.g. triton.autotune_pointwise=False)")
+        raw = raw.strip()
+        lowered = {"true": "true", "false": "false", "none": "null"}.get(raw.lower(), raw)
+        try:
+            options[key.strip()] = json.loads(lowered)
+        except ValueError:
+            options[key.strip()] = raw
+    return options
+
+
 def _compiled_case(model: torch.nn.Module, forward: Callable, ref: torch.Tensor, level: str, iters: int, sync: bool,
-                   profile_rows: int = 0) -> dict:
-    """Compile `model`'s blocks in a fresh inductor cache; the first forward (profiled), then `iters` more."""
+                   profile_rows: int = 0, options: Optional[dict] = None) -> dict:
+    """Compile `model`'s blocks in a fresh inductor cache (with inductor config `options` in effect while it
+    compiles); the first forward (profiled), then `iters` more."""
+    import contextlib
     import cProfile
 
     from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
@@ -47,14 +69,16 @@ def _compiled_case(model: torch.nn.Module, forward: Callable, ref: torch.Tensor,
         with torch.no_grad():
             if profile is not None:
                 profile.enable()
-            first, out = timed(forward, sync)
+            patch = torch._inductor.config.patch(options) if options else contextlib.nullcontext()
+            with patch:  # the graph compiles at its first call
+                first, out = timed(forward, sync)
             if profile is not None:
                 profile.disable()
             steps = [timed(forward, sync)[0] for _ in range(iters)]
         apply_compile(model, False)
     step = statistics.median(steps)
-    r = dict(level=level, first_seconds=first, step_seconds=step, compile_seconds=max(0.0, first - step),
-             error_vs_eager_bf16=_rel(out[0], ref))
+    r = dict(level=level, options=options or {}, first_seconds=first, step_seconds=step,
+             compile_seconds=max(0.0, first - step), error_vs_eager_bf16=_rel(out[0], ref))
     if profile is not None:
         r["profile"] = profile_rows_of(profile, profile_rows)
         try:
@@ -66,7 +90,7 @@ def _compiled_case(model: torch.nn.Module, forward: Callable, ref: torch.Tensor,
 
 def run_fp8_compile(model_key: str = "14b", resolution: str = "480p", layers: int = 4, level: str = "fp8_fast",
                     iters: int = 3, device: str = "cuda", config: Optional[dict] = None, profile_rows: int = 40,
-                    log: Callable[[str], None] = print) -> dict:
+                    tries: tuple[dict, ...] = (), log: Callable[[str], None] = print) -> dict:
     from torchao.quantization import quantize_
 
     from lowvram.placement.fast_quant import _bf16_linear, quantize_fast, torchao_config
@@ -77,7 +101,8 @@ def run_fp8_compile(model_key: str = "14b", resolution: str = "480p", layers: in
     host = build_transformer(model_key, device="cpu", config=cfg)
     block_params = param_count(host.blocks)
     x = transformer_inputs(h, w, f, device=device, in_channels=cfg.get("in_channels", 16)).kwargs()
-    data: dict = dict(model=model_key, resolution=resolution, layers=layers, level=level, block_params=block_params)
+    data: dict = dict(model=model_key, resolution=resolution, layers=layers, level=level, block_params=block_params,
+                      compile_threads=torch._inductor.config.compile_threads)
 
     # 1. the reference
     gpu = copy.deepcopy(host).to(device)
@@ -110,16 +135,21 @@ def run_fp8_compile(model_key: str = "14b", resolution: str = "480p", layers: in
     log(f"[{model_key}] quantizing {level}: CPU {data['quantize_cpu_params_per_second'] / 1e9:.3f} B params/s, "
         f"GPU block by block {data['quantize_gpu_params_per_second'] / 1e9:.3f} B params/s")
 
-    # 3. compiled as lowvram compiles it, profiled
+    # 3-4. compiled as lowvram compiles it, then with each try's inductor options, profiled
     q = q.to(device)
     forward = lambda: q(**x)  # noqa: E731
-    r = _compiled_case(q, forward, ref, level, iters, sync, profile_rows=profile_rows)
-    r["ratio_to_eager_bf16"] = r["step_seconds"] / eager
-    data["compiled"] = r
-    log(f"[{model_key} {resolution}] {level} compiled: first {r['first_seconds']:.1f}s step {r['step_seconds']:.4f}s "
-        f"(x{r['ratio_to_eager_bf16']:.3f} of eager bf16), error {r['error_vs_eager_bf16']:.4f}")
-    for row in [row for row in r.get("profile", []) if row["sort"] == "cumulative"][:profile_rows] + \
-            [row for row in r.get("profile", []) if row["sort"] == "tottime"][:20]:
-        log(f"  {row['cumtime']:9.2f}s cum {row['tottime']:8.2f}s own {row['calls']:7d}x {row['function']}")
-    log(str(r.get("dynamo_compile_times", ""))[:3000])
+    data["tries"] = []
+    for options in ({},) + tuple(tries):
+        r = _compiled_case(q, forward, ref, level, iters, sync, profile_rows=profile_rows, options=options)
+        r["ratio_to_eager_bf16"] = r["step_seconds"] / eager
+        if options:
+            data["tries"].append(r)
+        else:
+            data["compiled"] = r
+        log(f"[{model_key} {resolution}] {level} compiled {options or '(as lowvram does)'}: first {r['first_seconds']:.1f}s "
+            f"step {r['step_seconds']:.4f}s (x{r['ratio_to_eager_bf16']:.3f} of eager bf16), error {r['error_vs_eager_bf16']:.4f}")
+        for row in [row for row in r.get("profile", []) if row["sort"] == "cumulative"][:profile_rows] + \
+                [row for row in r.get("profile", []) if row["sort"] == "tottime"][:20]:
+            log(f"  {row['cumtime']:9.2f}s cum {row['tottime']:8.2f}s own {row['calls']:7d}x {row['function']}")
+        log(str(r.get("dynamo_compile_times", ""))[:3000])
     return data

@@ -105,6 +105,9 @@ def register(sub) -> None:
     c.add_argument("--resolution", default="480p", choices=("480p", "720p"))
     c.add_argument("--layers", type=int, default=4, help="blocks built (the compiled graph is one block's; default %(default)s)")
     c.add_argument("--level", default="fp8_fast", choices=("fp8_fast", "int8_fast"))
+    c.add_argument("--try", dest="tries", action="append", default=[], metavar="KEY=VALUE;...",
+                   help="one more cold compile with these inductor config values in effect (repeatable), e.g. "
+                   "'triton.autotune_pointwise=False;max_autotune_gemm_backends=ATEN'")
     c.add_argument("--out", type=Path, default=None)
     c.set_defaults(func=run_fp8_compile)
     g = bsub.add_parser("multigpu", help="two GPUs (issue 19's targets): context parallel at 720p, 14B under 2 x 12 GiB caps, A14B one expert per 24 GiB GPU; --smoke: the demo models in a minute")
@@ -290,18 +293,38 @@ def run_lora(args) -> int:
 
 
 def run_fp8_compile(args) -> int:
+    from lowvram.bench.fp8_compile import parse_options
     from lowvram.bench.fp8_compile import run_fp8_compile as run
     from lowvram.bench.matrix import environment
+    from lowvram.errors import UserError
     from lowvram.placement.fast_quant import check_device
 
+    try:
+        tries = tuple(parse_options(t) for t in args.tries)
+    except ValueError as exc:
+        raise UserError(f"--try {exc}") from None
+    _check_inductor_options(tries)
     _need_cuda()
     check_device(args.level, "cuda")
     _allocator_as_generate()
-    data = run(args.model, args.resolution, args.layers, args.level, log=lambda s: print(s, flush=True))
+    data = run(args.model, args.resolution, args.layers, args.level, tries=tries, log=lambda s: print(s, flush=True))
     data["environment"] = environment()
     data["command"] = " ".join(shlex.quote(a) for a in ["lowvram", *sys.argv[1:]])
     _dump(data, args.out)
     return 0
+
+
+def _check_inductor_options(tries: tuple) -> None:
+    """Unknown inductor config names exit 2 before any GPU work (inductor's patch would fail mid-run)."""
+    import torch._inductor.config as inductor_config
+
+    from lowvram.errors import UserError
+
+    known = set(inductor_config.get_config_copy())
+    unknown = sorted({k for options in tries for k in options if k not in known})
+    if unknown:
+        raise UserError(f"--try: {', '.join(unknown)} is not an inductor config name (torch._inductor.config); "
+                        "nested ones are written with a dot, e.g. triton.autotune_pointwise")
 
 
 def run_multigpu(args) -> int:
