@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from lowvram.bench.build import HostCopy, build_transformer, param_bytes, transformer_inputs, transformer_on_meta
-from lowvram.bench.measure import CaseResult, Recipe, clean_cuda, run_case
+from lowvram.bench.measure import CaseResult, Recipe, clean_cuda, profile_lines, run_case
 from lowvram.bench.recipes import BenchPipe, _Holder, bench_job, bench_probe, group_offload
 from lowvram.bench.shapes import MODEL_NAMES, RESOLUTIONS, TRANSFORMERS, tokens
 
@@ -210,8 +210,8 @@ def _run(result: CaseResult, recipe: Recipe, setup: FastSetup, model: str, iters
     cuda = setup.device == "cuda"
     run_case(result, recipe, warmup=setup.warmup if warmup is None else warmup,
              iters=setup.iters.get(model, 1) if iters is None else iters, cuda=cuda, log=log, profile_first=profile_first)
-    for row in [r for r in result.extra.get("first_profile", []) if r["sort"] == "cumulative"][:profile_first]:
-        log(f"  first forward: {row['cumtime']:9.2f}s cum {row['tottime']:8.2f}s own {row['calls']:7d}x {row['function']}")
+    for line in profile_lines(result.extra.get("first_profile", []), profile_first, prefix="  first forward: "):
+        log(line)
     out = result.to_dict()
     if result.first_seconds is not None and result.step_seconds is not None:
         out["warmup_extra_seconds"] = result.first_seconds - result.step_seconds  # compile, when compiled

@@ -25,12 +25,9 @@ from typing import Callable, Optional
 import torch
 
 from lowvram.bench.build import build_transformer, param_count, transformer_inputs
-from lowvram.bench.measure import clean_cuda, profile_rows_of, timed
+from lowvram.bench.fast import rel_error
+from lowvram.bench.measure import clean_cuda, profile_lines, profile_rows_of, timed
 from lowvram.bench.shapes import RESOLUTIONS, TRANSFORMERS
-
-
-def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.float() - ref.float()).norm() / ref.float().norm())
 
 
 def parse_options(text: str) -> dict:
@@ -78,7 +75,7 @@ def _compiled_case(model: torch.nn.Module, forward: Callable, ref: torch.Tensor,
         apply_compile(model, False)
     step = statistics.median(steps)
     r = dict(level=level, options=options or {}, first_seconds=first, step_seconds=step,
-             compile_seconds=max(0.0, first - step), error_vs_eager_bf16=_rel(out[0], ref))
+             compile_seconds=max(0.0, first - step), error_vs_eager_bf16=rel_error(out[0], ref))
     if profile is not None:
         r["profile"] = profile_rows_of(profile, profile_rows)
         try:
@@ -120,8 +117,9 @@ def run_fp8_compile(model_key: str = "14b", resolution: str = "480p", layers: in
     # 2. quantizing: on the CPU, then block by block on the GPU (the runtime's path)
     cpu_copy = copy.deepcopy(host)
     t0 = time.perf_counter()
+    config = torchao_config(level)
     for block in cpu_copy.blocks:
-        quantize_(block, torchao_config(level), filter_fn=_bf16_linear)
+        quantize_(block, config, filter_fn=_bf16_linear)
     data["quantize_cpu_params_per_second"] = block_params / (time.perf_counter() - t0)
     del cpu_copy
     q = copy.deepcopy(host)
@@ -148,8 +146,7 @@ def run_fp8_compile(model_key: str = "14b", resolution: str = "480p", layers: in
             data["compiled"] = r
         log(f"[{model_key} {resolution}] {level} compiled {options or '(as lowvram does)'}: first {r['first_seconds']:.1f}s "
             f"step {r['step_seconds']:.4f}s (x{r['ratio_to_eager_bf16']:.3f} of eager bf16), error {r['error_vs_eager_bf16']:.4f}")
-        for row in [row for row in r.get("profile", []) if row["sort"] == "cumulative"][:profile_rows] + \
-                [row for row in r.get("profile", []) if row["sort"] == "tottime"][:20]:
-            log(f"  {row['cumtime']:9.2f}s cum {row['tottime']:8.2f}s own {row['calls']:7d}x {row['function']}")
+        for line in profile_lines(r.get("profile", []), profile_rows, own=20, prefix="  "):
+            log(line)
         log(str(r.get("dynamo_compile_times", ""))[:3000])
     return data

@@ -124,6 +124,12 @@ def profile_rows_of(profile, rows: int) -> list[dict]:
     return out
 
 
+def profile_lines(rows: list[dict], cumulative: int, own: int = 0, prefix: str = "") -> list[str]:
+    """Printable lines of profile_rows_of's rows: the first `cumulative` by cumulative time, `own` by own time."""
+    picked = [r for r in rows if r["sort"] == "cumulative"][:cumulative] + [r for r in rows if r["sort"] == "tottime"][:own]
+    return [f"{prefix}{r['cumtime']:9.2f}s cum {r['tottime']:8.2f}s own {r['calls']:7d}x {r['function']}" for r in picked]
+
+
 def run_case(result: CaseResult, recipe: Recipe, warmup: int = 1, iters: int = 2, cuda: bool = True, log: Callable[[str], None] = print, profile_to=None,
              profile_first: int = 0) -> CaseResult:
     """Fill `result` by running `recipe` under `result.budget_gib`. Never raises for OOM. `profile_first`: that many

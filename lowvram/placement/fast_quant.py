@@ -78,13 +78,13 @@ def quantize_fast(module: torch.nn.Module, level: str, device: str = "cuda") -> 
     blocks = getattr(module, _block_list_name(module))
     on_gpu = device == "cuda" and torch.cuda.is_available()
     for block in blocks:
-        home = _device_of(block)
-        moved = on_gpu and home is not None and home.type == "cpu"
+        first = next(block.parameters(), None)
+        moved = on_gpu and first is not None and first.device.type == "cpu"
         if moved:
             block.to("cuda")
         quantize_(block, config, filter_fn=_bf16_linear)
         if moved:
-            block.to(home)
+            block.to("cpu")
     count = sum(1 for m in module.modules() if isinstance(m, torch.nn.Linear) and type(m.weight).__name__ in LEVEL_OF_TENSOR)
     if count == 0:
         raise UserError(f"{level}: no Linear layer of this transformer could be quantized (fp8 needs bf16 weights whose "
@@ -92,12 +92,6 @@ def quantize_fast(module: torch.nn.Module, level: str, device: str = "cuda") -> 
     for p in module.parameters():
         p.requires_grad_(False)
     return count
-
-
-def _device_of(module: torch.nn.Module) -> Optional[torch.device]:
-    for p in module.parameters():
-        return p.device
-    return None
 
 
 def fast_level(module: torch.nn.Module) -> Optional[str]:
