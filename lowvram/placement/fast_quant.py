@@ -36,10 +36,14 @@ def torchao_config(level: str):
         PerRow,
     )
 
+    # set_inductor_config=False: torchao's default turns on inductor's coordinate-descent tuning for the whole
+    # process, which compiles every Triton kernel in many block sizes, one after another in the main process:
+    # 200 s of the 14B fp8 graph's first compile on the H200 (run 22, docs/benchmarks.md), for a step within a few
+    # percent. It would also change every later compile in the process, bf16 ones included.
     if level == "fp8_fast":
-        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
     if level == "int8_fast":
-        return Int8DynamicActivationInt8WeightConfig(granularity=PerRow())
+        return Int8DynamicActivationInt8WeightConfig(granularity=PerRow(), set_inductor_config=False)
     raise ValueError(f"unknown fast level {level!r}; expected one of {', '.join(FAST_LEVELS)}")
 
 
