@@ -236,16 +236,16 @@ COMPILE_COMPUTE_FACTOR: dict[str, float] = {"resident": 0.845, "partial": 0.845,
 # Compiling the blocks once per process, paid by the first forward of the first denoiser (both experts of a
 # Wan2.2 A14B model have one block shape: one compile), per precision of the blocks' weights. Cold: inductor
 # compiles the block graph; warm: dynamo traces it again and inductor loads it from its FX graph cache under
-# lowvram's cache folder (an earlier run of the same shapes, GPU and torch). Runs 20-21 (H200, `lowvram bench
-# fast` / `fp8-compile`, the first compiled forward's extra time, docs/benchmarks.md): bf16 10-12 s cold (14B,
-# 1.3B), 1.9 s warm (1.3B, a second process); fp8_fast 173-212 s (14B, each with another process working on the
-# same host; 200 s the profiled one), 152 s (1.3B): profiled, inductor compiles 335 Triton kernels and benchmarks
-# their configs (autotuning); restricting the GEMMs to aten's did not shorten it (212 s).
-# fp8_fast warm: 12.7-29 s (14B) and 20 s (1.3B) measured in the same process on fresh modules; 35 s kept as
-# the bound. int8_fast: its graph is torchao's as fp8's, given fp8's costs (not measured whole on the GPU).
+# lowvram's cache folder (an earlier run of the same shapes, GPU and torch). H200, the first compiled forward's
+# extra time (docs/benchmarks.md): bf16 10-12 s cold (14B, 1.3B; runs 20-22), 1.9 s warm (1.3B, a second
+# process); fp8_fast 9.4 s cold (14B block graph, run 22 `lowvram bench fp8-compile`, a fresh inductor cache, bf16
+# 10.6 s beside it) and ~1 s warm (in process). fp8_fast was 152-212 s in runs 20-21 only because torchao's
+# quantize_ switched on inductor's coordinate-descent tuning (174 s the same graph in run 22 with it on, for the
+# same step); lowvram.placement.fast_quant turns that off. int8_fast: its graph is torchao's as fp8's, given
+# fp8's costs (not measured whole on the GPU).
 # `lowvram.placement.compile_records` keeps which shapes this machine compiled (warm or cold is known per job).
-COMPILE_SECONDS_COLD: dict[str, float] = {"bf16": 12.0, "fp8_fast": 200.0, "int8_fast": 200.0}
-COMPILE_SECONDS_WARM: dict[str, float] = {"bf16": 2.0, "fp8_fast": 35.0, "int8_fast": 35.0}
+COMPILE_SECONDS_COLD: dict[str, float] = {"bf16": 12.0, "fp8_fast": 12.0, "int8_fast": 12.0}
+COMPILE_SECONDS_WARM: dict[str, float] = {"bf16": 2.0, "fp8_fast": 2.0, "int8_fast": 2.0}
 # torchao dynamic activation + weight quantization (per-row scales): the Linear layers' FLOPs run at this
 # fraction of their bf16 time; attention and elementwise work are unchanged. Compiled only: eager, the
 # activation quantization costs more than the faster matmul saves (REFERENCE.md: fp8 without compile x1.25
