@@ -6,7 +6,8 @@ the eager bf16 all-on-GPU step measured in the same process; budgets are simulat
 
 1. the eager bf16 floor at 480p, then the same model compiled (regional compile: lowvram.placement.compile), cold,
    then once more after dynamo forgot it (a warm compile: inductor's FX graph cache has it);
-2. the same weights quantized in place to fp8_fast, compiled (speed and per-forward error against the floor's
+2. the same weights quantized to fp8_fast as a first run does (from the CPU, block by block on the GPU: timed for
+   the end-to-end row), compiled (speed and per-forward error against the floor's
    output), then once more after dynamo forgot it (its warm compile: a second run's, for the end-to-end row); int8_fast's per-forward error from one eager forward, and its speed from a compiled FFN of the
    14B's sides against bf16 (planner.calibration.ffn_levels: the planner's FAST_LINEAR_FACTOR; the largest
    matmuls are where int8 gains most). int8_fast enters the planner only if that FFN runs faster than bf16;
@@ -266,19 +267,21 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
     # process skips the fast level's quantizing and compile)
     levels = setup.levels if setup.extras else setup.levels[:1] if "planner" in setup.kinds else ()
     for level in levels:
-        if level != setup.levels[0]:
-            gpu = None  # the previous level's weights leave the GPU first
-            clean_cuda()
-            gpu = host["bf16"].fresh().to(device)
+        gpu = None  # the previous weights leave the GPU first
+        clean_cuda()
+        # quantized as a first run quantizes them: the bf16 weights on the CPU, one block at a time on the GPU
+        # (lowvram.placement.fast_quant), so the end-to-end row counts what a user's first run pays
+        held = host["bf16"].fresh()
         try:
             started = time.perf_counter()
-            quantize_fast(gpu, level, device)
+            quantize_fast(held, level, device)
             if device == "cuda":
                 torch.cuda.synchronize()
             data.setdefault("quantize_seconds", {})[level] = time.perf_counter() - started
         except Exception as exc:  # noqa: BLE001 (a level this GPU cannot run is a result)
             data["errors"][level] = f"{type(exc).__name__}: {exc}"[:300]
             continue
+        gpu = held.to(device)
         with torch.no_grad():
             data["errors"][level] = rel_error(gpu(**x480)[0], ref)
         if level == setup.levels[0]:  # the planner's level: measured compiled, resident, and kept for the plans
@@ -395,7 +398,7 @@ def e2e(data: dict, ram_gib: float) -> Optional[dict]:
     level = t.precision
     cold = (m.get("resident", {}).get(level) or {}).get("warmup_extra_seconds") if t.compile else None
     compile_s = max(0.0, case.get("warmup_extra_seconds") or 0.0, cold or 0.0)
-    # a first run quantizes too (later runs load lowvram's quantized cache): measured on the GPU-resident model
+    # a first run quantizes too (later runs load lowvram's quantized cache): measured from the CPU-held weights
     quantize_s = (m.get("quantize_seconds") or {}).get(level, 0.0) if level != "bf16" else 0.0
     plan_s = forwards * case["step_seconds"] + compile_s + quantize_s + other
     floor_s = forwards * floor + other
