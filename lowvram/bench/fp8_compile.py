@@ -10,8 +10,10 @@ any number of blocks, so its compile time is the whole model's). At one resoluti
    where the compile spends its time, and dynamo's own compile_times), then the step and its error;
 4. each of `tries`: inductor config values (e.g. {"triton.autotune_pointwise": False}) in effect while the
    graph compiles, again cold, timed and profiled the same way: what shortens the compile, at what step cost.
-Runs 20-21 measured the 14B's fp8_fast block graph at 175-212 s cold on an H200 (bf16's: 12 s); this says why
-(run 21: inductor compiles and autotunes 335 Triton kernels, docs/benchmarks.md).
+Runs 20-21 measured the 14B's fp8_fast block graph at 175-212 s cold on an H200 (bf16's: 12 s); this found why
+(run 22, docs/benchmarks.md): torchao's quantize_ had switched on inductor's coordinate-descent tuning, which
+compiles each Triton kernel in many block sizes; without it (lowvram.placement.fast_quant) the graph compiles
+in 9.4 s for the same step. `--try 'coordinate_descent_tuning=True'` measures it again.
 """
 
 from __future__ import annotations

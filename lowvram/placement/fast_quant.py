@@ -38,8 +38,8 @@ def torchao_config(level: str):
 
     # set_inductor_config=False: torchao's default turns on inductor's coordinate-descent tuning for the whole
     # process, which compiles every Triton kernel in many block sizes, one after another in the main process:
-    # 200 s of the 14B fp8 graph's first compile on the H200 (run 22, docs/benchmarks.md), for a step within a few
-    # percent. It would also change every later compile in the process, bf16 ones included.
+    # the 14B's fp8 block graph compiled cold in 174 s with it, 9.4 s without, for the same step (H200, run 22,
+    # docs/benchmarks.md). It would also slow every later compile in the process, bf16 ones included.
     if level == "fp8_fast":
         return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
     if level == "int8_fast":
