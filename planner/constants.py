@@ -241,8 +241,8 @@ COMPILE_COMPUTE_FACTOR: dict[str, float] = {"resident": 0.845, "partial": 0.845,
 # process); fp8_fast 9.4 s cold (14B block graph, run 22 `lowvram bench fp8-compile`, a fresh inductor cache, bf16
 # 10.6 s beside it) and ~1 s warm (in process). fp8_fast was 152-212 s in runs 20-21 only because torchao's
 # quantize_ switched on inductor's coordinate-descent tuning (174 s the same graph in run 22 with it on, for the
-# same step); lowvram.placement.fast_quant turns that off. int8_fast: its graph is torchao's as fp8's, given
-# fp8's costs (not measured whole on the GPU).
+# same step); lowvram.placement.fast_quant turns that off. int8_fast 12.9 s cold (run 22, the same bench, bf16
+# 8.0 s beside it); its warm compile is taken as fp8's.
 # `lowvram.placement.compile_records` keeps which shapes this machine compiled (warm or cold is known per job).
 COMPILE_SECONDS_COLD: dict[str, float] = {"bf16": 12.0, "fp8_fast": 12.0, "int8_fast": 12.0}
 COMPILE_SECONDS_WARM: dict[str, float] = {"bf16": 2.0, "fp8_fast": 2.0, "int8_fast": 2.0}

@@ -150,11 +150,11 @@ def test_compile_only_when_the_job_amortizes_it():
 
 
 def test_a_warm_compile_cache_makes_compile_pay_sooner():
-    from planner.estimate import quantize_seconds
-
     """The 14B at 24 GiB on a 4090: the plan is fp8_fast compiled on a first run (quantizing and a cold compile to
     pay) and with its weights cached, and a warm compile (inductor's cache) takes the table's difference off its
     denoise stage and says so."""
+    from planner.estimate import quantize_seconds
+
     spec = known_spec(MODEL["14b"])
     cached = dataclasses.replace(spec, quantized_cached=(("transformer", "fp8_fast"),))
     probe = synthetic_probe(24, 64, **RTX4090)
