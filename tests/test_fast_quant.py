@@ -195,8 +195,8 @@ def test_fp8_fast_is_refused_on_a_cpu_plan_before_quantizing():
 
 
 def test_calibration_measures_the_fast_levels_ffn_factor_on_the_cpu():
-    """`lowvram calibrate`'s FFN measurement (planner.calibration.ffn_levels), tiny, int8 on the CPU."""
-    from planner.calibration import ffn_levels
+    """`lowvram calibrate`'s FFN measurement (lowvram.calibrate.ffn_levels), tiny, int8 on the CPU."""
+    from lowvram.calibrate import ffn_levels
 
     out = ffn_levels(tokens=64, dim=64, ffn_dim=128, levels=("int8_fast",), device="cpu", repeats=2)
     assert out["bf16"]["seconds"] > 0

@@ -191,7 +191,7 @@ def test_unknown_hub_id_unreachable_says_what_to_do():
 
 def test_calibration_forward_measures_flops_on_any_device():
     from lowvram.models.demo import _TRANSFORMER
-    from planner.calibration import measure_transformer
+    from lowvram.calibrate import measure_transformer
 
     flops, block_seconds, tokens = measure_transformer(dict(_TRANSFORMER, in_channels=16), (1, 4, 4), "cpu", repeats=1)
     assert tokens == 4 and flops > 0 and block_seconds > 0

@@ -9,7 +9,7 @@ the eager bf16 all-on-GPU step measured in the same process; budgets are simulat
 2. the same weights quantized to fp8_fast as a first run does (from the CPU, block by block on the GPU: timed for
    the end-to-end row), compiled (speed and per-forward error against the floor's
    output), then once more after dynamo forgot it (its warm compile: a second run's, for the end-to-end row); int8_fast's per-forward error from one eager forward, and its speed from a compiled FFN of the
-   14B's sides against bf16 (planner.calibration.ffn_levels: the planner's FAST_LINEAR_FACTOR; the largest
+   14B's sides against bf16 (lowvram.calibrate.ffn_levels: the planner's FAST_LINEAR_FACTOR; the largest
    matmuls are where int8 gains most). int8_fast enters the planner only if that FFN runs faster than bf16;
 3. at each budget, the planner's plan and its bf16-only plan (--min-precision bf16), placed by lowvram.placement
    on fresh modules over host copies of the bf16 and fp8 weights (no quantizing on the CPU), compiled graphs
@@ -312,7 +312,7 @@ def measure_model(model: str, setup: FastSetup, log: Callable[[str], None] = pri
         gpu = None
         clean_cuda()
     if setup.extras and model in setup.ffn_models:
-        from planner.calibration import ffn_levels
+        from lowvram.calibrate import ffn_levels
 
         dims = config or TRANSFORMERS[model]
         inner = dims["num_attention_heads"] * dims["attention_head_dim"]

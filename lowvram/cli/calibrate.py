@@ -17,7 +17,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from planner.calibration import calibrate, save_calibration
+    from lowvram.calibrate import calibrate
+    from planner.calibration import save_calibration
 
     cal = calibrate(quick=args.quick)
     path = save_calibration(cal)
