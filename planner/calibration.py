@@ -1,7 +1,7 @@
 """A calibration of this machine (what `lowvram calibrate` measured: H2D bandwidth pinned/pageable, transformer
 block time, the gain of regional compile, the speed of fp8 / int8 matmuls, the CPU's matmul throughput), stored
-as JSON in the user cache where the planner's time model finds it, and which block shapes were compiled here
-before. The measuring itself runs models, so it lives in the runtime (lowvram/calibrate.py).
+as JSON in the user cache where the planner's time model finds it. The measuring itself runs models, so it
+lives in the runtime (lowvram/calibrate.py).
 """
 
 from __future__ import annotations
@@ -75,19 +75,3 @@ def save_calibration(cal: Calibration, path: Optional[Path] = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cal.to_dict(), path)
     return path
-
-
-# --- Compile records: which block shapes were compiled here before (lowvram.placement.compile_records) -----
-
-
-def warm_compiles(spec, tokens: int, gpu_name: Optional[str], path: Optional[Path] = None) -> tuple[str, ...]:
-    """The precisions this spec's blocks were compiled at before on this GPU at `tokens` tokens."""
-    from lowvram.placement.compile_records import compile_key, load_records
-    from planner.plan import PRECISIONS
-
-    records = load_records(path)
-    if not records:
-        return ()
-    d = spec.dims
-    return tuple(p for p in PRECISIONS
-                 if compile_key(d.dim, d.ffn_dim, d.heads, d.has_image_branch, p, tokens, gpu_name) in records)

@@ -526,26 +526,6 @@ def idle_reasons(chosen: Plan, candidates: list[Candidate], budget: Budget) -> t
     return (f"idle expert waits in its weights file: {why}",)
 
 
-def plan_for_job(job: Job, probe: Optional[HardwareProbe] = None, prefs: Preferences = Preferences(),
-                 calibration=None, cache=None, inputs: bool = True) -> PlanResult:
-    """What generate and the TUI call: probe this machine (unless given), read the model's spec, plan."""
-    from planner.calibration import load_calibration, warm_compiles
-    from planner.probe import probe_hardware
-    from lowvram.models.specs import spec_for_model, with_fused_cached
-
-    spec = with_fused_cached(spec_for_model(job.model, job.base), job)
-    check_job(job, spec, inputs)
-    measured = probe is None  # this machine: its compile records count (a what-if machine has none)
-    probe = probe if probe is not None else probe_hardware()
-    calibration = calibration if calibration is not None else load_calibration()
-    tokens = spec.tokens(job.width, job.height, job.frames)
-    warm = warm_compiles(spec, tokens, probe.gpu_name) if measured else ()
-    # a context-parallel process compiles its blocks at its share of the tokens (the first process's, the larger)
-    warm_parallel = tuple((n, warm_compiles(spec, -(-tokens // n), probe.gpu_name))
-                          for n in range(2, probe.gpu_count + 1)) if measured and prefs.context_parallel else ()
-    return make_plan(probe, spec, job, prefs, calibration, cache=cache, warm_precisions=warm, warm_parallel=warm_parallel)
-
-
 def check_job(job: Job, spec: ModelSpec, inputs: bool = True) -> None:
     """UserError (exit 2) naming each option to change when the job asks what its model cannot do.
     `inputs=False` (planning only: `lowvram plan`, profiles): a missing first frame is not a problem yet."""
@@ -958,5 +938,5 @@ def _no_plan_fits(probe, spec, job, prefs, calibration, candidates, budget, sugg
 __all__ = [
     "Budget", "Candidate", "NoPlanFits", "PlanResult", "Preferences", "QUANT_ORDER", "StagePeak", "TEXT_PLACEMENTS",
     "cpu_plan", "explain", "fmt_seconds", "gib", "gpu_candidates", "make_plan", "over_budget", "pick",
-    "plan_for_job", "precision_key", "stage_table", "PHASE_LABEL", "PHASE_OF", "config_key",
+    "precision_key", "stage_table", "PHASE_LABEL", "PHASE_OF", "config_key",
 ]

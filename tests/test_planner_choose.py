@@ -10,13 +10,13 @@ from hypothesis import strategies as st
 
 from lowvram.errors import UserError
 from lowvram.job import Job
+from lowvram.planning import plan_for_job
 from planner import memory as M
 from planner.choose import (
     TEXT_PLACEMENTS,
     NoPlanFits,
     Preferences,
     make_plan,
-    plan_for_job,
 )
 from planner.estimate import predict
 from planner.plan import Plan

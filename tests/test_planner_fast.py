@@ -10,7 +10,8 @@ import pytest
 from lowvram.job import Job
 from planner import constants as C
 from lowvram.placement.compile_records import compile_key, record_compile
-from planner.calibration import Calibration, load_calibration, save_calibration, warm_compiles
+from lowvram.placement.compile_records import warm_compiles
+from planner.calibration import Calibration, load_calibration, save_calibration
 from planner.choose import Preferences, make_plan
 from planner.estimate import forward_seconds
 from planner.plan import ComponentPlan, Plan, simple_plan

@@ -98,10 +98,10 @@ def test_a_decompression_bomb_is_refused_before_loading(tmp_path, capsys, no_loa
     ("Wan-AI/Wan2.1-T2V-14B-Diffusers", True, "text-to-video model and takes no --image"),
 ])
 def test_task_and_image_are_checked_before_loading(model, image, message, tmp_path, capsys, no_loading, image_file, monkeypatch):
-    import planner.choose
+    import lowvram.planning
 
     planned = []
-    monkeypatch.setattr(planner.choose, "plan_for_job", lambda *a, **k: planned.append(a))
+    monkeypatch.setattr(lowvram.planning, "plan_for_job", lambda *a, **k: planned.append(a))
     argv = [*BASE, "--model", model, "--out", str(tmp_path / "x.mp4")] + (["--image", str(image_file)] if image else [])
     assert message in refused(argv, capsys)
     assert no_loading == [] and planned == []  # not even planned: the short name says the task

@@ -79,7 +79,8 @@ def plan_job(job: Job, probe: Any, prefs: Any = None) -> PlanView:
 
     from lowvram.loras.resolve import resolve_job_loras
     from lowvram.models.task import check_inputs_before_load
-    from planner.choose import NoPlanFits, Preferences, plan_for_job
+    from lowvram.planning import plan_for_job
+    from planner.choose import NoPlanFits, Preferences
 
     check_inputs_before_load(job)
     job = resolve_job_loras(job)  # new LoRAs: checked against the model, their presets applied (the form shows them)

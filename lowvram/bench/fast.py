@@ -99,7 +99,7 @@ def _planner_plan(model: str, resolution: str, budget: float, prefs_name: str, r
     """The planner's plan on a probe of this GPU with the budget as its VRAM, for a second video of the job: the
     quantized weights cached (second_run_spec), and the compile records of this machine counting, as they do
     for `lowvram generate` here (steps 1-2 compiled these shapes in this process: a warm compile)."""
-    from planner.calibration import warm_compiles
+    from lowvram.placement.compile_records import warm_compiles
     from planner.choose import Preferences, make_plan
 
     prefs = Preferences(min_quant="bf16") if prefs_name == "bf16_only" else Preferences()

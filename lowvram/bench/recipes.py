@@ -155,7 +155,7 @@ def bench_probe(budget_gib: float, ram_gib: float):
 
 def lowvram_plan(model: str, resolution: str, budget_gib: float, ram_gib: float):
     """lowvram's plan for this matrix cell: the planner on a probe of this GPU with the budget as VRAM."""
-    from planner.choose import plan_for_job
+    from lowvram.planning import plan_for_job
 
     return plan_for_job(bench_job(model, resolution), probe=bench_probe(budget_gib, ram_gib), inputs=False).plan
 

@@ -95,7 +95,8 @@ def run_lowvram_case(model: str, folder: Path, vram_gib: float, ram_gib: float, 
     from lowvram.sampling.runner import generate
     from lowvram.telemetry import EventLog, PhaseStarted, PlanSwitched, StageStarted, StepFinished
     from lowvram.telemetry.memory import allocator_retries
-    from planner.choose import Preferences, plan_for_job
+    from lowvram.planning import plan_for_job
+    from planner.choose import Preferences
     from planner.probe import override_probe, probe_hardware
 
     if torch.cuda.is_available():

@@ -116,7 +116,8 @@ def plan_with_advice(job, prefs, probe=None, cache=None, inputs: bool = True) ->
     """(plan_for_job on this machine or `probe`, the suggestions when its plan is very slow). A NoPlanFits
     carries the suggestions in its message. `cache`: the calls the job's step cache computes; `inputs`:
     check the job's inputs too (the first frame an i2v model needs; `plan` alone does not)."""
-    from planner.choose import NoPlanFits, plan_for_job
+    from lowvram.planning import plan_for_job
+    from planner.choose import NoPlanFits
     from planner.probe import probe_hardware
 
     probe = probe if probe is not None else probe_hardware()

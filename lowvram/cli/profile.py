@@ -72,7 +72,8 @@ def run_save(args) -> int:
         profile_from_job,
         to_preferences,
     )
-    from planner.choose import NoPlanFits, plan_for_job
+    from lowvram.planning import plan_for_job
+    from planner.choose import NoPlanFits
 
     if args.profile and args.from_sidecar:
         raise UserError("give either --profile or --from-sidecar as the starting point, not both.")

@@ -50,7 +50,8 @@ def one_gpu_probe(spec: RunSpec, probe):
 
 def one_gpu_plan(spec: RunSpec, job, say=print):
     """The planner's plan for this machine's first GPU alone (or its CPU), announced."""
-    from planner.choose import plan_for_job, stage_table
+    from lowvram.planning import plan_for_job
+    from planner.choose import stage_table
     from planner.probe import probe_hardware
 
     result = plan_for_job(job, probe=one_gpu_probe(spec, probe_hardware()), prefs=spec.prefs, inputs=False)

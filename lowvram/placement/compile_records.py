@@ -1,7 +1,7 @@
 """Which block shapes were compiled on this machine before: `<cache>/compile/records.json`.
 
-lowvram.placement.compile records the first compiled call of each shape (and how long it took); the planner
-(planner.calibration.warm_compiles) predicts a warm compile, from inductor's cache, for a shape recorded here.
+lowvram.placement.compile records the first compiled call of each shape (and how long it took); `warm_compiles`
+reads them for the planner, which predicts a warm compile, from inductor's cache, for a shape recorded here.
 """
 
 from __future__ import annotations
@@ -56,3 +56,15 @@ def record_compile(key: str, seconds: float, path: Optional[Path] = None) -> Non
         tmp.replace(path)
     except OSError:
         pass
+
+
+def warm_compiles(spec, tokens: int, gpu_name: Optional[str], path: Optional[Path] = None) -> tuple[str, ...]:
+    """The precisions this spec's blocks were compiled at before on this GPU at `tokens` tokens."""
+    from planner.plan import PRECISIONS
+
+    records = load_records(path)
+    if not records:
+        return ()
+    d = spec.dims
+    return tuple(p for p in PRECISIONS
+                 if compile_key(d.dim, d.ffn_dim, d.heads, d.has_image_branch, p, tokens, gpu_name) in records)

@@ -18,8 +18,8 @@ from planner.choose import (
     config_key,
     fmt_seconds,
     gib,
-    plan_for_job,
 )
+from lowvram.planning import plan_for_job
 from planner.plan import Plan, describe_change
 from planner.probe import HardwareProbe
 
