@@ -399,7 +399,7 @@ def e2e(data: dict, ram_gib: float) -> Optional[dict]:
     cold = (m.get("resident", {}).get(level) or {}).get("warmup_extra_seconds") if t.compile else None
     compile_s = max(0.0, case.get("warmup_extra_seconds") or 0.0, cold or 0.0)
     # a first run quantizes too (later runs load lowvram's quantized cache): measured from the CPU-held weights
-    quantize_s = (m.get("quantize_seconds") or {}).get(level, 0.0) if level != "bf16" else 0.0
+    quantize_s = (m.get("quantize_seconds") or {}).get(level, 0.0)  # timed for the fast levels only: bf16 has none
     plan_s = forwards * case["step_seconds"] + compile_s + quantize_s + other
     floor_s = forwards * floor + other
     # a second run of the job: the level's graph in inductor's cache (measured with --table-only off)
